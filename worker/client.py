@@ -1,0 +1,98 @@
+"""The call out: ``PATCH /v1/Customers/{customerId}/internal-identifier`` through httpx."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+from worker.exceptions import TokenRejected
+from worker.outcomes import describe_transport_error, raise_for_outcome
+from worker.settings import Settings
+from worker.tokens import ClientCredentialsToken, StaticToken, TokenSource
+
+USER_AGENT = "ccsync/0.1"
+
+
+def make_http_client(
+    settings: Settings, transport: httpx.BaseTransport | None = None, max_connections: int = 100
+) -> httpx.Client:
+    """The one way ccsync makes an httpx client: explicit timeouts, bounded pool, TLS verified."""
+    timeouts = settings.timeouts
+    return httpx.Client(
+        transport=transport,
+        timeout=httpx.Timeout(
+            connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
+        ),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,
+    )
+
+
+def make_token_source(settings: Settings, client: httpx.Client) -> TokenSource:
+    settings.require_api_credentials()
+    if settings.token is not None:
+        return StaticToken(settings.token.get_secret_value())
+    assert settings.client_id is not None and settings.client_secret is not None
+    return ClientCredentialsToken(
+        client,
+        settings.token_url,
+        settings.client_id,
+        settings.client_secret.get_secret_value(),
+        settings.scope,
+    )
+
+
+class CloudCockpitClient:
+    """Applies one change; returns when CloudCockpit accepted it, raises what to do otherwise."""
+
+    def __init__(self, http: httpx.Client, base_url: str, tokens: TokenSource) -> None:
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+        self._tokens = tokens
+
+    def set_internal_identifier(
+        self,
+        *,
+        tenant: str,
+        customer_id: uuid.UUID,
+        reseller_id: uuid.UUID | None,
+        internal_identifier: str | None,
+        correlation_id: uuid.UUID,
+    ) -> None:
+        url = f"{self._base_url}/v1/Customers/{customer_id}/internal-identifier"
+        body = {
+            "internalIdentifier": internal_identifier,
+            "resellerId": str(reseller_id) if reseller_id else None,
+        }
+        token = self._tokens.token()
+        response = self._patch(url, body, tenant, correlation_id, token)
+        if response.status_code == 401:
+            # One renewal per call: a token rejected right after renewal means wrong credentials.
+            renewed = self._tokens.renew(token)
+            response = self._patch(url, body, tenant, correlation_id, renewed)
+            if response.status_code == 401:
+                raise TokenRejected("HTTP 401 with a renewed token", 401)
+        raise_for_outcome(response)
+
+    def _patch(
+        self,
+        url: str,
+        body: dict[str, str | None],
+        tenant: str,
+        correlation_id: uuid.UUID,
+        token: str,
+    ) -> httpx.Response:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "X-Tenant": tenant,
+            "X-Correlation-Id": str(correlation_id),
+        }
+        try:
+            response = self._http.patch(url, json=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise describe_transport_error(exc) from None
+        return response

@@ -1,0 +1,48 @@
+"""Names that producers, operators and deployers rely on (contract sections 2 and 7).
+
+Kept in one module so the topology, the consumer and the operator tools cannot drift apart.
+"""
+
+from typing import Final
+
+EVENTS_EXCHANGE: Final = "customer-events"
+EVENT_ROUTING_KEY: Final = "customer.internal-identifier.changed"
+EVENT_TYPE: Final = "customer.internal-identifier.changed"
+
+EVENTS_QUEUE: Final = "ccsync.events"
+TASKS_QUEUE: Final = "ccsync.tasks"
+TASKS_EXCHANGE: Final = "ccsync.tasks"
+DEAD_LETTER_QUEUE: Final = "ccsync.dead-letter"
+DEAD_LETTER_EXCHANGE: Final = "ccsync.dead-letter"
+
+# Broker-held backoff: a ladder of delay queues, level n holding a message 2**n ticks.
+DELAY_EXCHANGE_PREFIX: Final = "ccsync.delay."
+DELAY_QUEUE_PREFIX: Final = "ccsync.delay."
+DELAY_TICK_MS: Final = 100
+DELAY_LEVELS: Final = 22  # 2**22 ticks of 100 ms is about 4.9 days: the longest possible wait.
+DELAY_RELEASE_EXCHANGE: Final = "ccsync.delay.release"
+
+APPLY_EVENT_TASK: Final = "ccsync.apply_event"
+
+# Dead-letter headers (contract section 7).
+HEADER_REASON: Final = "x-ccsync-reason"
+HEADER_STATUS: Final = "x-ccsync-status"
+HEADER_ERROR: Final = "x-ccsync-error"
+HEADER_ATTEMPTS: Final = "x-ccsync-attempts"
+HEADER_EVENT_ID: Final = "x-ccsync-event-id"
+HEADER_CORRELATION_ID: Final = "x-ccsync-correlation-id"
+HEADER_FIRST_ATTEMPT_AT: Final = "x-ccsync-first-attempt-at"
+HEADER_DEAD_LETTERED_AT: Final = "x-ccsync-dead-lettered-at"
+HEADER_REPLAYED_AT: Final = "x-ccsync-replayed-at"
+HEADER_REPLAY_COUNT: Final = "x-ccsync-replay-count"
+
+REASON_INVALID_EVENT: Final = "invalid-event"
+REASON_API_REJECTED: Final = "api-rejected"
+REASON_RETRIES_EXHAUSTED: Final = "retries-exhausted"
+REASON_DELIVERY_LIMIT: Final = "delivery-limit"
+
+# A message redelivered this many times without an outcome crashed or hung the worker each time.
+DELIVERY_LIMIT: Final = 5
+
+CLOUDEVENTS_CONTENT_TYPE: Final = "application/cloudevents+json"
+CLOUDEVENTS_HEADER_PREFIXES: Final = ("cloudEvents:", "cloudEvents_")

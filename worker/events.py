@@ -1,0 +1,162 @@
+"""The event contract (contract section 3): pydantic models and the decoding of AMQP messages.
+
+Three encodings arrive on one queue: native JSON, CloudEvents structured mode (content type
+``application/cloudevents+json``) and CloudEvents binary mode (``cloudEvents:*`` application
+headers, the body being ``data``). All become one ``IdentifierChanged``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+
+from worker.constants import CLOUDEVENTS_CONTENT_TYPE, CLOUDEVENTS_HEADER_PREFIXES, EVENT_TYPE
+from worker.exceptions import InvalidEvent
+
+# Fixed forever: changing it would change every X-Correlation-Id and defeat CloudCockpit's audit trail.
+CORRELATION_NAMESPACE = uuid.UUID("5b0f4f7e-2a4c-5d69-9d0e-6363737973e1")
+
+
+def _rfc3339_text(value: object) -> object:
+    # pydantic would also take epoch numbers; the contract promises producers an RFC 3339 string.
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 timestamp string with an offset")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
+class IdentifierChanged(BaseModel):
+    """A customer's internal identifier changed at the source (one relationship of it)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(alias="eventId")
+    event_type: Literal["customer.internal-identifier.changed"] = Field(alias="eventType")
+    occurred_at: Timestamp = Field(alias="occurredAt")
+    tenant: NonEmpty | None = None
+    customer_id: uuid.UUID = Field(alias="customerId")
+    reseller_id: uuid.UUID | None = Field(None, alias="resellerId")
+    internal_identifier: Annotated[str | None, Field(max_length=255)] = Field(
+        alias="internalIdentifier"
+    )
+    source: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON form carried inside ccsync's own task messages."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class CloudEventData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    tenant: NonEmpty | None = None
+    customerId: uuid.UUID
+    resellerId: uuid.UUID | None = None
+    internalIdentifier: Annotated[str | None, Field(max_length=255)]
+
+
+class CloudEvent(BaseModel):
+    """The CloudEvents 1.0 attributes this system reads; ``time`` is required here."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    specversion: Literal["1.0"]
+    type: Literal["customer.internal-identifier.changed"]
+    id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    source: NonEmpty
+    time: Timestamp
+    data: CloudEventData
+
+    def to_event(self) -> IdentifierChanged:
+        return IdentifierChanged(
+            eventId=self.id,
+            eventType=EVENT_TYPE,
+            occurredAt=self.time,
+            tenant=self.data.tenant,
+            customerId=self.data.customerId,
+            resellerId=self.data.resellerId,
+            internalIdentifier=self.data.internalIdentifier,
+            source=self.source,
+        )
+
+
+def correlation_id(tenant: str, event_id: str) -> uuid.UUID:
+    """The X-Correlation-Id of an event: the same on every attempt, redelivery and replay.
+
+    UUIDv5 over the JSON array ``[tenant, eventId]``: the encoding is unambiguous, so two
+    different (tenant, eventId) pairs never produce the same name.
+    """
+    name = json.dumps([tenant, event_id], ensure_ascii=False, separators=(",", ":"))
+    return uuid.uuid5(CORRELATION_NAMESPACE, name)
+
+
+def decode_event(
+    body: bytes, content_type: str | None, headers: Mapping[str, Any]
+) -> IdentifierChanged:
+    """Turn one AMQP message into an event, or raise ``InvalidEvent`` saying why."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    binary_attributes = _binary_cloudevent_attributes(headers)
+    try:
+        if binary_attributes:
+            return CloudEvent.model_validate(
+                {**binary_attributes, "data": _json_object(body)}
+            ).to_event()
+        if media_type == CLOUDEVENTS_CONTENT_TYPE:
+            return CloudEvent.model_validate(_json_object(body)).to_event()
+        if media_type not in ("", "application/json"):
+            raise InvalidEvent(f"content type {content_type!r} is not application/json")
+        return IdentifierChanged.model_validate(_json_object(body))
+    except ValidationError as exc:
+        raise InvalidEvent(describe_validation_error(exc)) from None
+
+
+def _binary_cloudevent_attributes(headers: Mapping[str, Any]) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    for key, value in headers.items():
+        for prefix in CLOUDEVENTS_HEADER_PREFIXES:
+            if key.startswith(prefix):
+                attributes[key.removeprefix(prefix)] = (
+                    value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+                )
+    return attributes
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(f"body is not UTF-8 (byte {exc.start})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidEvent("body is not JSON this system accepts: nested too deeply") from None
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"body must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable line: each failing field with pydantic's reason, never the input value."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "event"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+

@@ -1,0 +1,68 @@
+"""Every failure ccsync knows, named by what the consumer must do about it.
+
+    CcsyncError
+    ├── ConfigurationError      stop at start: a setting is missing or contradictory
+    ├── InvalidEvent            dead-letter at once as ``invalid-event``
+    ├── ApiRejected             dead-letter at once as ``api-rejected`` (the API said no: 4xx)
+    └── TransientFailure        retry with backoff; dead-letter as ``retries-exhausted`` at the end
+        ├── ApiUnavailable      5xx, timeouts, refused or dropped connections
+        ├── RateLimited         429: wait at least ``retry_after`` seconds
+        ├── TokenRejected       401 even with a freshly renewed token
+        └── TokenUnavailable    the token endpoint did not give a token
+
+A handler catches ``TransientFailure`` to retry and ``ApiRejected``/``InvalidEvent`` to dead-letter;
+anything else escaping is a bug, and the message is redelivered until the delivery limit.
+"""
+
+from __future__ import annotations
+
+
+class CcsyncError(Exception):
+    """Base of every error ccsync raises on purpose."""
+
+
+class ConfigurationError(CcsyncError):
+    """A setting is missing or contradictory; the message names the variable."""
+
+
+class InvalidEvent(CcsyncError):
+    """The message is not a valid event of this system: dead-letter it, never retry."""
+
+
+class ApiError(CcsyncError):
+    """CloudCockpit answered or failed to; ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, error: str, status: int | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.status = status
+
+
+class ApiRejected(ApiError):
+    """CloudCockpit refused the change (400, 403, 404, other 4xx): retrying cannot help."""
+
+
+class TransientFailure(ApiError):
+    """A failure that may pass: retry later."""
+
+    retry_after: float | None = None
+
+
+class ApiUnavailable(TransientFailure):
+    """5xx, timeout, or no usable connection."""
+
+
+class RateLimited(TransientFailure):
+    """429: the API asked us to come back after ``retry_after`` seconds."""
+
+    def __init__(self, error: str, status: int | None, retry_after: float | None) -> None:
+        super().__init__(error, status)
+        self.retry_after = retry_after
+
+
+class TokenRejected(TransientFailure):
+    """401 although the token was just renewed: the credentials themselves are wrong or revoked."""
+
+
+class TokenUnavailable(TransientFailure):
+    """The token endpoint failed; nothing can be called until it answers."""

@@ -1,0 +1,80 @@
+"""What each answer of CloudCockpit means for the event: the one place outcomes are classified.
+
+| answer                                   | outcome                                          |
+|------------------------------------------|--------------------------------------------------|
+| 2xx                                      | applied                                          |
+| 401                                      | renew the token once and call again              |
+| 429                                      | retry after ``Retry-After`` (or the backoff)     |
+| 400, 403, 404, any other 4xx             | ``api-rejected``: dead-letter, keep the error    |
+| 5xx, timeout, refused/dropped connection | retry with backoff, then ``retries-exhausted``   |
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import httpx
+
+from worker.exceptions import ApiRejected, ApiUnavailable, RateLimited
+
+MAX_ERROR_CHARS = 500
+
+
+def raise_for_outcome(response: httpx.Response) -> None:
+    """Return if the change was applied; raise the exception that says what to do otherwise.
+
+    401 is not handled here: renewing the token is the client's job, which sees it first.
+    """
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    error = describe_error(response)
+    if status == 429:
+        raise RateLimited(error, status, parse_retry_after(response.headers.get("retry-after")))
+    if 400 <= status < 500:
+        raise ApiRejected(error, status)
+    raise ApiUnavailable(error, status)
+
+
+def describe_transport_error(exc: httpx.TransportError) -> ApiUnavailable:
+    """A call that got no answer; the text names the kind of failure, never a header or a URL."""
+    kind = type(exc).__name__
+    return ApiUnavailable(f"no answer from CloudCockpit: {kind}")
+
+
+def describe_error(response: httpx.Response) -> str:
+    """The API's error body as one short line: type, description and each property's errors."""
+    prefix = f"HTTP {response.status_code}"
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return prefix
+    if not isinstance(body, dict):
+        return prefix
+    parts = [prefix]
+    for key in ("type", "description"):
+        if body.get(key):
+            parts.append(str(body[key]))
+    for item in body.get("errors") or []:
+        if isinstance(item, dict):
+            descriptions = item.get("description") or []
+            if not isinstance(descriptions, list):
+                descriptions = [descriptions]
+            parts.append(f"{item.get('propertyName') or '?'}: {', '.join(map(str, descriptions))}")
+    return "; ".join(parts)[:MAX_ERROR_CHARS]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,111 @@
+"""One typed settings object, read from the environment (contract section 5).
+
+A settings file may add to the environment: ``CCSYNC_SETTINGS_FILE`` names a dotenv file whose values
+apply where the environment has none.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Annotated, Any, Self
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.exceptions import ConfigurationError
+
+ENTRA_TOKEN_URL = (
+    "https://login.microsoftonline.com/4e806121-ff28-4286-ab4e-3be0a08f9ce0/oauth2/v2.0/token"
+)
+CLOUDCOCKPIT_SCOPE = "api://b92a36a4-feb8-4f47-a69c-29a180aa6d0a/.default"
+
+# About 72 minutes in all: long enough to ride out a deploy or a short outage of CloudCockpit,
+# short enough that an operator sees a dead letter the same hour.
+DEFAULT_RETRY_DELAYS = (2.0, 10.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class HttpTimeouts:
+    """Seconds allowed for each phase of a call to CloudCockpit."""
+
+    connect: float = 5.0
+    read: float = 15.0
+    write: float = 5.0
+    pool: float = 5.0
+
+
+def _alias(*names: str) -> Any:
+    return Field(validation_alias=AliasChoices(*names))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    broker_url: str = Field("amqp://guest:guest@localhost:5672//", validation_alias="CCSYNC_BROKER_URL")
+    redis_url: str = Field("redis://localhost:6379/0", validation_alias="CCSYNC_REDIS_URL")
+    base_url: str = Field("https://api.cloudcockpit.com", validation_alias="CLOUDCOCKPIT_BASE_URL")
+    tenant: str | None = Field(None, min_length=1, validation_alias="CLOUDCOCKPIT_TENANT")
+    token: SecretStr | None = Field(None, validation_alias="CLOUDCOCKPIT_TOKEN")
+    client_id: str | None = Field(None, validation_alias="CLOUDCOCKPIT_CLIENT_ID")
+    client_secret: SecretStr | None = Field(None, validation_alias="CLOUDCOCKPIT_CLIENT_SECRET")
+    token_url: str = Field(ENTRA_TOKEN_URL, validation_alias="CLOUDCOCKPIT_TOKEN_URL")
+    scope: str = Field(CLOUDCOCKPIT_SCOPE, validation_alias="CLOUDCOCKPIT_SCOPE")
+    retry_delays: Annotated[tuple[float, ...], NoDecode] = Field(
+        DEFAULT_RETRY_DELAYS, validation_alias="CCSYNC_RETRY_DELAYS"
+    )
+    retry_jitter: float = Field(0.2, ge=0, le=1, validation_alias="CCSYNC_RETRY_JITTER")
+    http_timeout: float = Field(15.0, gt=0, validation_alias="CCSYNC_HTTP_TIMEOUT")
+    max_event_bytes: int = Field(1_048_576, gt=0, validation_alias="CCSYNC_MAX_EVENT_BYTES")
+    sentry_dsn: SecretStr | None = Field(None, validation_alias="SENTRY_DSN")
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _parse_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            try:
+                delays = tuple(float(part) for part in parts)
+            except ValueError:
+                raise ValueError("must be seconds separated by commas, like 2,10,60") from None
+            if any(delay < 0 for delay in delays):
+                raise ValueError("delays cannot be negative")
+            return delays
+        return value
+
+    @model_validator(mode="after")
+    def _credentials_not_contradictory(self) -> Self:
+        if self.token is not None and (self.client_id or self.client_secret):
+            raise ValueError(
+                "CLOUDCOCKPIT_TOKEN and CLOUDCOCKPIT_CLIENT_ID/CLOUDCOCKPIT_CLIENT_SECRET are "
+                "both set: choose a static token or the client-credentials flow"
+            )
+        if bool(self.client_id) != bool(self.client_secret):
+            missing = "CLOUDCOCKPIT_CLIENT_SECRET" if self.client_id else "CLOUDCOCKPIT_CLIENT_ID"
+            raise ValueError(f"{missing} is required with the client-credentials flow")
+        return self
+
+    @property
+    def timeouts(self) -> HttpTimeouts:
+        return HttpTimeouts(read=self.http_timeout)
+
+    def require_api_credentials(self) -> None:
+        """Fail at start, not at the first event, when the worker could not call the API."""
+        if self.token is None and self.client_id is None:
+            raise ConfigurationError(
+                "CLOUDCOCKPIT_TOKEN (or CLOUDCOCKPIT_CLIENT_ID and CLOUDCOCKPIT_CLIENT_SECRET) "
+                "is required to call CloudCockpit"
+            )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning any problem into one line that names the variable."""
+    env_file = os.environ.get("CCSYNC_SETTINGS_FILE")
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        names = [str(part) for part in first.get("loc", ()) if part]
+        where = names[0] if names else "settings"
+        message = first.get("msg", "invalid").removeprefix("Value error, ")
+        raise ConfigurationError(f"{where}: {message}" if names else message) from None
