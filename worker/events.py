@@ -25,7 +25,8 @@ from pydantic import (
 from worker.constants import CLOUDEVENTS_CONTENT_TYPE, CLOUDEVENTS_HEADER_PREFIXES, EVENT_TYPE
 from worker.exceptions import InvalidEvent
 
-# Fixed forever: changing it would change every X-Correlation-Id and defeat CloudCockpit's audit trail.
+# Fixed forever: changing it would change every X-Correlation-Id and break CloudCockpit's
+# audit trail of events already sent.
 CORRELATION_NAMESPACE = uuid.UUID("5b0f4f7e-2a4c-5d69-9d0e-6363737973e1")
 
 
@@ -45,7 +46,9 @@ class IdentifierChanged(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    event_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(alias="eventId")
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        alias="eventId"
+    )
     event_type: Literal["customer.internal-identifier.changed"] = Field(alias="eventType")
     occurred_at: Timestamp = Field(alias="occurredAt")
     tenant: NonEmpty | None = None
@@ -144,7 +147,9 @@ def _json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidEvent(f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise InvalidEvent(
+            f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except RecursionError:
         raise InvalidEvent("body is not JSON this system accepts: nested too deeply") from None
     if not isinstance(value, dict):
@@ -159,4 +164,3 @@ def describe_validation_error(exc: ValidationError) -> str:
         where = ".".join(str(part) for part in error["loc"]) or "event"
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)
-

@@ -1,7 +1,7 @@
 """One typed settings object, read from the environment (contract section 5).
 
-A settings file may add to the environment: ``CCSYNC_SETTINGS_FILE`` names a dotenv file whose values
-apply where the environment has none.
+A settings file may add to the environment: ``CCSYNC_SETTINGS_FILE`` names a dotenv file whose
+values apply where the environment has none.
 """
 
 from __future__ import annotations
@@ -10,7 +10,14 @@ import os
 from dataclasses import dataclass
 from typing import Annotated, Any, Self
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.exceptions import ConfigurationError
@@ -42,7 +49,9 @@ def _alias(*names: str) -> Any:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
-    broker_url: str = Field("amqp://guest:guest@localhost:5672//", validation_alias="CCSYNC_BROKER_URL")
+    broker_url: str = Field(
+        "amqp://guest:guest@localhost:5672//", validation_alias="CCSYNC_BROKER_URL"
+    )
     redis_url: str = Field("redis://localhost:6379/0", validation_alias="CCSYNC_REDIS_URL")
     base_url: str = Field("https://api.cloudcockpit.com", validation_alias="CLOUDCOCKPIT_BASE_URL")
     tenant: str | None = Field(None, min_length=1, validation_alias="CLOUDCOCKPIT_TENANT")

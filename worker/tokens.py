@@ -19,7 +19,7 @@ class TokenSource(Protocol):
         """A token believed valid now."""
 
     def renew(self, rejected: str) -> str:
-        """A token other than ``rejected`` (which CloudCockpit answered 401 to), if one can be had."""
+        """A token other than ``rejected`` (answered 401 by CloudCockpit), if one can be had."""
 
 
 class StaticToken:

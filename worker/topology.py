@@ -7,10 +7,11 @@
 
 Broker-held backoff, the ladder of delay queues (the design of Celery's native delayed delivery,
 built here on the RabbitMQ we run): a waiting message carries its delay as binary digits in its
-routing key, ``b21.b20.….b0.ccsync.tasks``, counted in ticks of 100 ms. Exchange ``ccsync.delay.N``
-sends it to queue ``ccsync.delay.N`` when bit N is 1, else straight on to exchange N-1. Queue N holds
-every message exactly 2**N ticks (a per-queue TTL, so the head always expires first and a long
-delay never holds back a short one), then dead-letters it to exchange N-1. Exchange
+routing key, ``b21.b20.….b0.ccsync.tasks``, counted in ticks of 100 ms. Exchange
+``ccsync.delay.N`` sends it to queue ``ccsync.delay.N`` when bit N is 1, else straight on to
+exchange N-1. Queue N holds every message exactly 2**N ticks (a per-queue TTL, so the head
+always expires first and a long delay never holds back a short one), then dead-letters it to
+exchange N-1. Exchange
 ``ccsync.delay.release`` finally routes it by its last words back to ``ccsync.tasks``.
 """
 

@@ -1,0 +1,166 @@
+"""The Celery application: configuration, the intake step and the ``apply_event`` task."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Reject
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+from worker.apply import Attempt, Outcome, apply_event
+from worker.backoff import RetryPolicy
+from worker.client import CloudCockpitClient, make_http_client, make_token_source
+from worker.constants import APPLY_EVENT_TASK, TASKS_EXCHANGE, TASKS_QUEUE
+from worker.dead_letters import DeadLetter, Envelope, publish_dead_letter
+from worker.settings import Settings
+from worker.topology import delay_entry_exchange, delay_routing_key, tasks_queue
+
+log = logging.getLogger(__name__)
+
+
+class BrokerPublisher:
+    """Retries and dead letters through the app's pool of confirming producer connections."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    def retry_later(self, attempt: Attempt, delay_seconds: float) -> None:
+        with self._app.producer_or_acquire() as producer:
+            self._app.send_task(
+                APPLY_EVENT_TASK,
+                kwargs=attempt.to_task_kwargs(),
+                exchange=delay_entry_exchange().name,
+                routing_key=delay_routing_key(delay_seconds, TASKS_QUEUE),
+                producer=producer,
+            )
+
+    def dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None:
+        with self._app.producer_or_acquire() as producer:
+            publish_dead_letter(producer.channel, envelope, letter)
+
+
+class Runtime:
+    """What the task needs, made once per worker process (after any fork, never before)."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self.settings = settings
+        self.http = make_http_client(settings)
+        self.api = CloudCockpitClient(
+            self.http, settings.base_url, make_token_source(settings, self.http)
+        )
+        self.policy = RetryPolicy(settings.retry_delays, settings.retry_jitter)
+        self.publisher = BrokerPublisher(app)
+        self.rng = random.Random()
+
+
+class CcsyncConsumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer without its native delayed delivery.
+
+    Celery turns that on for quorum queues and declares 28 ``celery_delayed_*`` queues; ccsync
+    holds its backoff in its own ladder (see ``topology``) and never uses countdowns.
+    """
+
+    class Blueprint(CeleryConsumer.Blueprint):  # type: ignore[misc]
+        default_steps = [  # noqa: RUF012 (Celery's own attribute, read only)
+            step
+            for step in CeleryConsumer.Blueprint.default_steps
+            if not step.endswith(":DelayedDelivery")
+        ]
+
+
+class CcsyncCelery(Celery):  # type: ignore[misc]
+    """A Celery app that carries ccsync's settings and builds its runtime lazily."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__("ccsync", **kwargs)
+        self.ccsync_settings = settings
+        self._runtime: Runtime | None = None
+        self._runtime_lock = threading.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        with self._runtime_lock:
+            if self._runtime is None:
+                self._runtime = Runtime(self, self.ccsync_settings)
+            return self._runtime
+
+
+def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
+    # Imported here: the intake module needs the app's task name only, not the app itself.
+    from worker.intake import EventIntake
+
+    app = CcsyncCelery(settings, broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_acks_on_failure_or_timeout=False,
+        task_reject_on_worker_lost=False,
+        task_queues=[tasks_queue],
+        task_default_queue=TASKS_QUEUE,
+        task_default_exchange=TASKS_EXCHANGE,
+        task_default_routing_key=TASKS_QUEUE,
+        task_create_missing_queues=False,
+        worker_prefetch_multiplier=2,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_pool_limit=concurrency + 4,
+        broker_transport_options={"confirm_publish": True},
+        worker_send_task_events=False,
+        worker_enable_remote_control=False,
+        worker_consumer="worker.app:CcsyncConsumer",
+    )
+    app.steps["consumer"].add(EventIntake)
+
+    @app.task(name=APPLY_EVENT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+    def apply_event_task(
+        task: Task,
+        event: dict[str, Any],
+        envelope: dict[str, Any],
+        attempt: int,
+        first_attempt_at: str,
+    ) -> str:
+        runtime = app.runtime
+        try:
+            outcome: Outcome = apply_event(
+                Attempt.from_task_kwargs(event, envelope, attempt, first_attempt_at),
+                runtime.api,
+                runtime.publisher,
+                runtime.policy,
+                runtime.rng,
+                delivery_count=int(task.request.get("x-delivery-count") or 0),
+            )
+        except Exception as exc:
+            # A bug or a broker failure while publishing the outcome: hand the message back.
+            # The queue counts deliveries, so a message that always fails ends as delivery-limit.
+            log.exception("event %s: no outcome could be recorded", event.get("eventId"))
+            raise Reject(str(exc), requeue=True) from exc
+        return outcome.value
+
+    return app
+
+
+def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
+    """Declare the topology, then consume until told to stop (blocks)."""
+    from kombu import Connection
+
+    from worker.topology import declare_topology
+
+    settings.require_api_credentials()
+    with Connection(settings.broker_url) as connection:
+        connection.ensure_connection(max_retries=10)
+        declare_topology(connection)
+    app = make_app(settings, concurrency)
+    app.Worker(
+        pool="threads",
+        concurrency=concurrency,
+        loglevel=loglevel,
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
+    ).start()

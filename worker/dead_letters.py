@@ -1,0 +1,134 @@
+"""Dead letters: the original message, unchanged, plus what an operator needs (contract §7)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.constants import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    HEADER_ATTEMPTS,
+    HEADER_CORRELATION_ID,
+    HEADER_DEAD_LETTERED_AT,
+    HEADER_ERROR,
+    HEADER_EVENT_ID,
+    HEADER_FIRST_ATTEMPT_AT,
+    HEADER_REASON,
+    HEADER_STATUS,
+)
+
+MAX_ERROR_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The message as the producer sent it: what a dead letter must keep, byte for byte."""
+
+    body: bytes
+    content_type: str | None
+    content_encoding: str | None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-safe form for a task message: bodies of valid events are UTF-8 JSON."""
+        return {
+            "body": self.body.decode("utf-8"),
+            "contentType": self.content_type,
+            "contentEncoding": self.content_encoding,
+            "headers": json_safe_headers(self.headers),
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Envelope:
+        return cls(
+            body=str(wire["body"]).encode("utf-8"),
+            content_type=wire.get("contentType"),
+            content_encoding=wire.get("contentEncoding"),
+            headers=dict(wire.get("headers") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    error: str
+    attempts: int
+    event_id: str | None = None
+    correlation_id: str | None = None
+    status: int | None = None
+    first_attempt_at: str | None = None
+
+    def headers(self, now: datetime | None = None) -> dict[str, Any]:
+        stamped = (now or datetime.now(UTC)).isoformat()
+        headers: dict[str, Any] = {
+            HEADER_REASON: self.reason,
+            HEADER_ERROR: self.error[:MAX_ERROR_CHARS],
+            HEADER_ATTEMPTS: self.attempts,
+            HEADER_DEAD_LETTERED_AT: stamped,
+            HEADER_FIRST_ATTEMPT_AT: self.first_attempt_at or stamped,
+        }
+        optional = {
+            HEADER_STATUS: self.status,
+            HEADER_EVENT_ID: self.event_id,
+            HEADER_CORRELATION_ID: self.correlation_id,
+        }
+        headers.update({key: value for key, value in optional.items() if value is not None})
+        return headers
+
+
+def publish_dead_letter(channel: Any, envelope: Envelope, letter: DeadLetter) -> None:
+    """Publish on a confirming channel; only after this returns may the source message be acked.
+
+    Goes below kombu's Producer on purpose: kombu would label a body without content type
+    ``application/data``, and the dead letter must keep the producer's properties as they were.
+    """
+    headers = {**_without_ccsync_headers(envelope.headers), **letter.headers()}
+    message = channel.prepare_message(
+        envelope.body,
+        content_type=envelope.content_type,
+        content_encoding=envelope.content_encoding,
+        headers=headers,
+        properties={"delivery_mode": 2},
+    )
+    channel.basic_publish(message, exchange=DEAD_LETTER_EXCHANGE, routing_key=DEAD_LETTER_QUEUE)
+
+
+def _without_ccsync_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    # A replayed event that fails again gets fresh ccsync headers, not two generations mixed;
+    # x-death is the broker's record of a previous life and would confuse its cycle detection.
+    return {
+        key: value
+        for key, value in headers.items()
+        if not key.startswith("x-ccsync-")
+        or key in ("x-ccsync-replayed-at", "x-ccsync-replay-count")
+        if key
+        not in (
+            "x-death",
+            "x-first-death-exchange",
+            "x-first-death-queue",
+            "x-first-death-reason",
+            "x-delivery-count",
+        )
+    }
+
+
+def json_safe_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """AMQP header values made JSON-safe (bytes to text, timestamps to RFC 3339)."""
+    return {str(key): _json_safe(value) for key, value in headers.items()}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return json_safe_headers(value)
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)

@@ -1,0 +1,152 @@
+"""Event in: consume producers' plain messages, validate them, hand each on as a task.
+
+A Celery ``ConsumerStep``: its callback runs in the worker's event loop, so it only validates,
+publishes (one confirmed publish), and acks. The raw message is acknowledged only after the broker
+confirmed the task message or the dead letter it became, so a crash at any point loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from celery import bootsteps
+from kombu import Connection, Consumer, Producer
+from kombu.message import Message
+
+from worker.apply import Attempt
+from worker.constants import (
+    APPLY_EVENT_TASK,
+    DELIVERY_LIMIT,
+    REASON_DELIVERY_LIMIT,
+    REASON_INVALID_EVENT,
+)
+from worker.dead_letters import DeadLetter, Envelope, publish_dead_letter
+from worker.events import IdentifierChanged, decode_event
+from worker.exceptions import InvalidEvent
+from worker.topology import events_queue
+
+if TYPE_CHECKING:
+    from worker.app import CcsyncCelery
+
+log = logging.getLogger(__name__)
+
+# Enough to keep the event loop busy between broker round trips, small enough that a crash
+# redelivers little.
+INTAKE_PREFETCH = 64
+
+
+class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.app: CcsyncCelery = parent.app
+        self._connection: Connection | None = None
+        self._producer: Producer | None = None
+
+    def get_consumers(self, channel: Any) -> list[Consumer]:
+        return [
+            Consumer(
+                channel,
+                queues=[events_queue],
+                on_message=self.on_message,
+                prefetch_count=INTAKE_PREFETCH,
+                no_ack=False,
+            )
+        ]
+
+    def shutdown(self, c: Any) -> None:
+        self._close_publisher()
+        super().shutdown(c)
+
+    def on_message(self, message: Message) -> None:
+        try:
+            self._take(message)
+        except Exception:
+            # Never let an exception out: Celery would stop the whole worker. The message goes
+            # back to the queue, which counts its deliveries up to the delivery limit.
+            log.exception("intake failed; the message is requeued")
+            self._close_publisher()
+            try:
+                message.requeue()
+            except Exception:
+                log.exception("requeue failed; the broker will redeliver the message")
+
+    def _take(self, message: Message) -> None:
+        envelope = Envelope(
+            body=bytes(message.body),
+            content_type=message.content_type or None,
+            content_encoding=message.content_encoding or None,
+            headers=dict(message.headers or {}),
+        )
+        deliveries = int(envelope.headers.get("x-delivery-count") or 0)
+        if deliveries >= DELIVERY_LIMIT:
+            self._dead_letter(
+                envelope,
+                DeadLetter(
+                    REASON_DELIVERY_LIMIT,
+                    f"delivered {deliveries} times without an outcome: it crashed the intake",
+                    attempts=0,
+                    event_id=guess_event_id(envelope.body),
+                ),
+            )
+        else:
+            try:
+                event = self._validate(envelope)
+            except InvalidEvent as exc:
+                log.warning("invalid event dead-lettered: %s", exc)
+                self._dead_letter(
+                    envelope,
+                    DeadLetter(
+                        REASON_INVALID_EVENT,
+                        str(exc),
+                        attempts=0,
+                        event_id=guess_event_id(envelope.body),
+                    ),
+                )
+            else:
+                self.app.send_task(
+                    APPLY_EVENT_TASK,
+                    kwargs=Attempt.first(event, envelope).to_task_kwargs(),
+                    producer=self._publisher(),
+                )
+        message.ack()
+
+    def _validate(self, envelope: Envelope) -> IdentifierChanged:
+        limit = self.app.ccsync_settings.max_event_bytes
+        if len(envelope.body) > limit:
+            raise InvalidEvent(f"body is {len(envelope.body)} bytes; the limit is {limit}")
+        event = decode_event(envelope.body, envelope.content_type, envelope.headers)
+        if event.tenant is None:
+            default_tenant = self.app.ccsync_settings.tenant
+            if default_tenant is None:
+                raise InvalidEvent("tenant: missing, and CLOUDCOCKPIT_TENANT is not set")
+            event = event.model_copy(update={"tenant": default_tenant})
+        return event
+
+    def _dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None:
+        publish_dead_letter(self._publisher().channel, envelope, letter)
+
+    def _publisher(self) -> Producer:
+        if self._producer is None:
+            self._connection = self.app.connection_for_write()
+            self._producer = Producer(self._connection.default_channel)
+        return self._producer
+
+    def _close_publisher(self) -> None:
+        if self._connection is not None:
+            self._connection.release()
+        self._connection = self._producer = None
+
+
+def guess_event_id(body: bytes) -> str | None:
+    """The eventId (or CloudEvents id) of a message that failed validation, if it has one."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(value, dict):
+        found = value.get("eventId", value.get("id"))
+        if isinstance(found, str) and 0 < len(found) <= 200:
+            return found
+    return None
