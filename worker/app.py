@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Reject
+from celery.signals import worker_ready
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from worker.apply import Attempt, Outcome, apply_event
@@ -20,6 +22,8 @@ from worker.settings import Settings
 from worker.topology import delay_entry_exchange, delay_routing_key, tasks_queue
 
 log = logging.getLogger(__name__)
+
+READY_MESSAGE = "ccsync worker ready: consuming ccsync.events and ccsync.tasks"
 
 
 class BrokerPublisher:
@@ -156,6 +160,12 @@ def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
         connection.ensure_connection(max_retries=10)
         declare_topology(connection)
     app = make_app(settings, concurrency)
+
+    def announce_ready(**_: Any) -> None:
+        # Printed whatever the log level: supervisors and tests wait for this line.
+        print(READY_MESSAGE, file=sys.stderr, flush=True)
+
+    worker_ready.connect(announce_ready, weak=False)
     app.Worker(
         pool="threads",
         concurrency=concurrency,

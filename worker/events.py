@@ -86,15 +86,17 @@ class CloudEvent(BaseModel):
     data: CloudEventData
 
     def to_event(self) -> IdentifierChanged:
-        return IdentifierChanged(
-            eventId=self.id,
-            eventType=EVENT_TYPE,
-            occurredAt=self.time,
-            tenant=self.data.tenant,
-            customerId=self.data.customerId,
-            resellerId=self.data.resellerId,
-            internalIdentifier=self.data.internalIdentifier,
-            source=self.source,
+        return IdentifierChanged.model_validate(
+            {
+                "eventId": self.id,
+                "eventType": EVENT_TYPE,
+                "occurredAt": self.time.isoformat(),
+                "tenant": self.data.tenant,
+                "customerId": self.data.customerId,
+                "resellerId": self.data.resellerId,
+                "internalIdentifier": self.data.internalIdentifier,
+                "source": self.source,
+            }
         )
 
 

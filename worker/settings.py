@@ -47,7 +47,9 @@ def _alias(*names: str) -> Any:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    model_config = SettingsConfigDict(
+        extra="ignore", populate_by_name=True, frozen=True, env_ignore_empty=True
+    )
 
     broker_url: str = Field(
         "amqp://guest:guest@localhost:5672//", validation_alias="CCSYNC_BROKER_URL"
