@@ -134,7 +134,9 @@ def check_token_request(
     if not grant_type:
         return _missing("grant_type")
     if grant_type != "client_credentials":
-        message = f"The provided value for the input parameter 'grant_type' is not valid: {grant_type}."
+        message = (
+            f"The provided value for the input parameter 'grant_type' is invalid: {grant_type}."
+        )
         return _entra_error(400, "unsupported_grant_type", 70003, message)
     client_id = form.get("client_id")
     if not client_id:

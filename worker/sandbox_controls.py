@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
 
 from worker.sandbox_faults import ANY_CUSTOMER, FaultStep
 from worker.sandbox_protocol import Reply, canonical_uuid, json_reply
@@ -25,9 +26,9 @@ class CustomersRequest(BaseModel):
 
 
 class FaultsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
-    customer_id: str = Field(alias="customerId")
+    customer_id: str
     script: list[FaultStep] = Field(min_length=1)
 
     @field_validator("customer_id")

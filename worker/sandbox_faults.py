@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 ANY_CUSTOMER: Final = "*"
 DEFAULT_RETRY_AFTER: Final = 1
@@ -24,13 +25,15 @@ class FaultStep(BaseModel):
     A step with only ``delayMs`` adds latency and then handles the request normally.
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
 
-    status: int | None = Field(None, ge=200, le=599)
-    retry_after: int | None = Field(None, alias="retryAfter", ge=0)
+    status: int | None = Field(default=None, ge=200, le=599)
+    retry_after: int | None = Field(default=None, ge=0)
     drop: bool = False
-    delay_ms: int = Field(0, alias="delayMs", ge=0, le=600_000)
-    times: int = Field(1, ge=1, le=10_000_000)
+    delay_ms: int = Field(default=0, ge=0, le=600_000)
+    times: int = Field(default=1, ge=1, le=10_000_000)
 
     @model_validator(mode="after")
     def _one_action(self) -> Self:
@@ -53,12 +56,14 @@ class RandomFaults(BaseModel):
     answer normally, as a slow server whose client gave up would) or "drop".
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
 
     rate: float = Field(ge=0.0, le=1.0)
-    kinds: tuple[str, ...] = Field(("500", "503", "timeout", "drop"), min_length=1)
-    timeout_ms: int = Field(5000, alias="timeoutMs", ge=0, le=600_000)
-    retry_after: int = Field(DEFAULT_RETRY_AFTER, alias="retryAfter", ge=0)
+    kinds: tuple[str, ...] = Field(default=("500", "503", "timeout", "drop"), min_length=1)
+    timeout_ms: int = Field(default=5000, ge=0, le=600_000)
+    retry_after: int = Field(default=DEFAULT_RETRY_AFTER, ge=0)
     seed: int | None = None
 
     @field_validator("kinds", mode="before")

@@ -32,12 +32,17 @@ _ERROR_TYPES: Final = {
     504: "GatewayTimeout",
 }
 
+_UNKNOWN_PROPERTY: Final = "Unknown property: only internalIdentifier and resellerId are allowed."
+
 ErrorItem = dict[str, Any]
 
 
 def canonical_uuid(value: str) -> str | None:
     """The lower-case form of a UUID string, or None when it is not one."""
-    return value.lower() if _UUID.fullmatch(value) else None
+    if not _UUID.fullmatch(value):
+        return None
+    lowered = value.lower()
+    return value if lowered == value else lowered  # the journal keeps one copy, not two
 
 
 def status_phrase(status: int) -> str:
@@ -128,7 +133,9 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_patch_body(raw: bytes, content_type: str | None) -> tuple[PatchBody | None, list[ErrorItem]]:
+def parse_patch_body(
+    raw: bytes, content_type: str | None
+) -> tuple[PatchBody | None, list[ErrorItem]]:
     """The PATCH body per openapi.yaml, or one error per offending property.
 
     A missing ``internalIdentifier`` clears the value, like an explicit null: the schema requires
@@ -147,9 +154,7 @@ def parse_patch_body(raw: bytes, content_type: str | None) -> tuple[PatchBody | 
     if not isinstance(data, dict):
         return None, [property_error("$", "The request body must be a JSON object.")]
     errors = [
-        property_error(name, "Unknown property: only internalIdentifier and resellerId are allowed.")
-        for name in data
-        if name not in PATCH_PROPERTIES
+        property_error(name, _UNKNOWN_PROPERTY) for name in data if name not in PATCH_PROPERTIES
     ]
     identifier = data.get("internalIdentifier")
     if identifier is not None and not isinstance(identifier, str):

@@ -6,15 +6,12 @@ The HTTP layer calls ``admit`` (which fault and how long to wait), sleeps outsid
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Final, TypedDict
+from typing import Any, Final
 from urllib.parse import unquote
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from worker.sandbox_auth import (
     TOKEN_PATH_SUFFIX,
@@ -25,8 +22,17 @@ from worker.sandbox_auth import (
     redacted_form,
     token_reply,
 )
-from worker.sandbox_faults import Fault, FaultBook, FaultStep, RandomFaults
-from worker.sandbox_journal import Journal, JournalEntry
+from worker.sandbox_config import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_SCOPE,
+    DEFAULT_STATIC_TOKEN,
+    ConfigUpdate,
+    ConfigView,
+    SandboxOptions,
+)
+from worker.sandbox_faults import Fault, FaultBook, FaultStep
+from worker.sandbox_journal import Journal, JournalEntry, JournalRecord, pack_headers
 from worker.sandbox_protocol import (
     ApiRequest,
     Reply,
@@ -40,11 +46,6 @@ from worker.sandbox_protocol import (
 )
 from worker.sandbox_store import CustomerSpec, CustomerStore, CustomerView
 
-DEFAULT_CLIENT_ID: Final = "ccsync-sandbox"
-DEFAULT_CLIENT_SECRET: Final = "ccsync-sandbox-secret"
-DEFAULT_STATIC_TOKEN: Final = "sandbox-token"
-DEFAULT_SCOPE: Final = "api://b92a36a4-feb8-4f47-a69c-29a180aa6d0a/.default"
-
 _PATCH_PATH = re.compile(r"/v1/Customers/([^/]+)/internal-identifier")
 _GET_PATH = re.compile(r"/v1/Customers/([^/]+)")
 _NO_CONTENT: Final = Reply(204)
@@ -55,42 +56,19 @@ _EXPIRED: Final = Reply(
     headers=(("WWW-Authenticate", 'Bearer error="invalid_token", error_description="expired"'),),
 )
 
-__all__ = ["CustomerSpec", "CustomerView", "JournalEntry", "SandboxOptions", "SandboxState"]
-
-
-class SandboxOptions(BaseModel):
-    """How a sandbox starts; ``POST /_sandbox/reset`` returns to these."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    client_id: str = DEFAULT_CLIENT_ID
-    client_secret: str = DEFAULT_CLIENT_SECRET
-    # None accepts any scope; the default is the documented CloudCockpit one (auth.md).
-    scope: str | None = DEFAULT_SCOPE
-    static_tokens: list[str] = Field(default_factory=lambda: [DEFAULT_STATIC_TOKEN])
-    token_ttl_seconds: int = Field(3599, ge=1)
-    auto_create_customers: bool = True
-    latency_ms: int = Field(0, ge=0, le=600_000)
-    journal_limit: int = Field(200_000, ge=1)
-    random_faults: RandomFaults | None = None
-
-
-class ConfigUpdate(BaseModel):
-    """Body of ``PUT /_sandbox/config``: absent fields keep their value; ``random: null`` stops."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    latency_ms: int | None = Field(None, alias="latencyMs", ge=0, le=600_000)
-    auto_create_customers: bool | None = Field(None, alias="autoCreateCustomers")
-    token_ttl_seconds: int | None = Field(None, alias="tokenTtlSeconds", ge=1)
-    random: RandomFaults | None = None
-
-
-class ConfigView(TypedDict):
-    latencyMs: int
-    autoCreateCustomers: bool
-    tokenTtlSeconds: int
-    random: dict[str, Any] | None
+__all__ = [
+    "DEFAULT_CLIENT_ID",
+    "DEFAULT_CLIENT_SECRET",
+    "DEFAULT_SCOPE",
+    "DEFAULT_STATIC_TOKEN",
+    "ConfigUpdate",
+    "ConfigView",
+    "CustomerSpec",
+    "CustomerView",
+    "JournalEntry",
+    "SandboxOptions",
+    "SandboxState",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +77,8 @@ class Plan:
 
     route: str  # "patch", "get", "token", "not-allowed" or "unknown"
     customer_raw: str | None
+    # The customer as faults and the journal know it: lower-case when a UUID, else as sent.
+    customer_key: str | None
     delay_s: float
     fault: Fault | None
     allow: str | None = None
@@ -113,17 +93,6 @@ def _route(method: str, path: str) -> tuple[str, str | None, str | None]:
     if path.endswith(TOKEN_PATH_SUFFIX):
         return ("token" if method == "POST" else "not-allowed"), None, "POST"
     return "unknown", None, None
-
-
-def _journal_body(request: ApiRequest, route: str) -> Any:
-    if route == "token":
-        return redacted_form(request.body)
-    if not request.body:
-        return None
-    try:
-        return json.loads(request.body)
-    except (ValueError, RecursionError):
-        return request.body.decode("utf-8", "replace")
 
 
 class SandboxState:
@@ -150,15 +119,15 @@ class SandboxState:
 
     def admit(self, request: ApiRequest) -> Plan:
         route, customer_raw, allow = _route(request.method, request.path)
-        fault_key = None
-        if route == "patch" and customer_raw is not None:
-            fault_key = canonical_uuid(customer_raw) or customer_raw
+        customer_key = (
+            None if customer_raw is None else canonical_uuid(customer_raw) or customer_raw
+        )
         with self._lock:
             delay = self._latency_ms / 1000
-            fault = self._faults.next_fault(fault_key) if route == "patch" else None
+            fault = self._faults.next_fault(customer_key) if route == "patch" else None
         if fault is not None:
             delay += fault.delay_s
-        return Plan(route, customer_raw, delay, fault, allow)
+        return Plan(route, customer_raw, customer_key, delay, fault, allow)
 
     def respond(self, request: ApiRequest, plan: Plan) -> Reply | None:
         """The reply to send, or None to drop the connection without a byte."""
@@ -176,7 +145,9 @@ class SandboxState:
             return self._token(request)
         if plan.route == "not-allowed":
             description = f"{request.method} is not allowed on {request.path}."
-            return error_reply(405, description, correlation, headers=(("Allow", plan.allow or ""),))
+            return error_reply(
+                405, description, correlation, headers=(("Allow", plan.allow or ""),)
+            )
         return error_reply(404, f"No endpoint at {request.path}.", correlation)
 
     def record(
@@ -187,21 +158,19 @@ class SandboxState:
         received_at: float,
         responded_at: float,
     ) -> None:
-        customer_raw = plan.customer_raw
-        entry: JournalEntry = {
-            "seq": 0,
-            "method": request.method,
-            "path": request.target,
-            "customerId": None if customer_raw is None else canonical_uuid(customer_raw) or customer_raw,
-            "headers": dict(request.headers),
-            "body": _journal_body(request, plan.route),
-            "status": None if reply is None else reply.status,
-            "receivedAt": received_at,
-            "respondedAt": responded_at,
-            "fault": None if plan.fault is None else plan.fault.kind,
-        }
+        record = JournalRecord(
+            method=request.method,
+            path=request.target,
+            customer_id=plan.customer_key,
+            headers=pack_headers(request.headers),
+            body=redacted_form(request.body) if plan.route == "token" else request.body,
+            status=None if reply is None else reply.status,
+            received_at=received_at,
+            responded_at=responded_at,
+            fault=None if plan.fault is None else plan.fault.kind,
+        )
         with self._lock:
-            self._journal.append(entry)
+            self._journal.append(record)
 
     @staticmethod
     def _fault_reply(status: int, retry_after: int | None, correlation: str | None) -> Reply:
@@ -313,10 +282,12 @@ class SandboxState:
 
     def add_faults(self, customer_key: str, steps: list[FaultStep]) -> int:
         """Appends a script for a customer id or "*"; returns the calls it now covers."""
+        key = canonical_uuid(customer_key) or customer_key
         with self._lock:
-            return self._faults.add(customer_key, steps)
+            return self._faults.add(key, steps)
 
     def clear_faults(self) -> None:
+        """Clears scripts and random faults alike."""
         with self._lock:
             self._faults.clear()
 
@@ -332,10 +303,13 @@ class SandboxState:
         with self._lock:
             self._tokens.expire_all()
 
-    def journal(self, customer_id: str | None = None, since: int | None = None) -> list[JournalEntry]:
+    def journal(
+        self, customer_id: str | None = None, since: int | None = None
+    ) -> list[JournalEntry]:
         key = None if customer_id is None else canonical_uuid(customer_id) or customer_id
         with self._lock:
-            return self._journal.query(key, since)
+            records = self._journal.query(key, since)
+        return [record.to_entry() for record in records]
 
     def last_seq(self) -> int:
         with self._lock:

@@ -32,7 +32,7 @@ class CustomerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
-    tenant: str | None = Field(None, min_length=1)
+    tenant: str | None = Field(default=None, min_length=1)
     relationships: tuple[str | None, ...] = (None,)
 
     @field_validator("id")
