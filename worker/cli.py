@@ -45,7 +45,9 @@ def worker(concurrency: int, loglevel: str) -> None:
 @click.option("--port", default=8080, show_default=True)
 @click.option("--client-id", default="sandbox-client", show_default=True)
 @click.option("--client-secret", default="sandbox-secret", show_default=True)
-@click.option("--static-token", multiple=True, help="A bearer token accepted as is.")
+@click.option(
+    "--static-token", multiple=True, help="A bearer token accepted as is [default: sandbox-token]."
+)
 @click.option("--latency-ms", default=0, show_default=True)
 def sandbox(
     host: str,
@@ -64,7 +66,7 @@ def sandbox(
         SandboxOptions(
             client_id=client_id,
             client_secret=client_secret,
-            static_tokens=list(static_token),
+            static_tokens=list(static_token) or ["sandbox-token"],
             latency_ms=latency_ms,
         ),
     )

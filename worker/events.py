@@ -8,6 +8,7 @@ headers, the body being ``data``). All become one ``IdentifierChanged``.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -30,10 +31,14 @@ from worker.exceptions import InvalidEvent
 CORRELATION_NAMESPACE = uuid.UUID("5b0f4f7e-2a4c-5d69-9d0e-6363737973e1")
 
 
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
 def _rfc3339_text(value: object) -> object:
-    # pydantic would also take epoch numbers; the contract promises producers an RFC 3339 string.
-    if not isinstance(value, str):
-        raise ValueError("must be an RFC 3339 timestamp string with an offset")
+    # pydantic alone would also take epoch numbers, even inside strings; the contract promises
+    # producers an RFC 3339 timestamp with an offset, and ordering depends on reading it right.
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 timestamp with an offset")
     return value
 
 

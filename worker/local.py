@@ -31,6 +31,7 @@ class LocalWorker:
             f"--loglevel={loglevel}",
         ]
         self._process: subprocess.Popen[str] | None = None
+        self._collector: threading.Thread | None = None
         self._lines: list[str] = []
         self._lock = threading.Lock()
 
@@ -55,7 +56,8 @@ class LocalWorker:
             text=True,
             errors="replace",
         )
-        threading.Thread(target=self._collect, args=(self._process,), daemon=True).start()
+        self._collector = threading.Thread(target=self._collect, args=(self._process,), daemon=True)
+        self._collector.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
@@ -78,6 +80,7 @@ class LocalWorker:
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGKILL)
             self._process.wait(timeout=30)
+        self._release_pipe()
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (warm shutdown), then SIGKILL if it overstays ``timeout``."""
@@ -89,7 +92,15 @@ class LocalWorker:
                 self._process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._release_pipe()
         return self._process.returncode
+
+    def _release_pipe(self) -> None:
+        # The collector reads to end of file, which comes once the process is gone.
+        if self._collector is not None:
+            self._collector.join(timeout=10)
+        if self._process is not None and self._process.stdout is not None:
+            self._process.stdout.close()
 
     def __enter__(self) -> Self:
         return self.start()

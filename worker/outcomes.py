@@ -49,7 +49,7 @@ def describe_error(response: httpx.Response) -> str:
     prefix = f"HTTP {response.status_code}"
     try:
         body: Any = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return prefix
     if not isinstance(body, dict):
         return prefix
@@ -57,7 +57,8 @@ def describe_error(response: httpx.Response) -> str:
     for key in ("type", "description"):
         if body.get(key):
             parts.append(str(body[key]))
-    for item in body.get("errors") or []:
+    errors = body.get("errors")
+    for item in errors if isinstance(errors, list) else []:
         if isinstance(item, dict):
             descriptions = item.get("description") or []
             if not isinstance(descriptions, list):
@@ -71,7 +72,7 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

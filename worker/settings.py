@@ -6,12 +6,13 @@ values apply where the environment has none.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Self
 
 from pydantic import (
-    AliasChoices,
     Field,
     SecretStr,
     ValidationError,
@@ -42,19 +43,18 @@ class HttpTimeouts:
     pool: float = 5.0
 
 
-def _alias(*names: str) -> Any:
-    return Field(validation_alias=AliasChoices(*names))
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         extra="ignore", populate_by_name=True, frozen=True, env_ignore_empty=True
     )
 
+    # URLs may carry passwords: kept out of repr so that logging the settings leaks nothing.
     broker_url: str = Field(
-        "amqp://guest:guest@localhost:5672//", validation_alias="CCSYNC_BROKER_URL"
+        "amqp://guest:guest@localhost:5672//", validation_alias="CCSYNC_BROKER_URL", repr=False
     )
-    redis_url: str = Field("redis://localhost:6379/0", validation_alias="CCSYNC_REDIS_URL")
+    redis_url: str = Field(
+        "redis://localhost:6379/0", validation_alias="CCSYNC_REDIS_URL", repr=False
+    )
     base_url: str = Field("https://api.cloudcockpit.com", validation_alias="CLOUDCOCKPIT_BASE_URL")
     tenant: str | None = Field(None, min_length=1, validation_alias="CLOUDCOCKPIT_TENANT")
     token: SecretStr | None = Field(None, validation_alias="CLOUDCOCKPIT_TOKEN")
@@ -79,8 +79,8 @@ class Settings(BaseSettings):
                 delays = tuple(float(part) for part in parts)
             except ValueError:
                 raise ValueError("must be seconds separated by commas, like 2,10,60") from None
-            if any(delay < 0 for delay in delays):
-                raise ValueError("delays cannot be negative")
+            if not all(math.isfinite(delay) and delay >= 0 for delay in delays):
+                raise ValueError("delays must be finite and not negative")
             return delays
         return value
 
@@ -112,6 +112,8 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning any problem into one line that names the variable."""
     env_file = os.environ.get("CCSYNC_SETTINGS_FILE")
+    if env_file and not Path(env_file).is_file():
+        raise ConfigurationError(f"CCSYNC_SETTINGS_FILE: {env_file} does not exist")
     try:
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:

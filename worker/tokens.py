@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Protocol
@@ -87,9 +88,11 @@ class ClientCredentialsToken:
             )
         try:
             answer = response.json()
-            value = str(answer["access_token"])
+            value = answer["access_token"]
             lifetime = float(answer.get("expires_in", 3599))
-        except (ValueError, KeyError, TypeError):
-            raise TokenUnavailable("token endpoint answered without an access_token") from None
+        except (ValueError, KeyError, TypeError, RecursionError):
+            value, lifetime = None, 0.0
+        if not isinstance(value, str) or not value or not math.isfinite(lifetime) or lifetime <= 0:
+            raise TokenUnavailable("token endpoint answered without a usable access_token")
         self._value = value
         self._renew_at = time.monotonic() + max(lifetime - RENEW_MARGIN_SECONDS, lifetime / 2)

@@ -1,0 +1,73 @@
+"""Fixtures shared by all tests: real RabbitMQ (a throwaway vhost), Redis, and the sandbox.
+
+A missing service fails the run loudly; nothing here is skipped or replaced by a mock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.sandbox import SandboxControl, SandboxOptions, SandboxServer
+
+RABBITMQ_HOST = os.environ.get("CCSYNC_TEST_RABBITMQ_HOST", "127.0.0.1")
+RABBITMQ_PORT = int(os.environ.get("CCSYNC_TEST_RABBITMQ_PORT", "5672"))
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _require_port(name: str, host: str, port: int, how: str) -> None:
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as exc:
+        pytest.fail(f"{name} is not reachable at {host}:{port} ({exc}); start it: {how}")
+
+
+def _rabbitmqctl(*args: str) -> None:
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("rabbitmqctl is not on PATH: the tests make a throwaway vhost with it")
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    """A fresh vhost for this test session, deleted afterwards: tests never see foreign queues."""
+    _require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT, "rabbitmq-server -detached")
+    vhost = f"ccsync-test-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    with SandboxServer(SandboxOptions()) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxControl]:
+    """The sandbox's controls, with state, journal and faults reset for this test."""
+    with sandbox_server.control() as control:
+        control.reset()
+        yield control
+
+
+@pytest.fixture(scope="session")
+def openapi_document() -> dict[str, object]:
+    import yaml
+
+    path = SHARED / "cloudcockpit-api" / "openapi.yaml"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the contract tests validate against it")
+    document: dict[str, object] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return document

@@ -1,0 +1,105 @@
+"""A producer as the CRM/ERP side would write one: py-amqp, nothing of ccsync or Celery.
+
+Also the tests' window on the queues: reading dead letters and purging between tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import amqp
+
+EXCHANGE = "customer-events"
+ROUTING_KEY = "customer.internal-identifier.changed"
+
+
+def connect(broker_url: str) -> amqp.Connection:
+    parts = urlsplit(broker_url)
+    connection = amqp.Connection(
+        host=f"{parts.hostname}:{parts.port or 5672}",
+        userid=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"),
+        virtual_host=unquote(parts.path[1:]) or "/",
+        confirm_publish=True,
+    )
+    connection.connect()
+    return connection
+
+
+class Producer:
+    def __init__(self, broker_url: str) -> None:
+        self.connection = connect(broker_url)
+        self.channel = self.connection.channel()
+        self.channel.exchange_declare(EXCHANGE, "topic", durable=True, auto_delete=False)
+
+    def publish(
+        self,
+        body: bytes,
+        content_type: str | None = "application/json",
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        properties: dict[str, Any] = {"delivery_mode": 2}
+        if content_type is not None:
+            properties["content_type"] = content_type
+        if headers:
+            properties["application_headers"] = dict(headers)
+        self.channel.basic_publish(
+            amqp.Message(body, **properties), exchange=EXCHANGE, routing_key=ROUTING_KEY
+        )
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@dataclass(frozen=True)
+class Letter:
+    body: bytes
+    content_type: str | None
+    headers: dict[str, Any]
+
+
+def read_dead_letters(broker_url: str, expected: int, timeout: float = 30.0) -> list[Letter]:
+    """Takes dead letters out of ccsync.dead-letter until ``expected`` arrived or time is up."""
+    letters: list[Letter] = []
+    connection = connect(broker_url)
+    try:
+        channel = connection.channel()
+        deadline = time.monotonic() + timeout
+        while len(letters) < expected and time.monotonic() < deadline:
+            message = channel.basic_get("ccsync.dead-letter", no_ack=True)
+            if message is None:
+                time.sleep(0.1)
+                continue
+            letters.append(
+                Letter(
+                    bytes(message.body),
+                    message.properties.get("content_type"),
+                    dict(message.properties.get("application_headers") or {}),
+                )
+            )
+    finally:
+        connection.close()
+    return letters
+
+
+def queue_depth(broker_url: str, queue: str) -> int:
+    connection = connect(broker_url)
+    try:
+        _, count, _ = connection.channel().queue_declare(queue, passive=True)
+        return int(count)
+    finally:
+        connection.close()
+
+
+def purge(broker_url: str, *queues: str) -> None:
+    connection = connect(broker_url)
+    try:
+        channel = connection.channel()
+        for queue in queues:
+            channel.queue_purge(queue)
+    finally:
+        connection.close()

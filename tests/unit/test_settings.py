@@ -1,0 +1,304 @@
+"""Configuration (contract section 5): defaults, parsing, contradictions, secrets, settings file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.exceptions import ConfigurationError
+from worker.settings import Settings, load_settings
+
+AUTH_MD = Path(__file__).resolve().parents[2].parent / "shared" / "cloudcockpit-api" / "auth.md"
+
+TOKEN = "static-tok-9f8e7d6c5b4a"
+CLIENT_SECRET = "cc-secret-Zq81~xx.Yw"
+SENTRY_DSN = "https://0123456789abcdef0123456789abcdef@o1.ingest.sentry.io/42"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Given no ccsync, CloudCockpit or Sentry variable from the machine running the tests."""
+    for name in list(os.environ):
+        if name.startswith(("CCSYNC_", "CLOUDCOCKPIT_")) or name == "SENTRY_DSN":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env in the working directory can take part
+    yield
+
+
+def configuration_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message, "a configuration problem is reported in one line"
+    return message
+
+
+# --- defaults --------------------------------------------------------------------------------
+
+
+def test_given_no_variables_then_the_defaults_of_contract_section_5_apply() -> None:
+    settings = load_settings()
+
+    assert settings.broker_url == "amqp://guest:guest@localhost:5672//"
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.base_url == "https://api.cloudcockpit.com"
+    assert settings.tenant is None
+    assert settings.token is None
+    assert settings.client_id is None
+    assert settings.client_secret is None
+    assert settings.sentry_dsn is None
+
+
+def test_given_no_variables_then_token_url_and_scope_are_the_ones_auth_md_documents() -> None:
+    settings = load_settings()
+    documented = AUTH_MD.read_text(encoding="utf-8")
+
+    assert settings.token_url == (
+        "https://login.microsoftonline.com/4e806121-ff28-4286-ab4e-3be0a08f9ce0/oauth2/v2.0/token"
+    )
+    assert settings.scope == "api://b92a36a4-feb8-4f47-a69c-29a180aa6d0a/.default"
+    assert f"`{settings.token_url}`" in documented
+    assert f"scope={settings.scope}" in documented
+
+
+def test_given_no_retry_delays_then_the_default_is_a_growing_ladder_of_positive_delays() -> None:
+    delays = load_settings().retry_delays
+
+    assert len(delays) >= 1
+    assert all(delay > 0 for delay in delays)
+    assert list(delays) == sorted(delays)
+
+
+def test_given_each_variable_set_then_it_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        "CCSYNC_BROKER_URL": "amqp://ccsync@rabbit:5672/prod",
+        "CCSYNC_REDIS_URL": "redis://redis:6379/3",
+        "CLOUDCOCKPIT_BASE_URL": "http://127.0.0.1:8080",
+        "CLOUDCOCKPIT_TENANT": "portal.example.com",
+        "CLOUDCOCKPIT_CLIENT_ID": "client-1",
+        "CLOUDCOCKPIT_CLIENT_SECRET": CLIENT_SECRET,
+        "CLOUDCOCKPIT_TOKEN_URL": "http://127.0.0.1:8080/oauth2/v2.0/token",
+        "CLOUDCOCKPIT_SCOPE": "api://sandbox/.default",
+        "SENTRY_DSN": SENTRY_DSN,
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+    settings = load_settings()
+
+    assert settings.broker_url == values["CCSYNC_BROKER_URL"]
+    assert settings.redis_url == values["CCSYNC_REDIS_URL"]
+    assert settings.base_url == values["CLOUDCOCKPIT_BASE_URL"]
+    assert settings.tenant == values["CLOUDCOCKPIT_TENANT"]
+    assert settings.client_id == "client-1"
+    assert settings.client_secret is not None
+    assert settings.client_secret.get_secret_value() == CLIENT_SECRET
+    assert settings.token_url == values["CLOUDCOCKPIT_TOKEN_URL"]
+    assert settings.scope == values["CLOUDCOCKPIT_SCOPE"]
+    assert settings.sentry_dsn is not None
+    assert settings.sentry_dsn.get_secret_value() == SENTRY_DSN
+
+
+# --- CCSYNC_RETRY_DELAYS ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "delays"),
+    [
+        ("1,2,3", (1.0, 2.0, 3.0)),
+        (" 1 , 2 ,3 ", (1.0, 2.0, 3.0)),
+        ("0.5,30", (0.5, 30.0)),
+        ("0", (0.0,)),
+        ("5", (5.0,)),
+    ],
+)
+def test_given_retry_delays_as_comma_separated_seconds_then_they_are_parsed(
+    monkeypatch: pytest.MonkeyPatch, text: str, delays: tuple[float, ...]
+) -> None:
+    monkeypatch.setenv("CCSYNC_RETRY_DELAYS", text)
+
+    assert load_settings().retry_delays == delays
+
+
+@pytest.mark.parametrize("text", ["1,x,3", "1;2;3", "abc", "1 2", "[1, 2]"])
+def test_given_retry_delays_not_numbers_then_configuration_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    assert "CCSYNC_RETRY_DELAYS" in configuration_error(monkeypatch, CCSYNC_RETRY_DELAYS=text)
+
+
+@pytest.mark.parametrize("text", ["-1", "1,-2,3"])
+def test_given_a_negative_retry_delay_then_configuration_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    message = configuration_error(monkeypatch, CCSYNC_RETRY_DELAYS=text)
+
+    assert "CCSYNC_RETRY_DELAYS" in message
+    assert "negative" in message
+
+
+@pytest.mark.parametrize("text", ["nan", "1,inf", "NaN,2", "-inf"])
+def test_given_a_retry_delay_that_is_not_a_finite_number_then_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """Given "nan" or "inf" seconds, which cannot be waited, Then the worker refuses them."""
+    assert "CCSYNC_RETRY_DELAYS" in configuration_error(monkeypatch, CCSYNC_RETRY_DELAYS=text)
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "client_env",
+    [
+        {"CLOUDCOCKPIT_CLIENT_ID": "client-1", "CLOUDCOCKPIT_CLIENT_SECRET": CLIENT_SECRET},
+        {"CLOUDCOCKPIT_CLIENT_ID": "client-1"},
+        {"CLOUDCOCKPIT_CLIENT_SECRET": CLIENT_SECRET},
+    ],
+    ids=["id-and-secret", "id-only", "secret-only"],
+)
+def test_given_a_static_token_and_client_credentials_then_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, client_env: dict[str, str]
+) -> None:
+    message = configuration_error(monkeypatch, CLOUDCOCKPIT_TOKEN=TOKEN, **client_env)
+
+    assert "CLOUDCOCKPIT_TOKEN" in message
+    assert "CLOUDCOCKPIT_CLIENT_ID" in message
+    assert TOKEN not in message
+    assert CLIENT_SECRET not in message
+
+
+def test_given_a_client_id_without_secret_then_configuration_error_naming_the_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = configuration_error(monkeypatch, CLOUDCOCKPIT_CLIENT_ID="client-1")
+
+    assert "CLOUDCOCKPIT_CLIENT_SECRET" in message
+
+
+def test_given_a_client_secret_without_id_then_configuration_error_naming_the_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = configuration_error(monkeypatch, CLOUDCOCKPIT_CLIENT_SECRET=CLIENT_SECRET)
+
+    assert "CLOUDCOCKPIT_CLIENT_ID" in message
+    assert CLIENT_SECRET not in message
+
+
+def test_given_no_credentials_when_required_then_configuration_error_naming_the_variables() -> None:
+    settings = load_settings()
+
+    with pytest.raises(ConfigurationError) as caught:
+        settings.require_api_credentials()
+
+    assert "CLOUDCOCKPIT_TOKEN" in str(caught.value)
+    assert "CLOUDCOCKPIT_CLIENT_ID" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CLOUDCOCKPIT_TOKEN": TOKEN},
+        {"CLOUDCOCKPIT_CLIENT_ID": "client-1", "CLOUDCOCKPIT_CLIENT_SECRET": CLIENT_SECRET},
+    ],
+    ids=["static-token", "client-credentials"],
+)
+def test_given_either_kind_of_credentials_when_required_then_no_error(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    load_settings().require_api_credentials()  # raises if the credentials were not recognised
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def test_given_secrets_set_then_repr_and_str_of_settings_never_show_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLOUDCOCKPIT_TOKEN", TOKEN)
+    monkeypatch.setenv("SENTRY_DSN", SENTRY_DSN)
+    with_token = load_settings()
+    monkeypatch.delenv("CLOUDCOCKPIT_TOKEN")
+    monkeypatch.setenv("CLOUDCOCKPIT_CLIENT_ID", "client-1")
+    monkeypatch.setenv("CLOUDCOCKPIT_CLIENT_SECRET", CLIENT_SECRET)
+    with_client = load_settings()
+
+    for settings in (with_token, with_client):
+        shown = repr(settings) + str(settings) + repr(settings.model_dump())
+        assert TOKEN not in shown
+        assert CLIENT_SECRET not in shown
+        assert SENTRY_DSN not in shown
+        assert "0123456789abcdef0123456789abcdef" not in shown
+    assert with_token.token is not None
+    assert with_token.token.get_secret_value() == TOKEN
+
+
+# --- CCSYNC_SETTINGS_FILE --------------------------------------------------------------------
+
+
+def test_given_a_settings_file_then_it_adds_values_and_the_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings_file = tmp_path / "ccsync.env"
+    settings_file.write_text(
+        "CLOUDCOCKPIT_TENANT=file.example.com\n"
+        "CCSYNC_RETRY_DELAYS=5,6\n"
+        "CLOUDCOCKPIT_BASE_URL=https://from-file.example.com\n"
+        f"CLOUDCOCKPIT_TOKEN={TOKEN}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("CCSYNC_SETTINGS_FILE", str(settings_file))
+    monkeypatch.setenv("CLOUDCOCKPIT_BASE_URL", "https://from-env.example.com")
+
+    settings = load_settings()
+
+    assert settings.tenant == "file.example.com"
+    assert settings.retry_delays == (5.0, 6.0)
+    assert settings.token is not None
+    assert settings.token.get_secret_value() == TOKEN
+    assert settings.base_url == "https://from-env.example.com"
+
+
+def test_given_a_bad_value_in_the_settings_file_then_configuration_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings_file = tmp_path / "ccsync.env"
+    settings_file.write_text("CCSYNC_RETRY_DELAYS=soon\n", encoding="utf-8")
+
+    message = configuration_error(monkeypatch, CCSYNC_SETTINGS_FILE=str(settings_file))
+
+    assert "CCSYNC_RETRY_DELAYS" in message
+
+
+def test_given_a_settings_file_that_does_not_exist_then_configuration_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A mistyped path must stop the worker, not run it silently on defaults (guest@localhost)."""
+    missing = tmp_path / "no-such-file.env"
+
+    message = configuration_error(monkeypatch, CCSYNC_SETTINGS_FILE=str(missing))
+
+    assert "CCSYNC_SETTINGS_FILE" in message
+
+
+def test_given_no_settings_file_variable_then_a_dotenv_in_the_working_directory_is_not_read(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".env").write_text("CLOUDCOCKPIT_TENANT=stray.example.com\n", encoding="utf-8")
+
+    assert load_settings().tenant is None
+
+
+def test_given_settings_built_directly_then_the_http_read_timeout_follows_the_setting() -> None:
+    settings = Settings(CCSYNC_HTTP_TIMEOUT="7.5")
+
+    assert settings.timeouts.read == 7.5
+    assert settings.timeouts.connect > 0
