@@ -41,6 +41,10 @@ class LocalWorker:
         return self._process.pid
 
     @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def log(self) -> str:
         with self._lock:
             return "".join(self._lines)

@@ -1,0 +1,71 @@
+"""Issue 2: invalid messages end in the dead-letter queue; the worker carries on."""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.events import native
+from tests.integration.producer import Producer, read_dead_letters
+from tests.integration.waiting import wait_until
+from worker.local import LocalWorker
+from worker.sandbox import SandboxControl
+
+
+def _invalid_messages() -> dict[str, bytes]:
+    bad_uuid = native(customer_id="not-a-uuid")
+    long_identifier = native(identifier="x" * 256)
+    missing_id = native()
+    del missing_id["eventId"]
+    wrong_type = native(eventType="customer.deleted")
+    return {
+        "bad UUID": json.dumps(bad_uuid).encode(),
+        "identifier of 256 chars": json.dumps(long_identifier).encode(),
+        "malformed JSON": b'{"eventId": "e-1", "customerId": ',
+        "missing eventId": json.dumps(missing_id).encode(),
+        "wrong eventType": json.dumps(wrong_type).encode(),
+        # Latin-1, as a misconfigured producer would send it
+        "not UTF-8": json.dumps(native(identifier="caf\u00e9"), ensure_ascii=False).encode(
+            "latin-1"
+        ),
+    }
+
+
+def test_given_six_kinds_of_invalid_message_then_each_is_dead_lettered_and_none_is_sent(
+    worker: LocalWorker,
+    clean_queues: None,
+    sandbox: SandboxControl,
+    producer: Producer,
+    broker_url: str,
+) -> None:
+    # Given six invalid messages, each marked so that its dead letter can be recognised
+    messages = _invalid_messages()
+
+    # When a producer publishes them, then one valid event
+    for kind, body in messages.items():
+        producer.publish(body, "application/json", {"x-test-kind": kind})
+    valid = native(identifier="STILL-RUNNING")
+    producer.publish(json.dumps(valid).encode(), "application/json")
+
+    # Then each is in the dead-letter queue as invalid-event, with its body kept byte for byte
+    letters = read_dead_letters(broker_url, expected=len(messages))
+    by_kind = {letter.headers.get("x-test-kind"): letter for letter in letters}
+    assert set(by_kind) == set(messages)
+    for kind, letter in by_kind.items():
+        assert letter.headers["x-ccsync-reason"] == "invalid-event", kind
+        assert letter.headers["x-ccsync-error"], kind
+        assert letter.body == messages[kind], kind
+        assert letter.content_type == "application/json"
+    assert "internalIdentifier" in by_kind["identifier of 256 chars"].headers["x-ccsync-error"]
+    assert "customerId" in by_kind["bad UUID"].headers["x-ccsync-error"]
+    assert "UTF-8" in by_kind["not UTF-8"].headers["x-ccsync-error"]
+    assert "eventType" in by_kind["wrong eventType"].headers["x-ccsync-error"]
+
+    # And the worker kept running: the valid event after them is applied, and nothing else is sent
+    wait_until(
+        lambda: any(c["relationships"] == {"self": "STILL-RUNNING"} for c in sandbox.state()),
+        timeout=30,
+        what="the valid event published after the invalid ones",
+    )
+    patches = [entry for entry in sandbox.journal() if entry["method"] == "PATCH"]
+    assert [entry["customerId"] for entry in patches] == [valid["customerId"]]
+    assert worker.alive
