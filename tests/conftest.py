@@ -19,6 +19,8 @@ from worker.sandbox import SandboxControl, SandboxOptions, SandboxServer
 
 RABBITMQ_HOST = os.environ.get("CCSYNC_TEST_RABBITMQ_HOST", "127.0.0.1")
 RABBITMQ_PORT = int(os.environ.get("CCSYNC_TEST_RABBITMQ_PORT", "5672"))
+REDIS_HOST = os.environ.get("CCSYNC_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("CCSYNC_TEST_REDIS_PORT", "6379"))
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
@@ -46,6 +48,13 @@ def broker_url() -> Iterator[str]:
         yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{vhost}"
     finally:
         _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Database 15 of the local Redis; ledgers in tests use their own key prefixes or customers."""
+    _require_port("Redis", REDIS_HOST, REDIS_PORT, "redis-server --daemonize yes")
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
 
 
 @pytest.fixture(scope="session")

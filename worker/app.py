@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import threading
 from typing import Any
@@ -13,11 +12,14 @@ from celery.exceptions import Reject
 from celery.signals import worker_ready
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from worker.apply import Attempt, Outcome, apply_event
+from worker.apply import Applier, Attempt, Outcome
 from worker.backoff import RetryPolicy
 from worker.client import CloudCockpitClient, make_http_client, make_token_source
 from worker.constants import APPLY_EVENT_TASK, TASKS_EXCHANGE, TASKS_QUEUE
+from worker.consumption import ConsumerSwitch
 from worker.dead_letters import DeadLetter, Envelope, publish_dead_letter
+from worker.ledger import Ledger
+from worker.outage import OutageGuard
 from worker.settings import Settings
 from worker.topology import delay_entry_exchange, delay_routing_key, tasks_queue
 
@@ -50,15 +52,28 @@ class BrokerPublisher:
 class Runtime:
     """What the task needs, made once per worker process (after any fork, never before)."""
 
-    def __init__(self, app: Celery, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, app: Celery, settings: Settings, switch: ConsumerSwitch) -> None:
         self.http = make_http_client(settings)
-        self.api = CloudCockpitClient(
+        api = CloudCockpitClient(
             self.http, settings.base_url, make_token_source(settings, self.http)
         )
-        self.policy = RetryPolicy(settings.retry_delays, settings.retry_jitter)
-        self.publisher = BrokerPublisher(app)
-        self.rng = random.Random()
+        self.ledger = Ledger.from_url(settings.redis_url)
+        self.guard = OutageGuard(self._probe, on_open=switch.pause, on_close=switch.resume)
+        self.applier = Applier(
+            api,
+            self.ledger,
+            BrokerPublisher(app),
+            RetryPolicy(settings.retry_delays, settings.retry_jitter),
+            self.guard,
+        )
+
+    def _probe(self) -> bool:
+        target = self.applier.probe_target
+        if not self.ledger.ping():
+            return False
+        if target is None:
+            return True
+        return self.applier.api.answers(target.tenant, target.customer_id, target.reseller_id)
 
 
 class CcsyncConsumer(CeleryConsumer):  # type: ignore[misc]
@@ -84,12 +99,13 @@ class CcsyncCelery(Celery):  # type: ignore[misc]
         self.ccsync_settings = settings
         self._runtime: Runtime | None = None
         self._runtime_lock = threading.Lock()
+        self.consumer_switch = ConsumerSwitch()
 
     @property
     def runtime(self) -> Runtime:
         with self._runtime_lock:
             if self._runtime is None:
-                self._runtime = Runtime(self, self.ccsync_settings)
+                self._runtime = Runtime(self, self.ccsync_settings, self.consumer_switch)
             return self._runtime
 
 
@@ -129,14 +145,9 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
         attempt: int,
         first_attempt_at: str,
     ) -> str:
-        runtime = app.runtime
         try:
-            outcome: Outcome = apply_event(
+            outcome: Outcome = app.runtime.applier.apply(
                 Attempt.from_task_kwargs(event, envelope, attempt, first_attempt_at),
-                runtime.api,
-                runtime.publisher,
-                runtime.policy,
-                runtime.rng,
                 delivery_count=int(task.request.get("x-delivery-count") or 0),
             )
         except Exception as exc:

@@ -1,12 +1,14 @@
-"""The outcome of one attempt: call CloudCockpit, then applied, retry later, or dead letter.
+"""The outcome of one attempt: consult the ledger, call CloudCockpit, then applied, stale,
+duplicate, retry later, wait out an outage, or dead letter.
 
-Free of Celery so that every branch can be tested by calling ``apply_event`` directly.
+Free of Celery so that every branch can be tested by calling ``Applier.apply`` directly.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,14 +24,27 @@ from worker.constants import (
 )
 from worker.dead_letters import DeadLetter, Envelope
 from worker.events import IdentifierChanged, correlation_id
-from worker.exceptions import ApiRejected, TransientFailure
+from worker.exceptions import (
+    ApiRejected,
+    ApiUnavailable,
+    LedgerUnavailable,
+    RelationshipBusy,
+    TokenRejected,
+    TokenUnavailable,
+    TransientFailure,
+)
+from worker.ledger import Ledger, Relationship, Verdict
+from worker.outage import OutageGuard
 
 log = logging.getLogger(__name__)
 
 
 class Outcome(StrEnum):
     APPLIED = "applied"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
     RETRYING = "retrying"
+    DEFERRED = "deferred"
     DEAD_LETTERED = "dead-lettered"
 
 
@@ -41,6 +56,13 @@ class Attempt:
     envelope: Envelope
     number: int
     first_attempt_at: str
+
+    @property
+    def correlation_id(self) -> uuid.UUID:
+        return correlation_id(self.tenant, self.event.event_id)
+
+    def next(self) -> Attempt:
+        return Attempt(self.event, self.envelope, self.number + 1, self.first_attempt_at)
 
     @property
     def tenant(self) -> str:
@@ -80,62 +102,125 @@ class Publisher(Protocol):
     def dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None: ...
 
 
-def apply_event(
-    attempt: Attempt,
-    api: CloudCockpitClient,
-    publisher: Publisher,
-    policy: RetryPolicy,
-    rng: random.Random,
-    delivery_count: int = 0,
-) -> Outcome:
-    event = attempt.event
-    correlation = str(correlation_id(attempt.tenant, event.event_id))
+# Failures that say the API or the ledger as a whole is down, not that this event is bad.
+SYSTEMIC_FAILURES = (ApiUnavailable, TokenRejected, TokenUnavailable, LedgerUnavailable)
+BUSY_RETRY_SECONDS = 1.0
 
-    def dead_letter(reason: str, error: str, status: int | None) -> Outcome:
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """The relationship of the last event that failed systemically: what the outage probe reads."""
+
+    tenant: str
+    customer_id: uuid.UUID
+    reseller_id: uuid.UUID | None
+
+
+class Applier:
+    """Applies one attempt of one event and decides what becomes of it."""
+
+    def __init__(
+        self,
+        api: CloudCockpitClient,
+        ledger: Ledger,
+        publisher: Publisher,
+        policy: RetryPolicy,
+        guard: OutageGuard | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.api = api
+        self.ledger = ledger
+        self.publisher = publisher
+        self.policy = policy
+        self.guard = guard
+        self.rng = rng or random.Random()
+        self.probe_target: ProbeTarget | None = None
+
+    def apply(self, attempt: Attempt, delivery_count: int = 0) -> Outcome:
+        event = attempt.event
+        if delivery_count >= DELIVERY_LIMIT:
+            return self._dead_letter(
+                attempt,
+                REASON_DELIVERY_LIMIT,
+                f"delivered {delivery_count} times without an outcome: "
+                "the worker crashed or hung on it",
+                None,
+            )
+        if self.guard is not None and self.guard.is_open:
+            return self._defer(attempt, self.guard.retry_in, "outage protection is on")
+        relationship = Relationship.of(event)
+        try:
+            with self.ledger.hold(relationship):
+                verdict = self.ledger.verdict(relationship, event)
+                if verdict is Verdict.STALE:
+                    log.info("event %s is stale: a newer one was applied", event.event_id)
+                    return Outcome.STALE
+                if verdict is Verdict.DUPLICATE:
+                    log.info("event %s is a duplicate: already applied", event.event_id)
+                    return Outcome.DUPLICATE
+                self.api.set_internal_identifier(
+                    tenant=attempt.tenant,
+                    customer_id=event.customer_id,
+                    reseller_id=event.reseller_id,
+                    internal_identifier=event.internal_identifier,
+                    correlation_id=attempt.correlation_id,
+                )
+                self.ledger.record(relationship, event)
+        except RelationshipBusy as exc:
+            return self._defer(attempt, BUSY_RETRY_SECONDS, str(exc))
+        except ApiRejected as exc:
+            self._healthy()
+            return self._dead_letter(attempt, REASON_API_REJECTED, exc.error, exc.status)
+        except TransientFailure as exc:
+            return self._failed(attempt, exc)
+        self._healthy()
+        log.info("event %s applied (attempt %d)", event.event_id, attempt.number)
+        return Outcome.APPLIED
+
+    def _failed(self, attempt: Attempt, failure: TransientFailure) -> Outcome:
+        if self.guard is not None and isinstance(failure, SYSTEMIC_FAILURES):
+            event = attempt.event
+            self.probe_target = ProbeTarget(attempt.tenant, event.customer_id, event.reseller_id)
+            self.guard.record_failure(failure.error)
+            if self.guard.is_open:
+                # The API is down for everyone: waiting out the outage costs no attempt.
+                return self._defer(attempt, self.guard.retry_in, failure.error)
+        delay = self.policy.delay_after(attempt.number, failure, self.rng)
+        if delay is None:
+            return self._dead_letter(
+                attempt, REASON_RETRIES_EXHAUSTED, failure.error, failure.status
+            )
+        self.publisher.retry_later(attempt.next(), delay)
+        log.info(
+            "event %s attempt %d failed (%s); retry in %.1fs",
+            attempt.event.event_id,
+            attempt.number,
+            failure.error,
+            delay,
+        )
+        return Outcome.RETRYING
+
+    def _defer(self, attempt: Attempt, delay: float, why: str) -> Outcome:
+        self.publisher.retry_later(attempt, delay)
+        log.info("event %s deferred %.1fs (%s)", attempt.event.event_id, delay, why)
+        return Outcome.DEFERRED
+
+    def _healthy(self) -> None:
+        if self.guard is not None:
+            self.guard.record_success()
+
+    def _dead_letter(
+        self, attempt: Attempt, reason: str, error: str, status: int | None
+    ) -> Outcome:
         letter = DeadLetter(
             reason=reason,
             error=error,
             attempts=attempt.number,
-            event_id=event.event_id,
-            correlation_id=correlation,
+            event_id=attempt.event.event_id,
+            correlation_id=str(attempt.correlation_id),
             status=status,
             first_attempt_at=attempt.first_attempt_at,
         )
-        publisher.dead_letter(attempt.envelope, letter)
-        log.warning("event %s dead-lettered (%s): %s", event.event_id, reason, error)
+        self.publisher.dead_letter(attempt.envelope, letter)
+        log.warning("event %s dead-lettered (%s): %s", attempt.event.event_id, reason, error)
         return Outcome.DEAD_LETTERED
-
-    if delivery_count >= DELIVERY_LIMIT:
-        return dead_letter(
-            REASON_DELIVERY_LIMIT,
-            f"delivered {delivery_count} times without an outcome: "
-            "the worker crashed or hung on it",
-            None,
-        )
-    try:
-        api.set_internal_identifier(
-            tenant=attempt.tenant,
-            customer_id=event.customer_id,
-            reseller_id=event.reseller_id,
-            internal_identifier=event.internal_identifier,
-            correlation_id=correlation_id(attempt.tenant, event.event_id),
-        )
-    except ApiRejected as exc:
-        return dead_letter(REASON_API_REJECTED, exc.error, exc.status)
-    except TransientFailure as exc:
-        delay = policy.delay_after(attempt.number, exc, rng)
-        if delay is None:
-            return dead_letter(REASON_RETRIES_EXHAUSTED, exc.error, exc.status)
-        publisher.retry_later(
-            Attempt(event, attempt.envelope, attempt.number + 1, attempt.first_attempt_at), delay
-        )
-        log.info(
-            "event %s attempt %d failed (%s); retry in %.1fs",
-            event.event_id,
-            attempt.number,
-            exc.error,
-            delay,
-        )
-        return Outcome.RETRYING
-    log.info("event %s applied (attempt %d)", event.event_id, attempt.number)
-    return Outcome.APPLIED

@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 
-from worker.exceptions import TokenRejected
+from worker.exceptions import TokenRejected, TransientFailure
 from worker.outcomes import describe_transport_error, raise_for_outcome
 from worker.settings import Settings
 from worker.tokens import ClientCredentialsToken, StaticToken, TokenSource
@@ -77,6 +77,30 @@ class CloudCockpitClient:
             if response.status_code == 401:
                 raise TokenRejected("HTTP 401 with a renewed token", 401)
         raise_for_outcome(response)
+
+    def answers(self, tenant: str, customer_id: uuid.UUID, reseller_id: uuid.UUID | None) -> bool:
+        """Whether CloudCockpit is back: reading the customer gets any answer but 5xx, 429 or 401.
+
+        A read, not a write: probing during an outage must not change anything.
+        """
+        url = f"{self._base_url}/v1/Customers/{customer_id}"
+        params = {"resellerId": str(reseller_id)} if reseller_id else {}
+        try:
+            token = self._tokens.token()
+            response = self._get(url, params, tenant, token)
+            if response.status_code == 401:
+                response = self._get(url, params, tenant, self._tokens.renew(token))
+        except (TransientFailure, httpx.TransportError):
+            return False
+        return response.status_code < 500 and response.status_code not in (401, 429)
+
+    def _get(self, url: str, params: dict[str, str], tenant: str, token: str) -> httpx.Response:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "X-Tenant": tenant,
+            "X-Correlation-Id": str(uuid.uuid4()),
+        }
+        return self._http.get(url, params=params, headers=headers)
 
     def _patch(
         self,

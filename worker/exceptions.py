@@ -8,7 +8,9 @@
         ├── ApiUnavailable      5xx, timeouts, refused or dropped connections
         ├── RateLimited         429: wait at least ``retry_after`` seconds
         ├── TokenRejected       401 even with a freshly renewed token
-        └── TokenUnavailable    the token endpoint did not give a token
+        ├── TokenUnavailable    the token endpoint did not give a token
+        └── LedgerUnavailable   Redis (the ledger of applied events) cannot be reached
+    RelationshipBusy            another worker holds the customer: try again soon, no attempt used
 
 A handler catches ``TransientFailure`` to retry and ``ApiRejected``/``InvalidEvent`` to dead-letter;
 anything else escaping is a bug, and the message is redelivered until the delivery limit.
@@ -66,3 +68,11 @@ class TokenRejected(TransientFailure):
 
 class TokenUnavailable(TransientFailure):
     """The token endpoint failed; nothing can be called until it answers."""
+
+
+class LedgerUnavailable(TransientFailure):
+    """Redis cannot be reached: without the ledger nothing may be applied blindly."""
+
+
+class RelationshipBusy(CcsyncError):
+    """Another worker is applying an event of the same relationship right now."""

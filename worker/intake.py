@@ -55,6 +55,10 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             )
         ]
 
+    def start(self, c: Any) -> None:
+        super().start(c)
+        self.app.consumer_switch.attach(c, self.consumers)
+
     def shutdown(self, c: Any) -> None:
         self._close_publisher()
         super().shutdown(c)

@@ -88,6 +88,11 @@ class SandboxControl:
         payload = {"random": None if random_faults is None else random_faults.to_json()}
         return cast(ConfigView, self._call("PUT", "/config", payload))
 
+    def set_outage(self, fault: FaultStep | Mapping[str, Any] | None) -> ConfigView:
+        """Every PATCH and GET answered with ``fault`` (e.g. ``{"status": 503}``) until None."""
+        outage = fault.to_json() if isinstance(fault, FaultStep) else fault
+        return cast(ConfigView, self._call("PUT", "/config", {"outage": outage}))
+
     def add_customer(
         self,
         customer_id: str,

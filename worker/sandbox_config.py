@@ -7,7 +7,7 @@ from typing import Any, Final, TypedDict
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from worker.sandbox_faults import RandomFaults
+from worker.sandbox_faults import FaultStep, RandomFaults
 
 DEFAULT_CLIENT_ID: Final = "sandbox-client"
 DEFAULT_CLIENT_SECRET: Final = "sandbox-secret"
@@ -41,6 +41,8 @@ class ConfigUpdate(BaseModel):
     auto_create_customers: bool | None = None
     token_ttl_seconds: int | None = Field(default=None, ge=1)
     random: RandomFaults | None = None
+    # While set, every PATCH and GET gets this fault: the whole API is down, probes included.
+    outage: FaultStep | None = None
 
 
 class ConfigView(TypedDict):
@@ -48,3 +50,4 @@ class ConfigView(TypedDict):
     autoCreateCustomers: bool
     tokenTtlSeconds: int
     random: dict[str, Any] | None
+    outage: dict[str, Any] | None

@@ -97,6 +97,12 @@ class Fault:
     drop: bool = False
 
 
+def outage_fault(step: FaultStep) -> Fault:
+    """The fault every call gets during a whole-API outage; the journal marks it as such."""
+    fault = _from_step(step)
+    return Fault(f"outage-{fault.kind}", fault.delay_s, fault.status, fault.retry_after, fault.drop)
+
+
 def _from_step(step: FaultStep) -> Fault:
     delay = step.delay_ms / 1000
     if step.drop:

@@ -31,7 +31,7 @@ from worker.sandbox_config import (
     ConfigView,
     SandboxOptions,
 )
-from worker.sandbox_faults import Fault, FaultBook, FaultStep
+from worker.sandbox_faults import Fault, FaultBook, FaultStep, outage_fault
 from worker.sandbox_journal import Journal, JournalEntry, JournalRecord, pack_headers
 from worker.sandbox_protocol import (
     ApiRequest,
@@ -114,6 +114,7 @@ class SandboxState:
         self._auto_create = self.options.auto_create_customers
         self._token_ttl = self.options.token_ttl_seconds
         self._faults.set_random(self.options.random_faults)
+        self._outage: FaultStep | None = None
 
     # --- CloudCockpit side -------------------------------------------------------------------
 
@@ -124,7 +125,10 @@ class SandboxState:
         )
         with self._lock:
             delay = self._latency_ms / 1000
-            fault = self._faults.next_fault(customer_key) if route == "patch" else None
+            if self._outage is not None and route in ("patch", "get"):
+                fault: Fault | None = outage_fault(self._outage)
+            else:
+                fault = self._faults.next_fault(customer_key) if route == "patch" else None
         if fault is not None:
             delay += fault.delay_s
         return Plan(route, customer_raw, customer_key, delay, fault, allow)
@@ -260,6 +264,7 @@ class SandboxState:
                 "autoCreateCustomers": self._auto_create,
                 "tokenTtlSeconds": self._token_ttl,
                 "random": None if random_faults is None else random_faults.to_json(),
+                "outage": None if self._outage is None else self._outage.to_json(),
             }
 
     def configure(self, update: ConfigUpdate) -> ConfigView:
@@ -272,6 +277,8 @@ class SandboxState:
                 self._token_ttl = update.token_ttl_seconds
             if "random" in update.model_fields_set:
                 self._faults.set_random(update.random)
+            if "outage" in update.model_fields_set:
+                self._outage = update.outage
         return self.config()
 
     def register_customers(self, specs: list[CustomerSpec]) -> int:

@@ -14,12 +14,16 @@ from worker.sandbox import SandboxServer
 from worker.topology import declare_topology
 
 TENANT = "tests.cloudcockpit.local"
+TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
-def worker_env(broker_url: str, sandbox_url: str, **overrides: str) -> dict[str, str]:
+def worker_env(
+    broker_url: str, sandbox_url: str, redis_url: str = TEST_REDIS_URL, **overrides: str
+) -> dict[str, str]:
     """Client credentials against the sandbox's token endpoint: the flow production uses."""
     env = {
         "CCSYNC_BROKER_URL": broker_url,
+        "CCSYNC_REDIS_URL": redis_url,
         "CLOUDCOCKPIT_BASE_URL": sandbox_url,
         "CLOUDCOCKPIT_TOKEN_URL": f"{sandbox_url}/oauth2/v2.0/token",
         "CLOUDCOCKPIT_CLIENT_ID": "sandbox-client",
@@ -34,8 +38,9 @@ def worker_env(broker_url: str, sandbox_url: str, **overrides: str) -> dict[str,
 
 
 @pytest.fixture(scope="module")
-def worker(broker_url: str, sandbox_server: SandboxServer) -> Iterator[LocalWorker]:
-    with LocalWorker(worker_env(broker_url, sandbox_server.url), concurrency=8) as process:
+def worker(broker_url: str, redis_url: str, sandbox_server: SandboxServer) -> Iterator[LocalWorker]:
+    env = worker_env(broker_url, sandbox_server.url, redis_url)
+    with LocalWorker(env, concurrency=8) as process:
         yield process
 
 

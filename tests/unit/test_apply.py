@@ -1,4 +1,4 @@
-"""One attempt end to end without a broker: ``apply_event`` over a real client and MockTransport."""
+"""One attempt without a broker: ``Applier`` over a real client (MockTransport) and real Redis."""
 
 from __future__ import annotations
 
@@ -12,13 +12,22 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from worker.apply import Attempt, Outcome, apply_event
+from worker.apply import Applier, Attempt, Outcome
 from worker.backoff import RetryPolicy
 from worker.client import CloudCockpitClient, make_http_client, make_token_source
 from worker.constants import DELIVERY_LIMIT
 from worker.dead_letters import DeadLetter, Envelope
 from worker.events import correlation_id, decode_event
+from worker.ledger import Ledger
 from worker.settings import Settings
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def fresh_ledger() -> Ledger:
+    """A ledger of its own in the real Redis: no test sees another's applied events."""
+    return Ledger.from_url(REDIS_URL, prefix=f"ccsync-test-{uuid.uuid4().hex}")
+
 
 BASE_URL = "https://cc.example.test"
 TENANT = "portal.example.com"
@@ -99,15 +108,14 @@ def run(
     delivery_count: int = 0,
 ) -> tuple[Outcome, RecordingPublisher]:
     publisher = RecordingPublisher()
-    outcome = apply_event(
-        attempt(number),
+    applier = Applier(
         client_for(api),
+        fresh_ledger(),
         publisher,
         RetryPolicy(delays, jitter=0.2),
-        random.Random(1234),
-        delivery_count=delivery_count,
+        rng=random.Random(1234),
     )
-    return outcome, publisher
+    return applier.apply(attempt(number), delivery_count=delivery_count), publisher
 
 
 # --- applied ---------------------------------------------------------------------------------
@@ -270,13 +278,14 @@ def test_the_correlation_id_is_identical_across_attempts_1_to_4_of_one_event() -
     api = FakeApi(status(503))
     client = client_for(api)
     policy = RetryPolicy((1.0, 2.0, 3.0), jitter=0.2)
-    rng = random.Random(5)
+    ledger = fresh_ledger()
     current = attempt(1)
     outcomes = []
 
     for _ in range(4):
         publisher = RecordingPublisher()
-        outcomes.append(apply_event(current, client, publisher, policy, rng))
+        applier = Applier(client, ledger, publisher, policy, rng=random.Random(5))
+        outcomes.append(applier.apply(current))
         if publisher.retries:
             ((next_attempt, _),) = publisher.retries
             current = Attempt.from_task_kwargs(

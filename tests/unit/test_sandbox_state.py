@@ -444,7 +444,12 @@ def test_given_runtime_config_when_reset_then_options_return_and_tokens_survive(
     state = make_state()
     token = body_of(send(state, token_request(GOOD_FORM)) or Reply(0))["access_token"]
     update = ConfigUpdate.model_validate(
-        {"latencyMs": 5, "autoCreateCustomers": False, "random": {"rate": 0.5}}
+        {
+            "latencyMs": 5,
+            "autoCreateCustomers": False,
+            "random": {"rate": 0.5},
+            "outage": {"status": 503},
+        }
     )
     view = state.configure(update)
     assert (view["latencyMs"], view["autoCreateCustomers"], view["tokenTtlSeconds"]) == (
@@ -461,6 +466,7 @@ def test_given_runtime_config_when_reset_then_options_return_and_tokens_survive(
         "autoCreateCustomers": True,
         "tokenTtlSeconds": 3599,
         "random": None,
+        "outage": None,
     }
     assert state.journal() == [] and state.faults()["scripts"] == {}
     assert patch(state, new_id(), {}, headers={"authorization": f"Bearer {token}"}).status == 204
@@ -495,3 +501,15 @@ def test_given_control_calls_when_handled_then_json_answers_and_clear_errors() -
     assert handle_control(state, "POST", "/_sandbox/customers", {}, b"{nope").status == 400
     assert control(state, "GET", "/_sandbox/nothing")[0] == 404
     assert control(state, "GET", "/_sandbox/reset")[0] == 405
+
+
+def test_given_an_outage_then_patch_and_get_fail_until_it_ends() -> None:
+    state = make_state()
+    customer = new_id()
+    state.configure(ConfigUpdate.model_validate({"outage": {"status": 503}}))
+    assert patch(state, customer, {"internalIdentifier": "A"}).status == 503
+    assert get(state, customer).status == 503
+    assert state.journal()[-1]["fault"] == "outage-503"
+    state.configure(ConfigUpdate.model_validate({"outage": None}))
+    assert patch(state, customer, {"internalIdentifier": "A"}).status == 204
+    assert get(state, customer).status == 200

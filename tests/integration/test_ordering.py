@@ -1,0 +1,109 @@
+"""Issue 4: the newest event of each relationship wins; duplicates are absorbed; across workers."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.integration.conftest import worker_env
+from tests.integration.events import native
+from tests.integration.outcomes import final_outcomes, outcome_counts
+from tests.integration.producer import Producer, read_dead_letters
+from tests.integration.waiting import wait_until
+from worker.local import LocalWorker
+from worker.sandbox import SandboxControl, SandboxServer
+
+
+def _history(customers: int, versions: int) -> dict[str, list[dict[str, Any]]]:
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    history = {}
+    for c in range(customers):
+        customer = native()["customerId"]
+        history[customer] = [
+            native(customer, f"C{c:02d}-V{v}", occurred_at=base + timedelta(seconds=v))
+            for v in range(versions)
+        ]
+    return history
+
+
+def _identifiers(sandbox: SandboxControl) -> dict[str, Any]:
+    return {c["id"]: c["relationships"].get("self") for c in sandbox.state()}
+
+
+def test_given_shuffled_duplicated_events_and_two_workers_then_the_newest_wins_once(
+    broker_url: str,
+    redis_url: str,
+    sandbox_server: SandboxServer,
+    sandbox: SandboxControl,
+    clean_queues: None,
+    producer: Producer,
+) -> None:
+    # Given 50 customers with 5 versions each, every event published twice, in shuffled order
+    history = _history(50, 5)
+    messages = [event for events in history.values() for event in events] * 2
+    random.Random(4).shuffle(messages)
+    sandbox.configure(latency_ms=5)
+    env = worker_env(broker_url, sandbox_server.url, redis_url)
+
+    # When two worker processes with concurrency 4 consume them
+    with LocalWorker(env, concurrency=4) as first, LocalWorker(env, concurrency=4) as second:
+        for event in messages:
+            producer.publish(json.dumps(event).encode(), "application/json")
+        wait_until(
+            lambda: len(final_outcomes(first, second)) >= len(messages),
+            timeout=90,
+            what=f"{len(messages)} final outcomes",
+        )
+        counts = outcome_counts(first, second)
+
+    # Then CloudCockpit holds the newest identifier of every customer
+    final = _identifiers(sandbox)
+    for customer, events in history.items():
+        assert final[customer] == events[-1]["internalIdentifier"]
+    # And no event was sent twice: one PATCH per correlation id at most
+    sent = Counter(
+        entry["headers"]["x-correlation-id"]
+        for entry in sandbox.journal()
+        if entry["method"] == "PATCH"
+    )
+    assert max(sent.values()) == 1
+    assert counts["applied"] == sum(sent.values())
+    assert counts["applied"] + counts["is stale"] + counts["is a duplicate"] == len(messages)
+    assert counts["is a duplicate"] + counts["is stale"] >= len(messages) // 2
+
+
+def test_given_a_stale_dead_letter_when_replayed_then_it_is_skipped(
+    worker: LocalWorker,
+    clean_queues: None,
+    sandbox: SandboxControl,
+    producer: Producer,
+    broker_url: str,
+) -> None:
+    # Given an older event that was dead-lettered, and a newer one that was applied since
+    older = native(identifier="OLD")
+    newer = native(
+        older["customerId"],
+        "NEW",
+        occurred_at=datetime.fromisoformat(older["occurredAt"]) + timedelta(minutes=1),
+    )
+    sandbox.add_faults(older["customerId"], {"status": 404})
+    producer.publish(json.dumps(older).encode(), "application/json")
+    [letter] = read_dead_letters(broker_url, expected=1)
+    producer.publish(json.dumps(newer).encode(), "application/json")
+    wait_until(lambda: _identifiers(sandbox).get(older["customerId"]) == "NEW", 30, "NEW")
+
+    # When the dead letter is replayed (its original body back to customer-events)
+    producer.publish(letter.body, letter.content_type, {"x-ccsync-replay-count": 1})
+
+    # Then it is skipped as stale: no second call, the newer value stays
+    wait_until(
+        lambda: (older["eventId"], "is stale") in final_outcomes(worker),
+        timeout=30,
+        what="the replayed event to be judged stale",
+    )
+    calls = [e for e in sandbox.journal(customer_id=older["customerId"]) if e["method"] == "PATCH"]
+    assert [call["status"] for call in calls] == [404, 204]
+    assert _identifiers(sandbox)[older["customerId"]] == "NEW"
