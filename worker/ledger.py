@@ -33,15 +33,29 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 # Writes the new order key only if it is newer than the stored one: safe even if a lock expired.
+# Compared byte by byte, as Python compares the same keys: Lua's own string order follows the
+# server's locale.
 _RECORD = """
 local current = redis.call('get', KEYS[1])
-if current and current >= ARGV[1] then return 0 end
+if current then
+  local new = ARGV[1]
+  for i = 1, math.min(#new, #current) do
+    local a, b = string.byte(new, i), string.byte(current, i)
+    if a ~= b then
+      if a < b then return 0 end
+      redis.call('set', KEYS[1], new, 'EX', ARGV[2])
+      return 1
+    end
+  end
+  if #new <= #current then return 0 end
+end
 redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
 
 _YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
+_ONE_DAY_MICROS = 86_400_000_000
 
 
 class Verdict(StrEnum):
@@ -69,8 +83,9 @@ class Relationship:
 
 def order_key(event: IdentifierChanged) -> str:
     """Sorts as text in event order: fixed-width UTC microseconds, then the eventId."""
-    # Integer arithmetic from year 1: exact to the microsecond and never negative.
-    micros = (event.occurred_at - _YEAR_ONE) // timedelta(microseconds=1)
+    # Integer arithmetic from a day before year 1 in UTC: exact to the microsecond and never
+    # negative, even for year 1 with an offset east of UTC.
+    micros = (event.occurred_at - _YEAR_ONE) // timedelta(microseconds=1) + _ONE_DAY_MICROS
     return f"{micros:020d}|{event.event_id}"
 
 

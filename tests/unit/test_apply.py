@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import redis
 
 from worker.apply import Applier, Attempt, Outcome
 from worker.backoff import RetryPolicy
@@ -18,7 +20,8 @@ from worker.client import CloudCockpitClient, make_http_client, make_token_sourc
 from worker.constants import DELIVERY_LIMIT
 from worker.dead_letters import DeadLetter, Envelope
 from worker.events import correlation_id, decode_event
-from worker.ledger import Ledger
+from worker.ledger import Ledger, Relationship, Verdict
+from worker.outage import OutageGuard, OutagePolicy
 from worker.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -302,3 +305,387 @@ def test_the_correlation_id_is_identical_across_attempts_1_to_4_of_one_event() -
     assert letter.correlation_id == EXPECTED_CORRELATION
     assert letter.attempts == 4
     assert letter.first_attempt_at == FIRST_ATTEMPT_AT
+
+
+# --- the ledger: stale, duplicate, newer -----------------------------------------------------
+
+
+@pytest.fixture
+def ledger_prefix() -> Iterator[str]:
+    """A key space of this test's own in Redis db 15, removed afterwards."""
+    name = f"ccsync-test-{uuid.uuid4().hex}"
+    yield name
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{name}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def make_ledger(ledger_prefix: str) -> Iterator[Callable[[float], Ledger]]:
+    """Ledgers on one prefix, each over a client of its own (as separate workers would be)."""
+    clients: list[redis.Redis] = []
+
+    def make(lock_wait_seconds: float = 5.0) -> Ledger:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+        clients.append(client)
+        return Ledger(client, ledger_prefix, lock_wait_seconds=lock_wait_seconds)
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def make_guard() -> Iterator[Callable[[int], tuple[OutageGuard, list[str]]]]:
+    """Guards that never probe during a test (first probe after 600 s), stopped afterwards."""
+    guards: list[OutageGuard] = []
+
+    def make(threshold: int) -> tuple[OutageGuard, list[str]]:
+        calls: list[str] = []
+        guard = OutageGuard(
+            probe=lambda: False,
+            on_open=lambda: calls.append("open"),
+            on_close=lambda: calls.append("close"),
+            policy=OutagePolicy(
+                threshold=threshold, first_probe_seconds=600.0, max_probe_seconds=600.0
+            ),
+        )
+        guards.append(guard)
+        return guard, calls
+
+    yield make
+    for guard in guards:
+        guard.stop()
+
+
+def event_attempt(
+    event_id: str, occurred_at: str, internal_identifier: str, number: int = 1
+) -> Attempt:
+    """An attempt of another event of the same relationship (tenant, customer, reseller)."""
+    fields = json.loads(BODY)
+    fields.update(eventId=event_id, occurredAt=occurred_at, internalIdentifier=internal_identifier)
+    envelope = Envelope(
+        body=json.dumps(fields).encode("utf-8"),
+        content_type="application/json",
+        content_encoding=None,
+        headers={"x-producer": "crm"},
+    )
+    event = decode_event(envelope.body, envelope.content_type, envelope.headers)
+    return Attempt(event, envelope, number, FIRST_ATTEMPT_AT)
+
+
+def answers(*codes: int) -> FakeApi:
+    """A FakeApi answering each PATCH with the next code, the last one from then on."""
+    remaining = list(codes)
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        code = remaining.pop(0) if len(remaining) > 1 else remaining[0]
+        return httpx.Response(code)
+
+    return FakeApi(respond)
+
+
+def applier_for(
+    api: FakeApi, ledger: Ledger, guard: OutageGuard | None = None
+) -> tuple[Applier, RecordingPublisher]:
+    publisher = RecordingPublisher()
+    policy = RetryPolicy((1.0, 2.0, 3.0), jitter=0.2)
+    applier = Applier(client_for(api), ledger, publisher, policy, guard, random.Random(7))
+    return applier, publisher
+
+
+def sent_identifiers(api: FakeApi) -> list[str | None]:
+    return [json.loads(request.content)["internalIdentifier"] for request in api.requests]
+
+
+def unreachable_ledger() -> Ledger:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return Ledger.from_url(f"redis://127.0.0.1:{port}/0")
+
+
+def test_given_a_newer_event_applied_when_an_older_arrives_then_stale_nothing_sent_or_published(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    api = FakeApi(status(204))
+    applier, publisher = applier_for(api, make_ledger())
+    assert applier.apply(event_attempt("evt-2", "2024-05-01T12:00:00Z", "CRM-NEW")) is (
+        Outcome.APPLIED
+    )
+
+    # When an event that happened earlier arrives late (the same instant minus 1 µs, in +02:00)
+    older = event_attempt("evt-1", "2024-05-01T13:59:59.999999+02:00", "CRM-OLD")
+    outcome = applier.apply(older)
+
+    # Then it is stale: not sent, not retried, not dead-lettered
+    assert outcome is Outcome.STALE
+    assert sent_identifiers(api) == ["CRM-NEW"]
+    assert publisher.retries == []
+    assert publisher.dead_letters == []
+
+
+def test_given_the_same_event_twice_then_the_second_is_a_duplicate_and_one_patch_is_sent(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    api = FakeApi(status(204))
+    applier, publisher = applier_for(api, make_ledger())
+
+    first = applier.apply(attempt(1))
+    second = applier.apply(attempt(2))
+
+    assert (first, second) == (Outcome.APPLIED, Outcome.DUPLICATE)
+    assert len(api.requests) == 1
+    assert publisher.retries == []
+    assert publisher.dead_letters == []
+
+
+def test_given_a_duplicate_seen_by_another_worker_then_it_is_not_sent_again(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    api = FakeApi(status(204))
+    one, _ = applier_for(api, make_ledger())
+    other, publisher = applier_for(api, make_ledger())
+
+    assert one.apply(attempt(1)) is Outcome.APPLIED
+    assert other.apply(attempt(1)) is Outcome.DUPLICATE
+
+    assert len(api.requests) == 1
+    assert publisher.retries == []
+
+
+def test_given_an_older_event_then_a_newer_one_then_both_are_applied_in_order(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    api = FakeApi(status(204))
+    applier, publisher = applier_for(api, make_ledger())
+
+    older = applier.apply(event_attempt("evt-1", "2024-05-01T12:00:00Z", "CRM-OLD"))
+    newer = applier.apply(event_attempt("evt-2", "2024-05-01T12:00:00.000001Z", "CRM-NEW"))
+
+    assert (older, newer) == (Outcome.APPLIED, Outcome.APPLIED)
+    assert sent_identifiers(api) == ["CRM-OLD", "CRM-NEW"]
+    assert publisher.retries == []
+    assert publisher.dead_letters == []
+
+
+def test_given_a_rejected_event_then_nothing_is_recorded_and_a_replay_is_sent_again(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    api = answers(404, 204)
+    applier, _ = applier_for(api, make_ledger())
+
+    assert applier.apply(attempt(1)) is Outcome.DEAD_LETTERED
+    assert applier.apply(attempt(1)) is Outcome.APPLIED
+
+    assert len(api.requests) == 2
+
+
+# --- another worker holds the relationship ---------------------------------------------------
+
+
+def test_given_the_relationship_held_by_another_worker_then_deferred_1_s_with_the_same_attempt(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    api = FakeApi(status(204))
+    applier, publisher = applier_for(api, make_ledger(0.1))
+    other_worker = make_ledger()
+    current = attempt(3)
+
+    with other_worker.hold(Relationship.of(current.event)):
+        outcome = applier.apply(current)
+
+    assert outcome is Outcome.DEFERRED
+    assert api.requests == []
+    assert publisher.dead_letters == []
+    ((again, delay),) = publisher.retries
+    assert again.number == 3
+    assert again == current
+    assert delay == 1.0
+
+
+# --- outage protection -----------------------------------------------------------------------
+
+
+def test_given_a_guard_of_two_and_503_then_retrying_then_deferred_without_spending_an_attempt(
+    make_ledger: Callable[..., Ledger],
+    make_guard: Callable[[int], tuple[OutageGuard, list[str]]],
+) -> None:
+    api = FakeApi(status(503))
+    guard, calls = make_guard(2)
+    applier, publisher = applier_for(api, make_ledger(), guard)
+
+    # When the first systemic failure happens
+    first = applier.apply(attempt(1))
+    # Then it is an ordinary retry with the next attempt number
+    assert first is Outcome.RETRYING
+    assert not guard.is_open
+    ((retry, delay),) = publisher.retries
+    assert retry.number == 2
+    assert 1.0 <= delay <= 1.2
+
+    # When the second one happens in a row
+    second = applier.apply(retry)
+    # Then the guard opens and the event waits out the outage with the same attempt number
+    assert second is Outcome.DEFERRED
+    assert guard.is_open
+    assert calls == ["open"]
+    (_, (deferred, wait)) = publisher.retries
+    assert deferred.number == 2
+    assert deferred == retry
+    assert wait == guard.retry_in
+    assert publisher.dead_letters == []
+    assert len(api.requests) == 2
+    assert applier.probe_target is not None
+    assert applier.probe_target.tenant == TENANT
+    assert str(applier.probe_target.customer_id) == CUSTOMER
+    assert str(applier.probe_target.reseller_id) == RESELLER
+
+
+def test_given_an_open_guard_then_no_api_call_is_made_and_the_event_is_deferred(
+    make_ledger: Callable[..., Ledger],
+    make_guard: Callable[[int], tuple[OutageGuard, list[str]]],
+) -> None:
+    api = FakeApi(status(204))
+    guard, _ = make_guard(2)
+    guard.record_failure("HTTP 503")
+    guard.record_failure("HTTP 503")
+    assert guard.is_open
+    ledger = make_ledger()
+    applier, publisher = applier_for(api, ledger, guard)
+
+    outcome = applier.apply(attempt(4))
+
+    assert outcome is Outcome.DEFERRED
+    assert api.requests == []
+    ((again, delay),) = publisher.retries
+    assert again == attempt(4)
+    assert delay == guard.retry_in
+    assert publisher.dead_letters == []
+    # and nothing was recorded: the event is still new once the outage is over
+    assert ledger.verdict(Relationship.of(again.event), again.event) is Verdict.NEW
+
+
+def test_given_an_open_guard_and_the_delivery_limit_reached_then_still_dead_lettered(
+    make_ledger: Callable[..., Ledger],
+    make_guard: Callable[[int], tuple[OutageGuard, list[str]]],
+) -> None:
+    api = FakeApi(status(204))
+    guard, _ = make_guard(1)
+    guard.record_failure("HTTP 503")
+    applier, publisher = applier_for(api, make_ledger(), guard)
+
+    outcome = applier.apply(attempt(2), delivery_count=DELIVERY_LIMIT)
+
+    assert outcome is Outcome.DEAD_LETTERED
+    assert api.requests == []
+    ((_, letter),) = publisher.dead_letters
+    assert letter.reason == "delivery-limit"
+
+
+def test_given_401_twice_with_a_static_token_then_it_counts_toward_the_guard(
+    make_ledger: Callable[..., Ledger],
+    make_guard: Callable[[int], tuple[OutageGuard, list[str]]],
+) -> None:
+    api = FakeApi(status(401))
+    guard, calls = make_guard(2)
+    applier, publisher = applier_for(api, make_ledger(), guard)
+
+    first = applier.apply(attempt(1))
+    second = applier.apply(attempt(2))
+
+    assert (first, second) == (Outcome.RETRYING, Outcome.DEFERRED)
+    assert guard.is_open
+    assert calls == ["open"]
+    assert [again.number for again, _ in publisher.retries] == [2, 2]
+    assert len(api.requests) == 4
+    assert publisher.dead_letters == []
+
+
+def test_given_an_api_rejection_between_systemic_failures_then_the_count_starts_again(
+    make_ledger: Callable[..., Ledger],
+    make_guard: Callable[[int], tuple[OutageGuard, list[str]]],
+) -> None:
+    api = answers(503, 404, 503)
+    guard, calls = make_guard(2)
+    applier, publisher = applier_for(api, make_ledger(), guard)
+
+    outcomes = [applier.apply(attempt(1)) for _ in range(3)]
+
+    assert outcomes == [Outcome.RETRYING, Outcome.DEAD_LETTERED, Outcome.RETRYING]
+    assert not guard.is_open
+    assert calls == []
+    assert [again.number for again, _ in publisher.retries] == [2, 2]
+
+
+def test_given_an_applied_event_between_systemic_failures_then_the_count_starts_again(
+    make_ledger: Callable[..., Ledger],
+    make_guard: Callable[[int], tuple[OutageGuard, list[str]]],
+) -> None:
+    api = answers(503, 204, 503)
+    guard, calls = make_guard(2)
+    applier, _ = applier_for(api, make_ledger(), guard)
+
+    outcomes = [
+        applier.apply(event_attempt("evt-1", "2024-05-01T12:00:00Z", "CRM-1")),
+        applier.apply(event_attempt("evt-2", "2024-05-01T12:00:01Z", "CRM-2")),
+        applier.apply(event_attempt("evt-3", "2024-05-01T12:00:02Z", "CRM-3")),
+    ]
+
+    assert outcomes == [Outcome.RETRYING, Outcome.APPLIED, Outcome.RETRYING]
+    assert not guard.is_open
+    assert calls == []
+
+
+def test_given_429_then_it_does_not_count_toward_the_guard(
+    make_ledger: Callable[..., Ledger],
+    make_guard: Callable[[int], tuple[OutageGuard, list[str]]],
+) -> None:
+    api = FakeApi(lambda request: httpx.Response(429, headers={"Retry-After": "2"}))
+    guard, calls = make_guard(1)
+    applier, publisher = applier_for(api, make_ledger(), guard)
+
+    outcome = applier.apply(attempt(1))
+
+    assert outcome is Outcome.RETRYING
+    assert not guard.is_open
+    assert calls == []
+    ((again, _),) = publisher.retries
+    assert again.number == 2
+
+
+# --- the ledger unreachable ------------------------------------------------------------------
+
+
+def test_given_the_ledger_unreachable_then_retrying_and_nothing_applied_blindly() -> None:
+    api = FakeApi(status(204))
+    applier, publisher = applier_for(api, unreachable_ledger())
+
+    outcome = applier.apply(attempt(1))
+
+    assert outcome is Outcome.RETRYING
+    assert api.requests == []
+    assert publisher.dead_letters == []
+    ((again, delay),) = publisher.retries
+    assert again.number == 2
+    assert 1.0 <= delay <= 1.2
+
+
+def test_given_the_ledger_unreachable_twice_then_it_counts_toward_the_guard(
+    make_guard: Callable[[int], tuple[OutageGuard, list[str]]],
+) -> None:
+    api = FakeApi(status(204))
+    guard, calls = make_guard(2)
+    applier, publisher = applier_for(api, unreachable_ledger(), guard)
+
+    outcomes = [applier.apply(attempt(1)), applier.apply(attempt(2))]
+
+    assert outcomes == [Outcome.RETRYING, Outcome.DEFERRED]
+    assert guard.is_open
+    assert calls == ["open"]
+    assert [again.number for again, _ in publisher.retries] == [2, 2]
+    assert api.requests == []

@@ -1,0 +1,299 @@
+"""Outage protection: open after a run of systemic failures, probe with growing pauses, close."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from worker.outage import OutageGuard, OutagePolicy
+
+pytestmark = pytest.mark.timeout(30)
+
+PROBE_THREAD = "ccsync-outage-probe"
+# Long enough that no probe runs during a test that does not wait for one.
+NEVER = OutagePolicy(threshold=3, first_probe_seconds=600.0, max_probe_seconds=600.0)
+
+
+def probe_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == PROBE_THREAD]
+
+
+@dataclass
+class Recorder:
+    """The guard's callbacks: counts opens and closes, and answers probes from a script."""
+
+    answers: list[bool | Exception] = field(default_factory=list)
+    default: bool = False
+    opened: int = 0
+    closed: int = 0
+    probes: list[float] = field(default_factory=list)
+    retry_in_at_probe: list[float] = field(default_factory=list)
+    guard: OutageGuard | None = None
+    closed_event: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_open(self) -> None:
+        with self.lock:
+            self.opened += 1
+
+    def on_close(self) -> None:
+        with self.lock:
+            self.closed += 1
+        self.closed_event.set()
+
+    def probe(self) -> bool:
+        self.probes.append(time.monotonic())
+        if self.guard is not None:
+            self.retry_in_at_probe.append(self.guard.retry_in)
+        answer = self.answers.pop(0) if self.answers else self.default
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def make_guard() -> Iterator[Callable[..., tuple[OutageGuard, Recorder]]]:
+    """Guards stopped afterwards, and their probe threads gone before the next test."""
+    guards: list[OutageGuard] = []
+
+    def make(
+        policy: OutagePolicy = NEVER, recorder: Recorder | None = None
+    ) -> tuple[OutageGuard, Recorder]:
+        recorder = recorder or Recorder()
+        guard = OutageGuard(recorder.probe, recorder.on_open, recorder.on_close, policy)
+        recorder.guard = guard
+        guards.append(guard)
+        return guard, recorder
+
+    yield make
+    for guard in guards:
+        guard.stop()
+    deadline = time.monotonic() + 5
+    while probe_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert probe_threads() == [], "a probe thread outlived its stopped guard"
+
+
+def fail(guard: OutageGuard, times: int) -> None:
+    for n in range(times):
+        guard.record_failure(f"HTTP 503 #{n}")
+
+
+# --- opening ---------------------------------------------------------------------------------
+
+
+def test_given_failures_below_the_threshold_then_the_guard_stays_closed(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    guard, recorder = make_guard()
+
+    fail(guard, 2)
+
+    assert not guard.is_open
+    assert recorder.opened == 0
+    assert probe_threads() == []
+
+
+def test_given_a_success_between_failures_then_the_count_starts_again(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    guard, recorder = make_guard()
+
+    fail(guard, 2)
+    guard.record_success()
+    fail(guard, 2)
+
+    assert not guard.is_open
+    assert recorder.opened == 0
+    # and the third failure in a row after the success opens it
+    fail(guard, 1)
+    assert guard.is_open
+    assert recorder.opened == 1
+
+
+def test_given_exactly_threshold_failures_then_the_guard_opens_and_calls_on_open(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    guard, recorder = make_guard()
+
+    fail(guard, 3)
+
+    assert guard.is_open
+    assert recorder.opened == 1
+    assert recorder.closed == 0
+    assert len(probe_threads()) == 1
+
+
+def test_given_threshold_one_then_the_first_failure_opens(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    guard, recorder = make_guard(OutagePolicy(threshold=1, first_probe_seconds=600.0))
+
+    fail(guard, 1)
+
+    assert guard.is_open
+    assert recorder.opened == 1
+
+
+def test_given_many_more_failures_from_many_threads_then_on_open_is_called_once(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    guard, recorder = make_guard()
+    start = threading.Barrier(16)
+
+    def hammer() -> None:
+        start.wait(10)
+        fail(guard, 50)
+
+    threads = [threading.Thread(target=hammer) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive()
+
+    assert guard.is_open
+    assert recorder.opened == 1
+    assert len(probe_threads()) == 1
+    assert recorder.closed == 0
+
+
+# --- probing and closing ---------------------------------------------------------------------
+
+
+def test_given_an_open_guard_then_the_probe_repeats_with_doubling_pauses_capped_at_max(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    # Given a probe answering "still down" five times, then "back"
+    policy = OutagePolicy(threshold=1, first_probe_seconds=0.02, max_probe_seconds=0.08)
+    guard, recorder = make_guard(policy, Recorder(answers=[*[False] * 5, True]))
+    # When the guard opens
+    opened_at = time.monotonic()
+    fail(guard, 1)
+    # Then it is probed until the probe says the API is back
+    assert recorder.closed_event.wait(10)
+    assert len(recorder.probes) == 6
+    # with the pause before each probe doubling from the first, capped at the maximum
+    expected = [0.02, 0.04, 0.08, 0.08, 0.08, 0.08]
+    assert recorder.retry_in_at_probe == pytest.approx(expected)
+    pauses = [b - a for a, b in zip([opened_at, *recorder.probes], recorder.probes, strict=False)]
+    for pause, wanted in zip(pauses, expected, strict=True):
+        assert pause >= wanted - 0.005
+    # and not doubling beyond the cap (uncapped they would be 0.16, 0.32, 0.64 s)
+    assert sum(pauses[3:]) < 1.12
+    assert not guard.is_open
+    assert recorder.closed == 1
+
+
+def test_given_the_probe_answers_true_then_the_guard_closes_and_calls_on_close(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    policy = OutagePolicy(threshold=2, first_probe_seconds=0.01, max_probe_seconds=0.05)
+    guard, recorder = make_guard(policy, Recorder(answers=[True]))
+
+    fail(guard, 2)
+
+    assert recorder.closed_event.wait(10)
+    assert not guard.is_open
+    assert recorder.opened == 1
+    assert recorder.closed == 1
+    assert len(recorder.probes) == 1
+    # and the failures counted before the outage are forgotten: one more does not reopen it
+    fail(guard, 1)
+    assert not guard.is_open
+
+
+def test_given_the_probe_answers_false_then_the_guard_stays_open(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    policy = OutagePolicy(threshold=1, first_probe_seconds=0.01, max_probe_seconds=0.02)
+    guard, recorder = make_guard(policy, Recorder(default=False))
+
+    fail(guard, 1)
+    deadline = time.monotonic() + 10
+    while len(recorder.probes) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    assert len(recorder.probes) >= 4
+    assert guard.is_open
+    assert recorder.closed == 0
+
+
+def test_given_a_probe_that_raises_then_it_counts_as_unhealthy(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a probe that raises once, then answers "back"
+    policy = OutagePolicy(threshold=1, first_probe_seconds=0.01, max_probe_seconds=1.0)
+    guard, recorder = make_guard(policy, Recorder(answers=[RuntimeError("probe broke"), True]))
+    caplog.set_level(logging.ERROR, logger="worker.outage")
+    # When the guard opens
+    fail(guard, 1)
+    # Then the raise did not close it: only the next probe did, after a doubled pause
+    assert recorder.closed_event.wait(10)
+    assert len(recorder.probes) == 2
+    assert recorder.retry_in_at_probe == pytest.approx([0.01, 0.02])
+    assert recorder.closed == 1
+    # and the probe thread survived the exception and logged it
+    assert any(record.exc_info for record in caplog.records)
+
+
+def test_given_a_stopped_guard_then_it_no_longer_probes(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    policy = OutagePolicy(threshold=1, first_probe_seconds=0.05, max_probe_seconds=0.05)
+    guard, recorder = make_guard(policy, Recorder(default=True))
+
+    guard.stop()
+    fail(guard, 1)
+    time.sleep(0.3)
+
+    assert recorder.probes == []
+    assert recorder.closed == 0
+
+
+# --- retry_in and reopening ------------------------------------------------------------------
+
+
+def test_retry_in_is_at_least_the_first_probe_pause_closed_open_and_after_growth(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    policy = OutagePolicy(threshold=1, first_probe_seconds=0.05, max_probe_seconds=0.4)
+    guard, recorder = make_guard(policy, Recorder(answers=[False, False, True]))
+
+    assert guard.retry_in >= 0.05
+    fail(guard, 1)
+    assert guard.retry_in >= 0.05
+    assert recorder.closed_event.wait(10)
+
+    assert all(value >= 0.05 for value in recorder.retry_in_at_probe)
+    assert recorder.retry_in_at_probe == pytest.approx([0.05, 0.1, 0.2])
+    assert guard.retry_in >= 0.05
+
+
+def test_given_a_closed_guard_then_it_can_open_and_close_again(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    policy = OutagePolicy(threshold=2, first_probe_seconds=0.01, max_probe_seconds=0.04)
+    guard, recorder = make_guard(policy, Recorder(answers=[False, False, True]))
+    fail(guard, 2)
+    assert recorder.closed_event.wait(10)
+    assert not guard.is_open
+    recorder.closed_event.clear()
+
+    # When the API goes down again
+    recorder.answers = [True]
+    fail(guard, 1)
+    assert not guard.is_open
+    fail(guard, 1)
+
+    # Then the guard opens again, probes from the first pause again, and closes again
+    assert recorder.closed_event.wait(10)
+    assert recorder.opened == 2
+    assert recorder.closed == 2
+    assert recorder.retry_in_at_probe == pytest.approx([0.01, 0.02, 0.04, 0.01])
+    assert not guard.is_open
