@@ -9,16 +9,20 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Reject
-from celery.signals import worker_ready
+from celery.signals import setup_logging, worker_ready
 from celery.worker.consumer import Consumer as CeleryConsumer
 
+from worker import metrics
 from worker.apply import Applier, Attempt, Outcome
 from worker.backoff import RetryPolicy
 from worker.client import CloudCockpitClient, make_http_client, make_token_source
 from worker.constants import APPLY_EVENT_TASK, TASKS_EXCHANGE, TASKS_QUEUE
 from worker.consumption import ConsumerSwitch
 from worker.dead_letters import DeadLetter, Envelope, publish_dead_letter
+from worker.error_reporting import init_error_reporting
 from worker.ledger import Ledger
+from worker.logs import configure_logging
+from worker.metrics import serve_metrics
 from worker.outage import OutageGuard
 from worker.settings import Settings
 from worker.topology import delay_entry_exchange, delay_routing_key, tasks_queue
@@ -58,7 +62,16 @@ class Runtime:
             self.http, settings.base_url, make_token_source(settings, self.http)
         )
         self.ledger = Ledger.from_url(settings.redis_url)
-        self.guard = OutageGuard(self._probe, on_open=switch.pause, on_close=switch.resume)
+
+        def on_open() -> None:
+            metrics.OUTAGE_ACTIVE.set(1)
+            switch.pause()
+
+        def on_close() -> None:
+            metrics.OUTAGE_ACTIVE.set(0)
+            switch.resume()
+
+        self.guard = OutageGuard(self._probe, on_open=on_open, on_close=on_close)
         self.applier = Applier(
             api,
             self.ledger,
@@ -167,6 +180,10 @@ def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
     from worker.topology import declare_topology
 
     settings.require_api_credentials()
+    configure_logging(loglevel, settings.log_format)
+    init_error_reporting(settings)
+    if settings.metrics_port is not None:
+        serve_metrics(settings.metrics_port)
     with Connection(settings.broker_url) as connection:
         connection.ensure_connection(max_retries=10)
         declare_topology(connection)
@@ -177,6 +194,8 @@ def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
         print(READY_MESSAGE, file=sys.stderr, flush=True)
 
     worker_ready.connect(announce_ready, weak=False)
+    # ccsync configured logging itself (JSON or text); Celery must not replace it.
+    setup_logging.connect(lambda **_: None, weak=False)
     app.Worker(
         pool="threads",
         concurrency=concurrency,

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+import sentry_sdk
+
+from worker import metrics
 from worker.backoff import RetryPolicy
 from worker.client import CloudCockpitClient
 from worker.constants import (
@@ -48,6 +52,29 @@ class Outcome(StrEnum):
     DEAD_LETTERED = "dead-lettered"
 
 
+# The log line of each outcome starts "event <eventId> <verb>"; tests and operators grep for it.
+_VERB = {
+    Outcome.APPLIED: "applied",
+    Outcome.STALE: "is stale:",
+    Outcome.DUPLICATE: "is a duplicate:",
+    Outcome.RETRYING: "failed:",
+    Outcome.DEFERRED: "deferred:",
+    Outcome.DEAD_LETTERED: "dead-lettered",
+}
+
+
+def _no_counter() -> None:
+    pass
+
+
+_COUNTERS = {
+    Outcome.APPLIED: metrics.EVENTS_APPLIED.inc,
+    Outcome.STALE: metrics.EVENTS_STALE.inc,
+    Outcome.DUPLICATE: metrics.EVENTS_DUPLICATE.inc,
+    Outcome.RETRYING: metrics.EVENTS_RETRIED.inc,
+}
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One try of one event, as carried by a task message."""
@@ -60,6 +87,10 @@ class Attempt:
     @property
     def correlation_id(self) -> uuid.UUID:
         return correlation_id(self.tenant, self.event.event_id)
+
+    def age_seconds(self) -> float:
+        """Since the intake took the event (the first attempt), retries included."""
+        return (datetime.now(UTC) - datetime.fromisoformat(self.first_attempt_at)).total_seconds()
 
     def next(self) -> Attempt:
         return Attempt(self.event, self.envelope, self.number + 1, self.first_attempt_at)
@@ -153,11 +184,10 @@ class Applier:
             with self.ledger.hold(relationship):
                 verdict = self.ledger.verdict(relationship, event)
                 if verdict is Verdict.STALE:
-                    log.info("event %s is stale: a newer one was applied", event.event_id)
-                    return Outcome.STALE
+                    return self._report(attempt, Outcome.STALE, "a newer one was applied")
                 if verdict is Verdict.DUPLICATE:
-                    log.info("event %s is a duplicate: already applied", event.event_id)
-                    return Outcome.DUPLICATE
+                    return self._report(attempt, Outcome.DUPLICATE, "already applied")
+                started = time.monotonic()
                 self.api.set_internal_identifier(
                     tenant=attempt.tenant,
                     customer_id=event.customer_id,
@@ -174,8 +204,12 @@ class Applier:
         except TransientFailure as exc:
             return self._failed(attempt, exc)
         self._healthy()
-        log.info("event %s applied (attempt %d)", event.event_id, attempt.number)
-        return Outcome.APPLIED
+        duration = time.monotonic() - started
+        metrics.API_REQUEST_SECONDS.observe(duration)
+        metrics.PUBLISH_TO_APPLY_SECONDS.observe(attempt.age_seconds())
+        return self._report(
+            attempt, Outcome.APPLIED, f"attempt {attempt.number}", duration=round(duration, 4)
+        )
 
     def _failed(self, attempt: Attempt, failure: TransientFailure) -> Outcome:
         if self.guard is not None and isinstance(failure, SYSTEMIC_FAILURES):
@@ -191,19 +225,11 @@ class Applier:
                 attempt, REASON_RETRIES_EXHAUSTED, failure.error, failure.status
             )
         self.publisher.retry_later(attempt.next(), delay)
-        log.info(
-            "event %s attempt %d failed (%s); retry in %.1fs",
-            attempt.event.event_id,
-            attempt.number,
-            failure.error,
-            delay,
-        )
-        return Outcome.RETRYING
+        return self._report(attempt, Outcome.RETRYING, f"{failure.error}; retry in {delay:.1f}s")
 
     def _defer(self, attempt: Attempt, delay: float, why: str) -> Outcome:
         self.publisher.retry_later(attempt, delay)
-        log.info("event %s deferred %.1fs (%s)", attempt.event.event_id, delay, why)
-        return Outcome.DEFERRED
+        return self._report(attempt, Outcome.DEFERRED, f"{why}; back in {delay:.1f}s")
 
     def _healthy(self) -> None:
         if self.guard is not None:
@@ -222,5 +248,35 @@ class Applier:
             first_attempt_at=attempt.first_attempt_at,
         )
         self.publisher.dead_letter(attempt.envelope, letter)
-        log.warning("event %s dead-lettered (%s): %s", attempt.event.event_id, reason, error)
-        return Outcome.DEAD_LETTERED
+        metrics.EVENTS_DEAD_LETTERED.labels(reason).inc()
+        # The API refusing an event is the producer's business, not a fault of ccsync: a
+        # warning. Exhausted retries and poison messages need someone to look: errors.
+        level = logging.WARNING if reason == REASON_API_REJECTED else logging.ERROR
+        return self._report(attempt, Outcome.DEAD_LETTERED, f"({reason}): {error}", level)
+
+    def _report(
+        self,
+        attempt: Attempt,
+        outcome: Outcome,
+        detail: str,
+        level: int = logging.INFO,
+        duration: float | None = None,
+    ) -> Outcome:
+        """One log line per outcome, with the fields operators search by; counts it."""
+        _COUNTERS.get(outcome, _no_counter)()
+        event = attempt.event
+        fields: dict[str, object] = {
+            "eventId": event.event_id,
+            "correlationId": str(attempt.correlation_id),
+            "tenant": attempt.tenant,
+            "customerId": str(event.customer_id),
+            "outcome": outcome.value,
+            "attempt": attempt.number,
+        }
+        if duration is not None:
+            fields["duration"] = duration
+        with sentry_sdk.new_scope() as scope:
+            for key in ("eventId", "correlationId", "tenant"):
+                scope.set_tag(key, fields[key])
+            log.log(level, "event %s %s %s", event.event_id, _VERB[outcome], detail, extra=fields)
+        return outcome

@@ -15,6 +15,7 @@ from celery import bootsteps
 from kombu import Connection, Consumer, Producer
 from kombu.message import Message
 
+from worker import metrics
 from worker.apply import Attempt
 from worker.constants import (
     APPLY_EVENT_TASK,
@@ -77,6 +78,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
                 log.exception("requeue failed; the broker will redeliver the message")
 
     def _take(self, message: Message) -> None:
+        metrics.EVENTS_RECEIVED.inc()
         envelope = Envelope(
             body=bytes(message.body),
             content_type=message.content_type or None,
@@ -85,6 +87,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         )
         deliveries = int(envelope.headers.get("x-delivery-count") or 0)
         if deliveries >= DELIVERY_LIMIT:
+            log.error("message delivered %d times without an outcome: dead-lettered", deliveries)
             self._dead_letter(
                 envelope,
                 DeadLetter(
@@ -130,6 +133,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def _dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None:
         publish_dead_letter(self._publisher().channel, envelope, letter)
+        metrics.EVENTS_DEAD_LETTERED.labels(letter.reason).inc()
 
     def _publisher(self) -> Producer:
         if self._producer is None:

@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     Field,
@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     http_timeout: float = Field(15.0, gt=0, validation_alias="CCSYNC_HTTP_TIMEOUT")
     max_event_bytes: int = Field(1_048_576, gt=0, validation_alias="CCSYNC_MAX_EVENT_BYTES")
     sentry_dsn: SecretStr | None = Field(None, validation_alias="SENTRY_DSN")
+    metrics_port: int | None = Field(None, ge=1, le=65535, validation_alias="CCSYNC_METRICS_PORT")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", validation_alias="CCSYNC_LOG_FORMAT"
+    )
 
     @field_validator("retry_delays", mode="before")
     @classmethod

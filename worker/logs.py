@@ -1,0 +1,63 @@
+"""Logs: one JSON object per line in production, readable text on a terminal.
+
+``CCSYNC_LOG_FORMAT`` is ``json``, ``text`` or ``auto`` (text when stderr is a terminal). Fields
+given as ``extra=`` (eventId, correlationId, tenant, customerId, outcome, attempt, duration) become
+JSON keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+EVENT_FIELDS = (
+    "eventId",
+    "correlationId",
+    "tenant",
+    "customerId",
+    "outcome",
+    "attempt",
+    "duration",
+)
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                document[key] = value
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = [f"{key}={getattr(record, key)}" for key in EVENT_FIELDS if hasattr(record, key)]
+        return f"{line} [{' '.join(fields)}]" if fields else line
+
+
+def configure_logging(level: str, log_format: str = "auto") -> None:
+    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # One line per HTTP request would drown the outcome lines that matter.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -1,0 +1,34 @@
+"""Prometheus metrics of the worker, served on ``CCSYNC_METRICS_PORT`` when it is set.
+
+Names are part of what operators rely on: ops/prometheus/alerts.yml and the Grafana dashboard
+use exactly these.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS_RECEIVED = Counter("ccsync_events_received", "Messages taken from ccsync.events")
+EVENTS_APPLIED = Counter("ccsync_events_applied", "Events applied in CloudCockpit")
+EVENTS_STALE = Counter("ccsync_events_stale", "Events skipped: a newer one was applied")
+EVENTS_DUPLICATE = Counter("ccsync_events_duplicate", "Events skipped: already applied")
+EVENTS_RETRIED = Counter("ccsync_events_retried", "Failed attempts sent back for a retry")
+EVENTS_DEAD_LETTERED = Counter(
+    "ccsync_events_dead_lettered", "Events dead-lettered, by reason", ["reason"]
+)
+API_REQUEST_SECONDS = Histogram(
+    "ccsync_api_request_duration_seconds",
+    "Duration of calls to CloudCockpit, whatever their answer",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PUBLISH_TO_APPLY_SECONDS = Histogram(
+    "ccsync_publish_to_apply_seconds",
+    "From the intake taking an event to CloudCockpit accepting it, retries included",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400),
+)
+OUTAGE_ACTIVE = Gauge("ccsync_outage_active", "1 while outage protection holds consumption")
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
+    # All interfaces by default: Prometheus scrapes from another host or container.
+    start_http_server(port, addr=host)
