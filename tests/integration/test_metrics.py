@@ -1,0 +1,86 @@
+"""Issue 8: /metrics after a run matches the run; production logs are one JSON object a line."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import worker_env
+from tests.integration.events import native
+from tests.integration.outcomes import final_outcomes
+from tests.integration.producer import Producer
+from tests.integration.waiting import wait_until
+from worker.local import LocalWorker
+from worker.sandbox import SandboxControl, SandboxServer
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_given_a_run_then_the_metrics_count_exactly_what_happened(
+    broker_url: str,
+    redis_url: str,
+    sandbox_server: SandboxServer,
+    sandbox: SandboxControl,
+    clean_queues: None,
+    producer: Producer,
+) -> None:
+    # Given a worker serving metrics, and a run of 10 good events, 1 retried, 1 rejected, 2 invalid
+    port = _free_port()
+    env = worker_env(
+        broker_url,
+        sandbox_server.url,
+        redis_url,
+        CCSYNC_METRICS_PORT=str(port),
+        CCSYNC_LOG_FORMAT="json",
+        CCSYNC_RETRY_DELAYS="0.5",
+    )
+    good = [native() for _ in range(10)]
+    retried, rejected = native(), native()
+    sandbox.add_faults(retried["customerId"], {"status": 500})
+    sandbox.add_faults(rejected["customerId"], {"status": 404})
+    with LocalWorker(env, concurrency=4) as worker:
+        # When they are published
+        for event in [*good, retried, rejected]:
+            producer.publish(json.dumps(event).encode(), "application/json")
+        producer.publish(b"{not json", "application/json")
+        producer.publish(json.dumps(native(customer_id="nope")).encode(), "application/json")
+        wait_until(lambda: len(final_outcomes(worker)) >= 12, 30, "12 final outcomes")
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        log = worker.log
+
+    # Then the counters say what happened
+    samples = _samples(text)
+    assert samples[("ccsync_events_received_total", ())] == 14
+    assert samples[("ccsync_events_applied_total", ())] == 11
+    assert samples[("ccsync_events_retried_total", ())] == 1
+    assert samples[("ccsync_events_stale_total", ())] == 0
+    assert samples[("ccsync_events_duplicate_total", ())] == 0
+    dead = "ccsync_events_dead_lettered_total"
+    assert samples[(dead, (("reason", "invalid-event"),))] == 2
+    assert samples[(dead, (("reason", "api-rejected"),))] == 1
+    assert samples[("ccsync_api_request_duration_seconds_count", ())] == 11
+    assert samples[("ccsync_publish_to_apply_seconds_count", ())] == 11
+    assert samples[("ccsync_outage_active", ())] == 0
+
+    # And each outcome is logged as one JSON object with the event's fields
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    applied = [r for r in records if r.get("outcome") == "applied"]
+    assert {r["eventId"] for r in applied} == {e["eventId"] for e in [*good, retried]}
+    for record in applied:
+        assert record["correlationId"] and record["tenant"] and record["customerId"]
+        assert record["attempt"] >= 1 and record["duration"] >= 0
