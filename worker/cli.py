@@ -130,3 +130,14 @@ def demo(timeout: float) -> None:
     from worker.demo import run_demo
 
     sys.exit(run_demo(_settings(), timeout))
+
+
+from worker.dlq_cli import dlq  # noqa: E402 (the group is attached once main exists)
+
+main.add_command(dlq)
+
+
+from worker.ops_cli import health, topology  # noqa: E402 (operator commands live in ops_cli)
+
+main.add_command(health)
+main.add_command(topology)

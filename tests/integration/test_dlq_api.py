@@ -1,0 +1,92 @@
+"""The functions behind ``ccsync dlq``, called directly: limit, rate, what counts as published."""
+
+from __future__ import annotations
+
+import uuid
+
+from kombu import Connection, Exchange
+
+from tests.integration.test_dlq_support import (
+    dead_letters,
+    depth,
+    fresh_queues,
+    put_dead_letters,
+    seed_for_event,
+    take_all,
+)
+from worker.constants import EVENTS_QUEUE
+from worker.dead_letter_queue import hold
+from worker.dead_letters import Envelope
+from worker.dlq_filters import DeadLetterFilter
+from worker.dlq_publish import ConfirmingPublisher
+from worker.dlq_replay import replay
+from worker.dlq_stats import dead_letter_stats
+
+
+def test_replay_limit_and_rate(broker_url: str) -> None:
+    # Given 30 dead letters, every third one api-rejected
+    fresh_queues(broker_url)
+    seeds = [
+        seed_for_event("api-rejected" if i % 3 == 0 else "retries-exhausted", status=503)
+        for i in range(30)
+    ]
+    put_dead_letters(broker_url, seeds)
+    totals: list[int] = []
+    examined: list[int] = []
+    # When 15 retries-exhausted ones are replayed at 50 per second
+    with Connection(broker_url) as connection:
+        report = replay(
+            connection,
+            DeadLetterFilter.build(reasons=["retries-exhausted"]),
+            limit=15,
+            rate=50,
+            on_total=totals.append,
+            on_examined=examined.append,
+        )
+    # Then exactly the first 15 of them went, no faster than asked
+    chosen = [s.event_id for s in seeds if s.letter.reason == "retries-exhausted"][:15]
+    assert (report.matched, report.replayed, report.failed) == (15, 15, 0)
+    assert report.event_ids == chosen
+    assert report.seconds >= 14 / 50
+    assert report.rate <= 55
+    # And the pass looked at no more dead letters than it needed (the 15th match is the 23rd)
+    assert totals == [30] and sum(examined) == report.examined == 23
+    assert [e.event_id for e in take_all(broker_url, EVENTS_QUEUE)] == chosen
+    # And the other 15 are still there, in their order
+    assert [r.event_id for r in dead_letters(broker_url)] == [
+        s.event_id for s in seeds if s.event_id not in set(chosen)
+    ]
+
+
+def test_an_unroutable_publish_counts_as_failed_not_confirmed(broker_url: str) -> None:
+    # Given an exchange no queue is bound to (the broker confirms such messages all the same)
+    name = f"dlq-test-nowhere-{uuid.uuid4().hex[:8]}"
+    with Connection(broker_url) as connection:
+        channel = connection.channel()
+        Exchange(name, type="direct", auto_delete=False)(channel).declare()
+        publisher: ConfirmingPublisher[str] = ConfirmingPublisher(connection)
+        # When a message is published there, and one to a queue that exists
+        publisher.publish("nowhere", Envelope(b"{}", "application/json", None), name, "x")
+        unroutable = publisher.settle()
+        fresh_queues(broker_url)
+        publisher.publish("queued", Envelope(b"{}", None, None), "", EVENTS_QUEUE)
+        routed = publisher.settle()
+        publisher.close()
+        channel.exchange_delete(name)
+        channel.close()
+    # Then only the routed one is reported as safe
+    assert unroutable == ([], ["nowhere"])
+    assert routed == (["queued"], [])
+    assert depth(broker_url, EVENTS_QUEUE) == 1
+
+
+def test_stats_and_browsing_leave_every_dead_letter_in_place(broker_url: str) -> None:
+    fresh_queues(broker_url)
+    put_dead_letters(broker_url, [seed_for_event("api-rejected", status=404) for _ in range(5)])
+    with Connection(broker_url) as connection:
+        (group,) = dead_letter_stats(connection, DeadLetterFilter())
+        with hold(connection) as held:
+            first = next(held.records)
+            assert held.total == 5 and first.reason == "api-rejected"
+    assert group.count == 5
+    assert len(dead_letters(broker_url)) == 5
