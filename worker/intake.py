@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 # Enough to keep the event loop busy between broker round trips, small enough that a crash
 # redelivers little.
 INTAKE_PREFETCH = 64
+SHUTDOWN_CHECK_SECONDS = 0.5
+
+
+def _nothing() -> None:
+    pass
 
 
 class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
@@ -44,6 +49,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         self.app: CcsyncCelery = parent.app
         self._connection: Connection | None = None
         self._producer: Producer | None = None
+        self._ticking_hub: Any = None
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         return [
@@ -59,6 +65,11 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
     def start(self, c: Any) -> None:
         super().start(c)
         self.app.consumer_switch.attach(c, self.consumers)
+        if c.hub is not None and c.hub is not self._ticking_hub:
+            self._ticking_hub = c.hub
+            # A signal does not interrupt the loop's poll; without a timer an idle worker would
+            # notice SIGTERM only when the poll times out (about 10 s).
+            c.hub.call_repeatedly(SHUTDOWN_CHECK_SECONDS, _nothing)
 
     def shutdown(self, c: Any) -> None:
         self._close_publisher()
