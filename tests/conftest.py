@@ -31,7 +31,7 @@ def _require_port(name: str, host: str, port: int, how: str) -> None:
         pytest.fail(f"{name} is not reachable at {host}:{port} ({exc}); start it: {how}")
 
 
-def _rabbitmqctl(*args: str) -> None:
+def rabbitmqctl(*args: str) -> None:
     if shutil.which("rabbitmqctl") is None:
         pytest.fail("rabbitmqctl is not on PATH: the tests make a throwaway vhost with it")
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
@@ -42,12 +42,12 @@ def broker_url() -> Iterator[str]:
     """A fresh vhost for this test session, deleted afterwards: tests never see foreign queues."""
     _require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT, "rabbitmq-server -detached")
     vhost = f"ccsync-test-{uuid.uuid4().hex[:8]}"
-    _rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("add_vhost", vhost)
     try:
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{vhost}"
     finally:
-        _rabbitmqctl("delete_vhost", vhost)
+        rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import click
 from kombu import Connection
 
 from worker.exceptions import ConfigurationError
-from worker.publish import Encoding, new_event, publish_events, read_events
+from worker.publish import Encoding, NoQueueBound, new_event, publish_events, read_events
 from worker.settings import Settings, load_settings
 
 
@@ -119,7 +119,10 @@ def publish(
     else:
         raise click.UsageError("give --customer (with --identifier or --clear) or --file")
     with Connection(_settings().broker_url) as connection:
-        count = publish_events(connection, events, Encoding(encoding))
+        try:
+            count = publish_events(connection, events, Encoding(encoding))
+        except NoQueueBound as exc:
+            raise click.ClickException(str(exc)) from None
     click.echo(f"published {count} event(s)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from amqp.exceptions import ChannelError
 from kombu import Connection
 
 from worker.constants import (
@@ -18,6 +20,12 @@ from worker.constants import (
     EVENTS_EXCHANGE,
 )
 from worker.topology import events_exchange
+
+NO_ROUTE = 312
+
+
+class NoQueueBound(Exception):
+    """The event would be dropped: nothing consumes customer-events yet."""
 
 
 class Encoding(StrEnum):
@@ -94,12 +102,22 @@ def publish_raw(
                 headers=dict(headers),
                 properties={"delivery_mode": 2},
             )
-            channel.basic_publish_confirm(
-                message, exchange=EVENTS_EXCHANGE, routing_key=EVENT_ROUTING_KEY
-            )
+            try:
+                # mandatory: the broker confirms a message no queue takes, and drops it.
+                channel.basic_publish_confirm(
+                    message, exchange=EVENTS_EXCHANGE, routing_key=EVENT_ROUTING_KEY, mandatory=True
+                )
+            except ChannelError as exc:
+                if getattr(exc, "reply_code", None) != NO_ROUTE:
+                    raise
+                raise NoQueueBound(
+                    f"no queue is bound to {EVENTS_EXCHANGE} for {EVENT_ROUTING_KEY}: start "
+                    f"'ccsync worker' or 'ccsync topology --apply' first ({count} published)"
+                ) from None
             count += 1
     finally:
-        channel.close()
+        with contextlib.suppress(Exception):
+            channel.close()
     return count
 
 
