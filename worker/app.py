@@ -15,6 +15,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from worker import metrics
 from worker.apply import Applier, Attempt, Outcome
 from worker.backoff import RetryPolicy
+from worker.broker import broker_connection, broker_ssl_options
 from worker.client import CloudCockpitClient, make_http_client, make_token_source
 from worker.constants import APPLY_EVENT_TASK, TASKS_EXCHANGE, TASKS_QUEUE
 from worker.consumption import ConsumerSwitch
@@ -127,6 +128,9 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
     from worker.intake import EventIntake
 
     app = CcsyncCelery(settings, broker=settings.broker_url, set_as_current=False)
+    ssl_options = broker_ssl_options(settings)
+    if ssl_options is not None:
+        app.conf.broker_use_ssl = ssl_options
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -175,7 +179,6 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
 
 def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
     """Declare the topology, then consume until told to stop (blocks)."""
-    from kombu import Connection
 
     from worker.topology import declare_topology
 
@@ -184,7 +187,7 @@ def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
     init_error_reporting(settings)
     if settings.metrics_port is not None:
         serve_metrics(settings.metrics_port)
-    with Connection(settings.broker_url) as connection:
+    with broker_connection(settings) as connection:
         connection.ensure_connection(max_retries=10)
         declare_topology(connection)
     app = make_app(settings, concurrency)

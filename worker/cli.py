@@ -7,8 +7,8 @@ import uuid
 from pathlib import Path
 
 import click
-from kombu import Connection
 
+from worker.broker import broker_connection
 from worker.exceptions import ConfigurationError
 from worker.publish import Encoding, NoQueueBound, new_event, publish_events, read_events
 from worker.settings import Settings, load_settings
@@ -118,7 +118,7 @@ def publish(
         ]
     else:
         raise click.UsageError("give --customer (with --identifier or --clear) or --file")
-    with Connection(_settings().broker_url) as connection:
+    with broker_connection(_settings()) as connection:
         try:
             count = publish_events(connection, events, Encoding(encoding))
         except NoQueueBound as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import uuid
 
 import httpx
@@ -29,6 +30,10 @@ def make_http_client(
         ),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
+        # Certificates are always checked; a private CA (a proxy's) is added, never a bypass.
+        verify=ssl.create_default_context(cafile=settings.api_ca_file)
+        if settings.api_ca_file
+        else True,
     )
 
 

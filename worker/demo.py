@@ -17,6 +17,7 @@ from typing import Any
 import click
 from kombu import Connection
 
+from worker.broker import broker_connection
 from worker.dead_letter_queue import browse
 from worker.events import correlation_id
 from worker.local import LocalWorker
@@ -91,7 +92,7 @@ def run_demo(settings: Settings, timeout: float) -> int:
         click.echo(f"sandbox at {sandbox.url}; starting a worker on {_safe(settings.broker_url)}")
         with (
             LocalWorker(env, concurrency=8, loglevel="WARNING"),
-            Connection(settings.broker_url) as connection,
+            broker_connection(settings) as connection,
         ):
             publish_raw(connection, plan.messages)
             click.echo(f"published {len(plan.messages)} messages: {dict(plan.counts)}")

@@ -18,6 +18,7 @@ from amqp.exceptions import AMQPError
 from kombu import Connection
 from kombu.exceptions import KombuError
 
+from worker.broker import broker_connection
 from worker.constants import (
     REASON_API_REJECTED,
     REASON_DELIVERY_LIMIT,
@@ -108,7 +109,7 @@ def _broker() -> Iterator[Connection]:
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        with Connection(settings.broker_url) as connection:
+        with broker_connection(settings) as connection:
             try:
                 connection.ensure_connection(max_retries=0)
             except (AMQPError, KombuError, OSError) as exc:

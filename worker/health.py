@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import redis
-from kombu import Connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from worker.broker import broker_connection
 from worker.client import make_http_client, make_token_source
 from worker.exceptions import CcsyncError
 from worker.settings import Settings
@@ -81,7 +81,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def check_broker(settings: Settings, timeout: float) -> CheckResult:
-    connection = Connection(settings.broker_url, connect_timeout=timeout)
+    connection = broker_connection(settings, connect_timeout=timeout)
     try:
         # One attempt: a probe reports the broker as it is now, it does not wait for it.
         connection.ensure_connection(

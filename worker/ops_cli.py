@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 import click
-from kombu import Connection
 
+from worker.broker import broker_connection
 from worker.exceptions import ConfigurationError
 from worker.health import DEFAULT_TIMEOUT, Redactor, failing_parts, run_checks
 from worker.ops_topology import Topology, record_topology, topology_json
@@ -54,7 +54,7 @@ def topology(apply_: bool, as_json: bool) -> None:
     if apply_:
         settings = _settings()
         try:
-            with Connection(settings.broker_url) as connection:
+            with broker_connection(settings) as connection:
                 connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
                 declare_topology(connection)
         except Exception as exc:

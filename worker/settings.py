@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     field_validator,
@@ -68,6 +69,8 @@ class Settings(BaseSettings):
     retry_jitter: float = Field(0.2, ge=0, le=1, validation_alias="CCSYNC_RETRY_JITTER")
     http_timeout: float = Field(15.0, gt=0, validation_alias="CCSYNC_HTTP_TIMEOUT")
     max_event_bytes: int = Field(1_048_576, gt=0, validation_alias="CCSYNC_MAX_EVENT_BYTES")
+    broker_ca_file: FilePath | None = Field(None, validation_alias="CCSYNC_BROKER_CA_FILE")
+    api_ca_file: FilePath | None = Field(None, validation_alias="CLOUDCOCKPIT_CA_FILE")
     sentry_dsn: SecretStr | None = Field(None, validation_alias="SENTRY_DSN")
     metrics_port: int | None = Field(None, ge=1, le=65535, validation_alias="CCSYNC_METRICS_PORT")
     log_format: Literal["auto", "json", "text"] = Field(
