@@ -136,6 +136,9 @@ class Publisher(Protocol):
 # Failures that say the API or the ledger as a whole is down, not that this event is bad.
 SYSTEMIC_FAILURES = (ApiUnavailable, TokenRejected, TokenUnavailable, LedgerUnavailable)
 BUSY_RETRY_SECONDS = 1.0
+# How long CloudCockpit might still apply a request we stopped waiting for: newer events of the
+# relationship wait this long so that a late write cannot land after them.
+UNSETTLED_LINGER_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class Applier:
         policy: RetryPolicy,
         guard: OutageGuard | None = None,
         rng: random.Random | None = None,
+        unsettled_linger_seconds: float = UNSETTLED_LINGER_SECONDS,
     ) -> None:
         self.api = api
         self.ledger = ledger
@@ -166,6 +170,7 @@ class Applier:
         self.guard = guard
         self.rng = rng or random.Random()
         self.probe_target: ProbeTarget | None = None
+        self.unsettled_linger_seconds = unsettled_linger_seconds
 
     def apply(self, attempt: Attempt, delivery_count: int = 0) -> Outcome:
         event = attempt.event
@@ -181,20 +186,26 @@ class Applier:
             return self._defer(attempt, self.guard.retry_in, "outage protection is on")
         relationship = Relationship.of(event)
         try:
-            with self.ledger.hold(relationship):
+            with self.ledger.hold(relationship) as hold:
                 verdict = self.ledger.verdict(relationship, event)
                 if verdict is Verdict.STALE:
                     return self._report(attempt, Outcome.STALE, "a newer one was applied")
                 if verdict is Verdict.DUPLICATE:
                     return self._report(attempt, Outcome.DUPLICATE, "already applied")
                 started = time.monotonic()
-                self.api.set_internal_identifier(
-                    tenant=attempt.tenant,
-                    customer_id=event.customer_id,
-                    reseller_id=event.reseller_id,
-                    internal_identifier=event.internal_identifier,
-                    correlation_id=attempt.correlation_id,
-                )
+                try:
+                    self.api.set_internal_identifier(
+                        tenant=attempt.tenant,
+                        customer_id=event.customer_id,
+                        reseller_id=event.reseller_id,
+                        internal_identifier=event.internal_identifier,
+                        correlation_id=attempt.correlation_id,
+                    )
+                except ApiUnavailable as exc:
+                    if exc.unsettled:
+                        # A late write of this event must not land after a newer one.
+                        hold.linger(self.unsettled_linger_seconds)
+                    raise
                 self.ledger.record(relationship, event)
         except RelationshipBusy as exc:
             return self._defer(attempt, BUSY_RETRY_SECONDS, str(exc))

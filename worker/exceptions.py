@@ -51,7 +51,12 @@ class TransientFailure(ApiError):
 
 
 class ApiUnavailable(TransientFailure):
-    """5xx, timeout, or no usable connection."""
+    """5xx, timeout, or no usable connection.
+
+    ``unsettled``: the request was sent but no answer came, so the server may still apply it.
+    """
+
+    unsettled: bool = False
 
 
 class RateLimited(TransientFailure):

@@ -32,6 +32,10 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+_LINGER = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
 # Writes the new order key only if it is newer than the stored one: safe even if a lock expired.
 # Compared byte by byte, as Python compares the same keys: Lua's own string order follows the
 # server's locale.
@@ -56,6 +60,18 @@ return 1
 
 _YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
 _ONE_DAY_MICROS = 86_400_000_000
+
+
+class Hold:
+    """A held relationship. ``linger`` keeps it locked for a while after the block ends."""
+
+    def __init__(self) -> None:
+        self.linger_seconds = 0.0
+
+    def linger(self, seconds: float) -> None:
+        """After a call whose fate is unknown (it may still be applied late by the server),
+        newer events of the relationship must not overtake it: they wait until it settles."""
+        self.linger_seconds = max(self.linger_seconds, seconds)
 
 
 class Verdict(StrEnum):
@@ -99,6 +115,7 @@ class Ledger:
         self._prefix = prefix
         self._lock_wait = lock_wait_seconds
         self._release = client.register_script(_RELEASE)
+        self._linger = client.register_script(_LINGER)
         self._record = client.register_script(_RECORD)
 
     @classmethod
@@ -109,7 +126,7 @@ class Ledger:
         return cls(client, prefix)
 
     @contextmanager
-    def hold(self, relationship: Relationship) -> Iterator[None]:
+    def hold(self, relationship: Relationship) -> Iterator[Hold]:
         """Exclusive use of the relationship; ``RelationshipBusy`` if another holds it too long."""
         key = f"{self._prefix}:lock:{relationship.name}"
         token = secrets.token_hex(16)
@@ -121,11 +138,15 @@ class Ledger:
                     raise RelationshipBusy(f"relationship {relationship.name} is busy")
                 time.sleep(pause)
                 pause = min(pause * 2, 0.2)
+        hold = Hold()
         try:
-            yield
+            yield hold
         finally:
             with _translated():
-                self._release(keys=[key], args=[token])
+                if hold.linger_seconds > 0:
+                    self._linger(keys=[key], args=[token, int(hold.linger_seconds * 1000)])
+                else:
+                    self._release(keys=[key], args=[token])
 
     def verdict(self, relationship: Relationship, event: IdentifierChanged) -> Verdict:
         with _translated():

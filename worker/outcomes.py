@@ -38,10 +38,19 @@ def raise_for_outcome(response: httpx.Response) -> None:
     raise ApiUnavailable(error, status)
 
 
+# Failures before the request left: the server cannot have applied anything.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
 def describe_transport_error(exc: httpx.TransportError) -> ApiUnavailable:
-    """A call that got no answer; the text names the kind of failure, never a header or a URL."""
+    """A call that got no answer; the text names the kind of failure, never a header or a URL.
+
+    Unless it failed before the request was sent, the server may yet apply it: ``unsettled``.
+    """
     kind = type(exc).__name__
-    return ApiUnavailable(f"no answer from CloudCockpit: {kind}")
+    failure = ApiUnavailable(f"no answer from CloudCockpit: {kind}")
+    failure.unsettled = not isinstance(exc, NOT_SENT)
+    return failure
 
 
 def describe_error(response: httpx.Response) -> str:

@@ -107,3 +107,47 @@ def test_given_a_stale_dead_letter_when_replayed_then_it_is_skipped(
     calls = [e for e in sandbox.journal(customer_id=older["customerId"]) if e["method"] == "PATCH"]
     assert [call["status"] for call in calls] == [404, 204]
     assert _identifiers(sandbox)[older["customerId"]] == "NEW"
+
+
+def test_given_a_call_that_timed_out_and_lands_late_then_a_newer_event_still_wins(
+    broker_url: str,
+    redis_url: str,
+    sandbox_server: SandboxServer,
+    sandbox: SandboxControl,
+    clean_queues: None,
+    producer: Producer,
+) -> None:
+    # Given an older event whose call the client gives up on after 1 s, but which the API
+    # applies 3 s after receiving it
+    env = worker_env(broker_url, sandbox_server.url, redis_url, CCSYNC_HTTP_TIMEOUT="1")
+    older = native(identifier="OLDER")
+    newer = native(
+        older["customerId"],
+        "NEWER",
+        occurred_at=datetime.fromisoformat(older["occurredAt"]) + timedelta(seconds=1),
+    )
+    sandbox.add_faults(older["customerId"], {"delayMs": 3000})
+    with LocalWorker(env, concurrency=4) as worker:
+        producer.publish(json.dumps(older).encode(), "application/json")
+        wait_until(lambda: "ReadTimeout" in worker.log, 20, "the older call to time out")
+        # When the newer event arrives while the older call is still being applied
+        producer.publish(json.dumps(newer).encode(), "application/json")
+        wait_until(
+            lambda: (newer["eventId"], "applied") in final_outcomes(worker),
+            timeout=90,
+            what="the newer event to be applied",
+        )
+        wait_until(
+            lambda: (
+                (older["eventId"], "is stale") in final_outcomes(worker)
+                or (older["eventId"], "applied") in final_outcomes(worker)
+            ),
+            timeout=90,
+            what="the older event's retry to settle",
+        )
+    # Then the newer value is the one CloudCockpit ends with
+    assert _identifiers(sandbox)[older["customerId"]] == "NEWER"
+    calls = [e for e in sandbox.journal(customer_id=older["customerId"]) if e["method"] == "PATCH"]
+    late = next(c for c in calls if c["body"]["internalIdentifier"] == "OLDER")
+    newest = next(c for c in calls if c["body"]["internalIdentifier"] == "NEWER")
+    assert newest["respondedAt"] > late["respondedAt"]

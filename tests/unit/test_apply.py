@@ -20,6 +20,7 @@ from worker.client import CloudCockpitClient, make_http_client, make_token_sourc
 from worker.constants import DELIVERY_LIMIT
 from worker.dead_letters import DeadLetter, Envelope
 from worker.events import correlation_id, decode_event
+from worker.exceptions import RelationshipBusy
 from worker.ledger import Ledger, Relationship, Verdict
 from worker.outage import OutageGuard, OutagePolicy
 from worker.settings import Settings
@@ -689,3 +690,39 @@ def test_given_the_ledger_unreachable_twice_then_it_counts_toward_the_guard(
     assert calls == ["open"]
     assert [again.number for again, _ in publisher.retries] == [2, 2]
     assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    ("failure", "lingers"),
+    [
+        (httpx.ReadTimeout("late"), True),
+        (httpx.RemoteProtocolError("dropped"), True),
+        (httpx.ConnectError("refused"), False),
+    ],
+)
+def test_given_a_call_without_answer_then_the_relationship_lingers_only_if_it_was_sent(
+    failure: httpx.TransportError, lingers: bool
+) -> None:
+    # Given a call that fails without an answer (sent, or refused before sending)
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise failure
+
+    ledger = fresh_ledger()
+    applier = Applier(
+        client_for(FakeApi(fail)),
+        ledger,
+        RecordingPublisher(),
+        RetryPolicy((1.0,)),
+        unsettled_linger_seconds=5.0,
+    )
+    # When it is applied
+    assert applier.apply(attempt()) is Outcome.RETRYING
+    # Then the relationship stays locked only when the server may still apply the request
+    busy = Ledger(ledger._redis, ledger._prefix, lock_wait_seconds=0.05)
+    relationship = Relationship.of(attempt().event)
+    if lingers:
+        with pytest.raises(RelationshipBusy), busy.hold(relationship):
+            pytest.fail("a newer event could overtake a request that may still land")
+    else:
+        with busy.hold(relationship):
+            pass

@@ -444,3 +444,29 @@ def test_given_redis_unreachable_then_ledger_unavailable_without_url_or_password
         assert secret not in raised.value.error
     assert raised.value.__cause__ is None
     assert raised.value.__suppress_context__
+
+
+def test_given_a_hold_that_lingers_then_the_relationship_stays_locked_that_long(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    # Given a holder whose call's fate is unknown, lingering 1 s after it leaves
+    holder, other = make_ledger(), make_ledger(0.1)
+    with holder.hold(RELATIONSHIP) as hold:
+        hold.linger(1.0)
+    # Then another cannot take the relationship at once
+    with pytest.raises(RelationshipBusy), other.hold(RELATIONSHIP):
+        pytest.fail("a lingering hold was taken over at once")
+    # And can once the linger is over
+    time.sleep(1.1)
+    with other.hold(RELATIONSHIP):
+        pass
+
+
+def test_given_a_hold_that_does_not_linger_then_it_is_free_at_once(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    holder, other = make_ledger(), make_ledger(0.1)
+    with holder.hold(RELATIONSHIP):
+        pass
+    with other.hold(RELATIONSHIP):
+        pass
