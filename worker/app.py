@@ -113,6 +113,7 @@ class CcsyncCelery(Celery):  # type: ignore[misc]
         self.ccsync_settings = settings
         self._runtime: Runtime | None = None
         self._runtime_lock = threading.Lock()
+        self.apply_event_task: Task
         self.consumer_switch = ConsumerSwitch()
 
     @property
@@ -174,6 +175,7 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
             raise Reject(str(exc), requeue=True) from exc
         return outcome.value
 
+    app.apply_event_task = apply_event_task
     return app
 
 

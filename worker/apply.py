@@ -186,8 +186,8 @@ class Applier:
             return self._defer(attempt, self.guard.retry_in, "outage protection is on")
         relationship = Relationship.of(event)
         try:
-            with self.ledger.hold(relationship) as hold:
-                verdict = self.ledger.verdict(relationship, event)
+            with self.ledger.hold(relationship, event.event_id) as hold:
+                verdict = hold.verdict(event)
                 if verdict is Verdict.STALE:
                     return self._report(attempt, Outcome.STALE, "a newer one was applied")
                 if verdict is Verdict.DUPLICATE:
@@ -206,7 +206,7 @@ class Applier:
                         # A late write of this event must not land after a newer one.
                         hold.linger(self.unsettled_linger_seconds)
                     raise
-                self.ledger.record(relationship, event)
+                hold.applied(event)
         except RelationshipBusy as exc:
             return self._defer(attempt, BUSY_RETRY_SECONDS, str(exc))
         except ApiRejected as exc:

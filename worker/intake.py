@@ -1,8 +1,12 @@
-"""Event in: consume producers' plain messages, validate them, hand each on as a task.
+"""Event in: consume producers' plain messages, validate them, run the task on each.
 
-A Celery ``ConsumerStep``: its callback runs in the worker's event loop, so it only validates,
-publishes (one confirmed publish), and acks. The raw message is acknowledged only after the broker
-confirmed the task message or the dead letter it became, so a crash at any point loses nothing.
+A Celery ``ConsumerStep``: its callback runs in the worker's event loop, so it only validates and
+hands the event to the worker's pool, where the ``apply_event`` task runs its first attempt. The
+first attempt needs no second trip through the broker; retries travel as task messages.
+
+The raw message is acknowledged only once its outcome is settled: applied or skipped, or its
+retry message or dead letter confirmed by the broker. A crash at any point loses nothing: the
+message comes back, and the queue counts its deliveries up to the delivery limit.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from kombu.message import Message
 from worker import metrics
 from worker.apply import Attempt
 from worker.constants import (
-    APPLY_EVENT_TASK,
     DELIVERY_LIMIT,
     REASON_DELIVERY_LIMIT,
     REASON_INVALID_EVENT,
@@ -33,9 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Enough to keep the event loop busy between broker round trips, small enough that a crash
-# redelivers little.
-INTAKE_PREFETCH = 64
+# Events waiting for a free thread, per thread: enough to keep every thread busy between broker
+# round trips, few enough that a crash redelivers little.
+PREFETCH_PER_THREAD = 2
 SHUTDOWN_CHECK_SECONDS = 0.5
 
 
@@ -50,6 +53,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         self._connection: Connection | None = None
         self._producer: Producer | None = None
         self._ticking_hub: Any = None
+        self._celery_consumer: Any = None
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         return [
@@ -57,12 +61,13 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
                 channel,
                 queues=[events_queue],
                 on_message=self.on_message,
-                prefetch_count=INTAKE_PREFETCH,
+                prefetch_count=PREFETCH_PER_THREAD * self._celery_consumer.pool.limit,
                 no_ack=False,
             )
         ]
 
     def start(self, c: Any) -> None:
+        self._celery_consumer = c
         super().start(c)
         self.app.consumer_switch.attach(c, self.consumers)
         if c.hub is not None and c.hub is not self._ticking_hub:
@@ -103,32 +108,48 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
                 envelope,
                 DeadLetter(
                     REASON_DELIVERY_LIMIT,
-                    f"delivered {deliveries} times without an outcome: it crashed the intake",
+                    f"delivered {deliveries} times without an outcome: "
+                    "the worker crashed or hung on it",
+                    attempts=deliveries,
+                    event_id=guess_event_id(envelope.body),
+                ),
+            )
+            message.ack()
+            return
+        try:
+            event = self._validate(envelope)
+        except InvalidEvent as exc:
+            log.warning("invalid event dead-lettered: %s", exc)
+            self._dead_letter(
+                envelope,
+                DeadLetter(
+                    REASON_INVALID_EVENT,
+                    str(exc),
                     attempts=0,
                     event_id=guess_event_id(envelope.body),
                 ),
             )
+            message.ack()
+            return
+        self._celery_consumer.pool.apply_async(
+            self._first_attempt, args=(Attempt.first(event, envelope), message)
+        )
+
+    def _first_attempt(self, attempt: Attempt, message: Message) -> None:
+        """In a pool thread; acks or requeues through the event loop, which owns the channel."""
+        consumer = self._celery_consumer
+        errors = consumer.connection_errors
+        try:
+            settled = self.app.apply_event_task.apply(
+                kwargs=attempt.to_task_kwargs(), throw=True
+            ).successful()
+        except Exception:
+            log.exception("event %s: no outcome could be recorded", attempt.event.event_id)
+            settled = False
+        if settled:
+            consumer.call_soon(message.ack_log_error, log, errors)
         else:
-            try:
-                event = self._validate(envelope)
-            except InvalidEvent as exc:
-                log.warning("invalid event dead-lettered: %s", exc)
-                self._dead_letter(
-                    envelope,
-                    DeadLetter(
-                        REASON_INVALID_EVENT,
-                        str(exc),
-                        attempts=0,
-                        event_id=guess_event_id(envelope.body),
-                    ),
-                )
-            else:
-                self.app.send_task(
-                    APPLY_EVENT_TASK,
-                    kwargs=Attempt.first(event, envelope).to_task_kwargs(),
-                    producer=self._publisher(),
-                )
-        message.ack()
+            consumer.call_soon(message.reject_log_error, log, errors, requeue=True)
 
     def _validate(self, envelope: Envelope) -> IdentifierChanged:
         limit = self.app.ccsync_settings.max_event_bytes

@@ -4,6 +4,9 @@ A relationship is (tenant, customer, reseller-or-own). For each, Redis keeps the
 ``(occurredAt, eventId)`` of the last event applied, and a lock that serialises its events across
 every thread, process and machine, so that two workers never race two events of one customer to
 CloudCockpit. Ordering is by ``occurredAt`` as UTC microseconds, ties broken by ``eventId``.
+
+One event costs two round trips: taking the lock returns what was applied, and leaving records
+the event (when it was applied) and releases the lock, each in one Lua script.
 """
 
 from __future__ import annotations
@@ -27,51 +30,52 @@ KEY_PREFIX = "ccsync"
 LOCK_TTL_MS = 60_000
 # Long enough to outlive any replay an operator would do; bounds Redis memory for dead customers.
 LEDGER_TTL_SECONDS = 180 * 24 * 3600
+LINGER_PREFIX = "linger:"
 
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-_LINGER = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-return 0
-"""
-# Writes the new order key only if it is newer than the stored one: safe even if a lock expired.
-# Compared byte by byte, as Python compares the same keys: Lua's own string order follows the
-# server's locale.
-_RECORD = """
-local current = redis.call('get', KEYS[1])
-if current then
-  local new = ARGV[1]
-  for i = 1, math.min(#new, #current) do
-    local a, b = string.byte(new, i), string.byte(current, i)
-    if a ~= b then
-      if a < b then return 0 end
-      redis.call('set', KEYS[1], new, 'EX', ARGV[2])
-      return 1
-    end
-  end
-  if #new <= #current then return 0 end
+# KEYS: lock, applied. ARGV: token, lock ttl ms, this event's linger value.
+# A lock lingering for this very event may be taken over: its retry cannot overtake itself.
+# Returns false when busy, else {remaining linger ms, the applied order key or false}.
+_ACQUIRE = """
+local holder = redis.call('get', KEYS[1])
+local lingering = 0
+if holder then
+  if holder ~= ARGV[3] then return false end
+  lingering = redis.call('pttl', KEYS[1])
 end
-redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {lingering, redis.call('get', KEYS[2])}
+"""
+
+# KEYS: lock, applied.
+# ARGV: token, order key to record or '', ledger ttl s, linger ms, linger value.
+# The order key is written only if newer than the stored one, compared byte by byte as Python
+# compares it (Lua's own string order follows the server's locale). Safe even if the lock expired.
+_LEAVE = """
+if ARGV[2] ~= '' then
+  local current = redis.call('get', KEYS[2])
+  local newer = not current
+  if current then
+    local new = ARGV[2]
+    local decided = false
+    for i = 1, math.min(#new, #current) do
+      local a, b = string.byte(new, i), string.byte(current, i)
+      if a ~= b then newer = a > b; decided = true; break end
+    end
+    if not decided then newer = #new > #current end
+  end
+  if newer then redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+end
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('set', KEYS[1], ARGV[5], 'PX', ARGV[4])
+else
+  redis.call('del', KEYS[1])
+end
 return 1
 """
 
-
 _YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
 _ONE_DAY_MICROS = 86_400_000_000
-
-
-class Hold:
-    """A held relationship. ``linger`` keeps it locked for a while after the block ends."""
-
-    def __init__(self) -> None:
-        self.linger_seconds = 0.0
-
-    def linger(self, seconds: float) -> None:
-        """After a call whose fate is unknown (it may still be applied late by the server),
-        newer events of the relationship must not overtake it: they wait until it settles."""
-        self.linger_seconds = max(self.linger_seconds, seconds)
 
 
 class Verdict(StrEnum):
@@ -105,6 +109,33 @@ def order_key(event: IdentifierChanged) -> str:
     return f"{micros:020d}|{event.event_id}"
 
 
+class Hold:
+    """A relationship held by one event: what was applied before, and what to do on leaving."""
+
+    def __init__(self, stored: str | None, lingering_until: float) -> None:
+        self.stored = stored
+        self.record: str | None = None
+        # A linger inherited from an earlier attempt of the same event is kept, not cut short.
+        self.linger_until = lingering_until
+
+    def verdict(self, event: IdentifierChanged) -> Verdict:
+        if self.stored is None:
+            return Verdict.NEW
+        candidate = order_key(event)
+        if candidate == self.stored:
+            return Verdict.DUPLICATE
+        return Verdict.STALE if candidate < self.stored else Verdict.NEW
+
+    def applied(self, event: IdentifierChanged) -> None:
+        """Record the event as the relationship's newest when the hold ends."""
+        self.record = order_key(event)
+
+    def linger(self, seconds: float) -> None:
+        """After a call whose fate is unknown (the server may still apply it late), newer events
+        of the relationship must not overtake it: they wait until it has surely settled."""
+        self.linger_until = max(self.linger_until, time.monotonic() + seconds)
+
+
 class Ledger:
     """``prefix`` keeps deployments (and test runs) that share one Redis apart."""
 
@@ -114,9 +145,8 @@ class Ledger:
         self._redis = client
         self._prefix = prefix
         self._lock_wait = lock_wait_seconds
-        self._release = client.register_script(_RELEASE)
-        self._linger = client.register_script(_LINGER)
-        self._record = client.register_script(_RECORD)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._leave = client.register_script(_LEAVE)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = KEY_PREFIX) -> Ledger:
@@ -126,45 +156,38 @@ class Ledger:
         return cls(client, prefix)
 
     @contextmanager
-    def hold(self, relationship: Relationship) -> Iterator[Hold]:
-        """Exclusive use of the relationship; ``RelationshipBusy`` if another holds it too long."""
-        key = f"{self._prefix}:lock:{relationship.name}"
+    def hold(self, relationship: Relationship, event_id: str = "") -> Iterator[Hold]:
+        """Exclusive use of the relationship by one event; ``RelationshipBusy`` if another holds
+        it longer than the lock wait."""
+        keys = [
+            f"{self._prefix}:lock:{relationship.name}",
+            f"{self._prefix}:applied:{relationship.name}",
+        ]
         token = secrets.token_hex(16)
+        # Without an event id no later hold can claim the linger as its own.
+        linger_value = f"{LINGER_PREFIX}{event_id or token}"
         deadline = time.monotonic() + self._lock_wait
         pause = 0.005
         with _translated():
-            while not self._redis.set(key, token, nx=True, px=LOCK_TTL_MS):
+            while not (taken := self._acquire(keys=keys, args=[token, LOCK_TTL_MS, linger_value])):
                 if time.monotonic() > deadline:
                     raise RelationshipBusy(f"relationship {relationship.name} is busy")
                 time.sleep(pause)
                 pause = min(pause * 2, 0.2)
-        hold = Hold()
+        lingering_ms, stored = taken
+        hold = Hold(
+            stored.decode() if isinstance(stored, bytes) else stored,
+            time.monotonic() + max(0, int(lingering_ms)) / 1000,
+        )
         try:
             yield hold
         finally:
+            linger_ms = max(0, int((hold.linger_until - time.monotonic()) * 1000))
             with _translated():
-                if hold.linger_seconds > 0:
-                    self._linger(keys=[key], args=[token, int(hold.linger_seconds * 1000)])
-                else:
-                    self._release(keys=[key], args=[token])
-
-    def verdict(self, relationship: Relationship, event: IdentifierChanged) -> Verdict:
-        with _translated():
-            stored = self._redis.get(f"{self._prefix}:applied:{relationship.name}")
-        if stored is None:
-            return Verdict.NEW
-        current = stored.decode() if isinstance(stored, bytes) else str(stored)
-        candidate = order_key(event)
-        if candidate == current:
-            return Verdict.DUPLICATE
-        return Verdict.STALE if candidate < current else Verdict.NEW
-
-    def record(self, relationship: Relationship, event: IdentifierChanged) -> None:
-        with _translated():
-            self._record(
-                keys=[f"{self._prefix}:applied:{relationship.name}"],
-                args=[order_key(event), LEDGER_TTL_SECONDS],
-            )
+                self._leave(
+                    keys=keys,
+                    args=[token, hold.record or "", LEDGER_TTL_SECONDS, linger_ms, linger_value],
+                )
 
     def ping(self) -> bool:
         with _translated():

@@ -61,3 +61,6 @@ def configure_logging(level: str, log_format: str = "auto") -> None:
     # One line per HTTP request would drown the outcome lines that matter.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # Celery's own "received" and "succeeded" lines per task: ccsync's outcome line says more.
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)

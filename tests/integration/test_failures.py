@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import worker_env
 from tests.integration.events import native
 from tests.integration.producer import Producer, read_dead_letters
 from tests.integration.waiting import wait_until
 from worker.local import LocalWorker
-from worker.sandbox import SandboxControl, SandboxServer
+from worker.sandbox import SandboxControl
 
 
 def _publish(producer: Producer, event: dict[str, Any]) -> None:
@@ -138,25 +137,3 @@ def test_given_an_expired_token_then_a_new_one_is_fetched_and_the_call_succeeds(
         and calls[0]["seq"] < entry["seq"] < calls[1]["seq"]
     ]
     assert len(renewals) == 1
-
-
-def test_given_an_event_in_backoff_when_the_worker_is_killed_then_it_is_applied_after_restart(
-    broker_url: str,
-    sandbox_server: SandboxServer,
-    sandbox: SandboxControl,
-    clean_queues: None,
-    producer: Producer,
-) -> None:
-    # Given an event whose first call failed and which now waits 3 s in the delay ladder
-    env = worker_env(broker_url, sandbox_server.url, CCSYNC_RETRY_DELAYS="3")
-    event = native()
-    sandbox.add_faults(event["customerId"], {"status": 500})
-    with LocalWorker(env, concurrency=2) as first:
-        _publish(producer, event)
-        wait_until(lambda: _calls(sandbox, event["customerId"]), 20, "the first attempt")
-        # When the worker is killed with SIGKILL while the event waits
-        first.kill()
-    # Then a new worker applies it once the delay is over
-    with LocalWorker(env, concurrency=2):
-        calls = _applied(sandbox, event["customerId"])
-    assert [call["status"] for call in calls] == [500, 204]

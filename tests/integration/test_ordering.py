@@ -8,11 +8,16 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kombu import Connection
+
 from tests.integration.conftest import worker_env
 from tests.integration.events import native
 from tests.integration.outcomes import final_outcomes, outcome_counts
-from tests.integration.producer import Producer, read_dead_letters
+from tests.integration.producer import Producer, queue_depth
 from tests.integration.waiting import wait_until
+from worker.constants import DEAD_LETTER_QUEUE
+from worker.dlq_filters import DeadLetterFilter
+from worker.dlq_replay import replay
 from worker.local import LocalWorker
 from worker.sandbox import SandboxControl, SandboxServer
 
@@ -76,11 +81,12 @@ def test_given_shuffled_duplicated_events_and_two_workers_then_the_newest_wins_o
 
 
 def test_given_a_stale_dead_letter_when_replayed_then_it_is_skipped(
-    worker: LocalWorker,
-    clean_queues: None,
-    sandbox: SandboxControl,
-    producer: Producer,
     broker_url: str,
+    redis_url: str,
+    sandbox_server: SandboxServer,
+    sandbox: SandboxControl,
+    clean_queues: None,
+    producer: Producer,
 ) -> None:
     # Given an older event that was dead-lettered, and a newer one that was applied since
     older = native(identifier="OLD")
@@ -90,20 +96,24 @@ def test_given_a_stale_dead_letter_when_replayed_then_it_is_skipped(
         occurred_at=datetime.fromisoformat(older["occurredAt"]) + timedelta(minutes=1),
     )
     sandbox.add_faults(older["customerId"], {"status": 404})
-    producer.publish(json.dumps(older).encode(), "application/json")
-    [letter] = read_dead_letters(broker_url, expected=1)
-    producer.publish(json.dumps(newer).encode(), "application/json")
-    wait_until(lambda: _identifiers(sandbox).get(older["customerId"]) == "NEW", 30, "NEW")
+    env = worker_env(broker_url, sandbox_server.url, redis_url)
+    with LocalWorker(env, concurrency=4) as worker:
+        producer.publish(json.dumps(older).encode(), "application/json")
+        wait_until(lambda: queue_depth(broker_url, DEAD_LETTER_QUEUE) == 1, 30, "the dead letter")
+        producer.publish(json.dumps(newer).encode(), "application/json")
+        wait_until(lambda: _identifiers(sandbox).get(older["customerId"]) == "NEW", 30, "NEW")
 
-    # When the dead letter is replayed (its original body back to customer-events)
-    producer.publish(letter.body, letter.content_type, {"x-ccsync-replay-count": 1})
+        # When an operator replays it
+        with Connection(broker_url) as connection:
+            report = replay(connection, DeadLetterFilter.build(event_ids=[older["eventId"]]))
+        assert report.replayed == 1
 
-    # Then it is skipped as stale: no second call, the newer value stays
-    wait_until(
-        lambda: (older["eventId"], "is stale") in final_outcomes(worker),
-        timeout=30,
-        what="the replayed event to be judged stale",
-    )
+        # Then it is skipped as stale: no second call, the newer value stays
+        wait_until(
+            lambda: (older["eventId"], "is stale") in final_outcomes(worker),
+            timeout=30,
+            what="the replayed event to be judged stale",
+        )
     calls = [e for e in sandbox.journal(customer_id=older["customerId"]) if e["method"] == "PATCH"]
     assert [call["status"] for call in calls] == [404, 204]
     assert _identifiers(sandbox)[older["customerId"]] == "NEW"

@@ -568,7 +568,8 @@ def test_given_an_open_guard_then_no_api_call_is_made_and_the_event_is_deferred(
     assert delay == guard.retry_in
     assert publisher.dead_letters == []
     # and nothing was recorded: the event is still new once the outage is over
-    assert ledger.verdict(Relationship.of(again.event), again.event) is Verdict.NEW
+    with ledger.hold(Relationship.of(again.event), again.event.event_id) as hold:
+        assert hold.verdict(again.event) is Verdict.NEW
 
 
 def test_given_an_open_guard_and_the_delivery_limit_reached_then_still_dead_lettered(

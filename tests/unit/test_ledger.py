@@ -52,6 +52,18 @@ def event(
 RELATIONSHIP = Relationship.of(event())
 
 
+def verdict_in(ledger: Ledger, relationship: Relationship, candidate: IdentifierChanged) -> Verdict:
+    """What a worker taking the relationship for ``candidate`` would be told."""
+    with ledger.hold(relationship, candidate.event_id) as hold:
+        return hold.verdict(candidate)
+
+
+def record_in(ledger: Ledger, relationship: Relationship, applied: IdentifierChanged) -> None:
+    """What a worker leaves behind after applying ``applied``."""
+    with ledger.hold(relationship, applied.event_id) as hold:
+        hold.applied(applied)
+
+
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A key space of this test's own, removed afterwards."""
@@ -148,63 +160,63 @@ def test_given_a_larger_event_id_at_an_earlier_instant_then_the_time_still_decid
 
 
 def test_given_an_empty_ledger_then_the_verdict_is_new(ledger: Ledger) -> None:
-    assert ledger.verdict(RELATIONSHIP, event()) is Verdict.NEW
+    assert verdict_in(ledger, RELATIONSHIP, event()) is Verdict.NEW
 
 
 def test_given_an_event_recorded_then_the_same_event_is_a_duplicate(ledger: Ledger) -> None:
-    ledger.record(RELATIONSHIP, event("evt-1", T1))
+    record_in(ledger, RELATIONSHIP, event("evt-1", T1))
 
-    assert ledger.verdict(RELATIONSHIP, event("evt-1", T1)) is Verdict.DUPLICATE
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-1", T1)) is Verdict.DUPLICATE
     # the same instant written with another offset is still the same event
     same = event("evt-1", "2024-05-01T14:00:01+02:00")
-    assert ledger.verdict(RELATIONSHIP, same) is Verdict.DUPLICATE
+    assert verdict_in(ledger, RELATIONSHIP, same) is Verdict.DUPLICATE
 
 
 def test_given_an_event_recorded_then_an_older_one_is_stale(ledger: Ledger) -> None:
-    ledger.record(RELATIONSHIP, event("evt-2", T1))
+    record_in(ledger, RELATIONSHIP, event("evt-2", T1))
 
-    assert ledger.verdict(RELATIONSHIP, event("evt-1", T0)) is Verdict.STALE
-    assert ledger.verdict(RELATIONSHIP, event("evt-1", "2024-05-01T12:00:00.999999Z")) is (
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-1", T0)) is Verdict.STALE
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-1", "2024-05-01T12:00:00.999999Z")) is (
         Verdict.STALE
     )
 
 
 def test_given_an_event_recorded_then_a_newer_one_is_new(ledger: Ledger) -> None:
-    ledger.record(RELATIONSHIP, event("evt-2", T1))
+    record_in(ledger, RELATIONSHIP, event("evt-2", T1))
 
-    assert ledger.verdict(RELATIONSHIP, event("evt-3", T2)) is Verdict.NEW
-    assert ledger.verdict(RELATIONSHIP, event("evt-0", "2024-05-01T12:00:01.000001Z")) is (
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-3", T2)) is Verdict.NEW
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-0", "2024-05-01T12:00:01.000001Z")) is (
         Verdict.NEW
     )
 
 
 def test_given_an_event_recorded_then_same_instant_ties_follow_the_event_id(ledger: Ledger) -> None:
-    ledger.record(RELATIONSHIP, event("evt-m", T1))
+    record_in(ledger, RELATIONSHIP, event("evt-m", T1))
 
-    assert ledger.verdict(RELATIONSHIP, event("evt-a", T1)) is Verdict.STALE
-    assert ledger.verdict(RELATIONSHIP, event("evt-z", T1)) is Verdict.NEW
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-a", T1)) is Verdict.STALE
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-z", T1)) is Verdict.NEW
 
 
 def test_given_a_newer_event_recorded_when_an_older_is_recorded_then_the_newer_stays(
     ledger: Ledger,
 ) -> None:
     # Given
-    ledger.record(RELATIONSHIP, event("evt-2", T2))
+    record_in(ledger, RELATIONSHIP, event("evt-2", T2))
     # When a late writer records an older event (as after an expired lock)
-    ledger.record(RELATIONSHIP, event("evt-1", T1))
+    record_in(ledger, RELATIONSHIP, event("evt-1", T1))
     # Then the stored event is still the newer one
-    assert ledger.verdict(RELATIONSHIP, event("evt-2", T2)) is Verdict.DUPLICATE
-    assert ledger.verdict(RELATIONSHIP, event("evt-1", T1)) is Verdict.STALE
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-2", T2)) is Verdict.DUPLICATE
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-1", T1)) is Verdict.STALE
 
 
 def test_given_an_older_event_recorded_when_a_newer_is_recorded_then_it_moves_forward(
     ledger: Ledger,
 ) -> None:
-    ledger.record(RELATIONSHIP, event("evt-1", T1))
-    ledger.record(RELATIONSHIP, event("evt-2", T2))
+    record_in(ledger, RELATIONSHIP, event("evt-1", T1))
+    record_in(ledger, RELATIONSHIP, event("evt-2", T2))
 
-    assert ledger.verdict(RELATIONSHIP, event("evt-2", T2)) is Verdict.DUPLICATE
-    assert ledger.verdict(RELATIONSHIP, event("evt-1", T1)) is Verdict.STALE
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-2", T2)) is Verdict.DUPLICATE
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-1", T1)) is Verdict.STALE
 
 
 @pytest.mark.parametrize(("newer", "older"), [("evt-b", "evt-B"), ("evt-a", "evt-B")])
@@ -214,15 +226,15 @@ def test_given_same_instant_ids_differing_in_case_then_record_agrees_with_verdic
     """Redis compares the stored key in Lua; it must order exactly as the verdict does."""
     assert order_key(event(older, T1)) < order_key(event(newer, T1))
     # Given the newer recorded, When the older is recorded after it
-    ledger.record(RELATIONSHIP, event(newer, T1))
-    ledger.record(RELATIONSHIP, event(older, T1))
+    record_in(ledger, RELATIONSHIP, event(newer, T1))
+    record_in(ledger, RELATIONSHIP, event(older, T1))
     # Then the newer is still the one applied
-    assert ledger.verdict(RELATIONSHIP, event(newer, T1)) is Verdict.DUPLICATE
-    assert ledger.verdict(RELATIONSHIP, event(older, T1)) is Verdict.STALE
+    assert verdict_in(ledger, RELATIONSHIP, event(newer, T1)) is Verdict.DUPLICATE
+    assert verdict_in(ledger, RELATIONSHIP, event(older, T1)) is Verdict.STALE
 
 
 def test_given_a_record_then_it_expires_after_the_ledger_ttl(ledger: Ledger, prefix: str) -> None:
-    ledger.record(RELATIONSHIP, event())
+    record_in(ledger, RELATIONSHIP, event())
 
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -243,9 +255,9 @@ def test_given_tenants_differing_only_in_case_then_they_are_one_relationship(
     lower = event(tenant="portal.example.com")
     assert Relationship.of(upper) == Relationship.of(lower)
 
-    ledger.record(Relationship.of(upper), upper)
+    record_in(ledger, Relationship.of(upper), upper)
 
-    assert ledger.verdict(Relationship.of(lower), lower) is Verdict.DUPLICATE
+    assert verdict_in(ledger, Relationship.of(lower), lower) is Verdict.DUPLICATE
 
 
 @pytest.mark.parametrize(
@@ -263,23 +275,23 @@ def test_given_another_relationship_then_its_ledger_is_separate(
 ) -> None:
     # Given a newer event applied to the relationship (tenant, customer, reseller)
     applied = event("evt-9", T2)
-    ledger.record(Relationship.of(applied), applied)
+    record_in(ledger, Relationship.of(applied), applied)
     # When an older event of a relationship differing in one part arrives
     elsewhere = event("evt-1", T0, **other)
     # Then it is new there, and the first relationship is untouched
     assert Relationship.of(elsewhere) != Relationship.of(applied)
-    assert ledger.verdict(Relationship.of(elsewhere), elsewhere) is Verdict.NEW
-    assert ledger.verdict(Relationship.of(applied), event("evt-1", T0)) is Verdict.STALE
+    assert verdict_in(ledger, Relationship.of(elsewhere), elsewhere) is Verdict.NEW
+    assert verdict_in(ledger, Relationship.of(applied), event("evt-1", T0)) is Verdict.STALE
 
 
 def test_given_own_relationship_recorded_then_a_reseller_relationship_is_new(
     ledger: Ledger,
 ) -> None:
     own = event("evt-9", T2, reseller_id=None)
-    ledger.record(Relationship.of(own), own)
+    record_in(ledger, Relationship.of(own), own)
 
     via_reseller = event("evt-1", T0, reseller_id=RESELLER)
-    assert ledger.verdict(Relationship.of(via_reseller), via_reseller) is Verdict.NEW
+    assert verdict_in(ledger, Relationship.of(via_reseller), via_reseller) is Verdict.NEW
 
 
 def test_given_two_prefixes_then_their_ledgers_do_not_see_each_other(
@@ -288,9 +300,9 @@ def test_given_two_prefixes_then_their_ledgers_do_not_see_each_other(
     other_prefix = f"{prefix}-other"
     mine, theirs = make_ledger(), make_ledger(key_prefix=other_prefix)
     try:
-        mine.record(RELATIONSHIP, event())
+        record_in(mine, RELATIONSHIP, event())
 
-        assert theirs.verdict(RELATIONSHIP, event()) is Verdict.NEW
+        assert verdict_in(theirs, RELATIONSHIP, event()) is Verdict.NEW
         with mine.hold(RELATIONSHIP):
             quick = make_ledger(lock_wait_seconds=0.1, key_prefix=other_prefix)
             with quick.hold(RELATIONSHIP):
@@ -418,8 +430,8 @@ def test_given_a_holder_that_died_then_its_lock_expires_and_a_late_release_frees
 
 OPERATIONS: dict[str, Callable[[Ledger], object]] = {
     "hold": lambda ledger: ledger.hold(RELATIONSHIP).__enter__(),
-    "verdict": lambda ledger: ledger.verdict(RELATIONSHIP, event()),
-    "record": lambda ledger: ledger.record(RELATIONSHIP, event()),
+    "verdict": lambda ledger: verdict_in(ledger, RELATIONSHIP, event()),
+    "record": lambda ledger: record_in(ledger, RELATIONSHIP, event()),
     "ping": lambda ledger: ledger.ping(),
 }
 
@@ -469,4 +481,22 @@ def test_given_a_hold_that_does_not_linger_then_it_is_free_at_once(
     with holder.hold(RELATIONSHIP):
         pass
     with other.hold(RELATIONSHIP):
+        pass
+
+
+def test_given_a_linger_then_only_a_retry_of_the_same_event_may_take_it_and_it_is_kept(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    # Given event e-1 whose call went unanswered, lingering 2 s
+    first, retry, newer = make_ledger(), make_ledger(0.1), make_ledger(0.1)
+    with first.hold(RELATIONSHIP, "e-1") as hold:
+        hold.linger(2.0)
+    # When e-1 is retried, it takes the relationship at once
+    with retry.hold(RELATIONSHIP, "e-1"):
+        pass
+    # Then a newer event still waits: the retry kept the linger of the unanswered call
+    with pytest.raises(RelationshipBusy), newer.hold(RELATIONSHIP, "e-2"):
+        pytest.fail("a newer event overtook a call that may still land")
+    time.sleep(2.1)
+    with newer.hold(RELATIONSHIP, "e-2"):
         pass
