@@ -16,7 +16,12 @@ from worker import metrics
 from worker.apply import Applier, Attempt, Outcome
 from worker.backoff import RetryPolicy
 from worker.broker import broker_connection, broker_ssl_options
-from worker.client import CloudCockpitClient, make_http_client, make_token_source
+from worker.client import (
+    ClientPerThread,
+    CloudCockpitClient,
+    make_http_client,
+    make_token_source,
+)
 from worker.constants import APPLY_EVENT_TASK, TASKS_EXCHANGE, TASKS_QUEUE
 from worker.consumption import ConsumerSwitch
 from worker.dead_letters import DeadLetter, Envelope, publish_dead_letter
@@ -58,9 +63,11 @@ class Runtime:
     """What the task needs, made once per worker process (after any fork, never before)."""
 
     def __init__(self, app: Celery, settings: Settings, switch: ConsumerSwitch) -> None:
-        self.http = make_http_client(settings)
+        token_http = make_http_client(settings, max_connections=2)
         api = CloudCockpitClient(
-            self.http, settings.base_url, make_token_source(settings, self.http)
+            ClientPerThread(lambda: make_http_client(settings, max_connections=2)),
+            settings.base_url,
+            make_token_source(settings, token_http),
         )
         self.ledger = Ledger.from_url(settings.redis_url)
 

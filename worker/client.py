@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ssl
+import threading
 import uuid
+from collections.abc import Callable
 
 import httpx
 
@@ -37,6 +39,24 @@ def make_http_client(
     )
 
 
+class ClientPerThread:
+    """An httpx client for each thread that calls, made on first use.
+
+    Measured (bench/, field notes): threads sharing one httpx client queue on its pool's lock;
+    with a client each, 32 threads keep 32 calls in flight at a fraction of the CPU.
+    """
+
+    def __init__(self, make: Callable[[], httpx.Client]) -> None:
+        self._make = make
+        self._local = threading.local()
+
+    def client(self) -> httpx.Client:
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._make()
+        return client
+
+
 def make_token_source(settings: Settings, client: httpx.Client) -> TokenSource:
     settings.require_api_credentials()
     if settings.token is not None:
@@ -54,7 +74,9 @@ def make_token_source(settings: Settings, client: httpx.Client) -> TokenSource:
 class CloudCockpitClient:
     """Applies one change; returns when CloudCockpit accepted it, raises what to do otherwise."""
 
-    def __init__(self, http: httpx.Client, base_url: str, tokens: TokenSource) -> None:
+    def __init__(
+        self, http: httpx.Client | ClientPerThread, base_url: str, tokens: TokenSource
+    ) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._tokens = tokens
@@ -99,13 +121,16 @@ class CloudCockpitClient:
             return False
         return response.status_code < 500 and response.status_code not in (401, 429)
 
+    def _client(self) -> httpx.Client:
+        return self._http.client() if isinstance(self._http, ClientPerThread) else self._http
+
     def _get(self, url: str, params: dict[str, str], tenant: str, token: str) -> httpx.Response:
         headers = {
             "Authorization": f"Bearer {token}",
             "X-Tenant": tenant,
             "X-Correlation-Id": str(uuid.uuid4()),
         }
-        return self._http.get(url, params=params, headers=headers)
+        return self._client().get(url, params=params, headers=headers)
 
     def _patch(
         self,
@@ -121,7 +146,7 @@ class CloudCockpitClient:
             "X-Correlation-Id": str(correlation_id),
         }
         try:
-            response = self._http.patch(url, json=body, headers=headers)
+            response = self._client().patch(url, json=body, headers=headers)
         except httpx.TransportError as exc:
             raise describe_transport_error(exc) from None
         return response

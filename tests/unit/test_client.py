@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
-from worker.client import CloudCockpitClient, make_http_client, make_token_source
+from worker.client import ClientPerThread, CloudCockpitClient, make_http_client, make_token_source
 from worker.events import correlation_id
 from worker.exceptions import (
     ApiRejected,
@@ -397,3 +398,29 @@ def test_given_a_transport_error_then_api_unavailable_naming_neither_token_nor_u
     assert str(CUSTOMER) not in text
     assert caught.value.status is None
     assert caught.value.__cause__ is None
+
+
+def test_given_client_per_thread_then_each_thread_keeps_one_client_of_its_own() -> None:
+    made: list[httpx.Client] = []
+
+    def make() -> httpx.Client:
+        made.append(httpx.Client())
+        return made[-1]
+
+    clients = ClientPerThread(make)
+    seen: dict[str, list[httpx.Client]] = {"a": [], "b": []}
+
+    def use(name: str) -> None:
+        seen[name] += [clients.client(), clients.client()]
+
+    threads = [threading.Thread(target=use, args=(name,)) for name in seen]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen["a"][0] is seen["a"][1]
+    assert seen["b"][0] is seen["b"][1]
+    assert seen["a"][0] is not seen["b"][0]
+    assert len(made) == 2
+    for client in made:
+        client.close()
