@@ -30,7 +30,6 @@ from worker.constants import (
     HEADER_REASON,
     HEADER_REPLAY_COUNT,
     HEADER_STATUS,
-    REASON_DELIVERY_LIMIT,
 )
 from worker.dead_letters import Envelope, json_safe_headers
 from worker.exceptions import CcsyncError
@@ -66,8 +65,6 @@ class DeadLetterRecord:
     @property
     def reason(self) -> str | None:
         reason = self.headers.get(HEADER_REASON)
-        if reason is None and _broker_delivery_limit(self.headers):
-            return REASON_DELIVERY_LIMIT
         return None if reason is None else str(reason)
 
     @property
@@ -118,12 +115,8 @@ class DeadLetterRecord:
 
     @cached_property
     def dead_lettered_at(self) -> datetime | None:
-        """When it was dead-lettered: ccsync's header, else the broker's own x-death record."""
+        """When it was dead-lettered, from ccsync's header."""
         stamped = self.headers.get(HEADER_DEAD_LETTERED_AT)
-        if stamped is None:
-            deaths = self.headers.get("x-death") or []
-            if deaths and isinstance(deaths[0], Mapping):
-                stamped = deaths[0].get("time")
         if not isinstance(stamped, str):
             return None
         try:
@@ -173,15 +166,6 @@ class DeadLetterRecord:
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _broker_delivery_limit(headers: Mapping[str, Any]) -> bool:
-    # RabbitMQ's own delivery limit (the backstop on ccsync.events) records it only in x-death.
-    deaths = headers.get("x-death") or []
-    return any(
-        isinstance(death, Mapping) and death.get("reason") in ("delivery_limit", b"delivery_limit")
-        for death in deaths
-    )
 
 
 def reader_channel(connection: Connection) -> Any:

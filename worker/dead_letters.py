@@ -102,7 +102,8 @@ def _without_ccsync_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     return {
         key: value
         for key, value in headers.items()
-        if not key.startswith("x-ccsync-")
+        if not isinstance(key, str)
+        or not key.startswith("x-ccsync-")
         or key in ("x-ccsync-replayed-at", "x-ccsync-replay-count")
         if key
         not in (
@@ -115,20 +116,30 @@ def _without_ccsync_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def json_safe_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+# AMQP tables may nest without end; deeper than this, a header is kept as text.
+MAX_HEADER_DEPTH = 16
+
+
+def json_safe_headers(headers: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
     """AMQP header values made JSON-safe (bytes to text, timestamps to RFC 3339)."""
-    return {str(key): _json_safe(value) for key, value in headers.items()}
+    return {_text(key): _json_safe(value, depth + 1) for key, value in headers.items()}
 
 
-def _json_safe(value: Any) -> Any:
+def _text(key: Any) -> str:
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+
+
+def _json_safe(value: Any, depth: int) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, Mapping | list | tuple) and depth > MAX_HEADER_DEPTH:
+        return "(nested too deeply)"
     if isinstance(value, Mapping):
-        return json_safe_headers(value)
+        return json_safe_headers(value, depth)
     if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
+        return [_json_safe(item, depth + 1) for item in value]
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 import sentry_sdk
 from sentry_sdk.integrations.celery import CeleryIntegration
@@ -55,9 +56,10 @@ def _secret_values(settings: Settings) -> list[str]:
     for url in (settings.broker_url, settings.redis_url):
         password = _url_password(url)
         if password:
-            values.append(password)
+            # Clients use the decoded password; the URL holds its percent-encoded form.
+            values += [password, unquote(password)]
     # Secrets shorter than this would scrub ordinary words; no real token or password is.
-    return [value for value in values if len(value) >= 6]
+    return [value for value in dict.fromkeys(values) if len(value) >= 6]
 
 
 def _url_password(url: str) -> str | None:

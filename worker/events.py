@@ -44,6 +44,8 @@ def _rfc3339_text(value: object) -> object:
 
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+# The X-Tenant header: a portal domain. Visible ASCII only, or it could not be sent as a header.
+Tenant = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[!-~]+$")]
 
 
 class IdentifierChanged(BaseModel):
@@ -56,7 +58,7 @@ class IdentifierChanged(BaseModel):
     )
     event_type: Literal["customer.internal-identifier.changed"] = Field(alias="eventType")
     occurred_at: Timestamp = Field(alias="occurredAt")
-    tenant: NonEmpty | None = None
+    tenant: Tenant | None = None
     customer_id: uuid.UUID = Field(alias="customerId")
     reseller_id: uuid.UUID | None = Field(None, alias="resellerId")
     internal_identifier: Annotated[str | None, Field(max_length=255)] = Field(
@@ -72,7 +74,7 @@ class IdentifierChanged(BaseModel):
 class CloudEventData(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    tenant: NonEmpty | None = None
+    tenant: Tenant | None = None
     customerId: uuid.UUID
     resellerId: uuid.UUID | None = None
     internalIdentifier: Annotated[str | None, Field(max_length=255)]
@@ -139,7 +141,7 @@ def _binary_cloudevent_attributes(headers: Mapping[str, Any]) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     for key, value in headers.items():
         for prefix in CLOUDEVENTS_HEADER_PREFIXES:
-            if key.startswith(prefix):
+            if isinstance(key, str) and key.startswith(prefix):
                 attributes[key.removeprefix(prefix)] = (
                     value.decode("utf-8", "replace") if isinstance(value, bytes) else value
                 )
@@ -159,6 +161,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise InvalidEvent("body is not JSON this system accepts: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise InvalidEvent(f"body is not JSON this system accepts: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidEvent(f"body must be a JSON object, not {type(value).__name__}")
     return value

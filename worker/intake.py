@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 from kombu import Connection, Consumer, Producer
+from kombu.common import ignore_errors
 from kombu.message import Message
 
 from worker import metrics
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 # round trips, few enough that a crash redelivers little.
 PREFETCH_PER_THREAD = 2
 SHUTDOWN_CHECK_SECONDS = 0.5
+# Beyond the call's own timeout: time to publish its retry or dead letter and record it.
+SHUTDOWN_GRACE_SECONDS = 15.0
 
 
 def _nothing() -> None:
@@ -54,13 +59,18 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         self._producer: Producer | None = None
         self._ticking_hub: Any = None
         self._celery_consumer: Any = None
+        self._outcomes = SettledMessages()
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
+        # The body exactly as published: py-amqp would otherwise decode it to text when the
+        # producer set a content encoding, and a dead letter must keep the original bytes.
+        channel.auto_decode = False
         return [
             Consumer(
                 channel,
                 queues=[events_queue],
                 on_message=self.on_message,
+                on_decode_error=self.on_undecodable,
                 prefetch_count=PREFETCH_PER_THREAD * self._celery_consumer.pool.limit,
                 no_ack=False,
             )
@@ -76,9 +86,33 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             # notice SIGTERM only when the poll times out (about 10 s).
             c.hub.call_repeatedly(SHUTDOWN_CHECK_SECONDS, _nothing)
 
+    def stop(self, c: Any) -> None:
+        """Warm shutdown: take no more events, let the calls in flight finish, settle them."""
+        for consumer in self.consumers or []:
+            ignore_errors(c.connection, consumer.cancel)
+        grace = self.app.ccsync_settings.http_timeout + SHUTDOWN_GRACE_SECONDS
+        if not self._outcomes.wait_idle(grace):
+            log.warning("shutdown: calls still in flight after %.0fs are left to redelivery", grace)
+        # The event loop has stopped: this thread alone uses the channel now.
+        self._outcomes.settle(c.connection_errors)
+        super().stop(c)
+
     def shutdown(self, c: Any) -> None:
         self._close_publisher()
         super().shutdown(c)
+
+    def on_undecodable(self, message: Message, exc: Exception) -> None:
+        """kombu could not even decompress it: dead-letter the raw bytes rather than crash."""
+        try:
+            self._dead_letter(
+                self._envelope(message),
+                DeadLetter(REASON_INVALID_EVENT, f"undecodable message: {type(exc).__name__}", 0),
+            )
+            message.ack()
+        except Exception:
+            log.exception("could not dead-letter an undecodable message; it is requeued")
+            self._close_publisher()
+            ignore_errors(self._celery_consumer.connection, message.requeue)
 
     def on_message(self, message: Message) -> None:
         try:
@@ -93,15 +127,24 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             except Exception:
                 log.exception("requeue failed; the broker will redeliver the message")
 
-    def _take(self, message: Message) -> None:
-        metrics.EVENTS_RECEIVED.inc()
-        envelope = Envelope(
-            body=bytes(message.body),
+    @staticmethod
+    def _envelope(message: Message) -> Envelope:
+        body = message.body or b""
+        headers = dict(message.headers or {})
+        if headers.get("compression") and not message.errors:
+            # kombu already decompressed the body: the envelope holds it as it is now.
+            del headers["compression"]
+        return Envelope(
+            body=body.encode("utf-8") if isinstance(body, str) else bytes(body),
             content_type=message.content_type or None,
             content_encoding=message.content_encoding or None,
-            headers=dict(message.headers or {}),
+            headers=headers,
         )
-        deliveries = int(envelope.headers.get("x-delivery-count") or 0)
+
+    def _take(self, message: Message) -> None:
+        metrics.EVENTS_RECEIVED.inc()
+        envelope = self._envelope(message)
+        deliveries = delivery_count(message)
         if deliveries >= DELIVERY_LIMIT:
             log.error("message delivered %d times without an outcome: dead-lettered", deliveries)
             self._dead_letter(
@@ -131,25 +174,23 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             )
             message.ack()
             return
+        self._outcomes.started()
         self._celery_consumer.pool.apply_async(
             self._first_attempt, args=(Attempt.first(event, envelope), message)
         )
 
     def _first_attempt(self, attempt: Attempt, message: Message) -> None:
-        """In a pool thread; acks or requeues through the event loop, which owns the channel."""
-        consumer = self._celery_consumer
-        errors = consumer.connection_errors
+        """In a pool thread. The ack (or requeue) is left to the loop, owner of the channel."""
         try:
-            settled = self.app.apply_event_task.apply(
+            done = self.app.apply_event_task.apply(
                 kwargs=attempt.to_task_kwargs(), throw=True
             ).successful()
         except Exception:
             log.exception("event %s: no outcome could be recorded", attempt.event.event_id)
-            settled = False
-        if settled:
-            consumer.call_soon(message.ack_log_error, log, errors)
-        else:
-            consumer.call_soon(message.reject_log_error, log, errors, requeue=True)
+            done = False
+        consumer = self._celery_consumer
+        self._outcomes.finished(message, done)
+        consumer.call_soon(self._outcomes.settle, consumer.connection_errors)
 
     def _validate(self, envelope: Envelope) -> IdentifierChanged:
         limit = self.app.ccsync_settings.max_event_bytes
@@ -177,6 +218,55 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         if self._connection is not None:
             self._connection.release()
         self._connection = self._producer = None
+
+
+class SettledMessages:
+    """First attempts in flight, and the messages whose outcome is settled, waiting to be acked.
+
+    Pool threads report here; the event loop thread (or ``stop``, once the loop is over) acks,
+    since a channel must only be used by one thread.
+    """
+
+    def __init__(self) -> None:
+        self._done: queue.SimpleQueue[tuple[Message, bool]] = queue.SimpleQueue()
+        self._idle = threading.Condition()
+        self._in_flight = 0
+
+    def started(self) -> None:
+        with self._idle:
+            self._in_flight += 1
+
+    def finished(self, message: Message, done: bool) -> None:
+        self._done.put((message, done))
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def settle(self, connection_errors: tuple[type[BaseException], ...]) -> None:
+        while True:
+            try:
+                message, done = self._done.get_nowait()
+            except queue.Empty:
+                return
+            if done:
+                message.ack_log_error(log, connection_errors)
+            else:
+                # Back to the queue, which counts the delivery: a message that keeps failing
+                # ends as delivery-limit.
+                message.reject_log_error(log, connection_errors, requeue=True)
+
+
+def delivery_count(message: Message) -> int:
+    """Deliveries so far, as the quorum queue counts them. The queue sets the header only on a
+    redelivery: on a first delivery it can only be the producer's, and counts for nothing."""
+    if not (message.delivery_info or {}).get("redelivered"):
+        return 0
+    count = (message.headers or {}).get("x-delivery-count")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def guess_event_id(body: bytes) -> str | None:

@@ -57,7 +57,13 @@ class Settings(BaseSettings):
         "redis://localhost:6379/0", validation_alias="CCSYNC_REDIS_URL", repr=False
     )
     base_url: str = Field("https://api.cloudcockpit.com", validation_alias="CLOUDCOCKPIT_BASE_URL")
-    tenant: str | None = Field(None, min_length=1, validation_alias="CLOUDCOCKPIT_TENANT")
+    tenant: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[!-~]+$",
+        validation_alias="CLOUDCOCKPIT_TENANT",
+    )
     token: SecretStr | None = Field(None, validation_alias="CLOUDCOCKPIT_TOKEN")
     client_id: str | None = Field(None, validation_alias="CLOUDCOCKPIT_CLIENT_ID")
     client_secret: SecretStr | None = Field(None, validation_alias="CLOUDCOCKPIT_CLIENT_SECRET")

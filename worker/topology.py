@@ -40,7 +40,9 @@ dead_letter_exchange = Exchange(DEAD_LETTER_EXCHANGE, type="direct", durable=Tru
 delay_release_exchange = Exchange(DELAY_RELEASE_EXCHANGE, type="topic", durable=True)
 
 # Quorum queues count deliveries (x-delivery-count), which is how a message that keeps killing the
-# worker is recognised; the broker's own delivery limit is the backstop should that check never run.
+# worker is recognised. The producers' queue has no broker-side dead-lettering on purpose: ccsync
+# dead-letters itself, with its headers; and RabbitMQ 3.10 crashes its dead-letter process on a
+# producer's malformed x-death header, after which no at-least-once queue can be declared.
 _QUORUM = {"x-queue-type": "quorum"}
 
 events_queue = Queue(
@@ -48,14 +50,7 @@ events_queue = Queue(
     exchange=events_exchange,
     routing_key=EVENT_ROUTING_KEY,
     durable=True,
-    queue_arguments={
-        **_QUORUM,
-        "x-delivery-limit": 20,
-        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-        "x-dead-letter-routing-key": DEAD_LETTER_QUEUE,
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",
-    },
+    queue_arguments=_QUORUM,
 )
 
 tasks_queue = Queue(

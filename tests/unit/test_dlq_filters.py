@@ -68,20 +68,6 @@ def test_reason_and_status_are_alternatives_within_and_conjunctive_across() -> N
     assert not filters.matches(record(reason="api-rejected", status=None))
 
 
-def test_broker_delivery_limit_counts_as_the_delivery_limit_reason() -> None:
-    # Given a message RabbitMQ dead-lettered at the queue's delivery limit (no ccsync headers)
-    letter = DeadLetterRecord(
-        1,
-        b"{}",
-        "application/json",
-        {"x-death": [{"reason": "delivery_limit", "time": T0.isoformat(), "count": 1}]},
-    )
-    # Then it is selected by --reason delivery-limit and dated by its x-death record
-    assert DeadLetterFilter.build(reasons=["delivery-limit"]).matches(letter)
-    assert letter.dead_lettered_at == T0
-    assert DeadLetterFilter.build(since=T0).matches(letter)
-
-
 def test_customer_matches_without_case_and_event_id_exactly() -> None:
     customer = str(uuid.uuid4())
     letter = record(customer=customer, event_id="evt-42")

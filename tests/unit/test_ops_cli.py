@@ -51,7 +51,7 @@ def test_given_no_flag_when_topology_runs_then_it_prints_every_object_without_a_
     for name in [e.name for e in recorded.exchanges] + [q.name for q in recorded.queues]:
         assert f"  {name}  " in result.output
     assert f"customer-events -> queue {EVENTS_QUEUE}" in result.output
-    assert "x-delivery-limit=20" in result.output
+    assert "x-message-ttl=100" in result.output
     assert result.output.count("-> exchange ccsync.delay.") == DELAY_LEVELS
 
 
