@@ -24,3 +24,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests
 	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench

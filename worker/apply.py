@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Protocol
 
 import sentry_sdk
@@ -84,7 +85,7 @@ class Attempt:
     number: int
     first_attempt_at: str
 
-    @property
+    @cached_property
     def correlation_id(self) -> uuid.UUID:
         return correlation_id(self.tenant, self.event.event_id)
 
@@ -286,8 +287,13 @@ class Applier:
         }
         if duration is not None:
             fields["duration"] = duration
+        message = ("event %s %s %s", event.event_id, _VERB[outcome], detail)
+        if level < logging.ERROR or not sentry_sdk.is_initialized():
+            log.log(level, *message, extra=fields)
+            return outcome
+        # Only ERROR lines become Sentry events: they carry the event's tags.
         with sentry_sdk.new_scope() as scope:
             for key in ("eventId", "correlationId", "tenant"):
                 scope.set_tag(key, fields[key])
-            log.log(level, "event %s %s %s", event.event_id, _VERB[outcome], detail, extra=fields)
+            log.log(level, *message, extra=fields)
         return outcome

@@ -10,11 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.integration.network import free_port
 
 
 class RedisProcess:
@@ -23,7 +19,7 @@ class RedisProcess:
     def __init__(self, directory: Path) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not on PATH")
-        self.port = _free_port()
+        self.port = free_port()
         self.directory = directory
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from tests.integration.conftest import worker_env
 from tests.integration.events import native
+from tests.integration.journal import patches, wait_applied
 from tests.integration.producer import Producer
 from tests.integration.waiting import wait_until
 from worker.local import LocalWorker
@@ -15,18 +16,6 @@ from worker.sandbox import SandboxControl, SandboxServer
 
 def _publish(producer: Producer, event: dict[str, Any]) -> None:
     producer.publish(json.dumps(event).encode(), "application/json")
-
-
-def _calls(sandbox: SandboxControl, customer_id: str) -> list[dict[str, Any]]:
-    return [dict(e) for e in sandbox.journal(customer_id=customer_id) if e["method"] == "PATCH"]
-
-
-def _applied(sandbox: SandboxControl, customer_id: str) -> list[dict[str, Any]]:
-    return wait_until(
-        lambda: (calls := _calls(sandbox, customer_id)) and calls[-1]["status"] == 204 and calls,
-        timeout=30,
-        what=f"customer {customer_id} to be applied",
-    )
 
 
 def test_given_an_event_in_backoff_when_the_worker_is_killed_then_it_is_applied_after_restart(
@@ -42,10 +31,10 @@ def test_given_an_event_in_backoff_when_the_worker_is_killed_then_it_is_applied_
     sandbox.add_faults(event["customerId"], {"status": 500})
     with LocalWorker(env, concurrency=2) as first:
         _publish(producer, event)
-        wait_until(lambda: _calls(sandbox, event["customerId"]), 20, "the first attempt")
+        wait_until(lambda: patches(sandbox, event["customerId"]), 20, "the first attempt")
         # When the worker is killed with SIGKILL while the event waits
         first.kill()
     # Then a new worker applies it once the delay is over
     with LocalWorker(env, concurrency=2):
-        calls = _applied(sandbox, event["customerId"])
+        calls = wait_applied(sandbox, event["customerId"])
     assert [call["status"] for call in calls] == [500, 204]

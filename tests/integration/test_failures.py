@@ -9,26 +9,14 @@ from typing import Any
 import pytest
 
 from tests.integration.events import native
+from tests.integration.journal import patches, wait_applied
 from tests.integration.producer import Producer, read_dead_letters
-from tests.integration.waiting import wait_until
 from worker.local import LocalWorker
 from worker.sandbox import SandboxControl
 
 
 def _publish(producer: Producer, event: dict[str, Any]) -> None:
     producer.publish(json.dumps(event).encode(), "application/json")
-
-
-def _calls(sandbox: SandboxControl, customer_id: str) -> list[dict[str, Any]]:
-    return [dict(e) for e in sandbox.journal(customer_id=customer_id) if e["method"] == "PATCH"]
-
-
-def _applied(sandbox: SandboxControl, customer_id: str) -> list[dict[str, Any]]:
-    return wait_until(
-        lambda: (calls := _calls(sandbox, customer_id)) and calls[-1]["status"] == 204 and calls,
-        timeout=30,
-        what=f"customer {customer_id} to be applied",
-    )
 
 
 def _gaps(calls: list[dict[str, Any]]) -> list[float]:
@@ -41,7 +29,7 @@ def test_given_500_500_204_then_applied_on_attempt_3_after_backoff(
     event = native()
     sandbox.add_faults(event["customerId"], {"status": 500}, {"status": 500})
     _publish(producer, event)
-    calls = _applied(sandbox, event["customerId"])
+    calls = wait_applied(sandbox, event["customerId"])
     assert [call["status"] for call in calls] == [500, 500, 204]
     first_gap, second_gap = _gaps(calls)
     assert first_gap >= 0.95
@@ -66,8 +54,8 @@ def test_given_always_500_then_dead_lettered_after_4_attempts(
     assert headers["x-ccsync-status"] == 500
     assert headers["x-ccsync-event-id"] == event["eventId"]
     assert json.loads(letter.body) == event
-    assert len(_calls(sandbox, event["customerId"])) == 4
-    calls = _calls(sandbox, event["customerId"])
+    assert len(patches(sandbox, event["customerId"])) == 4
+    calls = patches(sandbox, event["customerId"])
     assert headers["x-ccsync-correlation-id"] == calls[0]["headers"]["x-correlation-id"]
     for header in ("x-ccsync-first-attempt-at", "x-ccsync-dead-lettered-at"):
         assert headers[header]
@@ -89,7 +77,7 @@ def test_given_a_rejection_then_dead_lettered_after_one_attempt_with_the_api_err
     assert letter.headers["x-ccsync-reason"] == "api-rejected"
     assert letter.headers["x-ccsync-status"] == status
     assert letter.headers["x-ccsync-attempts"] == 1
-    [call] = _calls(sandbox, event["customerId"])
+    [call] = patches(sandbox, event["customerId"])
     assert call["status"] == status
     # the description of the API's error body, as the sandbox answered it
     assert "Fault injected by the sandbox" in letter.headers["x-ccsync-error"]
@@ -101,7 +89,7 @@ def test_given_429_with_retry_after_2_then_the_retry_waits_2_seconds(
     event = native()
     sandbox.add_faults(event["customerId"], {"status": 429, "retryAfter": 2})
     _publish(producer, event)
-    calls = _applied(sandbox, event["customerId"])
+    calls = wait_applied(sandbox, event["customerId"])
     assert [call["status"] for call in calls] == [429, 204]
     assert _gaps(calls)[0] >= 1.95
 
@@ -112,7 +100,7 @@ def test_given_a_dropped_connection_and_a_503_then_both_are_retried(
     event = native()
     sandbox.add_faults(event["customerId"], {"drop": True}, {"status": 503})
     _publish(producer, event)
-    calls = _applied(sandbox, event["customerId"])
+    calls = wait_applied(sandbox, event["customerId"])
     assert [call["status"] for call in calls][-1] == 204
     assert len(calls) == 3
 
@@ -122,11 +110,11 @@ def test_given_an_expired_token_then_a_new_one_is_fetched_and_the_call_succeeds(
 ) -> None:
     warm_up = native()
     _publish(producer, warm_up)
-    _applied(sandbox, warm_up["customerId"])
+    wait_applied(sandbox, warm_up["customerId"])
     sandbox.expire_tokens()
     event = native()
     _publish(producer, event)
-    calls = _applied(sandbox, event["customerId"])
+    calls = wait_applied(sandbox, event["customerId"])
     assert [call["status"] for call in calls] == [401, 204]
     old, new = (call["headers"]["authorization"] for call in calls)
     assert old != new

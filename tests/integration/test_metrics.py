@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import worker_env
 from tests.integration.events import native
+from tests.integration.network import free_port
 from tests.integration.outcomes import final_outcomes
 from tests.integration.producer import Producer
 from tests.integration.waiting import wait_until
 from worker.local import LocalWorker
 from worker.sandbox import SandboxControl, SandboxServer
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -40,7 +34,7 @@ def test_given_a_run_then_the_metrics_count_exactly_what_happened(
     producer: Producer,
 ) -> None:
     # Given a worker serving metrics, and a run of 10 good events, 1 retried, 1 rejected, 2 invalid
-    port = _free_port()
+    port = free_port()
     env = worker_env(
         broker_url,
         sandbox_server.url,

@@ -13,7 +13,6 @@ carry no secret in their text, even when the failure underneath quoted one.
 from __future__ import annotations
 
 import json
-import socket
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ import pytest
 from tests.integration.conftest import TENANT, worker_env
 from tests.integration.events import native
 from tests.integration.hostile_messages import purge_all
+from tests.integration.network import free_port
 from tests.integration.producer import Producer, connect
 from tests.integration.sentry_sink import SentrySink
 from tests.integration.waiting import wait_until
@@ -60,12 +60,6 @@ def control(secret_sandbox: SandboxServer) -> Iterator[SandboxControl]:
     with secret_sandbox.control() as sandbox:
         sandbox.reset()
         yield sandbox
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 CREDENTIALS = {
@@ -171,7 +165,7 @@ def test_given_recognisable_secrets_when_a_worker_meets_every_failure_then_no_se
     producer: Producer,
 ) -> None:
     # Given a worker with recognisable secrets, Sentry pointed at a local sink, metrics served
-    metrics_port = _free_port()
+    metrics_port = free_port()
     with SentrySink() as sink:
         env = worker_env(
             broker_url,
@@ -389,7 +383,7 @@ def test_given_a_real_refused_connection_then_the_error_has_no_secret() -> None:
     # Given the client ccsync builds, pointed at a port nobody listens on
     settings = Settings(
         _env_file=None,
-        base_url=f"http://127.0.0.1:{_free_port()}",
+        base_url=f"http://127.0.0.1:{free_port()}",
         token=STATIC_TOKEN,
         client_id=None,
         client_secret=None,

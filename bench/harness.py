@@ -1,0 +1,455 @@
+"""One measured run: a fresh vhost, a worker, N events published, the sandbox journal read back.
+
+Each event carries its publish time (ns since the epoch) inside ``internalIdentifier``, so the
+sandbox journal, which records when each PATCH arrived, gives the publish-to-PATCH latency of every
+event without any clock but the machine's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kombu import Connection, Exchange
+
+from bench import bare, naive_celery
+from bench.infra import (
+    ChildProcess,
+    TreeSampler,
+    Vhost,
+    cpu_seconds,
+    flush_redis_db,
+    machine_cpu,
+    pids_named,
+)
+from worker.constants import EVENT_ROUTING_KEY, EVENT_TYPE, EVENTS_EXCHANGE
+from worker.local import LocalWorker
+from worker.sandbox import SandboxControl
+
+TENANT = "bench.example"
+TOKEN = "sandbox-token"
+REDIS_DB = 15
+CONFIRM_WINDOW = 1000
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def make_events(count: int, tag: str) -> list[dict[str, Any]]:
+    """Native events (contract section 3), a new customer each so no two compete for order."""
+    occurred_at = datetime.now(UTC).isoformat()
+    return [
+        {
+            "eventId": f"{tag}-{index}",
+            "eventType": EVENT_TYPE,
+            "occurredAt": occurred_at,
+            "customerId": str(uuid.uuid4()),
+            "resellerId": None,
+            "internalIdentifier": None,
+            "source": "ccsync-bench",
+        }
+        for index in range(count)
+    ]
+
+
+def stamp(event: dict[str, Any], tag: str, index: int) -> dict[str, Any]:
+    """The event with its publish time, taken now, in ``internalIdentifier``."""
+    event["internalIdentifier"] = f"{tag}:{index}:{time.time_ns()}"
+    return event
+
+
+def parse_stamp(identifier: object, tag: str) -> tuple[int, float] | None:
+    if not isinstance(identifier, str) or not identifier.startswith(f"{tag}:"):
+        return None
+    _, index, ns = identifier.split(":")
+    return int(index), int(ns) / 1e9
+
+
+# --- publishing -------------------------------------------------------------------------------
+
+
+def publish_plain(broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None:
+    """Persistent JSON messages to ``customer-events``, as a producer does, confirms batched.
+
+    Publishes without waiting for each confirm, keeping at most ``CONFIRM_WINDOW`` unconfirmed,
+    and returns once the broker confirmed every one.
+    """
+    pending: deque[int] = deque()
+    nacked = 0
+
+    def on_ack(tag_: int, multiple: bool) -> None:
+        if multiple:
+            while pending and pending[0] <= tag_:
+                pending.popleft()
+        elif pending and pending[0] == tag_:
+            pending.popleft()
+        elif tag_ in pending:
+            pending.remove(tag_)
+
+    def on_nack(tag_: int, multiple: bool) -> None:
+        nonlocal nacked
+        nacked += 1
+        on_ack(tag_, multiple)
+
+    with Connection(broker_url) as connection:
+        channel = connection.channel()
+        Exchange(EVENTS_EXCHANGE, type="topic", durable=True)(channel).declare()
+        channel.confirm_select()
+        channel.events["basic_ack"].add(on_ack)
+        channel.events["basic_nack"].add(on_nack)
+        amqp_connection = connection.connection
+
+        def drain(limit: int, timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            while len(pending) > limit:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{len(pending)} publishes unconfirmed after {timeout}s")
+                with contextlib.suppress(TimeoutError):
+                    amqp_connection.drain_events(timeout=1.0)
+
+        for index, event in enumerate(events):
+            body = json.dumps(stamp(event, tag, index)).encode()
+            message = channel.prepare_message(
+                body, content_type="application/json", properties={"delivery_mode": 2}
+            )
+            channel.basic_publish(message, exchange=EVENTS_EXCHANGE, routing_key=EVENT_ROUTING_KEY)
+            pending.append(index + 1)  # delivery tags count from 1 on a confirming channel
+            if len(pending) >= CONFIRM_WINDOW:
+                drain(CONFIRM_WINDOW // 2, 60.0)
+        drain(0, 60.0)
+        channel.close()
+    if nacked:
+        raise RuntimeError(f"the broker refused {nacked} publish(es)")
+
+
+def publish_celery_tasks(broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None:
+    """Each event as a Celery task message, the way a naive implementation routes them."""
+    from celery import Celery
+
+    producer_app = Celery("bench-producer", broker=broker_url, set_as_current=False)
+    with producer_app.producer_or_acquire() as producer:
+        for index, event in enumerate(events):
+            producer_app.send_task(
+                naive_celery.TASK_NAME, args=[stamp(event, tag, index)], producer=producer
+            )
+    producer_app.close()
+
+
+# --- systems under test -----------------------------------------------------------------------
+
+
+class System(Protocol):
+    name: str
+    description: str
+
+    def start(self, broker_url: str, sandbox_url: str) -> int:
+        """Start the worker; returns its process id once it consumes."""
+        ...
+
+    def stop(self) -> None: ...
+
+    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None: ...
+
+
+class Ccsync:
+    name = "ccsync"
+
+    def __init__(self, concurrency: int, loglevel: str = "INFO") -> None:
+        self.concurrency = concurrency
+        self.loglevel = loglevel
+        self.description = (
+            f"`ccsync worker --concurrency={concurrency}` (the CLI default), log level "
+            f"{loglevel}, as shipped"
+        )
+        self._worker: LocalWorker | None = None
+
+    def env(self, broker_url: str, sandbox_url: str) -> dict[str, str]:
+        return {
+            "CCSYNC_BROKER_URL": broker_url,
+            "CCSYNC_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+            "CLOUDCOCKPIT_BASE_URL": sandbox_url,
+            "CLOUDCOCKPIT_TOKEN": TOKEN,
+            "CLOUDCOCKPIT_TENANT": TENANT,
+            "SENTRY_DSN": "",
+        }
+
+    def start(self, broker_url: str, sandbox_url: str) -> int:
+        flush_redis_db(REDIS_DB)
+        self._worker = LocalWorker(
+            self.env(broker_url, sandbox_url), concurrency=self.concurrency, loglevel=self.loglevel
+        )
+        self._worker.start(timeout=120)
+        return self._worker.pid
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        flush_redis_db(REDIS_DB)
+
+    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None:
+        publish_plain(broker_url, events, tag)
+
+
+class Bare:
+    name = "bare"
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.description = (
+            f"kombu consumer (prefetch {2 * concurrency}), {concurrency} threads sharing one "
+            "httpx client, classic queue, ack after the call"
+        )
+        self._child: ChildProcess | None = None
+
+    def start(self, broker_url: str, sandbox_url: str) -> int:
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.bare",
+            f"--broker={broker_url}",
+            f"--base-url={sandbox_url}",
+            f"--token={TOKEN}",
+            f"--tenant={TENANT}",
+            f"--concurrency={self.concurrency}",
+        ]
+        self._child = ChildProcess(argv, {}, bare.READY, "the bare worker").start()
+        return self._child.pid
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
+
+    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None:
+        publish_plain(broker_url, events, tag)
+
+
+class NaiveCelery:
+    name = "naive"
+
+    def __init__(self) -> None:
+        self.description = (
+            f"Celery task per event, prefork pool, default concurrency ({os.cpu_count()} here), "
+            "new httpx client per call"
+        )
+        self._child: ChildProcess | None = None
+
+    def start(self, broker_url: str, sandbox_url: str) -> int:
+        argv = [sys.executable, "-m", "celery", "-A", "bench.naive_celery", "worker"]
+        env = {
+            "BENCH_BROKER_URL": broker_url,
+            "BENCH_BASE_URL": sandbox_url,
+            "BENCH_TOKEN": TOKEN,
+            "BENCH_TENANT": TENANT,
+        }
+        self._child = ChildProcess(argv, env, naive_celery.READY, "the naive Celery worker")
+        self._child.start(timeout=90)
+        return self._child.pid
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
+
+    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None:
+        publish_celery_tasks(broker_url, events, tag)
+
+
+# --- reading the journal ----------------------------------------------------------------------
+
+
+@dataclass
+class Observed:
+    """What the sandbox saw of one run's events."""
+
+    published_at: dict[int, float] = field(default_factory=dict)
+    received_at: dict[int, float] = field(default_factory=dict)
+    responded_at: dict[int, float] = field(default_factory=dict)
+    duplicates: int = 0
+    failed_calls: int = 0
+    stalled: bool = False
+
+
+def collect(
+    control: SandboxControl,
+    tag: str,
+    expected: int,
+    timeout: float,
+    stall_after: float = 60.0,
+    on_progress: Callable[[int], None] | None = None,
+) -> Observed:
+    """Polls the journal until every event got a 2xx PATCH, nothing moves, or time is up."""
+    observed = Observed()
+    cursor: int | None = None
+    deadline = time.monotonic() + timeout
+    last_progress = time.monotonic()
+    while len(observed.received_at) < expected:
+        now = time.monotonic()
+        if now > deadline or now - last_progress > stall_after:
+            observed.stalled = True
+            break
+        before = len(observed.received_at)
+        for entry in control.journal(since=cursor):
+            cursor = entry["seq"]
+            if entry["method"] != "PATCH" or not isinstance(entry["body"], dict):
+                continue
+            parsed = parse_stamp(entry["body"].get("internalIdentifier"), tag)
+            if parsed is None:
+                continue
+            index, published = parsed
+            status = entry["status"] or 0
+            if not 200 <= status < 300:
+                observed.failed_calls += 1
+            elif index in observed.received_at:
+                observed.duplicates += 1
+            else:
+                observed.published_at[index] = published
+                observed.received_at[index] = entry["receivedAt"]
+                observed.responded_at[index] = entry["respondedAt"]
+        if len(observed.received_at) > before:
+            last_progress = time.monotonic()
+            if on_progress is not None:
+                on_progress(len(observed.received_at))
+        if len(observed.received_at) < expected:
+            time.sleep(0.5)
+    return observed
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    system: str
+    latency_ms: int
+    concurrency: str
+    events: int
+    completed: int
+    duplicates: int
+    failed_calls: int
+    elapsed_s: float
+    publish_s: float
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    ready_rss_mb: float
+    peak_rss_mb: float
+    worker_cpu_ms_per_event: float
+    broker_cpu_ms_per_event: float
+    redis_cpu_ms_per_event: float
+    sandbox_cpu_ms_per_event: float
+    machine_cpu_pct: float
+    note: str = ""
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def run_once(
+    system: System,
+    concurrency_label: str,
+    sandbox_url: str,
+    latency_ms: int,
+    events: int,
+    *,
+    during: Callable[[int], Callable[[], None]] | None = None,
+    sandbox_pid: int | None = None,
+    note: str = "",
+) -> RunResult:
+    """Measure one system at one latency from a fresh vhost; cleans up whatever happens.
+
+    ``during(pid)`` is called just before publishing and returns a function called once every
+    event arrived (a profiler, for instance).
+    """
+    tag = uuid.uuid4().hex[:10]
+    batch = make_events(events, tag)
+    with SandboxControl(sandbox_url, timeout=60) as control, Vhost(f"{system.name}-{tag}") as vhost:
+        control.clear_journal()
+        control.clear_faults()
+        control.configure(latency_ms=latency_ms, auto_create_customers=True)
+        sampler: TreeSampler | None = None
+        try:
+            pid = system.start(vhost.url, sandbox_url)
+            sampler = TreeSampler(pid).start()
+            time.sleep(1.0)  # let the worker settle: the idle RSS is its ready state
+            ready_rss = sampler.last
+            finish = during(pid) if during is not None else None
+            others = {
+                "broker": pids_named("beam.smp"),
+                "redis": pids_named("redis-server"),
+                "sandbox": [] if sandbox_pid is None else [sandbox_pid],
+            }
+            others_before = {name: cpu_seconds(pids) for name, pids in others.items()}
+            cpu_before, machine_before = cpu_seconds(sampler.pids), machine_cpu()
+            started = time.time()
+            system.publish(vhost.url, batch, tag)
+            publish_s = time.time() - started
+            timeout = 60.0 + events / 5.0
+            observed = collect(control, tag, events, timeout)
+            cpu_after, machine_after = cpu_seconds(sampler.pids), machine_cpu()
+            others_after = {name: cpu_seconds(pids) for name, pids in others.items()}
+            if finish is not None:
+                finish()
+        finally:
+            try:
+                system.stop()
+            finally:
+                if sampler is not None:
+                    sampler.stop()
+    assert sampler is not None
+    completed = len(observed.received_at)
+    first_publish = min(observed.published_at.values(), default=started)
+    last_done = max(observed.responded_at.values(), default=first_publish)
+    elapsed = max(last_done - first_publish, 1e-9)
+    latencies = [
+        (observed.received_at[i] - observed.published_at[i]) * 1000 for i in observed.received_at
+    ]
+    busy = machine_after[0] - machine_before[0]
+    total = machine_after[1] - machine_before[1]
+    notes = [note] if note else []
+
+    def per_event(name: str) -> float:
+        if not others[name]:
+            return math.nan
+        return round((others_after[name] - others_before[name]) * 1000 / max(completed, 1), 3)
+
+    if observed.stalled:
+        notes.append(f"INCOMPLETE: {completed}/{events} arrived")
+    return RunResult(
+        system=system.name,
+        latency_ms=latency_ms,
+        concurrency=concurrency_label,
+        events=events,
+        completed=completed,
+        duplicates=observed.duplicates,
+        failed_calls=observed.failed_calls,
+        elapsed_s=round(elapsed, 3),
+        publish_s=round(publish_s, 3),
+        throughput=round(completed / elapsed, 1),
+        p50_ms=round(percentile(latencies, 0.50), 1),
+        p99_ms=round(percentile(latencies, 0.99), 1),
+        ready_rss_mb=round(ready_rss / 2**20, 1),
+        peak_rss_mb=round(sampler.peak / 2**20, 1),
+        worker_cpu_ms_per_event=round((cpu_after - cpu_before) * 1000 / max(completed, 1), 3),
+        broker_cpu_ms_per_event=per_event("broker"),
+        redis_cpu_ms_per_event=per_event("redis"),
+        sandbox_cpu_ms_per_event=per_event("sandbox"),
+        machine_cpu_pct=round(100 * busy / total, 1) if total else math.nan,
+        note="; ".join(notes),
+    )
