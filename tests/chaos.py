@@ -113,8 +113,8 @@ def run_chaos(
             tempfile.TemporaryDirectory() as directory,
             RedisProcess(Path(directory)) as redis,
             SandboxServer(SandboxOptions()) as sandbox_server,
+            sandbox_server.control() as sandbox,
         ):
-            sandbox = sandbox_server.control()
             sandbox.set_random_faults(
                 RandomFaults(
                     rate=0.2, kinds=("500", "503", "timeout", "drop"), timeout_ms=3000, seed=seed
