@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.backoff import run_backoff
 from bench.harness import (
     Bare,
     Ccsync,
@@ -298,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] == "soak":
         return run_soak(arguments[1:])
+    if arguments and arguments[0] == "backoff":
+        return run_backoff(arguments[1:])
     return run_benchmark(arguments)
 
 
