@@ -1,4 +1,4 @@
-"""Issue 2 and 3: killing the worker loses nothing, whether an event waits or is in flight."""
+"""Issue 2 and 3: waiting events live in the broker: a kill loses none, a long wait blocks none."""
 
 from __future__ import annotations
 
@@ -38,3 +38,28 @@ def test_given_an_event_in_backoff_when_the_worker_is_killed_then_it_is_applied_
     with LocalWorker(env, concurrency=2):
         calls = wait_applied(sandbox, event["customerId"])
     assert [call["status"] for call in calls] == [500, 204]
+
+
+def test_given_a_long_wait_then_a_shorter_one_behind_it_is_not_held_back(
+    broker_url: str,
+    redis_url: str,
+    sandbox_server: SandboxServer,
+    sandbox: SandboxControl,
+    clean_queues: None,
+    producer: Producer,
+) -> None:
+    # Given an event told to come back in 20 s, then one that retries after 1 s
+    env = worker_env(broker_url, sandbox_server.url, redis_url, CCSYNC_RETRY_DELAYS="1")
+    slow, quick = native(), native()
+    sandbox.add_faults(slow["customerId"], {"status": 429, "retryAfter": 20})
+    sandbox.add_faults(quick["customerId"], {"status": 503})
+    with LocalWorker(env, concurrency=2):
+        _publish(producer, slow)
+        wait_until(lambda: patches(sandbox, slow["customerId"]), 20, "the slow event's first call")
+        _publish(producer, quick)
+        # Then the quick one is applied while the slow one still waits in the broker
+        calls = wait_applied(sandbox, quick["customerId"])
+        assert [call["status"] for call in calls] == [503, 204]
+        assert [call["status"] for call in patches(sandbox, slow["customerId"])] == [429]
+        slow_first = patches(sandbox, slow["customerId"])[0]["receivedAt"]
+        assert calls[-1]["receivedAt"] - slow_first < 10

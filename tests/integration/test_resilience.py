@@ -102,6 +102,7 @@ def test_given_a_60s_api_outage_then_events_wait_and_are_applied_after_it(
             what="every event to reach an outcome",
         )
         counts = outcome_counts(worker)
+        print(f"outage of {OUTAGE_SECONDS}s: {len(events)} events, outcomes {dict(counts)}")
         assert "outage:" in worker.log and "consumption resumed" in worker.log
     assert counts["dead-lettered"] < len(events) * 0.01
     assert counts["applied"] + counts["dead-lettered"] == len(events)
