@@ -226,3 +226,12 @@ def test_given_prometheus_then_it_scrapes_the_worker_metrics_port_and_loads_the_
     assert jobs["rabbitmq"]["metrics_path"] == "/metrics/per-object"
     assert all(mounts.get(path) for path in config["rule_files"])
     assert mounts[config["rule_files"][0]] == "./ops/prometheus/alerts.yml"
+
+
+def test_given_the_broker_config_then_it_refuses_messages_far_larger_than_an_event() -> None:
+    conf = (REPO / "ops" / "rabbitmq" / "rabbitmq.conf").read_text("utf-8")
+    settings = dict(
+        line.split(" = ", 1) for line in conf.splitlines() if line and not line.startswith("#")
+    )
+    # Above ccsync's own limit, so an oversized event still becomes a readable dead letter.
+    assert int(settings["max_message_size"]) > Settings().max_event_bytes
