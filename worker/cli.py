@@ -132,7 +132,10 @@ def demo(timeout: float) -> None:
     """Run the whole pipeline once: sandbox, worker, sample events, and a summary."""
     from worker.demo import run_demo
 
-    sys.exit(run_demo(_settings(), timeout))
+    try:
+        sys.exit(run_demo(_settings(), timeout))
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 from worker.dlq_cli import dlq  # noqa: E402 (the group is attached once main exists)

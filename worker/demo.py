@@ -24,6 +24,7 @@ from worker.local import LocalWorker
 from worker.publish import Encoding, encode, new_event, publish_raw
 from worker.sandbox import SandboxOptions, SandboxServer
 from worker.settings import Settings
+from worker.topology import declare_topology
 
 DEMO_TENANT = "demo.cloudcockpit.local"
 RUN_HEADER = "x-demo-run"
@@ -90,6 +91,8 @@ def run_demo(settings: Settings, timeout: float) -> int:
             "CCSYNC_RETRY_DELAYS": "1,2",
         }
         click.echo(f"sandbox at {sandbox.url}; starting a worker on {_safe(settings.broker_url)}")
+        with broker_connection(settings) as connection:
+            declare_topology(connection)
         with (
             LocalWorker(env, concurrency=8, loglevel="WARNING"),
             broker_connection(settings) as connection,

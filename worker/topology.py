@@ -17,6 +17,7 @@ exchange N-1. Exchange
 
 from __future__ import annotations
 
+from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Queue, binding
 
 from worker.constants import (
@@ -33,6 +34,7 @@ from worker.constants import (
     TASKS_EXCHANGE,
     TASKS_QUEUE,
 )
+from worker.exceptions import ConfigurationError
 
 events_exchange = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
 tasks_exchange = Exchange(TASKS_EXCHANGE, type="topic", durable=True)
@@ -112,7 +114,21 @@ def delay_entry_exchange() -> Exchange:
 
 
 def declare_topology(connection: Connection) -> None:
-    """Declare every exchange, queue and binding; safe to run while others run it too."""
+    """Declare every exchange, queue and binding; safe to run while others run it too.
+
+    ``ConfigurationError`` when the broker holds one of them with other arguments (a version of
+    ccsync that declared it differently): RabbitMQ never changes a queue's arguments in place.
+    """
+    try:
+        _declare(connection)
+    except PreconditionFailed as exc:
+        raise ConfigurationError(
+            f"the broker's topology differs from this version's ({exc.reply_text}); "
+            "see 'ccsync topology' and move the messages before deleting the old queue"
+        ) from None
+
+
+def _declare(connection: Connection) -> None:
     channel = connection.default_channel
     for exchange in (events_exchange, tasks_exchange, dead_letter_exchange, delay_release_exchange):
         exchange(channel).declare()
