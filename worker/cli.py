@@ -9,16 +9,9 @@ from pathlib import Path
 import click
 
 from worker.broker import broker_connection
+from worker.cli_settings import command_settings
 from worker.exceptions import ConfigurationError
 from worker.publish import Encoding, NoQueueBound, new_event, publish_events, read_events
-from worker.settings import Settings, load_settings
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
@@ -33,7 +26,7 @@ def worker(concurrency: int, loglevel: str) -> None:
     """Run the consumer (a Celery worker with a pool of threads)."""
     from worker.app import run_worker
 
-    settings = _settings()
+    settings = command_settings()
     try:
         run_worker(settings, concurrency, loglevel)
     except ConfigurationError as exc:
@@ -118,7 +111,7 @@ def publish(
         ]
     else:
         raise click.UsageError("give --customer (with --identifier or --clear) or --file")
-    with broker_connection(_settings()) as connection:
+    with broker_connection(command_settings()) as connection:
         try:
             count = publish_events(connection, events, Encoding(encoding))
         except NoQueueBound as exc:
@@ -133,7 +126,7 @@ def demo(timeout: float) -> None:
     from worker.demo import run_demo
 
     try:
-        sys.exit(run_demo(_settings(), timeout))
+        sys.exit(run_demo(command_settings(), timeout))
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
 

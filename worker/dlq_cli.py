@@ -19,6 +19,7 @@ from kombu import Connection
 from kombu.exceptions import KombuError
 
 from worker.broker import broker_connection
+from worker.cli_settings import command_settings
 from worker.constants import (
     REASON_API_REJECTED,
     REASON_DELIVERY_LIMIT,
@@ -40,8 +41,6 @@ from worker.dlq_render import (
 from worker.dlq_replay import replay as replay_dead_letters
 from worker.dlq_stats import dead_letter_stats
 from worker.dlq_transfer import export_dead_letters, import_dead_letters, read_lines
-from worker.exceptions import ConfigurationError
-from worker.settings import load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,10 +103,7 @@ def filter_options(command: F) -> F:
 @contextlib.contextmanager
 def _broker() -> Iterator[Connection]:
     """The broker connection, with every failure turned into one line and a non-zero exit."""
-    try:
-        settings = load_settings()
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = command_settings()
     try:
         with broker_connection(settings) as connection:
             try:

@@ -8,18 +8,12 @@ from typing import Any
 import click
 
 from worker.broker import broker_connection
+from worker.cli_settings import command_settings
 from worker.exceptions import ConfigurationError
 from worker.health import DEFAULT_TIMEOUT, Redactor, failing_parts, run_checks
 from worker.ops_topology import Topology, record_topology, topology_json
-from worker.settings import Settings, load_settings
+from worker.settings import load_settings
 from worker.topology import declare_topology
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.command()
@@ -52,7 +46,7 @@ def topology(apply_: bool, as_json: bool) -> None:
     """Print the broker topology ccsync declares, or apply it (idempotent)."""
     recorded = record_topology()
     if apply_:
-        settings = _settings()
+        settings = command_settings()
         try:
             with broker_connection(settings) as connection:
                 connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
