@@ -312,20 +312,6 @@ def test_the_correlation_id_is_identical_across_attempts_1_to_4_of_one_event() -
 
 
 @pytest.fixture
-def ledger_prefix() -> Iterator[str]:
-    """A key space of this test's own in Redis db 15, removed afterwards."""
-    name = f"ccsync-test-{uuid.uuid4().hex}"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{name}:*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
-@pytest.fixture
 def make_ledger(ledger_prefix: str) -> Iterator[Callable[[float], Ledger]]:
     """Ledgers on one prefix, each over a client of its own (as separate workers would be)."""
     clients: list[redis.Redis] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,17 +64,8 @@ def record_in(ledger: Ledger, relationship: Relationship, applied: IdentifierCha
 
 
 @pytest.fixture
-def prefix() -> Iterator[str]:
-    """A key space of this test's own, removed afterwards."""
-    name = f"ccsync-test-{uuid.uuid4().hex}"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{name}:*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+def prefix(ledger_prefix: str) -> str:
+    return ledger_prefix
 
 
 @pytest.fixture
