@@ -13,7 +13,8 @@ from celery.signals import setup_logging, worker_ready
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from worker import metrics
-from worker.apply import Applier, Attempt, Outcome
+from worker.apply import Applier, Outcome
+from worker.attempts import Attempt
 from worker.backoff import RetryPolicy
 from worker.broker import broker_connection, broker_ssl_options
 from worker.client import (
@@ -21,6 +22,7 @@ from worker.client import (
     CloudCockpitClient,
     make_http_client,
     make_token_source,
+    tls_context,
 )
 from worker.constants import APPLY_EVENT_TASK, TASKS_EXCHANGE, TASKS_QUEUE
 from worker.consumption import ConsumerSwitch
@@ -64,9 +66,10 @@ class Runtime:
     """What the task needs, made once per worker process (after any fork, never before)."""
 
     def __init__(self, app: Celery, settings: Settings, switch: ConsumerSwitch) -> None:
-        token_http = make_http_client(settings, max_connections=2)
+        tls = tls_context(settings)
+        token_http = make_http_client(settings, max_connections=2, tls=tls)
         api = CloudCockpitClient(
-            ClientPerThread(lambda: make_http_client(settings, max_connections=2)),
+            ClientPerThread(lambda: make_http_client(settings, max_connections=2, tls=tls)),
             settings.base_url,
             make_token_source(settings, token_http),
         )
