@@ -1,6 +1,10 @@
 """The outcome of one attempt: consult the ledger, call CloudCockpit, then applied, stale,
 duplicate, retry later, wait out an outage, or dead letter.
 
+In three steps, so that the worker can spread them over threads: ``prepare`` and ``send`` (with
+the relationship taken in between), leaving the relationship, then ``conclude``. ``apply`` does
+all of it in one thread, as retries do.
+
 Free of Celery so that every branch can be tested by calling ``Applier.apply`` directly.
 """
 
@@ -10,15 +14,15 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cached_property
-from typing import Any, Protocol
+from typing import Protocol
 
 import sentry_sdk
 
 from worker import metrics
+from worker.attempts import Attempt, Call
 from worker.backoff import RetryPolicy
 from worker.client import CloudCockpitClient
 from worker.constants import (
@@ -28,7 +32,6 @@ from worker.constants import (
     REASON_RETRIES_EXHAUSTED,
 )
 from worker.dead_letters import DeadLetter, Envelope
-from worker.events import IdentifierChanged, correlation_id
 from worker.exceptions import (
     ApiRejected,
     ApiUnavailable,
@@ -74,56 +77,6 @@ _COUNTERS = {
     Outcome.DUPLICATE: metrics.EVENTS_DUPLICATE.inc,
     Outcome.RETRYING: metrics.EVENTS_RETRIED.inc,
 }
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One try of one event, as carried by a task message."""
-
-    event: IdentifierChanged
-    envelope: Envelope
-    number: int
-    first_attempt_at: str
-
-    @cached_property
-    def correlation_id(self) -> uuid.UUID:
-        return correlation_id(self.tenant, self.event.event_id)
-
-    def age_seconds(self) -> float:
-        """Since the intake took the event (the first attempt), retries included."""
-        return (datetime.now(UTC) - datetime.fromisoformat(self.first_attempt_at)).total_seconds()
-
-    def next(self) -> Attempt:
-        return Attempt(self.event, self.envelope, self.number + 1, self.first_attempt_at)
-
-    @property
-    def tenant(self) -> str:
-        # The intake resolved the tenant (event or CLOUDCOCKPIT_TENANT) before making the task.
-        assert self.event.tenant is not None
-        return self.event.tenant
-
-    def to_task_kwargs(self) -> dict[str, Any]:
-        return {
-            "event": self.event.to_wire(),
-            "envelope": self.envelope.to_wire(),
-            "attempt": self.number,
-            "first_attempt_at": self.first_attempt_at,
-        }
-
-    @classmethod
-    def from_task_kwargs(
-        cls, event: dict[str, Any], envelope: dict[str, Any], attempt: int, first_attempt_at: str
-    ) -> Attempt:
-        return cls(
-            IdentifierChanged.model_validate(event),
-            Envelope.from_wire(envelope),
-            attempt,
-            first_attempt_at,
-        )
-
-    @classmethod
-    def first(cls, event: IdentifierChanged, envelope: Envelope) -> Attempt:
-        return cls(event, envelope, 1, datetime.now(UTC).isoformat())
 
 
 class Publisher(Protocol):
@@ -174,53 +127,117 @@ class Applier:
         self.unsettled_linger_seconds = unsettled_linger_seconds
 
     def apply(self, attempt: Attempt, delivery_count: int = 0) -> Outcome:
-        event = attempt.event
-        if delivery_count >= DELIVERY_LIMIT:
+        """The whole attempt in this thread: ``call``, leave the relationship, ``conclude``."""
+        call = self.call(attempt, delivery_count)
+        self.leave_all([call])
+        return self.conclude(call)
+
+    def call(self, attempt: Attempt, delivery_count: int = 0) -> Call:
+        """Takes the relationship (waiting for it if another event holds it) and, if the event
+        is new, calls CloudCockpit. Publishes and logs nothing: see ``conclude``."""
+        call = self.prepare(attempt, delivery_count)
+        if call.needs_relationship:
+            try:
+                call.hold = self.ledger.acquire(call.relationship, attempt.event.event_id)
+            except (RelationshipBusy, LedgerUnavailable) as exc:
+                call.failure = exc
+        self.send(call)
+        return call
+
+    def prepare(self, attempt: Attempt, delivery_count: int = 0) -> Call:
+        """The call, before its relationship is taken; taken already if no call is to be made."""
+        call = Call(attempt, Relationship.of(attempt.event), delivery_count)
+        if delivery_count < DELIVERY_LIMIT and self.guard is not None and self.guard.is_open:
+            call.outage = True
+        return call
+
+    def send(self, call: Call) -> None:
+        """With the relationship held: the verdict and, for a new event, the call to CloudCockpit.
+
+        The relationship stays held until ``leave_all``, which the worker does for many calls at
+        once, off the threads that wait on CloudCockpit.
+        """
+        hold = call.hold
+        if hold is None:
+            return
+        event = call.attempt.event
+        try:
+            call.verdict = hold.verdict(event)
+            if call.verdict is not Verdict.NEW:
+                return
+            if not self.ledger.reachable:
+                # Taken before Redis went away: a call now could not be recorded, and would
+                # only have to be made again.
+                call.failure = LedgerUnavailable("ledger unavailable: the call was not made")
+                return
+            started = time.monotonic()
+            self.api.set_internal_identifier(
+                tenant=call.attempt.tenant,
+                customer_id=event.customer_id,
+                reseller_id=event.reseller_id,
+                internal_identifier=event.internal_identifier,
+                correlation_id=call.attempt.correlation_id,
+            )
+            call.duration = time.monotonic() - started
+            hold.applied(event)
+        except ApiUnavailable as exc:
+            if exc.unsettled:
+                # A late write of this event must not land after a newer one.
+                hold.linger(self.unsettled_linger_seconds)
+            call.failure = exc
+        except (ApiRejected, TransientFailure) as exc:
+            call.failure = exc
+        except BaseException:
+            # A bug: the message is redelivered, and the relationship must not stay locked.
+            self.leave_all([call])
+            raise
+
+    def leave_all(self, calls: Sequence[Call]) -> None:
+        """Releases what the calls hold (recording what they applied) in one round trip. If
+        Redis cannot record it, each of them fails as the ledger being unavailable."""
+        holding = [call for call in calls if call.hold is not None]
+        try:
+            self.ledger.leave_all([call.hold for call in holding if call.hold is not None])
+        except LedgerUnavailable as exc:
+            for call in holding:
+                call.failure = exc
+        for call in holding:
+            call.hold = None
+
+    def conclude(self, call: Call) -> Outcome:
+        """What becomes of the event after its call: counted, logged, retried or dead-lettered."""
+        attempt = call.attempt
+        failure = call.failure
+        if call.delivery_count >= DELIVERY_LIMIT:
             return self._dead_letter(
                 attempt,
                 REASON_DELIVERY_LIMIT,
-                f"delivered {delivery_count} times without an outcome: "
+                f"delivered {call.delivery_count} times without an outcome: "
                 "the worker crashed or hung on it",
                 None,
             )
-        if self.guard is not None and self.guard.is_open:
+        if call.outage and self.guard is not None:
             return self._defer(attempt, self.guard.retry_in, "outage protection is on")
-        relationship = Relationship.of(event)
-        try:
-            with self.ledger.hold(relationship, event.event_id) as hold:
-                verdict = hold.verdict(event)
-                if verdict is Verdict.STALE:
-                    return self._report(attempt, Outcome.STALE, "a newer one was applied")
-                if verdict is Verdict.DUPLICATE:
-                    return self._report(attempt, Outcome.DUPLICATE, "already applied")
-                started = time.monotonic()
-                try:
-                    self.api.set_internal_identifier(
-                        tenant=attempt.tenant,
-                        customer_id=event.customer_id,
-                        reseller_id=event.reseller_id,
-                        internal_identifier=event.internal_identifier,
-                        correlation_id=attempt.correlation_id,
-                    )
-                except ApiUnavailable as exc:
-                    if exc.unsettled:
-                        # A late write of this event must not land after a newer one.
-                        hold.linger(self.unsettled_linger_seconds)
-                    raise
-                hold.applied(event)
-        except RelationshipBusy as exc:
-            return self._defer(attempt, BUSY_RETRY_SECONDS, str(exc))
-        except ApiRejected as exc:
+        if isinstance(failure, RelationshipBusy):
+            return self._defer(attempt, BUSY_RETRY_SECONDS, str(failure))
+        if isinstance(failure, ApiRejected):
             self._healthy()
-            return self._dead_letter(attempt, REASON_API_REJECTED, exc.error, exc.status)
-        except TransientFailure as exc:
-            return self._failed(attempt, exc)
+            return self._dead_letter(attempt, REASON_API_REJECTED, failure.error, failure.status)
+        if isinstance(failure, TransientFailure):
+            return self._failed(attempt, failure)
+        if call.verdict is Verdict.STALE:
+            return self._report(attempt, Outcome.STALE, "a newer one was applied")
+        if call.verdict is Verdict.DUPLICATE:
+            return self._report(attempt, Outcome.DUPLICATE, "already applied")
+        assert call.duration is not None
         self._healthy()
-        duration = time.monotonic() - started
-        metrics.API_REQUEST_SECONDS.observe(duration)
+        metrics.API_REQUEST_SECONDS.observe(call.duration)
         metrics.PUBLISH_TO_APPLY_SECONDS.observe(attempt.age_seconds())
         return self._report(
-            attempt, Outcome.APPLIED, f"attempt {attempt.number}", duration=round(duration, 4)
+            attempt,
+            Outcome.APPLIED,
+            f"attempt {attempt.number}",
+            duration=round(call.duration, 4),
         )
 
     def _failed(self, attempt: Attempt, failure: TransientFailure) -> Outcome:

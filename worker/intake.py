@@ -1,8 +1,9 @@
 """Event in: consume producers' plain messages, validate them, apply each in the worker's pool.
 
-A Celery ``ConsumerStep``: its callback runs in the worker's event loop, so it only validates and
-hands the event to the worker's pool, where the body of the ``apply_event`` task (``Applier``)
-makes the first attempt. The first attempt needs no second trip through the broker; retries
+A Celery ``ConsumerStep``: its callback runs in the worker's event loop, so it only validates the
+event and hands its first attempt on: the gate (``gate``) takes its relationship in the ledger,
+a thread of the worker's pool calls CloudCockpit, and the settler (``settle``) leaves the
+relationship and concludes. The first attempt needs no second trip through the broker; retries
 travel as ``apply_event`` task messages through the delay ladder.
 
 The raw message is acknowledged only once its outcome is settled: applied or skipped, or its
@@ -14,8 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
@@ -24,7 +24,8 @@ from kombu.common import ignore_errors
 from kombu.message import Message
 
 from worker import metrics
-from worker.apply import Attempt
+from worker.apply import Applier
+from worker.attempts import Attempt, Call
 from worker.constants import (
     DELIVERY_LIMIT,
     REASON_DELIVERY_LIMIT,
@@ -33,6 +34,8 @@ from worker.constants import (
 from worker.dead_letters import DeadLetter, Envelope, publish_dead_letter
 from worker.events import IdentifierChanged, decode_event
 from worker.exceptions import InvalidEvent
+from worker.gate import Gate
+from worker.settle import SettledMessages, Settler
 from worker.topology import events_queue
 
 if TYPE_CHECKING:
@@ -42,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # Events waiting for a free thread, per thread: enough to keep every thread busy between broker
 # round trips, few enough that a crash redelivers little.
-PREFETCH_PER_THREAD = 2
+PREFETCH_PER_THREAD = 4
 SHUTDOWN_CHECK_SECONDS = 0.5
 # Beyond the call's own timeout: time to publish its retry or dead letter and record it.
 SHUTDOWN_GRACE_SECONDS = 15.0
@@ -50,6 +53,15 @@ SHUTDOWN_GRACE_SECONDS = 15.0
 
 def _nothing() -> None:
     pass
+
+
+@dataclass(frozen=True)
+class _Stages:
+    """Where a first attempt goes after the intake: gate, pool, settler."""
+
+    applier: Applier
+    gate: Gate
+    settler: Settler
 
 
 class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
@@ -61,6 +73,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         self._ticking_hub: Any = None
         self._celery_consumer: Any = None
         self._outcomes = SettledMessages()
+        self._made_stages: _Stages | None = None
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         # The body exactly as published: py-amqp would otherwise decode it to text when the
@@ -176,22 +189,40 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             message.ack()
             return
         self._outcomes.started()
-        self._celery_consumer.pool.apply_async(
-            self._first_attempt, args=(Attempt.first(event, envelope), message)
-        )
+        stages = self._stages()
+        stages.gate.put(stages.applier.prepare(Attempt.first(event, envelope)), message)
 
-    def _first_attempt(self, attempt: Attempt, message: Message) -> None:
-        """In a pool thread. The ack (or requeue) is left to the loop, owner of the channel."""
+    def _stages(self) -> _Stages:
+        # Made on first use: the runtime (Redis, httpx) is made once the worker runs.
+        if self._made_stages is None:
+            applier = self.app.runtime.applier
+            settler = Settler(applier, self._outcomes, self._ask_loop_to_settle)
+            gate = Gate(applier.ledger, self._send, settler.put, self._requeue)
+            self._made_stages = _Stages(applier, gate, settler)
+        return self._made_stages
+
+    def _send(self, call: Call, message: Message) -> None:
+        """From the gate: the relationship is held; a pool thread makes the call."""
+        self._celery_consumer.pool.apply_async(self._call_in_pool, args=(call, message))
+
+    def _call_in_pool(self, call: Call, message: Message) -> None:
+        """In a pool thread: the call and nothing else. The settler concludes it."""
+        stages = self._stages()
         try:
-            # The task's own body, without Celery's eager tracer around it: measured in bench/,
-            # the tracer and the task's JSON round trip cost a fifth of the worker's CPU.
-            self.app.runtime.applier.apply(attempt)
-            done = True
+            stages.applier.send(call)
         except Exception:
-            log.exception("event %s: no outcome could be recorded", attempt.event.event_id)
-            done = False
+            log.exception("event %s: no outcome could be recorded", call.attempt.event.event_id)
+            self._requeue(message)
+            return
+        stages.settler.put(call, message)
+
+    def _requeue(self, message: Message) -> None:
+        self._outcomes.finished(message, False)
+        self._ask_loop_to_settle()
+
+    def _ask_loop_to_settle(self) -> None:
+        """From any thread: the loop, owner of the channel, acks what is settled."""
         consumer = self._celery_consumer
-        self._outcomes.finished(message, done)
         consumer.call_soon(self._outcomes.settle, consumer.connection_errors)
 
     def _validate(self, envelope: Envelope) -> IdentifierChanged:
@@ -220,46 +251,6 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         if self._connection is not None:
             self._connection.release()
         self._connection = self._producer = None
-
-
-class SettledMessages:
-    """First attempts in flight, and the messages whose outcome is settled, waiting to be acked.
-
-    Pool threads report here; the event loop thread (or ``stop``, once the loop is over) acks,
-    since a channel must only be used by one thread.
-    """
-
-    def __init__(self) -> None:
-        self._done: queue.SimpleQueue[tuple[Message, bool]] = queue.SimpleQueue()
-        self._idle = threading.Condition()
-        self._in_flight = 0
-
-    def started(self) -> None:
-        with self._idle:
-            self._in_flight += 1
-
-    def finished(self, message: Message, done: bool) -> None:
-        self._done.put((message, done))
-        with self._idle:
-            self._in_flight -= 1
-            self._idle.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
-
-    def settle(self, connection_errors: tuple[type[BaseException], ...]) -> None:
-        while True:
-            try:
-                message, done = self._done.get_nowait()
-            except queue.Empty:
-                return
-            if done:
-                message.ack_log_error(log, connection_errors)
-            else:
-                # Back to the queue, which counts the delivery: a message that keeps failing
-                # ends as delivery-limit.
-                message.reject_log_error(log, connection_errors, requeue=True)
 
 
 def delivery_count(message: Message) -> int:

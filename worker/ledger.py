@@ -5,8 +5,10 @@ A relationship is (tenant, customer, reseller-or-own). For each, Redis keeps the
 every thread, process and machine, so that two workers never race two events of one customer to
 CloudCockpit. Ordering is by ``occurredAt`` as UTC microseconds, ties broken by ``eventId``.
 
-One event costs two round trips: taking the lock returns what was applied, and leaving records
-the event (when it was applied) and releases the lock, each in one Lua script.
+Each event runs two Lua scripts: taking the lock returns what was applied, and leaving records
+the event (when it was applied) and releases the lock. Both take many events at once: the
+worker takes, and later leaves, the relationships of every event waiting in one pipelined round
+trip.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
@@ -113,7 +117,17 @@ def order_key(event: IdentifierChanged) -> str:
 class Hold:
     """A relationship held by one event: what was applied before, and what to do on leaving."""
 
-    def __init__(self, stored: str | None, lingering_until: float) -> None:
+    def __init__(
+        self,
+        keys: list[str],
+        token: str,
+        linger_value: str,
+        stored: str | None,
+        lingering_until: float,
+    ) -> None:
+        self.keys = keys
+        self.token = token
+        self.linger_value = linger_value
         self.stored = stored
         self.record: str | None = None
         # A linger inherited from an earlier attempt of the same event is kept, not cut short.
@@ -136,6 +150,10 @@ class Hold:
         of the relationship must not overtake it: they wait until it has surely settled."""
         self.linger_until = max(self.linger_until, time.monotonic() + seconds)
 
+    def leave_args(self) -> list[str | int]:
+        linger_ms = max(0, int((self.linger_until - time.monotonic()) * 1000))
+        return [self.token, self.record or "", LEDGER_TTL_SECONDS, linger_ms, self.linger_value]
+
 
 class Ledger:
     """``prefix`` keeps deployments (and test runs) that share one Redis apart.
@@ -153,6 +171,8 @@ class Ledger:
         self._acquire = client.register_script(_ACQUIRE)
         self._leave = client.register_script(_LEAVE)
         self._local = threading.local()
+        # Whether the last round trip, from any thread, got through.
+        self.reachable = True
 
     @classmethod
     def from_url(cls, url: str, prefix: str = KEY_PREFIX) -> Ledger:
@@ -165,56 +185,109 @@ class Ledger:
         connection: redis.Redis | None = getattr(self._local, "connection", None)
         if connection is None:
             pool = self._redis.connection_pool
+            # A pool of the thread's own, uncontended: its one connection serves commands and
+            # pipelines alike.
             connection = redis.Redis(
                 connection_pool=pool.__class__(
                     connection_class=pool.connection_class,
                     max_connections=1,
                     **pool.connection_kwargs,
-                ),
-                single_connection_client=True,
+                )
             )
             self._local.connection = connection
         return connection
 
-    @contextmanager
-    def hold(self, relationship: Relationship, event_id: str = "") -> Iterator[Hold]:
-        """Exclusive use of the relationship by one event; ``RelationshipBusy`` if another holds
-        it longer than the lock wait."""
-        keys = [
-            f"{self._prefix}:lock:{relationship.name}",
-            f"{self._prefix}:applied:{relationship.name}",
-        ]
-        token = secrets.token_hex(16)
-        # Without an event id no later hold can claim the linger as its own.
-        linger_value = f"{LINGER_PREFIX}{event_id or token}"
+    @property
+    def lock_wait_seconds(self) -> float:
+        return self._lock_wait
+
+    def try_acquire_all(self, wanted: Sequence[tuple[Relationship, str]]) -> list[Hold | None]:
+        """Tries to take each relationship for its event (id), all in one round trip: a hold for
+        each one taken, None for each one held by another event."""
+        claims: list[tuple[list[str], list[str | int]]] = []
+        for relationship, event_id in wanted:
+            token = secrets.token_hex(16)
+            # Without an event id no later hold can claim the linger as its own.
+            linger_value = f"{LINGER_PREFIX}{event_id or token}"
+            keys = [
+                f"{self._prefix}:lock:{relationship.name}",
+                f"{self._prefix}:applied:{relationship.name}",
+            ]
+            claims.append((keys, [token, LOCK_TTL_MS, linger_value]))
+        replies = self._run_all(self._acquire, claims)
+        now = time.monotonic()
+        holds: list[Hold | None] = []
+        for (keys, args), reply in zip(claims, replies, strict=True):
+            if not reply:
+                holds.append(None)
+                continue
+            lingering_ms, stored = reply
+            holds.append(
+                Hold(
+                    keys,
+                    str(args[0]),
+                    str(args[2]),
+                    stored.decode() if isinstance(stored, bytes) else stored,
+                    now + max(0, int(lingering_ms)) / 1000,
+                )
+            )
+        return holds
+
+    def acquire(self, relationship: Relationship, event_id: str = "") -> Hold:
+        """Exclusive use of the relationship by one event until it leaves; ``RelationshipBusy``
+        if another holds it longer than the lock wait."""
         deadline = time.monotonic() + self._lock_wait
         pause = 0.005
-        with _translated():
-            connection = self._connection()
-            while not (
-                taken := self._acquire(
-                    keys=keys, args=[token, LOCK_TTL_MS, linger_value], client=connection
-                )
-            ):
-                if time.monotonic() > deadline:
-                    raise RelationshipBusy(f"relationship {relationship.name} is busy")
-                time.sleep(pause)
-                pause = min(pause * 2, 0.2)
-        lingering_ms, stored = taken
-        hold = Hold(
-            stored.decode() if isinstance(stored, bytes) else stored,
-            time.monotonic() + max(0, int(lingering_ms)) / 1000,
-        )
+        while (hold := self.try_acquire_all([(relationship, event_id)])[0]) is None:
+            if time.monotonic() > deadline:
+                raise RelationshipBusy(f"relationship {relationship.name} is busy")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+        return hold
+
+    def leave_all(self, holds: Sequence[Hold]) -> None:
+        """Records what each hold applied (if newer than the stored event) and releases it, all
+        in one round trip; all fail together if Redis cannot be reached."""
+        if holds:
+            self._run_all(self._leave, [(hold.keys, hold.leave_args()) for hold in holds])
+
+    def _run_all(
+        self, script: Script, calls: Sequence[tuple[list[str], list[str | int]]]
+    ) -> list[Any]:
+        """The script once per (keys, args), pipelined."""
+        try:
+            with _translated():
+                connection = self._connection()
+                try:
+                    replies = self._pipeline(connection, script, calls)
+                except redis.exceptions.NoScriptError:
+                    # Redis restarted and forgot the script, so none of the calls ran.
+                    connection.script_load(script.script)
+                    replies = self._pipeline(connection, script, calls)
+        except LedgerUnavailable:
+            self.reachable = False
+            raise
+        self.reachable = True
+        return replies
+
+    @staticmethod
+    def _pipeline(
+        connection: redis.Redis, script: Script, calls: Sequence[tuple[list[str], list[str | int]]]
+    ) -> list[Any]:
+        pipeline = connection.pipeline(transaction=False)
+        for keys, args in calls:
+            pipeline.evalsha(script.sha, len(keys), *keys, *args)
+        replies: list[Any] = pipeline.execute()
+        return replies
+
+    @contextmanager
+    def hold(self, relationship: Relationship, event_id: str = "") -> Iterator[Hold]:
+        """``acquire`` and, whatever happens inside, ``leave``."""
+        hold = self.acquire(relationship, event_id)
         try:
             yield hold
         finally:
-            linger_ms = max(0, int((hold.linger_until - time.monotonic()) * 1000))
-            with _translated():
-                self._leave(
-                    keys=keys,
-                    args=[token, hold.record or "", LEDGER_TTL_SECONDS, linger_ms, linger_value],
-                    client=connection,
-                )
+            self.leave_all([hold])
 
     def ping(self) -> bool:
         with _translated():

@@ -14,7 +14,8 @@ import httpx
 import pytest
 import redis
 
-from worker.apply import Applier, Attempt, Outcome
+from worker.apply import Applier, Outcome
+from worker.attempts import Attempt
 from worker.backoff import RetryPolicy
 from worker.client import CloudCockpitClient, make_http_client, make_token_source
 from worker.constants import DELIVERY_LIMIT

@@ -490,3 +490,56 @@ def test_given_a_linger_then_only_a_retry_of_the_same_event_may_take_it_and_it_i
     time.sleep(2.1)
     with newer.hold(RELATIONSHIP, "e-2"):
         pass
+
+
+# --- many at once ----------------------------------------------------------------------------
+
+
+def test_given_free_and_held_relationships_then_one_batch_holds_the_free_and_reports_the_held(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    ledger, elsewhere = make_ledger(), make_ledger()
+    other = Relationship.of(event(customer_id=OTHER_CUSTOMER))
+    record_in(ledger, other, event("evt-0", T0, customer_id=OTHER_CUSTOMER))
+    busy = elsewhere.acquire(RELATIONSHIP, "elsewhere")
+
+    holds = ledger.try_acquire_all([(RELATIONSHIP, "evt-1"), (other, "evt-2")])
+
+    assert holds[0] is None
+    taken = holds[1]
+    assert taken is not None
+    assert taken.stored == order_key(event("evt-0", T0, customer_id=OTHER_CUSTOMER))
+    elsewhere.leave_all([busy])
+
+
+def test_given_many_holds_when_left_together_then_each_is_recorded_and_released(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    ledger = make_ledger()
+    customers = [f"00000000-0000-4000-8000-{n:012d}" for n in range(10)]
+    applied = [event(f"evt-{n}", T1, customer_id=customer) for n, customer in enumerate(customers)]
+    holds = ledger.try_acquire_all([(Relationship.of(e), e.event_id) for e in applied])
+    for hold, applied_event in zip(holds, applied, strict=True):
+        assert hold is not None
+        hold.applied(applied_event)
+
+    ledger.leave_all([hold for hold in holds if hold is not None])
+
+    impatient = make_ledger(lock_wait_seconds=0.05)
+    for applied_event in applied:
+        assert verdict_in(impatient, Relationship.of(applied_event), applied_event) is (
+            Verdict.DUPLICATE
+        )
+
+
+def test_given_redis_forgot_the_scripts_then_taking_and_leaving_still_work(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    ledger = make_ledger()
+    redis.Redis.from_url(REDIS_URL).script_flush()
+
+    with ledger.hold(RELATIONSHIP, "evt-1") as hold:
+        hold.applied(event("evt-1", T1))
+        redis.Redis.from_url(REDIS_URL).script_flush()
+
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-1", T1)) is Verdict.DUPLICATE
