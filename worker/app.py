@@ -37,7 +37,6 @@ from worker.topology import delay_entry_exchange, delay_routing_key, tasks_queue
 
 log = logging.getLogger(__name__)
 
-GIL_SWITCH_SECONDS = 0.001
 READY_MESSAGE = "ccsync worker ready: consuming ccsync.events and ccsync.tasks"
 
 
@@ -194,9 +193,6 @@ def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
     from worker.topology import declare_topology
 
     settings.require_api_credentials()
-    # Dozens of threads wait on sockets and wake to a little work each: a shorter GIL switch
-    # interval (5 ms by default) lets a woken thread run sooner (measured in bench/).
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     configure_logging(loglevel, settings.log_format)
     init_error_reporting(settings)
     if settings.metrics_port is not None:

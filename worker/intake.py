@@ -92,6 +92,8 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def start(self, c: Any) -> None:
         self._celery_consumer = c
+        # Before the first event, which would otherwise wait while clients and threads are made.
+        self._stages()
         super().start(c)
         self.app.consumer_switch.attach(c, self.consumers)
         if c.hub is not None and c.hub is not self._ticking_hub:
@@ -193,7 +195,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         stages.gate.put(stages.applier.prepare(Attempt.first(event, envelope)), message)
 
     def _stages(self) -> _Stages:
-        # Made on first use: the runtime (Redis, httpx) is made once the worker runs.
+        # Made once the worker runs, never at import: the runtime holds clients and threads.
         if self._made_stages is None:
             applier = self.app.runtime.applier
             settler = Settler(applier, self._outcomes, self._ask_loop_to_settle)
