@@ -37,46 +37,58 @@ LOCK_TTL_MS = 60_000
 LEDGER_TTL_SECONDS = 180 * 24 * 3600
 LINGER_PREFIX = "linger:"
 
-# KEYS: lock, applied. ARGV: token, lock ttl ms, this event's linger value.
+# Both scripts take many events at once: KEYS holds (lock, applied) per event, in order.
+
+# ARGV: lock ttl ms, then (token, this event's linger value) per event.
 # A lock lingering for this very event may be taken over: its retry cannot overtake itself.
-# Returns false when busy, else {remaining linger ms, the applied order key or false}.
+# Returns per event 0 when busy, else {remaining linger ms, the applied order key or false}.
 _ACQUIRE = """
-local holder = redis.call('get', KEYS[1])
-local lingering = 0
-if holder then
-  if holder ~= ARGV[3] then return false end
-  lingering = redis.call('pttl', KEYS[1])
+local taken = {}
+for i = 1, #KEYS / 2 do
+  local lock, token, linger_value = KEYS[2 * i - 1], ARGV[2 * i], ARGV[2 * i + 1]
+  local holder = redis.call('get', lock)
+  local lingering = 0
+  if holder and holder == linger_value then lingering = redis.call('pttl', lock) end
+  if holder and holder ~= linger_value then
+    taken[i] = 0
+  else
+    redis.call('set', lock, token, 'PX', ARGV[1])
+    taken[i] = {lingering, redis.call('get', KEYS[2 * i])}
+  end
 end
-redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {lingering, redis.call('get', KEYS[2])}
+return taken
 """
 
-# KEYS: lock, applied.
-# ARGV: token, order key to record or '', ledger ttl s, linger ms, linger value.
+# ARGV: ledger ttl s, then (token, order key to record or '', linger ms, linger value) per event.
 # The order key is written only if newer than the stored one, compared byte by byte as Python
 # compares it (Lua's own string order follows the server's locale). Safe even if the lock expired.
 _LEAVE = """
-if ARGV[2] ~= '' then
-  local current = redis.call('get', KEYS[2])
-  local newer = not current
-  if current then
-    local new = ARGV[2]
-    local decided = false
-    for i = 1, math.min(#new, #current) do
-      local a, b = string.byte(new, i), string.byte(current, i)
-      if a ~= b then newer = a > b; decided = true; break end
+for i = 1, #KEYS / 2 do
+  local lock, applied = KEYS[2 * i - 1], KEYS[2 * i]
+  local token, new = ARGV[4 * i - 2], ARGV[4 * i - 1]
+  local linger_ms, linger_value = ARGV[4 * i], ARGV[4 * i + 1]
+  if new ~= '' then
+    local current = redis.call('get', applied)
+    local newer = not current
+    if current then
+      local decided = false
+      for j = 1, math.min(#new, #current) do
+        local a, b = string.byte(new, j), string.byte(current, j)
+        if a ~= b then newer = a > b; decided = true; break end
+      end
+      if not decided then newer = #new > #current end
     end
-    if not decided then newer = #new > #current end
+    if newer then redis.call('set', applied, new, 'EX', ARGV[1]) end
   end
-  if newer then redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+  if redis.call('get', lock) == token then
+    if tonumber(linger_ms) > 0 then
+      redis.call('set', lock, linger_value, 'PX', linger_ms)
+    else
+      redis.call('del', lock)
+    end
+  end
 end
-if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
-if tonumber(ARGV[4]) > 0 then
-  redis.call('set', KEYS[1], ARGV[5], 'PX', ARGV[4])
-else
-  redis.call('del', KEYS[1])
-end
-return 1
+return #KEYS / 2
 """
 
 _YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
@@ -152,7 +164,7 @@ class Hold:
 
     def leave_args(self) -> list[str | int]:
         linger_ms = max(0, int((self.linger_until - time.monotonic()) * 1000))
-        return [self.token, self.record or "", LEDGER_TTL_SECONDS, linger_ms, self.linger_value]
+        return [self.token, self.record or "", linger_ms, self.linger_value]
 
 
 class Ledger:
@@ -204,29 +216,29 @@ class Ledger:
     def try_acquire_all(self, wanted: Sequence[tuple[Relationship, str]]) -> list[Hold | None]:
         """Tries to take each relationship for its event (id), all in one round trip: a hold for
         each one taken, None for each one held by another event."""
-        claims: list[tuple[list[str], list[str | int]]] = []
+        keys: list[str] = []
+        args: list[str | int] = [LOCK_TTL_MS]
         for relationship, event_id in wanted:
             token = secrets.token_hex(16)
             # Without an event id no later hold can claim the linger as its own.
-            linger_value = f"{LINGER_PREFIX}{event_id or token}"
-            keys = [
+            args += [token, f"{LINGER_PREFIX}{event_id or token}"]
+            keys += [
                 f"{self._prefix}:lock:{relationship.name}",
                 f"{self._prefix}:applied:{relationship.name}",
             ]
-            claims.append((keys, [token, LOCK_TTL_MS, linger_value]))
-        replies = self._run_all(self._acquire, claims)
+        replies = self._run(self._acquire, keys, args)
         now = time.monotonic()
         holds: list[Hold | None] = []
-        for (keys, args), reply in zip(claims, replies, strict=True):
+        for i, reply in enumerate(replies):
             if not reply:
                 holds.append(None)
                 continue
             lingering_ms, stored = reply
             holds.append(
                 Hold(
-                    keys,
-                    str(args[0]),
-                    str(args[2]),
+                    keys[2 * i : 2 * i + 2],
+                    str(args[2 * i + 1]),
+                    str(args[2 * i + 2]),
                     stored.decode() if isinstance(stored, bytes) else stored,
                     now + max(0, int(lingering_ms)) / 1000,
                 )
@@ -248,37 +260,25 @@ class Ledger:
     def leave_all(self, holds: Sequence[Hold]) -> None:
         """Records what each hold applied (if newer than the stored event) and releases it, all
         in one round trip; all fail together if Redis cannot be reached."""
-        if holds:
-            self._run_all(self._leave, [(hold.keys, hold.leave_args()) for hold in holds])
+        if not holds:
+            return
+        keys: list[str] = []
+        args: list[str | int] = [LEDGER_TTL_SECONDS]
+        for hold in holds:
+            keys += hold.keys
+            args += hold.leave_args()
+        self._run(self._leave, keys, args)
 
-    def _run_all(
-        self, script: Script, calls: Sequence[tuple[list[str], list[str | int]]]
-    ) -> list[Any]:
-        """The script once per (keys, args), pipelined."""
+    def _run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         try:
             with _translated():
-                connection = self._connection()
-                try:
-                    replies = self._pipeline(connection, script, calls)
-                except redis.exceptions.NoScriptError:
-                    # Redis restarted and forgot the script, so none of the calls ran.
-                    connection.script_load(script.script)
-                    replies = self._pipeline(connection, script, calls)
+                # redis-py loads the script again if Redis restarted and forgot it.
+                reply = script(keys=keys, args=args, client=self._connection())
         except LedgerUnavailable:
             self.reachable = False
             raise
         self.reachable = True
-        return replies
-
-    @staticmethod
-    def _pipeline(
-        connection: redis.Redis, script: Script, calls: Sequence[tuple[list[str], list[str | int]]]
-    ) -> list[Any]:
-        pipeline = connection.pipeline(transaction=False)
-        for keys, args in calls:
-            pipeline.evalsha(script.sha, len(keys), *keys, *args)
-        replies: list[Any] = pipeline.execute()
-        return replies
+        return reply
 
     @contextmanager
     def hold(self, relationship: Relationship, event_id: str = "") -> Iterator[Hold]:
