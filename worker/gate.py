@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from kombu.message import Message
 
 from worker.attempts import Call
+from worker.batches import take_batch
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
 from worker.ledger import Ledger
 
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # Enough to amortise the round trip; the intake's prefetch bounds it anyway.
 MAX_BATCH = 256
+# Events arrive one by one; gathering them a little makes one round trip serve several. Only
+# while enough held events wait for a pool thread to keep every thread busy meanwhile.
+GATHER_SECONDS = 0.02
+GATHER_BACKLOG = 16
 FIRST_PAUSE_SECONDS = 0.005
 LONGEST_PAUSE_SECONDS = 0.2
 
@@ -49,9 +54,10 @@ class _Claim:
 class Gate:
     """One thread that takes relationships in batches.
 
-    ``on_held`` gets each call whose relationship is now held (to be sent); ``on_decided`` each
-    call that is not to be sent (outage, busy, ledger down): both run in the gate thread.
-    ``on_lost`` gets the message of a call the gate failed on; it goes back to the queue.
+    ``on_held`` gets each call whose relationship is now held (to be sent), and whoever sends it
+    says so with ``sending``; ``on_decided`` gets each call that is not to be sent (outage, busy,
+    ledger down): both run in the gate thread. ``on_lost`` gets the message of a call the gate
+    failed on; it goes back to the queue.
     """
 
     def __init__(
@@ -66,11 +72,23 @@ class Gate:
         self._on_decided = on_decided
         self._on_lost = on_lost
         self._arrivals: queue.SimpleQueue[tuple[Call, Message]] = queue.SimpleQueue()
+        self._backlog_lock = threading.Lock()
+        self._backlog = 0
         self._thread = threading.Thread(target=self._run, name="ccsync-gate", daemon=True)
         self._thread.start()
 
     def put(self, call: Call, message: Message) -> None:
         self._arrivals.put((call, message))
+
+    def sending(self) -> None:
+        """A held call handed on is being sent now."""
+        with self._backlog_lock:
+            self._backlog -= 1
+
+    def _held(self, call: Call, message: Message) -> None:
+        with self._backlog_lock:
+            self._backlog += 1
+        self._on_held(call, message)
 
     def _run(self) -> None:
         waiting: list[_Claim] = []
@@ -78,7 +96,8 @@ class Gate:
             timeout = None
             if waiting:
                 timeout = max(0.0, min(claim.next_try for claim in waiting) - time.monotonic())
-            arrived = self._take(timeout)
+            gather = GATHER_SECONDS if self._backlog >= GATHER_BACKLOG else 0.0
+            arrived = take_batch(self._arrivals, timeout, gather, MAX_BATCH)
             now = time.monotonic()
             due = [claim for claim in waiting if claim.next_try <= now]
             waiting = [claim for claim in waiting if claim.next_try > now]
@@ -91,18 +110,6 @@ class Gate:
                 for claim in claims:
                     if not claim.handed_over:
                         self._on_lost(claim.message)
-
-    def _take(self, timeout: float | None) -> list[tuple[Call, Message]]:
-        try:
-            arrived = [self._arrivals.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while len(arrived) < MAX_BATCH:
-            try:
-                arrived.append(self._arrivals.get_nowait())
-            except queue.Empty:
-                break
-        return arrived
 
     def claim(self, claims: list[_Claim]) -> list[_Claim]:
         """Tries each claim once; returns those to try again later."""
@@ -128,7 +135,7 @@ class Gate:
         for claim, hold in zip(wanting, holds, strict=True):
             if hold is not None:
                 claim.call.hold = hold
-                claim.hand_to(self._on_held)
+                claim.hand_to(self._held)
             elif now >= claim.give_up_at:
                 claim.call.failure = RelationshipBusy(
                     f"relationship {claim.call.relationship.name} is busy"

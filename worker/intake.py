@@ -210,6 +210,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
     def _call_in_pool(self, call: Call, message: Message) -> None:
         """In a pool thread: the call and nothing else. The settler concludes it."""
         stages = self._stages()
+        stages.gate.sending()
         try:
             stages.applier.send(call)
         except Exception:
