@@ -103,6 +103,21 @@ def profile_ccsync(sandbox_url: str, concurrency: int, events: int) -> str:
     return f"profiled {when}, ccsync {ccsync_revision()}\n\n" + "\n\n".join(summaries)
 
 
+def schedule(
+    latencies: Sequence[int], rounds: int, names: Sequence[str]
+) -> list[tuple[int, int, str]]:
+    """(latency, round, system) in the order they run: at each latency, round after round of
+    every system in turn, so that each round's runs share the machine's conditions. Naive Celery
+    is too slow to repeat: it runs in the first round only."""
+    return [
+        (latency, number, name)
+        for latency in latencies
+        for number in range(1, rounds + 1)
+        for name in names
+        if number == 1 or name != "naive"
+    ]
+
+
 def run_benchmark(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="ccsync beside bare and naive Celery."
@@ -123,8 +138,15 @@ def run_benchmark(argv: Sequence[str]) -> int:
         action="store_true",
         help="then two more ccsync runs at 0 ms under py-spy (CPU, then wall time)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of ccsync and bare at each latency, one after the other (naive: once)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
+    rounds: int = max(1, args.rounds)
     events: int = 500 if args.quick else args.events
     naive_cap: int = min(args.naive_cap, 200) if args.quick else args.naive_cap
     concurrency: int = args.concurrency
@@ -150,23 +172,24 @@ def run_benchmark(argv: Sequence[str]) -> int:
     sandbox = SandboxProcess()
     try:
         sandbox.start()
-        for latency in latencies:
-            for name, system in systems.items():
-                count, note = events, ""
-                if name == "naive" and latency > 0 and naive_cap < events:
-                    count, note = naive_cap, f"{naive_cap} events only (slow)"
-                label = str(getattr(system, "concurrency", machine["nproc"]))
-                print(f"{name} at {latency} ms: {count} events ...", flush=True)
-                result = run_once(
-                    system, label, sandbox.url, latency, count, sandbox_pid=sandbox.pid, note=note
-                )
-                print(
-                    f"  {result.throughput:.1f} events/s, p50 {result.p50_ms:.0f} ms, "
-                    f"p99 {result.p99_ms:.0f} ms, peak RSS {result.peak_rss_mb:.1f} MB"
-                    + (f" ({result.note})" if result.note else ""),
-                    flush=True,
-                )
-                runs.append(result)
+        for latency, round_number, name in schedule(latencies, rounds, list(systems)):
+            system = systems[name]
+            count, note = events, ""
+            if name == "naive" and latency > 0 and naive_cap < events:
+                count, note = naive_cap, f"{naive_cap} events only (slow)"
+            label = str(getattr(system, "concurrency", machine["nproc"]))
+            print(f"{name} at {latency} ms, round {round_number}: {count} events ...", flush=True)
+            result = run_once(
+                system, label, sandbox.url, latency, count, sandbox_pid=sandbox.pid, note=note
+            )
+            result.round = round_number
+            print(
+                f"  {result.throughput:.1f} events/s, p50 {result.p50_ms:.0f} ms, "
+                f"p99 {result.p99_ms:.0f} ms, peak RSS {result.peak_rss_mb:.1f} MB"
+                + (f" ({result.note})" if result.note else ""),
+                flush=True,
+            )
+            runs.append(result)
         profile_text = None
         if args.profile:
             profile_text = profile_ccsync(sandbox.url, concurrency, min(events, 3000))

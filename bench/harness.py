@@ -351,6 +351,7 @@ class RunResult:
     sandbox_cpu_ms_per_event: float
     machine_cpu_pct: float
     note: str = ""
+    round: int = 1
 
 
 def percentile(values: Sequence[float], q: float) -> float:
