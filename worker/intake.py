@@ -43,8 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Events waiting for a free thread, per thread: enough to keep every thread busy between broker
-# round trips, few enough that a crash redelivers little.
+# Events in hand per thread: enough that each thread finds its next event held and ready while
+# earlier ones are still being settled and acked (measured: four beat two, eight did no better),
+# few enough that a crash redelivers little.
 PREFETCH_PER_THREAD = 4
 SHUTDOWN_CHECK_SECONDS = 0.5
 # Beyond the call's own timeout: time to publish its retry or dead letter and record it.

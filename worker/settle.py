@@ -3,8 +3,9 @@
 A pool thread makes the call (``Applier.call``) and hands it here. The settler thread takes every
 call waiting, leaves their relationships in one Redis round trip, concludes each (counted, logged,
 retried or dead-lettered), and only then hands the messages to the event loop to be acked. The
-pool threads go straight back to calling: measured in bench/, a thread that also logged and left
-its relationship kept CloudCockpit waiting twice as long between its calls.
+pool threads go straight back to calling: measured in bench/, a pool thread that also took and
+left the relationship and logged kept CloudCockpit waiting 3.5 ms (median) between two calls;
+one that only calls, 1.0 to 1.4 ms.
 """
 
 from __future__ import annotations
