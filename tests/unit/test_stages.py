@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import redis
 
 from tests.unit.test_apply import (
     ENVELOPE,
+    REDIS_URL,
     FakeApi,
     RecordingPublisher,
     client_for,
@@ -112,7 +114,7 @@ def gate_over(ledger: Ledger) -> tuple[Gate, Handed, Handed, list[Any]]:
 def test_given_free_relationships_when_events_arrive_then_the_gate_holds_each_and_hands_it_on() -> (
     None
 ):
-    ledger = fresh_ledger()
+    ledger, other = ledgers_sharing_a_prefix(lock_wait_seconds=(5.0, 0.05))
     applier, _ = make_applier(ledger)
     gate, held, decided, _ = gate_over(ledger)
     calls = [applier.prepare(event_attempt()) for _ in range(20)]
@@ -124,16 +126,20 @@ def test_given_free_relationships_when_events_arrive_then_the_gate_holds_each_an
     assert [message.name for _, message in handed] == [str(n) for n in range(20)]
     assert all(call.hold is not None and call.hold.stored is None for call, _ in handed)
     assert decided.calls == []
-    # Held means held: another event of the same customer cannot take it now.
-    other = fresh_ledger_like(ledger, lock_wait_seconds=0.05)
+    # Held means held: another worker's event of the same customer cannot take it now.
     with pytest.raises(RelationshipBusy):
         other.acquire(calls[0].relationship, "someone-else")
     applier.leave_all(calls)
 
 
-def fresh_ledger_like(ledger: Ledger, lock_wait_seconds: float) -> Ledger:
-    """Another worker's view of the same ledger, with a shorter patience."""
-    return Ledger(ledger._redis, ledger._prefix, lock_wait_seconds=lock_wait_seconds)
+def ledgers_sharing_a_prefix(lock_wait_seconds: tuple[float, float]) -> tuple[Ledger, Ledger]:
+    """Two workers' views of one fresh ledger, each with its own patience."""
+    prefix = f"ccsync-test-{uuid.uuid4().hex}"
+    first, second = (
+        Ledger(redis.Redis.from_url(REDIS_URL), prefix, lock_wait_seconds=wait)
+        for wait in lock_wait_seconds
+    )
+    return first, second
 
 
 def test_given_a_relationship_held_elsewhere_then_the_gate_waits_and_holds_it_once_free() -> None:
@@ -155,7 +161,7 @@ def test_given_a_relationship_held_elsewhere_then_the_gate_waits_and_holds_it_on
 
 
 def test_given_a_relationship_held_past_the_lock_wait_then_the_event_is_deferred_as_busy() -> None:
-    ledger = fresh_ledger_like(fresh_ledger(), lock_wait_seconds=0.3)
+    ledger, _ = ledgers_sharing_a_prefix(lock_wait_seconds=(0.3, 0.3))
     applier, publisher = make_applier(ledger)
     customer = uuid.uuid4()
     ledger.acquire(Relationship.of(event_attempt(customer).event), "elsewhere")
