@@ -22,6 +22,7 @@ from typing import Any
 from bench.backoff import run_backoff
 from bench.harness import (
     Bare,
+    BareGevent,
     Ccsync,
     NaiveCelery,
     RunResult,
@@ -155,6 +156,7 @@ def run_benchmark(argv: Sequence[str]) -> int:
         "ccsync": lambda: Ccsync(concurrency),
         "bare": lambda: Bare(concurrency),
         "naive": NaiveCelery,
+        "bare-gevent": lambda: BareGevent(concurrency),
     }
     names = [name.strip() for name in args.systems.split(",") if name.strip()]
     unknown = set(names) - set(factories)

@@ -203,12 +203,14 @@ class Ccsync:
 
 class Bare:
     name = "bare"
+    module = "bench.bare"
+    threads = "threads"
 
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
         self.description = (
-            f"kombu consumer (prefetch {2 * concurrency}), {concurrency} threads sharing one "
-            "httpx client, classic queue, ack after the call"
+            f"kombu consumer (prefetch {2 * concurrency}), {concurrency} {self.threads} sharing "
+            "one httpx client, classic queue, ack after the call"
         )
         self._child: ChildProcess | None = None
 
@@ -216,7 +218,7 @@ class Bare:
         argv = [
             sys.executable,
             "-m",
-            "bench.bare",
+            self.module,
             f"--broker={broker_url}",
             f"--base-url={sandbox_url}",
             f"--token={TOKEN}",
@@ -233,6 +235,14 @@ class Bare:
 
     def publish(self, broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None:
         publish_plain(broker_url, events, tag)
+
+
+class BareGevent(Bare):
+    """The bare loop with gevent's monkey patching: greenlets instead of OS threads."""
+
+    name = "bare-gevent"
+    module = "bench.bare_gevent"
+    threads = "greenlets (gevent)"
 
 
 class NaiveCelery:
@@ -350,6 +360,8 @@ class RunResult:
     redis_cpu_ms_per_event: float
     sandbox_cpu_ms_per_event: float
     machine_cpu_pct: float
+    ramp_ms: float = math.nan
+    steady_throughput: float = math.nan
     note: str = ""
     round: int = 1
 
@@ -360,6 +372,24 @@ def percentile(values: Sequence[float], q: float) -> float:
         return math.nan
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def arrival_shape(
+    first_publish: float, arrivals: Sequence[float], slots: int
+) -> tuple[float, float]:
+    """(ramp ms, steady events/s) of one run's PATCH arrival times (epoch seconds).
+
+    The ramp is first publish to the moment ``slots`` calls have arrived, i.e. every thread has
+    started calling. The steady rate counts the arrivals between the 10th and the 90th
+    percentile, leaving out the ramp and the tail, which every run pays once whatever its length.
+    """
+    ordered = sorted(arrivals)
+    if len(ordered) < max(slots, 10):
+        return math.nan, math.nan
+    ramp = (ordered[slots - 1] - first_publish) * 1000
+    low, high = len(ordered) // 10, len(ordered) * 9 // 10
+    span = ordered[high] - ordered[low]
+    return round(ramp, 1), round((high - low) / span, 1) if span > 0 else math.nan
 
 
 def run_once(
@@ -421,6 +451,9 @@ def run_once(
     latencies = [
         (observed.received_at[i] - observed.published_at[i]) * 1000 for i in observed.received_at
     ]
+    ramp_ms, steady = arrival_shape(
+        first_publish, list(observed.received_at.values()), int(concurrency_label)
+    )
     busy = machine_after[0] - machine_before[0]
     total = machine_after[1] - machine_before[1]
     notes = [note] if note else []
@@ -452,5 +485,7 @@ def run_once(
         redis_cpu_ms_per_event=per_event("redis"),
         sandbox_cpu_ms_per_event=per_event("sandbox"),
         machine_cpu_pct=round(100 * busy / total, 1) if total else math.nan,
+        ramp_ms=ramp_ms,
+        steady_throughput=steady,
         note="; ".join(notes),
     )

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-SYSTEM_ORDER = ("ccsync", "bare", "naive")
+SYSTEM_ORDER = ("ccsync", "bare", "bare-gevent", "naive")
 COLUMNS = (
     ("system", "system", "{}"),
     ("latency_ms", "latency ms", "{}"),
@@ -16,6 +16,8 @@ COLUMNS = (
     ("concurrency", "concurrency", "{}"),
     ("completed", "events", "{}"),
     ("throughput", "events/s", "{:.1f}"),
+    ("steady_throughput", "steady events/s", "{:.1f}"),
+    ("ramp_ms", "ramp ms", "{:.0f}"),
     ("p50_ms", "p50 ms", "{:.0f}"),
     ("p99_ms", "p99 ms", "{:.0f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.1f}"),
@@ -85,20 +87,26 @@ def _find(runs: Sequence[Run], system: str, latency: int) -> Run | None:
     return found[(len(found) - 1) // 2] if found else None
 
 
-def throughput_ratios(runs: Sequence[Run], other: str, latency: int) -> list[float]:
-    """ccsync/other, round by round: each round ran both, one after the other."""
+def throughput_ratios(
+    runs: Sequence[Run], other: str, latency: int, key: str = "throughput"
+) -> list[float]:
+    """ccsync/other of ``key``, round by round: each round ran both, one after the other."""
     ours, theirs = _rounds(runs, "ccsync", latency), _rounds(runs, other, latency)
     if len(theirs) == 1:
         # Measured once (naive Celery): every round of ccsync is compared with it.
         (only,) = theirs.values()
         theirs = dict.fromkeys(ours, only)
     return [
-        ratio(ours[n]["throughput"], theirs[n]["throughput"]) for n in sorted(ours) if n in theirs
+        ratio(ours[n].get(key, math.nan), theirs[n].get(key, math.nan))
+        for n in sorted(ours)
+        if n in theirs
     ]
 
 
-def median_ratio(runs: Sequence[Run], other: str, latency: int) -> float | None:
-    ratios = sorted(throughput_ratios(runs, other, latency))
+def median_ratio(
+    runs: Sequence[Run], other: str, latency: int, key: str = "throughput"
+) -> float | None:
+    ratios = sorted(throughput_ratios(runs, other, latency, key))
     if not ratios:
         return None
     middle = len(ratios) // 2
@@ -110,20 +118,22 @@ def ratio(a: float, b: float) -> float:
 
 
 def ratio_lines(runs: Sequence[Run]) -> list[str]:
-    """``ccsync/bare`` and ``ccsync/naive`` at each latency: throughput first, the rest after."""
+    """``ccsync/bare`` and ``ccsync/naive`` (and ``ccsync/bare-gevent`` when it ran) at each
+    latency: throughput first, the rest after."""
     lines = []
     for latency in sorted({int(run["latency_ms"]) for run in runs}):
         ours = _find(runs, "ccsync", latency)
         if ours is None:
             continue
-        for other_name in ("bare", "naive"):
+        for other_name in ("bare", "bare-gevent", "naive"):
             other = _find(runs, other_name, latency)
             if other is None:
                 continue
             ratios = throughput_ratios(runs, other_name, latency)
+            # _find takes the lower of the two middle runs when the rounds are even.
+            shown = "median runs " if len(ratios) % 2 else "lower-middle runs "
             rounds = (
-                f"median of {len(ratios)} rounds: {', '.join(f'{r:.3f}' for r in ratios)}; "
-                "median runs "
+                f"median of {len(ratios)} rounds: {', '.join(f'{r:.3f}' for r in ratios)}; {shown}"
                 if len(ratios) > 1
                 else ""
             )
@@ -131,6 +141,8 @@ def ratio_lines(runs: Sequence[Run]) -> list[str]:
                 f"ccsync/{other_name} at {latency} ms: throughput "
                 f"{median_ratio(runs, other_name, latency) or math.nan:.2f}x "
                 f"({rounds}{ours['throughput']:.1f} vs {other['throughput']:.1f} events/s), "
+                "steady-state throughput "
+                f"{median_ratio(runs, other_name, latency, 'steady_throughput') or math.nan:.3f}x, "
                 f"p50 latency {ratio(ours['p50_ms'], other['p50_ms']):.2f}x, "
                 f"peak RSS {ratio(ours['peak_rss_mb'], other['peak_rss_mb']):.2f}x"
             )
@@ -168,7 +180,12 @@ def write_plot(runs: Sequence[Run], path: Path) -> bool:
 
     latencies = sorted({int(run["latency_ms"]) for run in runs})
     systems = [name for name in SYSTEM_ORDER if any(run["system"] == name for run in runs)]
-    colors = {"ccsync": "#1f77b4", "bare": "#7f7f7f", "naive": "#d62728"}
+    colors = {
+        "ccsync": "#1f77b4",
+        "bare": "#7f7f7f",
+        "bare-gevent": "#bcbd22",
+        "naive": "#d62728",
+    }
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / max(len(systems), 1)
     for offset, name in enumerate(systems):

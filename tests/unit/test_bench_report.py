@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bench.__main__ import schedule
-from bench.report import checks, median_ratio, throughput_ratios
+from bench.harness import arrival_shape
+from bench.report import checks, median_ratio, ratio_lines, throughput_ratios
 
 
 def run(system: str, latency: int, number: int, throughput: float) -> dict[str, Any]:
@@ -71,3 +73,39 @@ def test_an_even_number_of_rounds_takes_the_mean_of_the_middle_two() -> None:
     ]
 
     assert median_ratio(runs, "bare", 0) == 1.0
+
+    (line,) = ratio_lines(runs)
+    # The runs printed beside it are the lower of the two middle ones, and it says so.
+    assert "lower-middle runs 100.0 vs 200.0 events/s" in line
+
+
+def test_the_gevent_variant_of_bare_gets_its_own_ratio_line_when_it_ran() -> None:
+    runs = [
+        run("ccsync", 100, 1, 310.0),
+        run("bare", 100, 1, 310.0),
+        run("bare-gevent", 100, 1, 300.0),
+    ]
+
+    assert [line.split(":")[0] for line in ratio_lines(runs)] == [
+        "ccsync/bare at 100 ms",
+        "ccsync/bare-gevent at 100 ms",
+    ]
+
+
+def test_the_ramp_ends_when_every_thread_has_called_and_the_steady_rate_skips_both_ends() -> None:
+    # Given 4 threads, a slow start (calls 2 to 4 arrive late) and then one call every 10 ms
+    arrivals = [100.01, 100.05, 100.07, 100.09] + [100.09 + 0.01 * n for n in range(1, 97)]
+
+    # When the run is reduced to its shape
+    ramp_ms, steady = arrival_shape(100.0, arrivals, slots=4)
+
+    # Then the ramp is first publish to the fourth arrival, and the steady rate is the cadence
+    assert ramp_ms == 90.0
+    assert steady == 100.0
+
+
+def test_a_run_too_short_to_have_a_shape_has_none() -> None:
+    ramp_ms, steady = arrival_shape(0.0, [0.1, 0.2], slots=32)
+
+    assert math.isnan(ramp_ms)
+    assert math.isnan(steady)
