@@ -270,15 +270,20 @@ class Ledger:
         self._run(self._leave, keys, args)
 
     def _run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        with self._round_trip():
+            # redis-py loads the script again if Redis restarted and forgot it.
+            return script(keys=keys, args=args, client=self._connection())
+
+    @contextmanager
+    def _round_trip(self) -> Iterator[None]:
+        """A call to Redis, translated, that also tells ``reachable`` how it went."""
         try:
             with _translated():
-                # redis-py loads the script again if Redis restarted and forgot it.
-                reply = script(keys=keys, args=args, client=self._connection())
+                yield
         except LedgerUnavailable:
             self.reachable = False
             raise
         self.reachable = True
-        return reply
 
     @contextmanager
     def hold(self, relationship: Relationship, event_id: str = "") -> Iterator[Hold]:
@@ -290,7 +295,9 @@ class Ledger:
             self.leave_all([hold])
 
     def ping(self) -> bool:
-        with _translated():
+        """The outage probe's question; an answer also clears ``reachable``, so calls held while
+        Redis was away go out without waiting for the next batch to reach it."""
+        with self._round_trip():
             return bool(self._redis.ping())
 
 

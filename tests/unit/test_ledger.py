@@ -418,6 +418,28 @@ def test_given_a_holder_that_died_then_its_lock_expires_and_a_late_release_frees
 # --- Redis unreachable -----------------------------------------------------------------------
 
 
+def test_given_a_failed_round_trip_when_a_ping_is_answered_then_the_ledger_is_reachable_again(
+    ledger: Ledger,
+) -> None:
+    # Given a ledger that last saw Redis fail (as after an outage)
+    ledger.reachable = False
+
+    # When the outage probe's ping is answered
+    assert ledger.ping() is True
+
+    # Then held calls may go out again
+    assert ledger.reachable is True
+
+
+def test_given_redis_unreachable_when_pinged_then_the_ledger_is_not_reachable() -> None:
+    unreachable = Ledger.from_url(f"redis://127.0.0.1:{closed_port()}/0")
+
+    with pytest.raises(LedgerUnavailable):
+        unreachable.ping()
+
+    assert unreachable.reachable is False
+
+
 OPERATIONS: dict[str, Callable[[Ledger], object]] = {
     "hold": lambda ledger: ledger.hold(RELATIONSHIP).__enter__(),
     "verdict": lambda ledger: verdict_in(ledger, RELATIONSHIP, event()),
