@@ -1,4 +1,5 @@
-"""``python -m bench``: ccsync beside bare and naive Celery; ``python -m bench soak``: memory.
+"""``python -m bench``: ccsync beside bare and naive Celery; ``soak`` and ``backoff``: memory;
+``profile``: where ccsync's time goes (py-spy), without measuring the rest again.
 
 Needs RabbitMQ (rabbitmqctl on PATH, guest user) and Redis on 127.0.0.1.
 """
@@ -320,8 +321,34 @@ def run_soak(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_profile(argv: Sequence[str]) -> int:
+    """Only the py-spy runs of ``--profile``: refreshes the profile in BENCHMARKS.md."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench profile", description="Where ccsync spends its time at 0 ms."
+    )
+    parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args(argv)
+    if py_spy() is None:
+        parser.error("needs py-spy (pip install py-spy)")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    delete_stale_vhosts()
+    sandbox = SandboxProcess()
+    try:
+        sandbox.start()
+        profile_text = profile_ccsync(sandbox.url, args.concurrency, args.events)
+    finally:
+        sandbox.stop()
+    PROFILE_SUMMARY.write_text(profile_text + "\n")
+    write_markdown()
+    print(profile_text)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] == "profile":
+        return run_profile(arguments[1:])
     if arguments and arguments[0] == "soak":
         return run_soak(arguments[1:])
     if arguments and arguments[0] == "backoff":
