@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+from tests.unit.redis_ledgers import REDIS_URL
+from worker.ledger import Ledger
 
 
 @pytest.fixture
@@ -22,4 +23,20 @@ def ledger_prefix() -> Iterator[str]:
         if keys:
             client.delete(*keys)
     finally:
+        client.close()
+
+
+@pytest.fixture
+def make_ledger(ledger_prefix: str) -> Iterator[Callable[..., Ledger]]:
+    """Ledgers on this test's key space (or ``key_prefix``), each over a client of its own, as
+    separate workers would have; the clients are closed afterwards."""
+    clients: list[redis.Redis] = []
+
+    def make(lock_wait_seconds: float = 5.0, key_prefix: str | None = None) -> Ledger:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+        clients.append(client)
+        return Ledger(client, key_prefix or ledger_prefix, lock_wait_seconds=lock_wait_seconds)
+
+    yield make
+    for client in clients:
         client.close()

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
-import redis
 
+from tests.unit.redis_ledgers import fresh_ledger, unreachable_ledger
 from worker.apply import Applier, Outcome
 from worker.attempts import Attempt
 from worker.backoff import RetryPolicy
@@ -25,14 +24,6 @@ from worker.exceptions import RelationshipBusy
 from worker.ledger import Ledger, Relationship, Verdict
 from worker.outage import OutageGuard, OutagePolicy
 from worker.settings import Settings
-
-REDIS_URL = "redis://127.0.0.1:6379/15"
-
-
-def fresh_ledger() -> Ledger:
-    """A ledger of its own in the real Redis: no test sees another's applied events."""
-    return Ledger.from_url(REDIS_URL, prefix=f"ccsync-test-{uuid.uuid4().hex}")
-
 
 BASE_URL = "https://cc.example.test"
 TENANT = "portal.example.com"
@@ -313,21 +304,6 @@ def test_the_correlation_id_is_identical_across_attempts_1_to_4_of_one_event() -
 
 
 @pytest.fixture
-def make_ledger(ledger_prefix: str) -> Iterator[Callable[[float], Ledger]]:
-    """Ledgers on one prefix, each over a client of its own (as separate workers would be)."""
-    clients: list[redis.Redis] = []
-
-    def make(lock_wait_seconds: float = 5.0) -> Ledger:
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
-        clients.append(client)
-        return Ledger(client, ledger_prefix, lock_wait_seconds=lock_wait_seconds)
-
-    yield make
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
 def make_guard() -> Iterator[Callable[[int], tuple[OutageGuard, list[str]]]]:
     """Guards that never probe during a test (first probe after 600 s), stopped afterwards."""
     guards: list[OutageGuard] = []
@@ -388,13 +364,6 @@ def applier_for(
 
 def sent_identifiers(api: FakeApi) -> list[str | None]:
     return [json.loads(request.content)["internalIdentifier"] for request in api.requests]
-
-
-def unreachable_ledger() -> Ledger:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return Ledger.from_url(f"redis://127.0.0.1:{port}/0")
 
 
 def test_given_a_newer_event_applied_when_an_older_arrives_then_stale_nothing_sent_or_published(

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 
 import worker.ledger
+from tests.unit.redis_ledgers import REDIS_URL, closed_port, unreachable_ledger
 from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable, RelationshipBusy, TransientFailure
 from worker.ledger import Ledger, Relationship, Verdict, order_key
 
 pytestmark = pytest.mark.timeout(30)
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 TENANT = "portal.example.com"
 CUSTOMER = "3f0e6f43-3b0d-4b1c-9a56-0a7a2b1c1d11"
 OTHER_CUSTOMER = "0b5e2c1a-7d4f-4e8a-9b3c-2d1e0f9a8b7c"
@@ -64,35 +63,8 @@ def record_in(ledger: Ledger, relationship: Relationship, applied: IdentifierCha
 
 
 @pytest.fixture
-def prefix(ledger_prefix: str) -> str:
-    return ledger_prefix
-
-
-@pytest.fixture
-def make_ledger(prefix: str) -> Iterator[Callable[..., Ledger]]:
-    """Ledgers over clients of their own (as two processes would have), closed afterwards."""
-    clients: list[redis.Redis] = []
-
-    def make(lock_wait_seconds: float = 5.0, key_prefix: str | None = None) -> Ledger:
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
-        clients.append(client)
-        return Ledger(client, key_prefix or prefix, lock_wait_seconds=lock_wait_seconds)
-
-    yield make
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
 def ledger(make_ledger: Callable[..., Ledger]) -> Ledger:
     return make_ledger()
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- order_key -------------------------------------------------------------------------------
@@ -223,12 +195,14 @@ def test_given_same_instant_ids_differing_in_case_then_record_agrees_with_verdic
     assert verdict_in(ledger, RELATIONSHIP, event(older, T1)) is Verdict.STALE
 
 
-def test_given_a_record_then_it_expires_after_the_ledger_ttl(ledger: Ledger, prefix: str) -> None:
+def test_given_a_record_then_it_expires_after_the_ledger_ttl(
+    ledger: Ledger, ledger_prefix: str
+) -> None:
     record_in(ledger, RELATIONSHIP, event())
 
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        ttls = [client.ttl(key) for key in client.scan_iter(match=f"{prefix}:*")]
+        ttls = [client.ttl(key) for key in client.scan_iter(match=f"{ledger_prefix}:*")]
     finally:
         client.close()
     assert len(ttls) == 1
@@ -285,9 +259,9 @@ def test_given_own_relationship_recorded_then_a_reseller_relationship_is_new(
 
 
 def test_given_two_prefixes_then_their_ledgers_do_not_see_each_other(
-    make_ledger: Callable[..., Ledger], prefix: str
+    make_ledger: Callable[..., Ledger], ledger_prefix: str
 ) -> None:
-    other_prefix = f"{prefix}-other"
+    other_prefix = f"{ledger_prefix}-other"
     mine, theirs = make_ledger(), make_ledger(key_prefix=other_prefix)
     try:
         record_in(mine, RELATIONSHIP, event())
@@ -432,7 +406,7 @@ def test_given_a_failed_round_trip_when_a_ping_is_answered_then_the_ledger_is_re
 
 
 def test_given_redis_unreachable_when_pinged_then_the_ledger_is_not_reachable() -> None:
-    unreachable = Ledger.from_url(f"redis://127.0.0.1:{closed_port()}/0")
+    unreachable = unreachable_ledger()
 
     with pytest.raises(LedgerUnavailable):
         unreachable.ping()

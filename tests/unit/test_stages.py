@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import threading
 import time
 import uuid
@@ -16,17 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import redis
 
-from tests.unit.test_apply import (
-    ENVELOPE,
-    REDIS_URL,
-    FakeApi,
-    RecordingPublisher,
-    client_for,
-    fresh_ledger,
-    status,
-)
+from tests.unit.redis_ledgers import fresh_ledger, unreachable_ledger
+from tests.unit.test_apply import ENVELOPE, FakeApi, RecordingPublisher, client_for, status
 from worker.apply import BUSY_RETRY_SECONDS, Applier, Outcome
 from worker.attempts import Attempt, Call
 from worker.backoff import RetryPolicy
@@ -96,12 +87,6 @@ def make_applier(
     return applier, publisher
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def gate_over(ledger: Ledger) -> tuple[Gate, Handed, Handed, list[Any]]:
     held, decided = Handed(), Handed()
     lost: list[Any] = []
@@ -111,10 +96,11 @@ def gate_over(ledger: Ledger) -> tuple[Gate, Handed, Handed, list[Any]]:
 # --- the gate --------------------------------------------------------------------------------
 
 
-def test_given_free_relationships_when_events_arrive_then_the_gate_holds_each_and_hands_it_on() -> (
-    None
-):
-    ledger, other = ledgers_sharing_a_prefix(lock_wait_seconds=(5.0, 0.05))
+def test_given_free_relationships_when_events_arrive_then_the_gate_holds_each_and_hands_it_on(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    # Another worker's view of the same ledger, which gives up quickly
+    ledger, other = make_ledger(), make_ledger(lock_wait_seconds=0.05)
     applier, _ = make_applier(ledger)
     gate, held, decided, _ = gate_over(ledger)
     calls = [applier.prepare(event_attempt()) for _ in range(20)]
@@ -130,16 +116,6 @@ def test_given_free_relationships_when_events_arrive_then_the_gate_holds_each_an
     with pytest.raises(RelationshipBusy):
         other.acquire(calls[0].relationship, "someone-else")
     applier.leave_all(calls)
-
-
-def ledgers_sharing_a_prefix(lock_wait_seconds: tuple[float, float]) -> tuple[Ledger, Ledger]:
-    """Two workers' views of one fresh ledger, each with its own patience."""
-    prefix = f"ccsync-test-{uuid.uuid4().hex}"
-    first, second = (
-        Ledger(redis.Redis.from_url(REDIS_URL), prefix, lock_wait_seconds=wait)
-        for wait in lock_wait_seconds
-    )
-    return first, second
 
 
 def test_given_a_relationship_held_elsewhere_then_the_gate_waits_and_holds_it_once_free() -> None:
@@ -160,8 +136,10 @@ def test_given_a_relationship_held_elsewhere_then_the_gate_waits_and_holds_it_on
     assert decided.calls == []
 
 
-def test_given_a_relationship_held_past_the_lock_wait_then_the_event_is_deferred_as_busy() -> None:
-    ledger, _ = ledgers_sharing_a_prefix(lock_wait_seconds=(0.3, 0.3))
+def test_given_a_relationship_held_past_the_lock_wait_then_the_event_is_deferred_as_busy(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    ledger = make_ledger(lock_wait_seconds=0.3)
     applier, publisher = make_applier(ledger)
     customer = uuid.uuid4()
     ledger.acquire(Relationship.of(event_attempt(customer).event), "elsewhere")
@@ -180,7 +158,7 @@ def test_given_a_relationship_held_past_the_lock_wait_then_the_event_is_deferred
 
 
 def test_given_redis_unreachable_then_every_event_is_decided_as_ledger_unavailable() -> None:
-    ledger = Ledger.from_url(f"redis://127.0.0.1:{closed_port()}/0")
+    ledger = unreachable_ledger()
     applier, publisher = make_applier(ledger)
     gate, held, decided, _ = gate_over(ledger)
 
@@ -195,7 +173,7 @@ def test_given_redis_unreachable_then_every_event_is_decided_as_ledger_unavailab
 
 
 def test_given_outage_protection_on_then_the_gate_decides_without_the_ledger() -> None:
-    ledger = Ledger.from_url(f"redis://127.0.0.1:{closed_port()}/0")
+    ledger = unreachable_ledger()
     guard = OutageGuard(lambda: False, lambda: None, lambda: None, OutagePolicy(threshold=1))
     guard.record_failure("HTTP 503")
     applier, publisher = make_applier(ledger, guard=guard)
@@ -256,7 +234,7 @@ def test_given_redis_gone_before_leaving_then_each_event_is_retried_not_acked_as
     ledger = fresh_ledger()
     applier, publisher = make_applier(ledger)
     messages, settler, batch = settled_batch(applier, 3, lambda: None)
-    applier.ledger = Ledger.from_url(f"redis://127.0.0.1:{closed_port()}/0")
+    applier.ledger = unreachable_ledger()
 
     settler.conclude(batch)
     messages.settle(())
@@ -301,7 +279,7 @@ def test_given_redis_lost_after_the_relationship_was_taken_then_the_call_is_not_
     call = held_by.prepare(event_attempt())
     call.hold = held_by.ledger.acquire(call.relationship, call.attempt.event.event_id)
     # The same call meets a ledger whose last round trip failed (Redis went away meanwhile).
-    ledger = Ledger.from_url(f"redis://127.0.0.1:{closed_port()}/0")
+    ledger = unreachable_ledger()
     with pytest.raises(LedgerUnavailable):
         ledger.try_acquire_all([(call.relationship, "another-event")])
     applier, publisher = make_applier(ledger, api)
