@@ -195,13 +195,13 @@ class Applier:
     def leave_all(self, calls: Sequence[Call]) -> None:
         """Releases what the calls hold (recording what they applied) in one round trip. If
         Redis cannot record it, each of them fails as the ledger being unavailable."""
-        holding = [call for call in calls if call.hold is not None]
+        held = [(call, call.hold) for call in calls if call.hold is not None]
         try:
-            self.ledger.leave_all([call.hold for call in holding if call.hold is not None])
+            self.ledger.leave_all([hold for _, hold in held])
         except LedgerUnavailable as exc:
-            for call in holding:
+            for call, _ in held:
                 call.failure = exc
-        for call in holding:
+        for call, _ in held:
             call.hold = None
 
     def conclude(self, call: Call) -> Outcome:

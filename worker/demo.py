@@ -91,6 +91,8 @@ def run_demo(settings: Settings, timeout: float) -> int:
             "CCSYNC_RETRY_DELAYS": "1,2",
         }
         click.echo(f"sandbox at {sandbox.url}; starting a worker on {_safe(settings.broker_url)}")
+        # Before the worker starts: a broker holding another version's topology stops the demo
+        # with one line here, rather than in the worker's log.
         with broker_connection(settings) as connection:
             declare_topology(connection)
         with (

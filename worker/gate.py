@@ -1,7 +1,7 @@
 """Before the call: the relationships of many events taken in one Redis round trip.
 
 The intake hands each validated first attempt here. The gate thread takes every one waiting,
-tries to take their relationships in one pipelined round trip, and hands each event it now holds
+tries to take their relationships in one Redis script call, and hands each event it now holds
 to the pool, whose threads then only call CloudCockpit. An event whose relationship another event
 holds is tried again, backing off, until the ledger's lock wait is over; it is then concluded as
 busy and comes back through the delay ladder.
@@ -21,7 +21,7 @@ from kombu.message import Message
 from worker.attempts import Call
 from worker.batches import take_batch
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
-from worker.ledger import Ledger
+from worker.ledger import BUSY_FIRST_PAUSE_SECONDS, BUSY_LONGEST_PAUSE_SECONDS, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,6 @@ MAX_BATCH = 256
 # while enough held events wait for a pool thread to keep every thread busy meanwhile.
 GATHER_SECONDS = 0.02
 GATHER_BACKLOG = 16
-FIRST_PAUSE_SECONDS = 0.005
-LONGEST_PAUSE_SECONDS = 0.2
 
 CallHandler = Callable[[Call, Message], None]
 
@@ -43,7 +41,7 @@ class _Claim:
     message: Message
     give_up_at: float
     next_try: float = 0.0
-    pause: float = FIRST_PAUSE_SECONDS
+    pause: float = BUSY_FIRST_PAUSE_SECONDS
     handed_over: bool = False
 
     def hand_to(self, handler: CallHandler) -> None:
@@ -143,6 +141,6 @@ class Gate:
                 claim.hand_to(self._on_decided)
             else:
                 claim.next_try = now + claim.pause
-                claim.pause = min(claim.pause * 2, LONGEST_PAUSE_SECONDS)
+                claim.pause = min(claim.pause * 2, BUSY_LONGEST_PAUSE_SECONDS)
                 again.append(claim)
         return again

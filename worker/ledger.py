@@ -7,8 +7,7 @@ CloudCockpit. Ordering is by ``occurredAt`` as UTC microseconds, ties broken by 
 
 Each event runs two Lua scripts: taking the lock returns what was applied, and leaving records
 the event (when it was applied) and releases the lock. Both take many events at once: the
-worker takes, and later leaves, the relationships of every event waiting in one pipelined round
-trip.
+worker takes, and later leaves, the relationships of every event waiting in one script call.
 """
 
 from __future__ import annotations
@@ -36,6 +35,10 @@ LOCK_TTL_MS = 60_000
 # Long enough to outlive any replay an operator would do; bounds Redis memory for dead customers.
 LEDGER_TTL_SECONDS = 180 * 24 * 3600
 LINGER_PREFIX = "linger:"
+# A relationship another event holds is tried again after these pauses, doubling, until the lock
+# wait is over: soon for a short call, rarely for a long one.
+BUSY_FIRST_PAUSE_SECONDS = 0.005
+BUSY_LONGEST_PAUSE_SECONDS = 0.2
 
 # Both scripts take many events at once: KEYS holds (lock, applied) per event, in order.
 
@@ -197,8 +200,7 @@ class Ledger:
         connection: redis.Redis | None = getattr(self._local, "connection", None)
         if connection is None:
             pool = self._redis.connection_pool
-            # A pool of the thread's own, uncontended: its one connection serves commands and
-            # pipelines alike.
+            # A pool of the thread's own, uncontended.
             connection = redis.Redis(
                 connection_pool=pool.__class__(
                     connection_class=pool.connection_class,
@@ -249,12 +251,12 @@ class Ledger:
         """Exclusive use of the relationship by one event until it leaves; ``RelationshipBusy``
         if another holds it longer than the lock wait."""
         deadline = time.monotonic() + self._lock_wait
-        pause = 0.005
+        pause = BUSY_FIRST_PAUSE_SECONDS
         while (hold := self.try_acquire_all([(relationship, event_id)])[0]) is None:
             if time.monotonic() > deadline:
                 raise RelationshipBusy(f"relationship {relationship.name} is busy")
             time.sleep(pause)
-            pause = min(pause * 2, 0.2)
+            pause = min(pause * 2, BUSY_LONGEST_PAUSE_SECONDS)
         return hold
 
     def leave_all(self, holds: Sequence[Hold]) -> None:
