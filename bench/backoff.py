@@ -8,12 +8,11 @@ again once every event waits in the ladder; the difference is what backoff costs
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 
 from bench.harness import Ccsync, make_events, publish_plain
-from bench.infra import SandboxProcess, TreeSampler, Vhost, delete_stale_vhosts
+from bench.infra import SandboxProcess, TreeSampler, Vhost, delete_stale_vhosts, rabbitmqctl
 from worker.constants import DELAY_QUEUE_PREFIX, EVENTS_QUEUE, TASKS_QUEUE
 from worker.sandbox import SandboxControl
 
@@ -21,13 +20,7 @@ MB = 2**20
 
 
 def _queue_depths(vhost: str) -> dict[str, int]:
-    listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    listing = rabbitmqctl("list_queues", "-p", vhost, "name", "messages")
     depths = {}
     for line in listing.splitlines():
         name, _, count = line.partition("\t")

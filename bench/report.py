@@ -87,7 +87,7 @@ def _find(runs: Sequence[Run], system: str, latency: int) -> Run | None:
     return found[(len(found) - 1) // 2] if found else None
 
 
-def throughput_ratios(
+def round_ratios(
     runs: Sequence[Run], other: str, latency: int, key: str = "throughput"
 ) -> list[float]:
     """ccsync/other of ``key``, round by round: each round ran both, one after the other."""
@@ -106,11 +106,15 @@ def throughput_ratios(
 def median_ratio(
     runs: Sequence[Run], other: str, latency: int, key: str = "throughput"
 ) -> float | None:
-    ratios = sorted(throughput_ratios(runs, other, latency, key))
-    if not ratios:
+    return _median(round_ratios(runs, other, latency, key))
+
+
+def _median(values: Sequence[float]) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
         return None
-    middle = len(ratios) // 2
-    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def ratio(a: float, b: float) -> float:
@@ -129,7 +133,7 @@ def ratio_lines(runs: Sequence[Run]) -> list[str]:
             other = _find(runs, other_name, latency)
             if other is None:
                 continue
-            ratios = throughput_ratios(runs, other_name, latency)
+            ratios = round_ratios(runs, other_name, latency)
             # _find takes the lower of the two middle runs when the rounds are even.
             shown = "median runs " if len(ratios) % 2 else "lower-middle runs "
             rounds = (
@@ -139,7 +143,7 @@ def ratio_lines(runs: Sequence[Run]) -> list[str]:
             )
             lines.append(
                 f"ccsync/{other_name} at {latency} ms: throughput "
-                f"{median_ratio(runs, other_name, latency) or math.nan:.2f}x "
+                f"{_median(ratios) or math.nan:.2f}x "
                 f"({rounds}{ours['throughput']:.1f} vs {other['throughput']:.1f} events/s), "
                 "steady-state throughput "
                 f"{median_ratio(runs, other_name, latency, 'steady_throughput') or math.nan:.3f}x, "

@@ -7,7 +7,7 @@ from typing import Any
 
 from bench.__main__ import schedule
 from bench.harness import arrival_shape
-from bench.report import checks, median_ratio, ratio_lines, throughput_ratios
+from bench.report import checks, median_ratio, ratio_lines, round_ratios
 
 
 def run(system: str, latency: int, number: int, throughput: float) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def test_each_round_is_compared_with_its_own_bare_run_and_the_median_decides() -
         run("bare", 100, 3, 304.0),
     ]
 
-    assert throughput_ratios(runs, "bare", 100) == [300 / 310, 309 / 300, 305 / 304]
+    assert round_ratios(runs, "bare", 100) == [300 / 310, 309 / 300, 305 / 304]
     assert median_ratio(runs, "bare", 100) == 305 / 304
     (bare_check,) = [check for check in checks(runs) if "bare at 100" in check[0]]
     assert bare_check[2] is True
@@ -60,7 +60,7 @@ def test_a_system_measured_once_is_compared_with_every_round_of_ccsync() -> None
         run("naive", 100, 1, 20.0),
     ]
 
-    assert throughput_ratios(runs, "naive", 100) == [15.0, 14.0, 14.5]
+    assert round_ratios(runs, "naive", 100) == [15.0, 14.0, 14.5]
     assert median_ratio(runs, "naive", 100) == 14.5
 
 
