@@ -16,13 +16,13 @@ demo: $(STAMP)
 	$(BIN)/ccsync demo
 
 test: $(STAMP)
-	$(BIN)/ruff check worker tests
-	$(BIN)/ruff format --check worker tests
+	$(BIN)/ruff check worker tools tests
+	$(BIN)/ruff format --check worker tools tests
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests
+	$(BIN)/ruff check worker tools tests
 	$(BIN)/mypy
 
 bench: $(STAMP)

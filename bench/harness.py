@@ -33,8 +33,8 @@ from bench.infra import (
     pids_named,
 )
 from worker.constants import EVENT_ROUTING_KEY, EVENT_TYPE, EVENTS_EXCHANGE
-from worker.local import LocalWorker
 from worker.sandbox import SandboxControl
+from worker.testing import LocalWorker
 
 TENANT = "bench.example"
 TOKEN = "sandbox-token"

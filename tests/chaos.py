@@ -33,8 +33,8 @@ from tests.integration.outcomes import final_outcomes
 from tests.integration.producer import Producer, read_dead_letters
 from tests.integration.redis_process import RedisProcess
 from worker.events import correlation_id
-from worker.local import LocalWorker
 from worker.sandbox import RandomFaults, SandboxControl, SandboxOptions, SandboxServer
+from worker.testing import LocalWorker
 
 TENANT = "chaos.cloudcockpit.local"
 VERSIONS = 5

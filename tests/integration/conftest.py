@@ -8,10 +8,10 @@ import pytest
 from kombu import Connection
 
 from tests.integration.producer import Producer, purge
+from worker.amqp.topology import declare_topology
 from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE
-from worker.local import LocalWorker
 from worker.sandbox import SandboxServer
-from worker.topology import declare_topology
+from worker.testing import LocalWorker
 
 TENANT = "tests.cloudcockpit.local"
 TEST_REDIS_URL = "redis://127.0.0.1:6379/15"

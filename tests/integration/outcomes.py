@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from worker.local import LocalWorker
+from worker.testing import LocalWorker
 
 FINAL = re.compile(r"event (\S+) (applied|is stale|is a duplicate|dead-lettered)")
 

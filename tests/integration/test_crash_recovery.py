@@ -10,8 +10,8 @@ from tests.integration.events import native
 from tests.integration.journal import patches, wait_applied
 from tests.integration.producer import Producer
 from tests.integration.waiting import wait_until
-from worker.local import LocalWorker
 from worker.sandbox import SandboxControl, SandboxServer
+from worker.testing import LocalWorker
 
 
 def _publish(producer: Producer, event: dict[str, Any]) -> None:

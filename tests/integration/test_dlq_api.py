@@ -15,12 +15,12 @@ from tests.integration.test_dlq_support import (
     take_all,
 )
 from worker.constants import EVENTS_QUEUE
-from worker.dead_letter_queue import hold
-from worker.dead_letters import Envelope
-from worker.dlq_filters import DeadLetterFilter
-from worker.dlq_publish import ConfirmingPublisher
-from worker.dlq_replay import replay
-from worker.dlq_stats import dead_letter_stats
+from worker.dlq.confirmed_batches import ConfirmingPublisher
+from worker.dlq.filters import DeadLetterFilter
+from worker.dlq.queue import hold
+from worker.dlq.replay import replay
+from worker.dlq.stats import dead_letter_stats
+from worker.processing.dead_letters import Envelope
 
 
 def test_replay_limit_and_rate(broker_url: str) -> None:

@@ -22,9 +22,9 @@ from tests.integration.test_dlq_support import (
     seed_for_event,
     take_all,
 )
+from worker.amqp.producer import Encoding
 from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE
-from worker.dead_letters import DeadLetter
-from worker.publish import Encoding
+from worker.processing.dead_letters import DeadLetter
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 CONTRACT_KEYS = {

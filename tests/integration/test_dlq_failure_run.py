@@ -23,10 +23,10 @@ from tests.integration.test_dlq_support import (
     json_lines,
     wait_for,
 )
+from worker.amqp.producer import Encoding, new_event, publish_events, publish_raw
 from worker.events import correlation_id
-from worker.local import LocalWorker
-from worker.publish import Encoding, new_event, publish_events, publish_raw
 from worker.sandbox import FaultStep, SandboxControl, SandboxServer
+from worker.testing import LocalWorker
 
 TENANT = "tests.example"
 

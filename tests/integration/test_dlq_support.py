@@ -17,15 +17,15 @@ from typing import Any
 from click.testing import CliRunner, Result
 from kombu import Connection
 
+from worker.amqp.producer import Encoding, encode, new_event
+from worker.amqp.topology import declare_topology
 from worker.cli import main
 from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE
-from worker.dead_letter_queue import DeadLetterRecord, hold
-from worker.dead_letters import DeadLetter, json_safe_headers
-from worker.dlq_filters import DeadLetterFilter
-from worker.dlq_transfer import import_dead_letters
+from worker.dlq.filters import DeadLetterFilter
+from worker.dlq.queue import DeadLetterRecord, hold
+from worker.dlq.transfer import import_dead_letters
 from worker.events import correlation_id
-from worker.publish import Encoding, encode, new_event
-from worker.topology import declare_topology
+from worker.processing.dead_letters import DeadLetter, json_safe_headers
 
 TENANT = "tests.example"
 

@@ -11,8 +11,8 @@ import pytest
 from tests.integration.events import native
 from tests.integration.journal import patches, wait_applied
 from tests.integration.producer import Producer, read_dead_letters
-from worker.local import LocalWorker
 from worker.sandbox import SandboxControl
+from worker.testing import LocalWorker
 
 
 def _publish(producer: Producer, event: dict[str, Any]) -> None:

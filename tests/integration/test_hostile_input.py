@@ -39,8 +39,8 @@ from tests.integration.hostile_messages import (
 )
 from tests.integration.producer import Producer
 from tests.integration.waiting import wait_until
-from worker.local import LocalWorker
 from worker.sandbox import SandboxControl, SandboxServer
+from worker.testing import LocalWorker
 
 GENERATED = 600
 MINIMUM_CASES = 500

@@ -7,8 +7,8 @@ import json
 from tests.integration.events import native
 from tests.integration.producer import Producer, read_dead_letters
 from tests.integration.waiting import wait_until
-from worker.local import LocalWorker
 from worker.sandbox import SandboxControl
+from worker.testing import LocalWorker
 
 
 def _invalid_messages() -> dict[str, bytes]:

@@ -13,8 +13,8 @@ from tests.integration.network import free_port
 from tests.integration.outcomes import final_outcomes
 from tests.integration.producer import Producer
 from tests.integration.waiting import wait_until
-from worker.local import LocalWorker
 from worker.sandbox import SandboxControl, SandboxServer
+from worker.testing import LocalWorker
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from tests.integration.ops_node import ASYNCAPI_CHECK, run_node
+from tools.generate_ops import ASYNCAPI_PATH
 from worker.constants import EVENT_ROUTING_KEY
-from worker.ops_generate import ASYNCAPI_PATH
 
 
 def parse(path: Path) -> tuple[int, list[dict[str, Any]]]:

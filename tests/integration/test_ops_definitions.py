@@ -20,9 +20,9 @@ import pytest
 from kombu import Connection, Producer
 
 from tests.conftest import RABBITMQ_HOST, RABBITMQ_PORT
+from tools.generate_ops import DEFINITIONS_PATH
+from worker.amqp.topology import declare_topology, delay_entry_exchange, delay_routing_key
 from worker.constants import TASKS_QUEUE
-from worker.ops_generate import DEFINITIONS_PATH
-from worker.topology import declare_topology, delay_entry_exchange, delay_routing_key
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_ACCESS = REPO / "ops" / "rabbitmq" / "dev-access.json"

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 from click.testing import CliRunner
 
 from worker.cli import main
-from worker.ops_topology import record_topology
+from worker.ops.topology_export import record_topology
 
 
 def queue_arguments(vhost: str) -> dict[str, dict[str, object]]:

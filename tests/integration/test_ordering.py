@@ -16,10 +16,10 @@ from tests.integration.outcomes import final_outcomes, outcome_counts
 from tests.integration.producer import Producer, queue_depth
 from tests.integration.waiting import wait_until
 from worker.constants import DEAD_LETTER_QUEUE
-from worker.dlq_filters import DeadLetterFilter
-from worker.dlq_replay import replay
-from worker.local import LocalWorker
+from worker.dlq.filters import DeadLetterFilter
+from worker.dlq.replay import replay
 from worker.sandbox import SandboxControl, SandboxServer
+from worker.testing import LocalWorker
 
 
 def _history(customers: int, versions: int) -> dict[str, list[dict[str, Any]]]:

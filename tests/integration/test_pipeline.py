@@ -15,8 +15,8 @@ from tests.integration.events import binary, native, structured
 from tests.integration.producer import Producer
 from tests.integration.waiting import wait_until
 from worker.events import correlation_id
-from worker.local import LocalWorker
 from worker.sandbox import SandboxControl
+from worker.testing import LocalWorker
 
 PATCH_PATH = "/v1/Customers/{customerId}/internal-identifier"
 PATH_PATTERN = re.compile(r"^/v1/Customers/([^/]+)/internal-identifier$")

@@ -15,9 +15,9 @@ from tests.integration.producer import Producer
 from tests.integration.redis_process import RedisProcess
 from tests.integration.waiting import wait_until
 from worker.events import correlation_id
-from worker.intake import PREFETCH_PER_THREAD
-from worker.local import LocalWorker
+from worker.runtime.intake import PREFETCH_PER_THREAD
 from worker.sandbox import SandboxControl, SandboxServer
+from worker.testing import LocalWorker
 
 
 def test_given_redis_stopped_for_10s_mid_run_then_every_event_reaches_an_outcome(

@@ -12,8 +12,8 @@ from tests.integration.outcomes import outcome_counts
 from tests.integration.producer import Producer, queue_depth, read_dead_letters
 from tests.integration.waiting import wait_until
 from worker.constants import DELIVERY_LIMIT, EVENTS_QUEUE
-from worker.local import LocalWorker
 from worker.sandbox import SandboxControl, SandboxServer
+from worker.testing import LocalWorker
 
 OUTAGE_SECONDS = 60
 

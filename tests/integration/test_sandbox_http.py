@@ -28,7 +28,7 @@ from worker.sandbox import (
     SandboxOptions,
     SandboxServer,
 )
-from worker.sandbox_state import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE
+from worker.sandbox.state import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE
 
 TENANT = "portal.example.com"
 TOKEN = "integration-token"

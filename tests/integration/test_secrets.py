@@ -28,13 +28,13 @@ from tests.integration.network import free_port
 from tests.integration.producer import Producer, connect
 from tests.integration.sentry_sink import SentrySink
 from tests.integration.waiting import wait_until
-from worker.client import CloudCockpitClient, make_http_client
+from worker.cloudcockpit.client import CloudCockpitClient, make_http_client
+from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken
 from worker.events import correlation_id
 from worker.exceptions import ApiUnavailable, TokenRejected, TokenUnavailable
-from worker.local import LocalWorker
 from worker.sandbox import SandboxControl, SandboxOptions, SandboxServer
 from worker.settings import Settings
-from worker.tokens import ClientCredentialsToken, StaticToken
+from worker.testing import LocalWorker
 
 CLIENT_ID = "ccsync-secrets-test"
 CLIENT_SECRET = "SECRET-CLIENT-5f2a9c"

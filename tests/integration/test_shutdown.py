@@ -13,8 +13,8 @@ from tests.integration.events import native
 from tests.integration.producer import Producer, queue_depth
 from tests.integration.waiting import wait_until
 from worker.constants import EVENTS_QUEUE, TASKS_QUEUE
-from worker.local import LocalWorker
 from worker.sandbox import SandboxControl, SandboxServer
+from worker.testing import LocalWorker
 
 LATENCY_MS = 2000
 IN_FLIGHT = 4

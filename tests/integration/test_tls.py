@@ -16,8 +16,8 @@ from kombu.exceptions import OperationalError
 
 from tests.conftest import RABBITMQ_HOST, RABBITMQ_PORT
 from tests.integration.tls_proxy import TlsProxy, make_certificates
-from worker.broker import broker_connection
-from worker.client import make_http_client
+from worker.amqp.connection import broker_connection
+from worker.cloudcockpit.client import make_http_client
 from worker.settings import Settings
 
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from tests.unit.redis_ledgers import REDIS_URL
-from worker.ledger import Ledger
+from worker.processing.ledger import Ledger
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import uuid
 
-from worker.ledger import Ledger
+from worker.processing.ledger import Ledger
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 

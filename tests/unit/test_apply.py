@@ -13,16 +13,16 @@ import httpx
 import pytest
 
 from tests.unit.redis_ledgers import fresh_ledger, unreachable_ledger
-from worker.apply import Applier, Outcome
-from worker.attempts import Attempt
-from worker.backoff import RetryPolicy
-from worker.client import CloudCockpitClient, make_http_client, make_token_source
+from worker.cloudcockpit.client import CloudCockpitClient, make_http_client, make_token_source
 from worker.constants import DELIVERY_LIMIT
-from worker.dead_letters import DeadLetter, Envelope
 from worker.events import correlation_id, decode_event
 from worker.exceptions import RelationshipBusy
-from worker.ledger import Ledger, Relationship, Verdict
-from worker.outage import OutageGuard, OutagePolicy
+from worker.processing.applier import Applier, Outcome
+from worker.processing.attempts import Attempt
+from worker.processing.backoff import RetryPolicy
+from worker.processing.dead_letters import DeadLetter, Envelope
+from worker.processing.ledger import Ledger, Relationship, Verdict
+from worker.processing.outage import OutageGuard, OutagePolicy
 from worker.settings import Settings
 
 BASE_URL = "https://cc.example.test"

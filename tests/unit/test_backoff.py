@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from worker.backoff import RetryPolicy
 from worker.exceptions import ApiUnavailable, RateLimited
+from worker.processing.backoff import RetryPolicy
 
 DELAYS = (1.0, 2.0, 3.0)
 FAILURE = ApiUnavailable("HTTP 503", 503)

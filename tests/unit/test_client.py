@@ -15,7 +15,12 @@ import pytest
 import yaml
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
-from worker.client import ClientPerThread, CloudCockpitClient, make_http_client, make_token_source
+from worker.cloudcockpit.client import (
+    ClientPerThread,
+    CloudCockpitClient,
+    make_http_client,
+    make_token_source,
+)
 from worker.events import correlation_id
 from worker.exceptions import (
     ApiRejected,

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from worker.dead_letter_queue import DeadLetterError
-from worker.dlq_edit import edit_body, parse_assignments
+from worker.amqp.producer import Encoding, encode, new_event
+from worker.dlq.edit import edit_body, parse_assignments
+from worker.dlq.queue import DeadLetterError
 from worker.events import decode_event
-from worker.publish import Encoding, encode, new_event
 
 CUSTOMER = "0b6f4c1e-4b0e-4a53-9d43-2f4f3c1d2e10"
 RESELLER = "6d3c8d0e-1a52-4e64-a1b1-6b7d0cfa9f11"

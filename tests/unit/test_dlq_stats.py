@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from worker.dead_letter_queue import DeadLetterRecord
-from worker.dlq_stats import error_type, group_stats
+from worker.dlq.queue import DeadLetterRecord
+from worker.dlq.stats import error_type, group_stats
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from worker.dead_letter_queue import DeadLetterError, DeadLetterRecord
-from worker.dead_letters import json_safe_headers
-from worker.dlq_replay import replay_envelope, replay_headers
-from worker.dlq_transfer import read_lines, to_line
+from worker.dlq.queue import DeadLetterError, DeadLetterRecord
+from worker.dlq.replay import replay_envelope, replay_headers
+from worker.dlq.transfer import read_lines, to_line
+from worker.processing.dead_letters import json_safe_headers
 
 NOW = datetime(2024, 5, 2, 8, 30, tzinfo=UTC)
 

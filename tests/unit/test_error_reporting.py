@@ -14,8 +14,8 @@ from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.scrubber import EventScrubber
 
-from worker import error_reporting
-from worker.error_reporting import (
+from worker.observability import sentry as error_reporting
+from worker.observability.sentry import (
     FILTERED,
     _replace_secrets,
     _secret_values,

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import redis
 
-import worker.ledger
+import worker.processing.ledger
 from tests.unit.redis_ledgers import REDIS_URL, closed_port, unreachable_ledger
 from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable, RelationshipBusy, TransientFailure
-from worker.ledger import Ledger, Relationship, Verdict, order_key
+from worker.processing.ledger import Ledger, Relationship, Verdict, order_key
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -206,7 +206,7 @@ def test_given_a_record_then_it_expires_after_the_ledger_ttl(
     finally:
         client.close()
     assert len(ttls) == 1
-    assert 0 < ttls[0] <= worker.ledger.LEDGER_TTL_SECONDS
+    assert 0 < ttls[0] <= worker.processing.ledger.LEDGER_TTL_SECONDS
 
 
 # --- relationships ---------------------------------------------------------------------------
@@ -372,7 +372,7 @@ def test_given_a_holder_that_died_then_its_lock_expires_and_a_late_release_frees
     make_ledger: Callable[..., Ledger], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Long enough that the new holder's own lock cannot expire before the checks below run.
-    monkeypatch.setattr(worker.ledger, "LOCK_TTL_MS", 1500)
+    monkeypatch.setattr(worker.processing.ledger, "LOCK_TTL_MS", 1500)
     dead, alive, third = make_ledger(), make_ledger(lock_wait_seconds=5.0), make_ledger(0.1)
     # Given a holder that entered and never left (its process died)
     dead_hold = dead.hold(RELATIONSHIP)

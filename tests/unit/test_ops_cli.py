@@ -14,8 +14,13 @@ from click.testing import CliRunner
 
 from worker.cli import main
 from worker.constants import DELAY_LEVELS, EVENTS_QUEUE
-from worker.health import CheckResult, Redactor, failing_parts
-from worker.ops_topology import TopologyConflict, _RecordingChannel, record_topology, topology_json
+from worker.ops.health import CheckResult, Redactor, failing_parts
+from worker.ops.topology_export import (
+    TopologyConflict,
+    _RecordingChannel,
+    record_topology,
+    topology_json,
+)
 from worker.settings import Settings
 
 

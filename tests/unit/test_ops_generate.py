@@ -14,7 +14,14 @@ import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import ValidationError
 
-from worker import ops_generate
+from tools import generate_ops as ops_generate
+from worker.amqp.topology import (
+    dead_letter_queue,
+    delay_entry_exchange,
+    delay_routing_key,
+    events_queue,
+    tasks_queue,
+)
 from worker.constants import (
     CLOUDEVENTS_CONTENT_TYPE,
     DEAD_LETTER_QUEUE,
@@ -26,16 +33,9 @@ from worker.constants import (
     TASKS_QUEUE,
 )
 from worker.events import CloudEvent, IdentifierChanged, decode_event
-from worker.topology import (
-    dead_letter_queue,
-    delay_entry_exchange,
-    delay_routing_key,
-    events_queue,
-    tasks_queue,
-)
 
 REPO = Path(__file__).resolve().parents[2]
-REGENERATE = "regenerate it: python -m worker.ops_generate"
+REGENERATE = "regenerate it: python -m tools.generate_ops"
 
 
 def committed_json(path: Path) -> Any:
@@ -112,7 +112,7 @@ def test_given_the_definitions_then_producers_find_their_exchange_and_routing_ke
 
     assert (exchange["type"], exchange["durable"]) == ("topic", True)
     assert (binding["source"], binding["routing_key"]) == (EVENTS_EXCHANGE, EVENT_ROUTING_KEY)
-    # ccsync dead-letters producers' messages itself, never the broker (see worker/topology.py)
+    # ccsync dead-letters producers' messages itself, never the broker (see worker/amqp/topology.py)
     assert "x-dead-letter-exchange" not in events_queue.queue_arguments
 
 

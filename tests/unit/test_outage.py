@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from worker.outage import OutageGuard, OutagePolicy
+from worker.processing.outage import OutageGuard, OutagePolicy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -230,7 +230,7 @@ def test_given_a_probe_that_raises_then_it_counts_as_unhealthy(
     # Given a probe that raises once, then answers "back"
     policy = OutagePolicy(threshold=1, first_probe_seconds=0.01, max_probe_seconds=1.0)
     guard, recorder = make_guard(policy, Recorder(answers=[RuntimeError("probe broke"), True]))
-    caplog.set_level(logging.ERROR, logger="worker.outage")
+    caplog.set_level(logging.ERROR, logger="worker.processing.outage")
     # When the guard opens
     fail(guard, 1)
     # Then the raise did not close it: only the next probe did, after a doubled pause

@@ -10,13 +10,13 @@ from typing import Any
 import httpx
 import pytest
 
+from worker.cloudcockpit.answers import MAX_ERROR_CHARS, parse_retry_after, raise_for_outcome
 from worker.exceptions import (
     ApiRejected,
     ApiUnavailable,
     RateLimited,
     TransientFailure,
 )
-from worker.outcomes import MAX_ERROR_CHARS, parse_retry_after, raise_for_outcome
 
 ERROR_BODY: dict[str, Any] = {
     "statusCode": 400,

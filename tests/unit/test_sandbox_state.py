@@ -11,10 +11,10 @@ from urllib.parse import urlencode
 import pytest
 from pydantic import ValidationError
 
-from worker.sandbox_controls import handle_control
-from worker.sandbox_faults import FaultBook, FaultStep, RandomFaults
-from worker.sandbox_protocol import ApiRequest, Reply, canonical_uuid, parse_patch_body
-from worker.sandbox_state import (
+from worker.sandbox.controls import handle_control
+from worker.sandbox.faults import FaultBook, FaultStep, RandomFaults
+from worker.sandbox.protocol import ApiRequest, Reply, canonical_uuid, parse_patch_body
+from worker.sandbox.state import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_SCOPE,

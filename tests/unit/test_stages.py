@@ -18,15 +18,15 @@ import pytest
 
 from tests.unit.redis_ledgers import fresh_ledger, unreachable_ledger
 from tests.unit.test_apply import ENVELOPE, FakeApi, RecordingPublisher, client_for, status
-from worker.apply import BUSY_RETRY_SECONDS, Applier, Outcome
-from worker.attempts import Attempt, Call
-from worker.backoff import RetryPolicy
 from worker.events import decode_event
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
-from worker.gate import Gate
-from worker.ledger import Ledger, Relationship
-from worker.outage import OutageGuard, OutagePolicy
-from worker.settle import SettledMessages, Settler
+from worker.processing.applier import BUSY_RETRY_SECONDS, Applier, Outcome
+from worker.processing.attempts import Attempt, Call
+from worker.processing.backoff import RetryPolicy
+from worker.processing.ledger import Ledger, Relationship
+from worker.processing.outage import OutageGuard, OutagePolicy
+from worker.runtime.gate import Gate
+from worker.runtime.settler import SettledMessages, Settler
 
 WAIT_SECONDS = 5.0
 

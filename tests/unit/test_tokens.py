@@ -12,10 +12,10 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from worker.client import make_http_client, make_token_source
+from worker.cloudcockpit.client import make_http_client, make_token_source
+from worker.cloudcockpit.tokens import RENEW_MARGIN_SECONDS, ClientCredentialsToken, StaticToken
 from worker.exceptions import ConfigurationError, TokenUnavailable, TransientFailure
 from worker.settings import Settings
-from worker.tokens import RENEW_MARGIN_SECONDS, ClientCredentialsToken, StaticToken
 
 AUTH_MD = Path(__file__).resolve().parents[2].parent / "shared" / "cloudcockpit-api" / "auth.md"
 CLIENT_ID = "0f1e2d3c-client"
@@ -59,7 +59,7 @@ class TokenEndpoint:
 
 
 class FakeClock:
-    """Stands in for the ``time`` module inside worker.tokens."""
+    """Stands in for the ``time`` module inside worker.cloudcockpit.tokens."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -126,7 +126,7 @@ def test_given_a_token_of_3599_s_then_it_is_renewed_the_margin_before_expiry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = FakeClock()
-    monkeypatch.setattr("worker.tokens.time", clock)
+    monkeypatch.setattr("worker.cloudcockpit.tokens.time", clock)
     endpoint = TokenEndpoint(expires_in=3599)
     tokens = token_source(endpoint)
     start = clock.now
@@ -144,7 +144,7 @@ def test_given_a_token_shorter_than_the_margin_then_it_is_cached_yet_renewed_bef
 ) -> None:
     """Given expires_in 301 (margin 300), Then neither a fetch per call nor an expired token."""
     clock = FakeClock()
-    monkeypatch.setattr("worker.tokens.time", clock)
+    monkeypatch.setattr("worker.cloudcockpit.tokens.time", clock)
     endpoint = TokenEndpoint(expires_in=301)
     tokens = token_source(endpoint)
     start = clock.now

@@ -1,0 +1,1 @@
+"""Development tools of ccsync: not part of the installed package."""

@@ -1,0 +1,145 @@
+"""Publishing events the way a producer would: plain AMQP, persistent, confirmed (contract §2-3)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from amqp.exceptions import ChannelError
+from kombu import Connection
+
+from worker.amqp.topology import events_exchange
+from worker.constants import (
+    CLOUDEVENTS_CONTENT_TYPE,
+    EVENT_ROUTING_KEY,
+    EVENT_TYPE,
+    EVENTS_EXCHANGE,
+)
+
+NO_ROUTE = 312
+
+
+class NoQueueBound(Exception):
+    """The event would be dropped: nothing consumes customer-events yet."""
+
+
+class Encoding(StrEnum):
+    NATIVE = "native"
+    STRUCTURED = "cloudevents-structured"
+    BINARY = "cloudevents-binary"
+
+
+def new_event(
+    customer_id: uuid.UUID | str,
+    internal_identifier: str | None,
+    *,
+    tenant: str | None = None,
+    reseller_id: uuid.UUID | str | None = None,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    source: str = "ccsync-publish",
+) -> dict[str, Any]:
+    """A native event (contract §3) with a fresh eventId and the current time unless given."""
+    event: dict[str, Any] = {
+        "eventId": event_id or str(uuid.uuid4()),
+        "eventType": EVENT_TYPE,
+        "occurredAt": (occurred_at or datetime.now(UTC)).isoformat(),
+        "customerId": str(customer_id),
+        "resellerId": str(reseller_id) if reseller_id else None,
+        "internalIdentifier": internal_identifier,
+        "source": source,
+    }
+    if tenant:
+        event["tenant"] = tenant
+    return event
+
+
+def encode(
+    event: Mapping[str, Any], encoding: Encoding
+) -> tuple[bytes, str | None, dict[str, Any]]:
+    """Body, content type and application headers of a native event in the chosen encoding."""
+    if encoding is Encoding.NATIVE:
+        return json.dumps(event).encode(), "application/json", {}
+    data = {
+        key: event.get(key) for key in ("tenant", "customerId", "resellerId", "internalIdentifier")
+    }
+    if data["tenant"] is None:
+        del data["tenant"]
+    attributes = {
+        "specversion": "1.0",
+        "type": event["eventType"],
+        "id": event["eventId"],
+        "source": event.get("source") or "ccsync-publish",
+        "time": event["occurredAt"],
+    }
+    if encoding is Encoding.STRUCTURED:
+        body = {**attributes, "datacontenttype": "application/json", "data": data}
+        return json.dumps(body).encode(), CLOUDEVENTS_CONTENT_TYPE, {}
+    headers = {f"cloudEvents:{key}": value for key, value in attributes.items()}
+    return json.dumps(data).encode(), "application/json", headers
+
+
+def publish_raw(
+    connection: Connection,
+    messages: Iterable[tuple[bytes, str | None, Mapping[str, Any]]],
+) -> int:
+    """Publish (body, content type, headers) triples, each confirmed by the broker."""
+    channel = connection.channel()
+    channel.confirm_select()
+    exchange = events_exchange(channel)
+    exchange.declare()
+    count = 0
+    try:
+        for body, content_type, headers in messages:
+            message = channel.prepare_message(
+                body,
+                content_type=content_type,
+                headers=dict(headers),
+                properties={"delivery_mode": 2},
+            )
+            try:
+                # mandatory: the broker confirms a message no queue takes, and drops it.
+                channel.basic_publish_confirm(
+                    message, exchange=EVENTS_EXCHANGE, routing_key=EVENT_ROUTING_KEY, mandatory=True
+                )
+            except ChannelError as exc:
+                if getattr(exc, "reply_code", None) != NO_ROUTE:
+                    raise
+                raise NoQueueBound(
+                    f"no queue is bound to {EVENTS_EXCHANGE} for {EVENT_ROUTING_KEY}: start "
+                    f"'ccsync worker' or 'ccsync topology --apply' first ({count} published)"
+                ) from None
+            count += 1
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
+    return count
+
+
+def publish_events(
+    connection: Connection, events: Iterable[Mapping[str, Any]], encoding: Encoding
+) -> int:
+    return publish_raw(connection, (encode(event, encoding) for event in events))
+
+
+def read_events(text: str) -> Iterator[dict[str, Any]]:
+    """Events from a JSON document (one object or a list) or from JSON lines."""
+    stripped = text.strip()
+    if not stripped:
+        return
+    try:
+        document = json.loads(stripped)
+    except json.JSONDecodeError:
+        for line in stripped.splitlines():
+            if line.strip():
+                yield json.loads(line)
+        return
+    if isinstance(document, list):
+        yield from document
+    else:
+        yield document

@@ -1,0 +1,142 @@
+"""The ``ccsync`` command (contract section 6): a thin layer over functions tests call directly."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import click
+
+from worker.amqp.connection import broker_connection
+from worker.amqp.producer import Encoding, NoQueueBound, new_event, publish_events, read_events
+from worker.cli.settings import command_settings
+from worker.exceptions import ConfigurationError
+
+
+@click.group()
+def main() -> None:
+    """ccsync: customer internal identifier events from RabbitMQ to CloudCockpit."""
+
+
+@main.command()
+@click.option("--concurrency", default=32, show_default=True, help="Calls in flight at once.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(concurrency: int, loglevel: str) -> None:
+    """Run the consumer (a Celery worker with a pool of threads)."""
+    from worker.runtime.app import run_worker
+
+    settings = command_settings()
+    try:
+        run_worker(settings, concurrency, loglevel)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+@click.option("--client-id", default="sandbox-client", show_default=True)
+@click.option("--client-secret", default="sandbox-secret", show_default=True)
+@click.option(
+    "--static-token", multiple=True, help="A bearer token accepted as is [default: sandbox-token]."
+)
+@click.option("--latency-ms", default=0, show_default=True)
+def sandbox(
+    host: str,
+    port: int,
+    client_id: str,
+    client_secret: str,
+    static_token: tuple[str, ...],
+    latency_ms: int,
+) -> None:
+    """Serve a local stand-in for CloudCockpit's API."""
+    from worker.sandbox import SandboxOptions, run_sandbox
+
+    run_sandbox(
+        host,
+        port,
+        SandboxOptions(
+            client_id=client_id,
+            client_secret=client_secret,
+            static_tokens=list(static_token) or ["sandbox-token"],
+            latency_ms=latency_ms,
+        ),
+    )
+
+
+@main.command()
+@click.option("--customer", "customer_id", type=click.UUID, help="Publish one event for it.")
+@click.option("--identifier", "internal_identifier", help="The new internal identifier.")
+@click.option("--clear", is_flag=True, help="Publish a null identifier (clears it).")
+@click.option("--tenant")
+@click.option("--reseller", "reseller_id", type=click.UUID)
+@click.option("--event-id")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Events from a JSON file (object or list) or JSON lines; '-' is not needed.",
+)
+@click.option(
+    "--encoding",
+    type=click.Choice([e.value for e in Encoding]),
+    default="native",
+    show_default=True,
+)
+def publish(
+    customer_id: uuid.UUID | None,
+    internal_identifier: str | None,
+    clear: bool,
+    tenant: str | None,
+    reseller_id: uuid.UUID | None,
+    event_id: str | None,
+    path: Path | None,
+    encoding: str,
+) -> None:
+    """Publish events to customer-events the way a producer would."""
+    if path is not None:
+        events = list(read_events(path.read_text(encoding="utf-8")))
+    elif customer_id is not None:
+        if internal_identifier is None and not clear:
+            raise click.UsageError("give --identifier VALUE or --clear")
+        events = [
+            new_event(
+                customer_id,
+                None if clear else internal_identifier,
+                tenant=tenant,
+                reseller_id=reseller_id,
+                event_id=event_id,
+            )
+        ]
+    else:
+        raise click.UsageError("give --customer (with --identifier or --clear) or --file")
+    with broker_connection(command_settings()) as connection:
+        try:
+            count = publish_events(connection, events, Encoding(encoding))
+        except NoQueueBound as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"published {count} event(s)")
+
+
+@main.command()
+@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for outcomes.")
+def demo(timeout: float) -> None:
+    """Run the whole pipeline once: sandbox, worker, sample events, and a summary."""
+    from worker.cli.demo import run_demo
+
+    try:
+        sys.exit(run_demo(command_settings(), timeout))
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+from worker.cli.dlq import dlq  # noqa: E402 (the group is attached once main exists)
+
+main.add_command(dlq)
+
+
+from worker.cli.ops import health, topology  # noqa: E402 (operator commands live in ops_cli)
+
+main.add_command(health)
+main.add_command(topology)

@@ -1,0 +1,315 @@
+"""``ccsync dlq``: inspect, replay, purge, export and import dead letters (contract section 6).
+
+Thin on purpose: each command parses its options into a ``DeadLetterFilter`` and calls one
+function of the ``dlq_*`` modules, which the tests call directly too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from amqp.exceptions import AMQPError
+from kombu import Connection
+from kombu.exceptions import KombuError
+
+from worker.amqp.connection import broker_connection
+from worker.cli.settings import command_settings
+from worker.constants import (
+    REASON_API_REJECTED,
+    REASON_DELIVERY_LIMIT,
+    REASON_INVALID_EVENT,
+    REASON_RETRIES_EXHAUSTED,
+)
+from worker.dlq.edit import parse_assignments
+from worker.dlq.filters import DeadLetterFilter, parse_timestamp, select
+from worker.dlq.purge import purge as purge_dead_letters
+from worker.dlq.queue import DeadLetterError, hold
+from worker.dlq.render import (
+    DEAD_LETTER_HEADER,
+    STATS_HEADER,
+    Progress,
+    dead_letter_row,
+    stats_row,
+    table,
+)
+from worker.dlq.replay import replay as replay_dead_letters
+from worker.dlq.stats import dead_letter_stats
+from worker.dlq.transfer import export_dead_letters, import_dead_letters, read_lines
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+REASONS = (
+    REASON_INVALID_EVENT,
+    REASON_API_REJECTED,
+    REASON_RETRIES_EXHAUSTED,
+    REASON_DELIVERY_LIMIT,
+)
+
+
+def _timestamp(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_timestamp(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def filter_options(command: F) -> F:
+    """Adds the filter options; the command receives ``filters`` and ``limit`` instead."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["filters"] = DeadLetterFilter.build(
+            reasons=kwargs.pop("reason"),
+            statuses=kwargs.pop("status"),
+            tenants=kwargs.pop("tenant"),
+            customers=kwargs.pop("customer"),
+            event_ids=kwargs.pop("event_id"),
+            since=kwargs.pop("since"),
+            until=kwargs.pop("until"),
+        )
+        return command(*args, **kwargs)
+
+    options = [
+        click.option("--reason", multiple=True, type=click.Choice(REASONS), help="Repeatable."),
+        click.option("--status", multiple=True, type=int, help="Last HTTP status. Repeatable."),
+        click.option("--tenant", multiple=True, help="The event's tenant. Repeatable."),
+        click.option("--customer", multiple=True, help="customerId. Repeatable."),
+        click.option("--event-id", multiple=True, help="Repeatable."),
+        click.option(
+            "--since", callback=_timestamp, help="Dead-lettered at or after (ISO timestamp, UTC)."
+        ),
+        click.option(
+            "--until", callback=_timestamp, help="Dead-lettered before (ISO timestamp, UTC)."
+        ),
+        click.option(
+            "--limit", type=click.IntRange(min=0), help="At most this many matching dead letters."
+        ),
+    ]
+    decorated: Callable[..., Any] = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _broker() -> Iterator[Connection]:
+    """The broker connection, with every failure turned into one line and a non-zero exit."""
+    settings = command_settings()
+    try:
+        with broker_connection(settings) as connection:
+            try:
+                connection.ensure_connection(max_retries=0)
+            except (AMQPError, KombuError, OSError) as exc:
+                where = connection.as_uri()  # the password masked
+                raise click.ClickException(f"cannot connect to {where}: {_one_line(exc)}") from None
+            yield connection
+    except (DeadLetterError, AMQPError, KombuError, OSError) as exc:
+        raise click.ClickException(_one_line(exc)) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _count_matching(filters: DeadLetterFilter, limit: int | None) -> int:
+    with _broker() as connection, hold(connection) as held:
+        return sum(1 for _ in select(held.records, filters, limit))
+
+
+def _confirm(action: str, filters: DeadLetterFilter, limit: int | None) -> bool:
+    """Asks before a bulk change; False when nothing matches (nothing to ask about)."""
+    count = _count_matching(filters, limit)
+    if count == 0:
+        click.echo("no dead letters match")
+        return False
+    click.confirm(f"{action} {count} dead letter(s) ({filters.describe()})?", abort=True)
+    return True
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect, replay and move dead letters (queue ccsync.dead-letter)."""
+
+
+@dlq.command("list")
+@filter_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def list_command(filters: DeadLetterFilter, limit: int | None, as_json: bool) -> None:
+    """List dead letters (nothing is removed)."""
+    with _broker() as connection, hold(connection) as held:
+        records = list(select(held.records, filters, limit))
+    if as_json:
+        for record in records:
+            click.echo(json.dumps(record.summary(), ensure_ascii=False))
+        return
+    if not records:
+        click.echo("no dead letters match")
+        return
+    click.echo(table(DEAD_LETTER_HEADER, [dead_letter_row(record) for record in records]))
+    click.echo(f"{len(records)} dead letter(s)")
+
+
+@dlq.command()
+@filter_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per group and line.")
+def stats(filters: DeadLetterFilter, limit: int | None, as_json: bool) -> None:
+    """Count dead letters by reason, HTTP status and API error type, oldest and newest."""
+    with _broker() as connection:
+        groups = dead_letter_stats(connection, filters, limit)
+    if as_json:
+        for group in groups:
+            click.echo(json.dumps(group.to_json(), ensure_ascii=False))
+        return
+    if not groups:
+        click.echo("no dead letters match")
+        return
+    click.echo(table(STATS_HEADER, [stats_row(group) for group in groups]))
+    click.echo(f"{sum(group.count for group in groups)} dead letter(s) in {len(groups)} group(s)")
+
+
+@dlq.command()
+@filter_options
+@click.option("--rate", type=float, help="At most this many replays per second.")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Edit the event before replaying it (internalIdentifier, tenant, resellerId; "
+    "the value null sets JSON null). Only with one --event-id.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def replay(
+    filters: DeadLetterFilter,
+    limit: int | None,
+    rate: float | None,
+    dry_run: bool,
+    assignments: tuple[str, ...],
+    yes: bool,
+) -> None:
+    """Publish dead letters to customer-events again; each leaves the queue once confirmed."""
+    try:
+        edits = parse_assignments(assignments)
+    except DeadLetterError as exc:
+        raise click.UsageError(str(exc)) from None
+    if edits and len(filters.event_ids) != 1:
+        raise click.UsageError("--set edits one event: select it with exactly one --event-id")
+    if rate is not None and rate <= 0:
+        raise click.UsageError("--rate must be more than 0")
+    bulk = not filters.event_ids
+    if bulk and not (yes or dry_run) and not _confirm("Replay", filters, limit):
+        return
+    with _broker() as connection, Progress("replaying") as progress:
+        report = replay_dead_letters(
+            connection,
+            filters,
+            limit=limit,
+            rate=rate,
+            dry_run=dry_run,
+            edits=edits,
+            on_total=progress.total,
+            on_examined=progress.step,
+        )
+    if filters.event_ids and not report.matched:
+        raise click.ClickException(f"no dead letter matches {filters.describe()}")
+    if dry_run:
+        for event_id in report.event_ids:
+            click.echo(f"would replay {event_id or '(no eventId)'}")
+        for body in report.edited_bodies:
+            click.echo(f"edited body: {body.decode('utf-8', 'replace')}")
+        click.echo(f"dry run: {report.matched} of {report.examined} dead letter(s) match")
+        return
+    click.echo(
+        f"replayed {report.replayed} of {report.matched} matching dead letter(s) "
+        f"in {report.seconds:.1f}s ({report.rate:.0f}/s)"
+    )
+    if report.failed:
+        raise click.ClickException(
+            f"{report.failed} publish(es) were not confirmed; those dead letters stay in the queue"
+        )
+
+
+@dlq.command()
+@filter_options
+@click.option("--dry-run", is_flag=True, help="Show what would be purged; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge(filters: DeadLetterFilter, limit: int | None, dry_run: bool, yes: bool) -> None:
+    """Delete the matching dead letters for good."""
+    if not (yes or dry_run) and not _confirm("Delete", filters, limit):
+        return
+    with _broker() as connection, Progress("purging") as progress:
+        report = purge_dead_letters(
+            connection,
+            filters,
+            limit=limit,
+            dry_run=dry_run,
+            on_total=progress.total,
+            on_examined=progress.step,
+        )
+    if dry_run:
+        for event_id in report.event_ids:
+            click.echo(f"would purge {event_id or '(no eventId)'}")
+        click.echo(f"dry run: {report.matched} of {report.examined} dead letter(s) match")
+        return
+    click.echo(f"purged {report.purged} dead letter(s)")
+
+
+@dlq.command()
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@filter_options
+@click.option("--remove", is_flag=True, help="Take them out of the queue once written.")
+def export(file: str, filters: DeadLetterFilter, limit: int | None, remove: bool) -> None:
+    """Write dead letters to FILE as JSON lines ('-' for stdout); FILE must not exist yet."""
+    if file != "-" and Path(file).exists():
+        # Never overwrite: an earlier export --remove may be all that is left of those letters.
+        raise click.ClickException(f"{file} exists; export writes only new files")
+    with (
+        _broker() as connection,
+        Progress("exporting") as progress,
+        click.open_file(file, "x" if file != "-" else "w", encoding="utf-8") as out,
+    ):
+        report = export_dead_letters(
+            connection,
+            filters,
+            out,
+            limit=limit,
+            remove=remove,
+            on_total=progress.total,
+            on_examined=progress.step,
+        )
+    done = f"exported {report.written} dead letter(s)"
+    if remove:
+        done += f", removed {report.removed} from the queue"
+    click.echo(done, err=file == "-")
+
+
+@dlq.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@filter_options
+def import_command(file: str, filters: DeadLetterFilter, limit: int | None) -> None:
+    """Publish the dead letters of FILE (as written by export) into ccsync.dead-letter."""
+    try:
+        with click.open_file(file, "r", encoding="utf-8") as lines:
+            records = read_lines(lines)
+    except OSError as exc:
+        raise click.ClickException(f"{file}: {exc.strerror or exc}") from None
+    except DeadLetterError as exc:
+        raise click.ClickException(f"{file}: {exc}") from None
+    with _broker() as connection, Progress("importing") as progress:
+        progress.total(len(records))
+        report = import_dead_letters(
+            connection, records, filters, limit=limit, on_examined=progress.step
+        )
+    click.echo(f"imported {report.written} of {report.matched} dead letter(s)")
+    if report.failed:
+        raise click.ClickException(f"{report.failed} dead letter(s) were not confirmed")

@@ -1,0 +1,95 @@
+"""Operator commands of ``ccsync``: ``health`` (for probes) and ``topology`` (print or apply)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from worker.amqp.connection import broker_connection
+from worker.amqp.topology import declare_topology
+from worker.cli.settings import command_settings
+from worker.exceptions import ConfigurationError
+from worker.ops.health import DEFAULT_TIMEOUT, Redactor, failing_parts, run_checks
+from worker.ops.topology_export import Topology, record_topology, topology_json
+from worker.settings import load_settings
+
+
+@click.command()
+@click.option(
+    "--timeout",
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds each part may take; the parts are checked at once.",
+)
+def health(timeout: float) -> None:
+    """Check broker, Redis, token and API; exit 1 naming what failed (for probes)."""
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        click.echo(f"settings FAILED: {exc}")
+        raise click.ClickException("unhealthy: settings") from None
+    results = run_checks(settings, timeout)
+    for result in results:
+        click.echo(result.line())
+    failed = failing_parts(results)
+    if failed:
+        raise click.ClickException(f"unhealthy: {', '.join(failed)}")
+
+
+@click.command()
+@click.option("--apply", "apply_", is_flag=True, help="Declare it on CCSYNC_BROKER_URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+def topology(apply_: bool, as_json: bool) -> None:
+    """Print the broker topology ccsync declares, or apply it (idempotent)."""
+    recorded = record_topology()
+    if apply_:
+        settings = command_settings()
+        try:
+            with broker_connection(settings) as connection:
+                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+                declare_topology(connection)
+        except Exception as exc:
+            text = Redactor(settings)(f"{type(exc).__name__}: {exc}")
+            raise click.ClickException(f"could not apply the topology: {text}") from None
+        click.echo(
+            f"applied {len(recorded.exchanges)} exchanges, {len(recorded.queues)} queues, "
+            f"{len(recorded.bindings)} bindings",
+            err=as_json,
+        )
+        if not as_json:
+            return
+    if as_json:
+        click.echo(json.dumps(topology_json(recorded), indent=2))
+    else:
+        click.echo(render_topology(recorded))
+
+
+def render_topology(topology: Topology) -> str:
+    lines = ["exchanges:"]
+    lines += [
+        f"  {e.name}  {e.type}{_flags(e.durable, e.auto_delete)}{_arguments(e.arguments)}"
+        for e in topology.exchanges
+    ]
+    lines.append("queues:")
+    lines += [
+        f"  {q.name}{_flags(q.durable, q.auto_delete)}{_arguments(q.arguments)}"
+        for q in topology.queues
+    ]
+    lines.append("bindings:")
+    lines += [
+        f"  {b.source} -> {b.destination_type} {b.destination}  key {b.routing_key!r}"
+        f"{_arguments(b.arguments)}"
+        for b in topology.bindings
+    ]
+    return "\n".join(lines)
+
+
+def _flags(durable: bool, auto_delete: bool) -> str:
+    return ("  durable" if durable else "  transient") + ("  auto-delete" if auto_delete else "")
+
+
+def _arguments(arguments: dict[str, Any]) -> str:
+    return "".join(f"  {key}={value}" for key, value in arguments.items())

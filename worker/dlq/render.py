@@ -1,0 +1,89 @@
+"""How ``ccsync dlq`` shows things to people: tables and a progress bar (stderr)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import click
+
+from worker.dlq.queue import DeadLetterRecord
+from worker.dlq.stats import StatsGroup
+
+# Below this many dead letters a pass takes well under a second: no bar.
+PROGRESS_THRESHOLD = 500
+ERROR_COLUMN = 60
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [header, *rows]
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _moment(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+DEAD_LETTER_HEADER = ["DEAD-LETTERED AT", "REASON", "STATUS", "TRIES", "EVENT ID", "ERROR"]
+
+
+def dead_letter_row(record: DeadLetterRecord) -> list[str]:
+    summary = record.summary()
+    error = str(summary["error"] or "")
+    return [
+        _moment(record.dead_lettered_at),
+        str(summary["reason"] or "-"),
+        str(summary["status"] or "-"),
+        str(summary["attempts"] if summary["attempts"] is not None else "-"),
+        str(summary["eventId"] or "-"),
+        error if len(error) <= ERROR_COLUMN else error[: ERROR_COLUMN - 3] + "...",
+    ]
+
+
+STATS_HEADER = ["COUNT", "REASON", "STATUS", "ERROR TYPE", "OLDEST", "NEWEST"]
+
+
+def stats_row(group: StatsGroup) -> list[str]:
+    return [
+        str(group.count),
+        group.reason or "-",
+        "-" if group.status is None else str(group.status),
+        group.error_type or "-",
+        _moment(group.oldest),
+        _moment(group.newest),
+    ]
+
+
+class Progress:
+    """A progress bar on stderr, made once the pass knows how many dead letters it will examine."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._bar: Any = None
+
+    def total(self, count: int) -> None:
+        if count >= PROGRESS_THRESHOLD:
+            self._bar = click.progressbar(length=count, label=self._label, file=sys.stderr)
+            self._bar.__enter__()
+
+    def step(self, count: int) -> None:
+        if self._bar is not None:
+            self._bar.update(count)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(exc_type, exc, tb)

@@ -1,0 +1,188 @@
+"""Export and import: dead letters as JSON lines, to archive them or move them between brokers.
+
+One line per dead letter. The body is base64, so bytes that are not UTF-8 (an invalid event may
+be anything) survive; content type, content encoding and every application header are kept.
+Header values JSON cannot hold are tagged (``{"$timestamp": ...}``, ``{"$base64": ...}``,
+``{"$decimal": ...}``) and come back as the same AMQP types. The operator's summary fields
+(``eventId``, ``reason``, ...) ride along for reading and grepping; import ignores them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import IO, Any, Final
+
+from kombu import Connection
+
+from worker.amqp.topology import declare_topology
+from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
+from worker.dlq.confirmed_batches import ConfirmingPublisher
+from worker.dlq.filters import DeadLetterFilter, Selection, select
+from worker.dlq.queue import DeadLetterError, DeadLetterRecord, hold
+from worker.processing.dead_letters import json_safe_headers
+
+FORMAT: Final = "ccsync-dead-letter/1"
+WINDOW: Final = 256
+
+
+def encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$timestamp": value.isoformat()}
+    if isinstance(value, bytes | bytearray):
+        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    if isinstance(value, Mapping):
+        return {str(key): encode_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_value(item) for item in value]
+    return value
+
+
+def decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((tag, text),) = value.items()
+            if tag == "$timestamp" and isinstance(text, str):
+                return datetime.fromisoformat(text)
+            if tag == "$base64" and isinstance(text, str):
+                return base64.b64decode(text, validate=True)
+            if tag == "$decimal" and isinstance(text, str):
+                return Decimal(text)
+        return {key: decode_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode_value(item) for item in value]
+    return value
+
+
+def to_line(record: DeadLetterRecord) -> str:
+    """One dead letter as one line of JSON (no newline)."""
+    line = {
+        "format": FORMAT,
+        **record.summary(),
+        "contentType": record.content_type,
+        "contentEncoding": record.content_encoding,
+        "headers": encode_value(dict(record.original_headers)),
+        "body": base64.b64encode(record.body).decode("ascii"),
+    }
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+
+
+def from_line(text: str) -> DeadLetterRecord:
+    """The dead letter of one exported line; raises ``ValueError`` saying what is wrong."""
+    line = json.loads(text)
+    if not isinstance(line, dict) or line.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} line")
+    headers = decode_value(line.get("headers") or {})
+    if not isinstance(headers, dict):
+        raise ValueError("headers must be an object")
+    try:
+        body = base64.b64decode(str(line["body"]), validate=True)
+    except (KeyError, binascii.Error):
+        raise ValueError("body must be base64") from None
+    return DeadLetterRecord(
+        delivery_tag=0,
+        body=body,
+        content_type=line.get("contentType"),
+        headers=json_safe_headers(headers),
+        content_encoding=line.get("contentEncoding"),
+        raw_headers=headers,
+    )
+
+
+def read_lines(lines: Iterable[str]) -> list[DeadLetterRecord]:
+    """Every dead letter of a file, or an error naming the first bad line: all or nothing."""
+    records = []
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            records.append(from_line(text))
+        except (ValueError, TypeError) as exc:
+            raise DeadLetterError(f"line {number}: {exc}") from None
+    return records
+
+
+@dataclass
+class TransferReport:
+    examined: int = 0
+    matched: int = 0
+    written: int = 0  # exported lines, or imported dead letters confirmed by the broker
+    removed: int = 0
+    failed: int = 0
+
+
+def export_dead_letters(
+    connection: Connection,
+    filters: DeadLetterFilter,
+    out: IO[str],
+    *,
+    limit: int | None = None,
+    remove: bool = False,
+    on_total: Callable[[int], None] | None = None,
+    on_examined: Callable[[int], None] | None = None,
+) -> TransferReport:
+    """Writes the matching dead letters to ``out``; with ``remove``, takes them out afterwards.
+
+    Removal waits until the file is flushed and synced to disk: a crash before then leaves
+    every dead letter in the queue (and perhaps a partial file).
+    """
+    report = TransferReport()
+    selection = Selection()
+    with hold(connection) as held:
+        if on_total is not None:
+            on_total(held.total)
+        written: list[DeadLetterRecord] = []
+        for record in select(held.records, filters, limit, selection, on_examined):
+            out.write(to_line(record) + "\n")
+            written.append(record)
+        out.flush()
+        report.written = len(written)
+        if remove:
+            with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
+                os.fsync(out.fileno())
+            for record in written:
+                held.remove(record)
+            report.removed = len(written)
+    report.examined, report.matched = selection.examined, selection.matched
+    return report
+
+
+def import_dead_letters(
+    connection: Connection,
+    records: Iterable[DeadLetterRecord],
+    filters: DeadLetterFilter,
+    *,
+    limit: int | None = None,
+    on_examined: Callable[[int], None] | None = None,
+) -> TransferReport:
+    """Publishes dead letters (as read by ``read_lines``) into ccsync.dead-letter, confirmed."""
+    report = TransferReport()
+    selection = Selection()
+    declare_topology(connection)
+    publisher: ConfirmingPublisher[int] = ConfirmingPublisher(connection)
+
+    def settle() -> None:
+        confirmed, failed = publisher.settle()
+        report.written += len(confirmed)
+        report.failed += len(failed)
+
+    try:
+        for record in select(records, filters, limit, selection, on_examined):
+            publisher.publish(0, record.envelope(), DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE)
+            if publisher.pending >= WINDOW:
+                settle()
+        settle()
+    finally:
+        publisher.close()
+        report.examined, report.matched = selection.examined, selection.matched
+    return report

@@ -1,0 +1,316 @@
+"""The outcome of one attempt: consult the ledger, call CloudCockpit, then applied, stale,
+duplicate, retry later, wait out an outage, or dead letter.
+
+In three steps, so that the worker can spread them over threads: ``prepare`` and ``send`` (with
+the relationship taken in between), leaving the relationship, then ``conclude``. ``apply`` does
+all of it in one thread, as retries do.
+
+Free of Celery so that every branch can be tested by calling ``Applier.apply`` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+import sentry_sdk
+
+from worker.cloudcockpit.client import CloudCockpitClient
+from worker.constants import (
+    DELIVERY_LIMIT,
+    REASON_API_REJECTED,
+    REASON_DELIVERY_LIMIT,
+    REASON_RETRIES_EXHAUSTED,
+)
+from worker.exceptions import (
+    ApiRejected,
+    ApiUnavailable,
+    LedgerUnavailable,
+    RelationshipBusy,
+    TokenRejected,
+    TokenUnavailable,
+    TransientFailure,
+)
+from worker.observability import metrics
+from worker.processing.attempts import Attempt, Call
+from worker.processing.backoff import RetryPolicy
+from worker.processing.dead_letters import DeadLetter, Envelope
+from worker.processing.ledger import Ledger, Relationship, Verdict
+from worker.processing.outage import OutageGuard
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
+    RETRYING = "retrying"
+    DEFERRED = "deferred"
+    DEAD_LETTERED = "dead-lettered"
+
+
+# The log line of each outcome starts "event <eventId> <verb>"; tests and operators grep for it.
+_VERB = {
+    Outcome.APPLIED: "applied",
+    Outcome.STALE: "is stale:",
+    Outcome.DUPLICATE: "is a duplicate:",
+    Outcome.RETRYING: "failed:",
+    Outcome.DEFERRED: "deferred:",
+    Outcome.DEAD_LETTERED: "dead-lettered",
+}
+
+
+def _no_counter() -> None:
+    pass
+
+
+_COUNTERS = {
+    Outcome.APPLIED: metrics.EVENTS_APPLIED.inc,
+    Outcome.STALE: metrics.EVENTS_STALE.inc,
+    Outcome.DUPLICATE: metrics.EVENTS_DUPLICATE.inc,
+    Outcome.RETRYING: metrics.EVENTS_RETRIED.inc,
+}
+
+
+class Publisher(Protocol):
+    """Where an attempt goes next; both calls return only once the broker has the message."""
+
+    def retry_later(self, attempt: Attempt, delay_seconds: float) -> None: ...
+
+    def dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None: ...
+
+
+# Failures that say the API or the ledger as a whole is down, not that this event is bad.
+SYSTEMIC_FAILURES = (ApiUnavailable, TokenRejected, TokenUnavailable, LedgerUnavailable)
+BUSY_RETRY_SECONDS = 1.0
+# How long CloudCockpit might still apply a request we stopped waiting for: newer events of the
+# relationship wait this long so that a late write cannot land after them.
+UNSETTLED_LINGER_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """The relationship of the last event that failed systemically: what the outage probe reads."""
+
+    tenant: str
+    customer_id: uuid.UUID
+    reseller_id: uuid.UUID | None
+
+
+class Applier:
+    """Applies one attempt of one event and decides what becomes of it."""
+
+    def __init__(
+        self,
+        api: CloudCockpitClient,
+        ledger: Ledger,
+        publisher: Publisher,
+        policy: RetryPolicy,
+        guard: OutageGuard | None = None,
+        rng: random.Random | None = None,
+        unsettled_linger_seconds: float = UNSETTLED_LINGER_SECONDS,
+    ) -> None:
+        self.api = api
+        self.ledger = ledger
+        self.publisher = publisher
+        self.policy = policy
+        self.guard = guard
+        self.rng = rng or random.Random()
+        self.probe_target: ProbeTarget | None = None
+        self.unsettled_linger_seconds = unsettled_linger_seconds
+
+    def apply(self, attempt: Attempt, delivery_count: int = 0) -> Outcome:
+        """The whole attempt in this thread: ``call``, leave the relationship, ``conclude``."""
+        call = self.call(attempt, delivery_count)
+        self.leave_all([call])
+        return self.conclude(call)
+
+    def call(self, attempt: Attempt, delivery_count: int = 0) -> Call:
+        """Takes the relationship (waiting for it if another event holds it) and, if the event
+        is new, calls CloudCockpit. Publishes and logs nothing: see ``conclude``."""
+        call = self.prepare(attempt, delivery_count)
+        if call.needs_relationship:
+            try:
+                call.hold = self.ledger.acquire(call.relationship, attempt.event.event_id)
+            except (RelationshipBusy, LedgerUnavailable) as exc:
+                call.failure = exc
+        self.send(call)
+        return call
+
+    def prepare(self, attempt: Attempt, delivery_count: int = 0) -> Call:
+        """The call, before its relationship is taken; taken already if no call is to be made."""
+        call = Call(attempt, Relationship.of(attempt.event), delivery_count)
+        if delivery_count < DELIVERY_LIMIT and self.guard is not None and self.guard.is_open:
+            call.outage = True
+        return call
+
+    def send(self, call: Call) -> None:
+        """With the relationship held: the verdict and, for a new event, the call to CloudCockpit.
+
+        The relationship stays held until ``leave_all``, which the worker does for many calls at
+        once, off the threads that wait on CloudCockpit.
+        """
+        hold = call.hold
+        if hold is None:
+            return
+        event = call.attempt.event
+        try:
+            call.verdict = hold.verdict(event)
+            if call.verdict is not Verdict.NEW:
+                return
+            if not self.ledger.reachable:
+                # Taken before Redis went away: a call now could not be recorded, and would
+                # only have to be made again.
+                call.failure = LedgerUnavailable("ledger unavailable: the call was not made")
+                return
+            started = time.monotonic()
+            self.api.set_internal_identifier(
+                tenant=call.attempt.tenant,
+                customer_id=event.customer_id,
+                reseller_id=event.reseller_id,
+                internal_identifier=event.internal_identifier,
+                correlation_id=call.attempt.correlation_id,
+            )
+            call.duration = time.monotonic() - started
+            hold.applied(event)
+        except ApiUnavailable as exc:
+            if exc.unsettled:
+                # A late write of this event must not land after a newer one.
+                hold.linger(self.unsettled_linger_seconds)
+            call.failure = exc
+        except (ApiRejected, TransientFailure) as exc:
+            call.failure = exc
+        except BaseException:
+            # A bug: the message is redelivered, and the relationship must not stay locked.
+            self.leave_all([call])
+            raise
+
+    def leave_all(self, calls: Sequence[Call]) -> None:
+        """Releases what the calls hold (recording what they applied) in one round trip. If
+        Redis cannot record it, each of them fails as the ledger being unavailable."""
+        held = [(call, call.hold) for call in calls if call.hold is not None]
+        try:
+            self.ledger.leave_all([hold for _, hold in held])
+        except LedgerUnavailable as exc:
+            for call, _ in held:
+                call.failure = exc
+        for call, _ in held:
+            call.hold = None
+
+    def conclude(self, call: Call) -> Outcome:
+        """What becomes of the event after its call: counted, logged, retried or dead-lettered."""
+        attempt = call.attempt
+        failure = call.failure
+        if call.delivery_count >= DELIVERY_LIMIT:
+            return self._dead_letter(
+                attempt,
+                REASON_DELIVERY_LIMIT,
+                f"delivered {call.delivery_count} times without an outcome: "
+                "the worker crashed or hung on it",
+                None,
+            )
+        if call.outage and self.guard is not None:
+            return self._defer(attempt, self.guard.retry_in, "outage protection is on")
+        if isinstance(failure, RelationshipBusy):
+            return self._defer(attempt, BUSY_RETRY_SECONDS, str(failure))
+        if isinstance(failure, ApiRejected):
+            self._healthy()
+            return self._dead_letter(attempt, REASON_API_REJECTED, failure.error, failure.status)
+        if isinstance(failure, TransientFailure):
+            return self._failed(attempt, failure)
+        if call.verdict is Verdict.STALE:
+            return self._report(attempt, Outcome.STALE, "a newer one was applied")
+        if call.verdict is Verdict.DUPLICATE:
+            return self._report(attempt, Outcome.DUPLICATE, "already applied")
+        assert call.duration is not None
+        self._healthy()
+        metrics.API_REQUEST_SECONDS.observe(call.duration)
+        metrics.PUBLISH_TO_APPLY_SECONDS.observe(attempt.age_seconds())
+        return self._report(
+            attempt,
+            Outcome.APPLIED,
+            f"attempt {attempt.number}",
+            duration=round(call.duration, 4),
+        )
+
+    def _failed(self, attempt: Attempt, failure: TransientFailure) -> Outcome:
+        if self.guard is not None and isinstance(failure, SYSTEMIC_FAILURES):
+            event = attempt.event
+            self.probe_target = ProbeTarget(attempt.tenant, event.customer_id, event.reseller_id)
+            self.guard.record_failure(failure.error)
+            if self.guard.is_open:
+                # The API is down for everyone: waiting out the outage costs no attempt.
+                return self._defer(attempt, self.guard.retry_in, failure.error)
+        delay = self.policy.delay_after(attempt.number, failure, self.rng)
+        if delay is None:
+            return self._dead_letter(
+                attempt, REASON_RETRIES_EXHAUSTED, failure.error, failure.status
+            )
+        self.publisher.retry_later(attempt.next(), delay)
+        return self._report(attempt, Outcome.RETRYING, f"{failure.error}; retry in {delay:.1f}s")
+
+    def _defer(self, attempt: Attempt, delay: float, why: str) -> Outcome:
+        self.publisher.retry_later(attempt, delay)
+        return self._report(attempt, Outcome.DEFERRED, f"{why}; back in {delay:.1f}s")
+
+    def _healthy(self) -> None:
+        if self.guard is not None:
+            self.guard.record_success()
+
+    def _dead_letter(
+        self, attempt: Attempt, reason: str, error: str, status: int | None
+    ) -> Outcome:
+        letter = DeadLetter(
+            reason=reason,
+            error=error,
+            attempts=attempt.number,
+            event_id=attempt.event.event_id,
+            correlation_id=str(attempt.correlation_id),
+            status=status,
+            first_attempt_at=attempt.first_attempt_at,
+        )
+        self.publisher.dead_letter(attempt.envelope, letter)
+        metrics.EVENTS_DEAD_LETTERED.labels(reason).inc()
+        # The API refusing an event is the producer's business, not a fault of ccsync: a
+        # warning. Exhausted retries and poison messages need someone to look: errors.
+        level = logging.WARNING if reason == REASON_API_REJECTED else logging.ERROR
+        return self._report(attempt, Outcome.DEAD_LETTERED, f"({reason}): {error}", level)
+
+    def _report(
+        self,
+        attempt: Attempt,
+        outcome: Outcome,
+        detail: str,
+        level: int = logging.INFO,
+        duration: float | None = None,
+    ) -> Outcome:
+        """One log line per outcome, with the fields operators search by; counts it."""
+        _COUNTERS.get(outcome, _no_counter)()
+        event = attempt.event
+        fields: dict[str, object] = {
+            "eventId": event.event_id,
+            "correlationId": str(attempt.correlation_id),
+            "tenant": attempt.tenant,
+            "customerId": str(event.customer_id),
+            "outcome": outcome.value,
+            "attempt": attempt.number,
+        }
+        if duration is not None:
+            fields["duration"] = duration
+        message = ("event %s %s %s", event.event_id, _VERB[outcome], detail)
+        if level < logging.ERROR or not sentry_sdk.is_initialized():
+            log.log(level, *message, extra=fields)
+            return outcome
+        # Only ERROR lines become Sentry events: they carry the event's tags.
+        with sentry_sdk.new_scope() as scope:
+            for key in ("eventId", "correlationId", "tenant"):
+                scope.set_tag(key, fields[key])
+            log.log(level, *message, extra=fields)
+        return outcome

@@ -1,0 +1,98 @@
+"""One try of one event (``Attempt``), and what its call found (``Call``).
+
+An attempt travels: the intake makes the first, each retry message carries the next. A call is
+an attempt's passage through the ledger and CloudCockpit, which ``Applier.conclude`` turns into
+an outcome.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+from worker.constants import DELIVERY_LIMIT
+from worker.events import IdentifierChanged, correlation_id
+from worker.exceptions import CcsyncError
+from worker.processing.dead_letters import Envelope
+from worker.processing.ledger import Hold, Relationship, Verdict
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of one event, as carried by a task message."""
+
+    event: IdentifierChanged
+    envelope: Envelope
+    number: int
+    first_attempt_at: str
+
+    @cached_property
+    def correlation_id(self) -> uuid.UUID:
+        return correlation_id(self.tenant, self.event.event_id)
+
+    def age_seconds(self) -> float:
+        """Since the intake took the event (the first attempt), retries included."""
+        return (datetime.now(UTC) - datetime.fromisoformat(self.first_attempt_at)).total_seconds()
+
+    def next(self) -> Attempt:
+        return Attempt(self.event, self.envelope, self.number + 1, self.first_attempt_at)
+
+    @property
+    def tenant(self) -> str:
+        # The intake resolved the tenant (event or CLOUDCOCKPIT_TENANT) before making the task.
+        assert self.event.tenant is not None
+        return self.event.tenant
+
+    def to_task_kwargs(self) -> dict[str, Any]:
+        return {
+            "event": self.event.to_wire(),
+            "envelope": self.envelope.to_wire(),
+            "attempt": self.number,
+            "first_attempt_at": self.first_attempt_at,
+        }
+
+    @classmethod
+    def from_task_kwargs(
+        cls, event: dict[str, Any], envelope: dict[str, Any], attempt: int, first_attempt_at: str
+    ) -> Attempt:
+        return cls(
+            IdentifierChanged.model_validate(event),
+            Envelope.from_wire(envelope),
+            attempt,
+            first_attempt_at,
+        )
+
+    @classmethod
+    def first(cls, event: IdentifierChanged, envelope: Envelope) -> Attempt:
+        return cls(event, envelope, 1, datetime.now(UTC).isoformat())
+
+
+@dataclass
+class Call:
+    """An attempt up to the end of its call: what the ledger and CloudCockpit said.
+
+    ``hold`` is the relationship while held; ``outage`` says the call was not made because
+    outage protection was on; ``failure`` is what went wrong, if anything did.
+    """
+
+    attempt: Attempt
+    relationship: Relationship
+    delivery_count: int = 0
+    outage: bool = False
+    hold: Hold | None = None
+    verdict: Verdict | None = None
+    failure: CcsyncError | None = None
+    duration: float | None = None
+
+    @property
+    def needs_relationship(self) -> bool:
+        """Still to take its relationship before calling."""
+        return (
+            self.hold is None
+            and self.failure is None
+            and not self.outage
+            and self.delivery_count < DELIVERY_LIMIT
+        )

@@ -1,0 +1,265 @@
+"""What was applied per relationship, in Redis: the newest event wins, duplicates are absorbed.
+
+A relationship is (tenant, customer, reseller-or-own). For each, Redis keeps the order key
+``(occurredAt, eventId)`` of the last event applied, and a lock that serialises its events across
+every thread, process and machine, so that two workers never race two events of one customer to
+CloudCockpit. Ordering is by ``occurredAt`` as UTC microseconds, ties broken by ``eventId``.
+
+Each event runs two Lua scripts: taking the lock returns what was applied, and leaving records
+the event (when it was applied) and releases the lock. Both take many events at once: the
+worker takes, and later leaves, the relationships of every event waiting in one script call.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from worker.events import IdentifierChanged
+from worker.exceptions import LedgerUnavailable, RelationshipBusy
+
+KEY_PREFIX = "ccsync"
+# Longer than any call can last (its timeouts add up to well under a minute), so a lock only
+# expires by itself when its holder died.
+LOCK_TTL_MS = 60_000
+# Long enough to outlive any replay an operator would do; bounds Redis memory for dead customers.
+LEDGER_TTL_SECONDS = 180 * 24 * 3600
+LINGER_PREFIX = "linger:"
+# A relationship another event holds is tried again after these pauses, doubling, until the lock
+# wait is over: soon for a short call, rarely for a long one.
+BUSY_FIRST_PAUSE_SECONDS = 0.005
+BUSY_LONGEST_PAUSE_SECONDS = 0.2
+
+
+_YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
+_ONE_DAY_MICROS = 86_400_000_000
+
+
+class Verdict(StrEnum):
+    NEW = "new"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class Relationship:
+    tenant: str
+    customer_id: str
+    reseller_id: str | None
+
+    @classmethod
+    def of(cls, event: IdentifierChanged) -> Relationship:
+        assert event.tenant is not None
+        reseller = str(event.reseller_id) if event.reseller_id else None
+        return cls(event.tenant.lower(), str(event.customer_id), reseller)
+
+    @property
+    def name(self) -> str:
+        return f"{self.tenant}|{self.customer_id}|{self.reseller_id or 'self'}"
+
+
+def order_key(event: IdentifierChanged) -> str:
+    """Sorts as text in event order: fixed-width UTC microseconds, then the eventId."""
+    # Integer arithmetic from a day before year 1 in UTC: exact to the microsecond and never
+    # negative, even for year 1 with an offset east of UTC.
+    micros = (event.occurred_at - _YEAR_ONE) // timedelta(microseconds=1) + _ONE_DAY_MICROS
+    return f"{micros:020d}|{event.event_id}"
+
+
+class Hold:
+    """A relationship held by one event: what was applied before, and what to do on leaving."""
+
+    def __init__(
+        self,
+        keys: list[str],
+        token: str,
+        linger_value: str,
+        stored: str | None,
+        lingering_until: float,
+    ) -> None:
+        self.keys = keys
+        self.token = token
+        self.linger_value = linger_value
+        self.stored = stored
+        self.record: str | None = None
+        # A linger inherited from an earlier attempt of the same event is kept, not cut short.
+        self.linger_until = lingering_until
+
+    def verdict(self, event: IdentifierChanged) -> Verdict:
+        if self.stored is None:
+            return Verdict.NEW
+        candidate = order_key(event)
+        if candidate == self.stored:
+            return Verdict.DUPLICATE
+        return Verdict.STALE if candidate < self.stored else Verdict.NEW
+
+    def applied(self, event: IdentifierChanged) -> None:
+        """Record the event as the relationship's newest when the hold ends."""
+        self.record = order_key(event)
+
+    def linger(self, seconds: float) -> None:
+        """After a call whose fate is unknown (the server may still apply it late), newer events
+        of the relationship must not overtake it: they wait until it has surely settled."""
+        self.linger_until = max(self.linger_until, time.monotonic() + seconds)
+
+    def leave_args(self) -> list[str | int]:
+        linger_ms = max(0, int((self.linger_until - time.monotonic()) * 1000))
+        return [self.token, self.record or "", linger_ms, self.linger_value]
+
+
+class Ledger:
+    """``prefix`` keeps deployments (and test runs) that share one Redis apart.
+
+    Each thread talks to Redis over a connection of its own: measured, the threads of a worker
+    otherwise spend a quarter of their time queuing on redis-py's pool lock.
+    """
+
+    def __init__(
+        self, client: redis.Redis, prefix: str = KEY_PREFIX, lock_wait_seconds: float = 5.0
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._lock_wait = lock_wait_seconds
+        self._acquire = client.register_script(_script("acquire.lua"))
+        self._leave = client.register_script(_script("leave.lua"))
+        self._local = threading.local()
+        # Whether the last round trip, from any thread, got through.
+        self.reachable = True
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = KEY_PREFIX) -> Ledger:
+        client = redis.Redis.from_url(
+            url, socket_timeout=3, socket_connect_timeout=3, health_check_interval=30
+        )
+        return cls(client, prefix)
+
+    def _connection(self) -> redis.Redis:
+        connection: redis.Redis | None = getattr(self._local, "connection", None)
+        if connection is None:
+            pool = self._redis.connection_pool
+            # A pool of the thread's own, uncontended.
+            connection = redis.Redis(
+                connection_pool=pool.__class__(
+                    connection_class=pool.connection_class,
+                    max_connections=1,
+                    **pool.connection_kwargs,
+                )
+            )
+            self._local.connection = connection
+        return connection
+
+    @property
+    def lock_wait_seconds(self) -> float:
+        return self._lock_wait
+
+    def try_acquire_all(self, wanted: Sequence[tuple[Relationship, str]]) -> list[Hold | None]:
+        """Tries to take each relationship for its event (id), all in one round trip: a hold for
+        each one taken, None for each one held by another event."""
+        keys: list[str] = []
+        args: list[str | int] = [LOCK_TTL_MS]
+        for relationship, event_id in wanted:
+            token = secrets.token_hex(16)
+            # Without an event id no later hold can claim the linger as its own.
+            args += [token, f"{LINGER_PREFIX}{event_id or token}"]
+            keys += [
+                f"{self._prefix}:lock:{relationship.name}",
+                f"{self._prefix}:applied:{relationship.name}",
+            ]
+        replies = self._run(self._acquire, keys, args)
+        now = time.monotonic()
+        holds: list[Hold | None] = []
+        for i, reply in enumerate(replies):
+            if not reply:
+                holds.append(None)
+                continue
+            lingering_ms, stored = reply
+            holds.append(
+                Hold(
+                    keys[2 * i : 2 * i + 2],
+                    str(args[2 * i + 1]),
+                    str(args[2 * i + 2]),
+                    stored.decode() if isinstance(stored, bytes) else stored,
+                    now + max(0, int(lingering_ms)) / 1000,
+                )
+            )
+        return holds
+
+    def acquire(self, relationship: Relationship, event_id: str = "") -> Hold:
+        """Exclusive use of the relationship by one event until it leaves; ``RelationshipBusy``
+        if another holds it longer than the lock wait."""
+        deadline = time.monotonic() + self._lock_wait
+        pause = BUSY_FIRST_PAUSE_SECONDS
+        while (hold := self.try_acquire_all([(relationship, event_id)])[0]) is None:
+            if time.monotonic() > deadline:
+                raise RelationshipBusy(f"relationship {relationship.name} is busy")
+            time.sleep(pause)
+            pause = min(pause * 2, BUSY_LONGEST_PAUSE_SECONDS)
+        return hold
+
+    def leave_all(self, holds: Sequence[Hold]) -> None:
+        """Records what each hold applied (if newer than the stored event) and releases it, all
+        in one round trip; all fail together if Redis cannot be reached."""
+        if not holds:
+            return
+        keys: list[str] = []
+        args: list[str | int] = [LEDGER_TTL_SECONDS]
+        for hold in holds:
+            keys += hold.keys
+            args += hold.leave_args()
+        self._run(self._leave, keys, args)
+
+    def _run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        with self._round_trip():
+            # redis-py loads the script again if Redis restarted and forgot it.
+            return script(keys=keys, args=args, client=self._connection())
+
+    @contextmanager
+    def _round_trip(self) -> Iterator[None]:
+        """A call to Redis, translated, that also tells ``reachable`` how it went."""
+        try:
+            with _translated():
+                yield
+        except LedgerUnavailable:
+            self.reachable = False
+            raise
+        self.reachable = True
+
+    @contextmanager
+    def hold(self, relationship: Relationship, event_id: str = "") -> Iterator[Hold]:
+        """``acquire`` and, whatever happens inside, ``leave``."""
+        hold = self.acquire(relationship, event_id)
+        try:
+            yield hold
+        finally:
+            self.leave_all([hold])
+
+    def ping(self) -> bool:
+        """The outage probe's question; an answer also clears ``reachable``, so calls held while
+        Redis was away go out without waiting for the next batch to reach it."""
+        with self._round_trip():
+            return bool(self._redis.ping())
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Redis failures become a transient failure: events wait, nothing is applied blindly."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise LedgerUnavailable(f"ledger unavailable: {type(exc).__name__}") from None
+
+
+def _script(name: str) -> str:
+    """A Lua script shipped beside this module (acquire.lua, leave.lua)."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")

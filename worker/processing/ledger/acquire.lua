@@ -1,0 +1,18 @@
+-- Takes the locks of many events at once: KEYS holds (lock, applied) per event, in order.
+-- ARGV: lock ttl ms, then (token, this event's linger value) per event.
+-- A lock lingering for this very event may be taken over: its retry cannot overtake itself.
+-- Returns per event 0 when busy, else {remaining linger ms, the applied order key or false}.
+local taken = {}
+for i = 1, #KEYS / 2 do
+  local lock, token, linger_value = KEYS[2 * i - 1], ARGV[2 * i], ARGV[2 * i + 1]
+  local holder = redis.call('get', lock)
+  local lingering = 0
+  if holder and holder == linger_value then lingering = redis.call('pttl', lock) end
+  if holder and holder ~= linger_value then
+    taken[i] = 0
+  else
+    redis.call('set', lock, token, 'PX', ARGV[1])
+    taken[i] = {lingering, redis.call('get', KEYS[2 * i])}
+  end
+end
+return taken

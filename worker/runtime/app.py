@@ -1,0 +1,219 @@
+"""The Celery application: configuration, the intake step and the ``apply_event`` task."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Reject
+from celery.signals import setup_logging, worker_ready
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+from worker.amqp.connection import broker_connection, broker_ssl_options
+from worker.amqp.topology import delay_entry_exchange, delay_routing_key, tasks_queue
+from worker.cloudcockpit.client import (
+    ClientPerThread,
+    CloudCockpitClient,
+    make_http_client,
+    make_token_source,
+    tls_context,
+)
+from worker.constants import APPLY_EVENT_TASK, TASKS_EXCHANGE, TASKS_QUEUE
+from worker.observability import metrics
+from worker.observability.logs import configure_logging
+from worker.observability.metrics import serve_metrics
+from worker.observability.sentry import init_error_reporting
+from worker.processing.applier import Applier, Outcome
+from worker.processing.attempts import Attempt
+from worker.processing.backoff import RetryPolicy
+from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_letter
+from worker.processing.ledger import Ledger
+from worker.processing.outage import OutageGuard
+from worker.runtime.consumer_switch import ConsumerSwitch
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+READY_MESSAGE = "ccsync worker ready: consuming ccsync.events and ccsync.tasks"
+
+
+class BrokerPublisher:
+    """Retries and dead letters through the app's pool of confirming producer connections."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    def retry_later(self, attempt: Attempt, delay_seconds: float) -> None:
+        with self._app.producer_or_acquire() as producer:
+            self._app.send_task(
+                APPLY_EVENT_TASK,
+                kwargs=attempt.to_task_kwargs(),
+                exchange=delay_entry_exchange().name,
+                routing_key=delay_routing_key(delay_seconds, TASKS_QUEUE),
+                producer=producer,
+            )
+
+    def dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None:
+        with self._app.producer_or_acquire() as producer:
+            publish_dead_letter(producer.channel, envelope, letter)
+
+
+class Runtime:
+    """What the task needs, made once per worker process (after any fork, never before)."""
+
+    def __init__(self, app: Celery, settings: Settings, switch: ConsumerSwitch) -> None:
+        tls = tls_context(settings)
+        token_http = make_http_client(settings, max_connections=2, tls=tls)
+        api = CloudCockpitClient(
+            ClientPerThread(lambda: make_http_client(settings, max_connections=2, tls=tls)),
+            settings.base_url,
+            make_token_source(settings, token_http),
+        )
+        self.ledger = Ledger.from_url(settings.redis_url)
+
+        def on_open() -> None:
+            metrics.OUTAGE_ACTIVE.set(1)
+            switch.pause()
+
+        def on_close() -> None:
+            metrics.OUTAGE_ACTIVE.set(0)
+            switch.resume()
+
+        self.guard = OutageGuard(self._probe, on_open=on_open, on_close=on_close)
+        self.applier = Applier(
+            api,
+            self.ledger,
+            BrokerPublisher(app),
+            RetryPolicy(settings.retry_delays, settings.retry_jitter),
+            self.guard,
+        )
+
+    def _probe(self) -> bool:
+        target = self.applier.probe_target
+        if not self.ledger.ping():
+            return False
+        if target is None:
+            return True
+        return self.applier.api.answers(target.tenant, target.customer_id, target.reseller_id)
+
+
+class CcsyncConsumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer without its native delayed delivery.
+
+    Celery turns that on for quorum queues and declares 28 ``celery_delayed_*`` queues; ccsync
+    holds its backoff in its own ladder (see ``topology``) and never uses countdowns.
+    """
+
+    class Blueprint(CeleryConsumer.Blueprint):  # type: ignore[misc]
+        default_steps = [  # noqa: RUF012 (Celery's own attribute, read only)
+            step
+            for step in CeleryConsumer.Blueprint.default_steps
+            if not step.endswith(":DelayedDelivery")
+        ]
+
+
+class CcsyncCelery(Celery):  # type: ignore[misc]
+    """A Celery app that carries ccsync's settings and builds its runtime lazily."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__("ccsync", **kwargs)
+        self.ccsync_settings = settings
+        self._runtime: Runtime | None = None
+        self._runtime_lock = threading.Lock()
+        self.consumer_switch = ConsumerSwitch()
+
+    @property
+    def runtime(self) -> Runtime:
+        with self._runtime_lock:
+            if self._runtime is None:
+                self._runtime = Runtime(self, self.ccsync_settings, self.consumer_switch)
+            return self._runtime
+
+
+def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
+    # Imported here: the intake module needs the app's task name only, not the app itself.
+    from worker.runtime.intake import EventIntake
+
+    app = CcsyncCelery(settings, broker=settings.broker_url, set_as_current=False)
+    ssl_options = broker_ssl_options(settings)
+    if ssl_options is not None:
+        app.conf.broker_use_ssl = ssl_options
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_acks_on_failure_or_timeout=False,
+        task_reject_on_worker_lost=False,
+        task_queues=[tasks_queue],
+        task_default_queue=TASKS_QUEUE,
+        task_default_exchange=TASKS_EXCHANGE,
+        task_default_routing_key=TASKS_QUEUE,
+        task_create_missing_queues=False,
+        worker_prefetch_multiplier=2,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_pool_limit=concurrency + 4,
+        broker_transport_options={"confirm_publish": True},
+        worker_send_task_events=False,
+        worker_enable_remote_control=False,
+        worker_consumer="worker.runtime.app:CcsyncConsumer",
+    )
+    app.steps["consumer"].add(EventIntake)
+
+    @app.task(name=APPLY_EVENT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+    def apply_event_task(
+        task: Task,
+        event: dict[str, Any],
+        envelope: dict[str, Any],
+        attempt: int,
+        first_attempt_at: str,
+    ) -> str:
+        try:
+            outcome: Outcome = app.runtime.applier.apply(
+                Attempt.from_task_kwargs(event, envelope, attempt, first_attempt_at),
+                delivery_count=int(task.request.get("x-delivery-count") or 0),
+            )
+        except Exception as exc:
+            # A bug or a broker failure while publishing the outcome: hand the message back.
+            # The queue counts deliveries, so a message that always fails ends as delivery-limit.
+            log.exception("event %s: no outcome could be recorded", event.get("eventId"))
+            raise Reject(str(exc), requeue=True) from exc
+        return outcome.value
+
+    return app
+
+
+def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
+    """Declare the topology, then consume until told to stop (blocks)."""
+
+    from worker.amqp.topology import declare_topology
+
+    settings.require_api_credentials()
+    configure_logging(loglevel, settings.log_format)
+    init_error_reporting(settings)
+    if settings.metrics_port is not None:
+        serve_metrics(settings.metrics_port)
+    with broker_connection(settings) as connection:
+        connection.ensure_connection(max_retries=10)
+        declare_topology(connection)
+    app = make_app(settings, concurrency)
+
+    def announce_ready(**_: Any) -> None:
+        # Printed whatever the log level: supervisors and tests wait for this line.
+        print(READY_MESSAGE, file=sys.stderr, flush=True)
+
+    worker_ready.connect(announce_ready, weak=False)
+    # ccsync configured logging itself (JSON or text); Celery must not replace it.
+    setup_logging.connect(lambda **_: None, weak=False)
+    app.Worker(
+        pool="threads",
+        concurrency=concurrency,
+        loglevel=loglevel,
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
+    ).start()

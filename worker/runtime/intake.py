@@ -1,0 +1,279 @@
+"""Event in: consume producers' plain messages, validate them, apply each in the worker's pool.
+
+A Celery ``ConsumerStep``: its callback runs in the worker's event loop, so it only validates the
+event and hands its first attempt on: the gate (``gate``) takes its relationship in the ledger,
+a thread of the worker's pool calls CloudCockpit, and the settler (``settle``) leaves the
+relationship and concludes. The first attempt needs no second trip through the broker; retries
+travel as ``apply_event`` task messages through the delay ladder.
+
+The raw message is acknowledged only once its outcome is settled: applied or skipped, or its
+retry message or dead letter confirmed by the broker. A crash at any point loses nothing: the
+message comes back, and the queue counts its deliveries up to the delivery limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celery import bootsteps
+from kombu import Connection, Consumer, Producer
+from kombu.common import ignore_errors
+from kombu.message import Message
+
+from worker.amqp.topology import events_queue
+from worker.constants import (
+    DELIVERY_LIMIT,
+    REASON_DELIVERY_LIMIT,
+    REASON_INVALID_EVENT,
+)
+from worker.events import IdentifierChanged, decode_event
+from worker.exceptions import InvalidEvent
+from worker.observability import metrics
+from worker.processing.applier import Applier
+from worker.processing.attempts import Attempt, Call
+from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_letter
+from worker.runtime.gate import Gate
+from worker.runtime.settler import SettledMessages, Settler
+
+if TYPE_CHECKING:
+    from worker.runtime.app import CcsyncCelery
+
+log = logging.getLogger(__name__)
+
+# Events in hand per thread: enough that each thread finds its next event held and ready while
+# earlier ones are still being settled and acked (measured: four beat two, eight did no better),
+# few enough that a crash redelivers little.
+PREFETCH_PER_THREAD = 4
+SHUTDOWN_CHECK_SECONDS = 0.5
+# Beyond the call's own timeout: time to publish its retry or dead letter and record it.
+SHUTDOWN_GRACE_SECONDS = 15.0
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class _Stages:
+    """Where a first attempt goes after the intake: gate, pool, settler."""
+
+    applier: Applier
+    gate: Gate
+    settler: Settler
+
+
+class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.app: CcsyncCelery = parent.app
+        self._connection: Connection | None = None
+        self._producer: Producer | None = None
+        self._ticking_hub: Any = None
+        self._celery_consumer: Any = None
+        self._outcomes = SettledMessages()
+        self._made_stages: _Stages | None = None
+
+    def get_consumers(self, channel: Any) -> list[Consumer]:
+        # The body exactly as published: py-amqp would otherwise decode it to text when the
+        # producer set a content encoding, and a dead letter must keep the original bytes.
+        channel.auto_decode = False
+        return [
+            Consumer(
+                channel,
+                queues=[events_queue],
+                on_message=self.on_message,
+                on_decode_error=self.on_undecodable,
+                prefetch_count=PREFETCH_PER_THREAD * self._celery_consumer.pool.limit,
+                no_ack=False,
+            )
+        ]
+
+    def start(self, c: Any) -> None:
+        self._celery_consumer = c
+        # Before the first event, which would otherwise wait while clients and threads are made.
+        self._stages()
+        super().start(c)
+        self.app.consumer_switch.attach(c, self.consumers)
+        if c.hub is not None and c.hub is not self._ticking_hub:
+            self._ticking_hub = c.hub
+            # A signal does not interrupt the loop's poll; without a timer an idle worker would
+            # notice SIGTERM only when the poll times out (about 10 s).
+            c.hub.call_repeatedly(SHUTDOWN_CHECK_SECONDS, _nothing)
+
+    def stop(self, c: Any) -> None:
+        """Warm shutdown: take no more events, let the calls in flight finish, settle them."""
+        for consumer in self.consumers or []:
+            ignore_errors(c.connection, consumer.cancel)
+        grace = self.app.ccsync_settings.http_timeout + SHUTDOWN_GRACE_SECONDS
+        if not self._outcomes.wait_idle(grace):
+            log.warning("shutdown: calls still in flight after %.0fs are left to redelivery", grace)
+        # The event loop has stopped: this thread alone uses the channel now.
+        self._outcomes.settle(c.connection_errors)
+        super().stop(c)
+
+    def shutdown(self, c: Any) -> None:
+        self._close_publisher()
+        super().shutdown(c)
+
+    def on_undecodable(self, message: Message, exc: Exception) -> None:
+        """kombu could not even decompress it: dead-letter the raw bytes rather than crash."""
+        try:
+            self._dead_letter(
+                self._envelope(message),
+                DeadLetter(REASON_INVALID_EVENT, f"undecodable message: {type(exc).__name__}", 0),
+            )
+            message.ack()
+        except Exception:
+            log.exception("could not dead-letter an undecodable message; it is requeued")
+            self._close_publisher()
+            ignore_errors(self._celery_consumer.connection, message.requeue)
+
+    def on_message(self, message: Message) -> None:
+        try:
+            self._take(message)
+        except Exception:
+            # Never let an exception out: Celery would stop the whole worker. The message goes
+            # back to the queue, which counts its deliveries up to the delivery limit.
+            log.exception("intake failed; the message is requeued")
+            self._close_publisher()
+            try:
+                message.requeue()
+            except Exception:
+                log.exception("requeue failed; the broker will redeliver the message")
+
+    @staticmethod
+    def _envelope(message: Message) -> Envelope:
+        body = message.body or b""
+        headers = dict(message.headers or {})
+        if headers.get("compression") and not message.errors:
+            # kombu already decompressed the body: the envelope holds it as it is now.
+            del headers["compression"]
+        return Envelope(
+            body=body.encode("utf-8") if isinstance(body, str) else bytes(body),
+            content_type=message.content_type or None,
+            content_encoding=message.content_encoding or None,
+            headers=headers,
+        )
+
+    def _take(self, message: Message) -> None:
+        metrics.EVENTS_RECEIVED.inc()
+        envelope = self._envelope(message)
+        deliveries = delivery_count(message)
+        if deliveries >= DELIVERY_LIMIT:
+            log.error("message delivered %d times without an outcome: dead-lettered", deliveries)
+            self._dead_letter(
+                envelope,
+                DeadLetter(
+                    REASON_DELIVERY_LIMIT,
+                    f"delivered {deliveries} times without an outcome: "
+                    "the worker crashed or hung on it",
+                    attempts=deliveries,
+                    event_id=guess_event_id(envelope.body),
+                ),
+            )
+            message.ack()
+            return
+        try:
+            event = self._validate(envelope)
+        except InvalidEvent as exc:
+            log.warning("invalid event dead-lettered: %s", exc)
+            self._dead_letter(
+                envelope,
+                DeadLetter(
+                    REASON_INVALID_EVENT,
+                    str(exc),
+                    attempts=0,
+                    event_id=guess_event_id(envelope.body),
+                ),
+            )
+            message.ack()
+            return
+        self._outcomes.started()
+        stages = self._stages()
+        stages.gate.put(stages.applier.prepare(Attempt.first(event, envelope)), message)
+
+    def _stages(self) -> _Stages:
+        # Made once the worker runs, never at import: the runtime holds clients and threads.
+        if self._made_stages is None:
+            applier = self.app.runtime.applier
+            settler = Settler(applier, self._outcomes, self._ask_loop_to_settle)
+            gate = Gate(applier.ledger, self._send, settler.put, self._requeue)
+            self._made_stages = _Stages(applier, gate, settler)
+        return self._made_stages
+
+    def _send(self, call: Call, message: Message) -> None:
+        """From the gate: the relationship is held; a pool thread makes the call."""
+        self._celery_consumer.pool.apply_async(self._call_in_pool, args=(call, message))
+
+    def _call_in_pool(self, call: Call, message: Message) -> None:
+        """In a pool thread: the call and nothing else. The settler concludes it."""
+        stages = self._stages()
+        stages.gate.sending()
+        try:
+            stages.applier.send(call)
+        except Exception:
+            log.exception("event %s: no outcome could be recorded", call.attempt.event.event_id)
+            self._requeue(message)
+            return
+        stages.settler.put(call, message)
+
+    def _requeue(self, message: Message) -> None:
+        self._outcomes.finished(message, False)
+        self._ask_loop_to_settle()
+
+    def _ask_loop_to_settle(self) -> None:
+        """From any thread: the loop, owner of the channel, acks what is settled."""
+        consumer = self._celery_consumer
+        consumer.call_soon(self._outcomes.settle, consumer.connection_errors)
+
+    def _validate(self, envelope: Envelope) -> IdentifierChanged:
+        limit = self.app.ccsync_settings.max_event_bytes
+        if len(envelope.body) > limit:
+            raise InvalidEvent(f"body is {len(envelope.body)} bytes; the limit is {limit}")
+        event = decode_event(envelope.body, envelope.content_type, envelope.headers)
+        if event.tenant is None:
+            default_tenant = self.app.ccsync_settings.tenant
+            if default_tenant is None:
+                raise InvalidEvent("tenant: missing, and CLOUDCOCKPIT_TENANT is not set")
+            event = event.model_copy(update={"tenant": default_tenant})
+        return event
+
+    def _dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None:
+        publish_dead_letter(self._publisher().channel, envelope, letter)
+        metrics.EVENTS_DEAD_LETTERED.labels(letter.reason).inc()
+
+    def _publisher(self) -> Producer:
+        if self._producer is None:
+            self._connection = self.app.connection_for_write()
+            self._producer = Producer(self._connection.default_channel)
+        return self._producer
+
+    def _close_publisher(self) -> None:
+        if self._connection is not None:
+            self._connection.release()
+        self._connection = self._producer = None
+
+
+def delivery_count(message: Message) -> int:
+    """Deliveries so far, as the quorum queue counts them. The queue sets the header only on a
+    redelivery: on a first delivery it can only be the producer's, and counts for nothing."""
+    if not (message.delivery_info or {}).get("redelivered"):
+        return 0
+    count = (message.headers or {}).get("x-delivery-count")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
+
+def guess_event_id(body: bytes) -> str | None:
+    """The eventId (or CloudEvents id) of a message that failed validation, if it has one."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(value, dict):
+        found = value.get("eventId", value.get("id"))
+        if isinstance(found, str) and 0 < len(found) <= 200:
+            return found
+    return None

@@ -1,0 +1,118 @@
+"""After the call: first attempts are concluded in batches, off the threads that call CloudCockpit.
+
+A pool thread makes the call (``Applier.call``) and hands it here. The settler thread takes every
+call waiting, leaves their relationships in one Redis round trip, concludes each (counted, logged,
+retried or dead-lettered), and only then hands the messages to the event loop to be acked. The
+pool threads go straight back to calling: measured in bench/, a pool thread that also took and
+left the relationship and logged kept CloudCockpit waiting 3.5 ms (median) between two calls;
+one that only calls, 1.6 to 1.7 ms.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from kombu.message import Message
+
+from worker.processing.applier import Applier
+from worker.processing.attempts import Call
+from worker.runtime.batches import take_batch
+
+log = logging.getLogger(__name__)
+
+# Enough to amortise the round trip; few enough that one batch is concluded in milliseconds.
+MAX_BATCH = 64
+# Calls end one by one; gathering them a little makes one round trip serve several. Their
+# messages are acked that much later, which the intake's prefetch absorbs.
+GATHER_SECONDS = 0.02
+
+
+class SettledMessages:
+    """First attempts in flight, and the messages whose outcome is settled, waiting to be acked.
+
+    Pool threads report here; the event loop thread (or ``stop``, once the loop is over) acks,
+    since a channel must only be used by one thread.
+    """
+
+    def __init__(self) -> None:
+        self._done: queue.SimpleQueue[tuple[Message, bool]] = queue.SimpleQueue()
+        self._idle = threading.Condition()
+        self._in_flight = 0
+
+    def started(self) -> None:
+        with self._idle:
+            self._in_flight += 1
+
+    def finished(self, message: Message, done: bool) -> None:
+        self._done.put((message, done))
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def settle(self, connection_errors: tuple[type[BaseException], ...]) -> None:
+        while True:
+            try:
+                message, done = self._done.get_nowait()
+            except queue.Empty:
+                return
+            if done:
+                message.ack_log_error(log, connection_errors)
+            else:
+                # Back to the queue, which counts the delivery: a message that keeps failing
+                # ends as delivery-limit.
+                message.reject_log_error(log, connection_errors, requeue=True)
+
+
+class Settler:
+    """One thread that concludes calls in batches and reports their messages as settled.
+
+    ``on_settled`` is called after each batch, from the settler thread: it asks the event loop to
+    ack what ``messages`` now holds.
+    """
+
+    def __init__(
+        self, applier: Applier, messages: SettledMessages, on_settled: Callable[[], None]
+    ) -> None:
+        self._applier = applier
+        self._messages = messages
+        self._on_settled = on_settled
+        self._calls: queue.SimpleQueue[tuple[Call, Message]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ccsync-settler", daemon=True)
+        self._thread.start()
+
+    def put(self, call: Call, message: Message) -> None:
+        self._calls.put((call, message))
+
+    def _run(self) -> None:
+        while True:
+            self.conclude(take_batch(self._calls, None, GATHER_SECONDS, MAX_BATCH))
+
+    def conclude(self, batch: list[tuple[Call, Message]]) -> None:
+        try:
+            self._applier.leave_all([call for call, _ in batch])
+        except Exception:
+            # Not a Redis outage (that fails each call, to be retried): a bug. The messages go
+            # back to the queue; the locks expire by themselves.
+            log.exception(
+                "leaving %d relationships failed; their messages are requeued", len(batch)
+            )
+            for _, message in batch:
+                self._messages.finished(message, False)
+            self._on_settled()
+            return
+        for call, message in batch:
+            try:
+                self._applier.conclude(call)
+                done = True
+            except Exception:
+                log.exception("event %s: no outcome could be recorded", call.attempt.event.event_id)
+                done = False
+            self._messages.finished(message, done)
+        self._on_settled()

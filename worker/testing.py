@@ -1,0 +1,118 @@
+"""A real ``ccsync worker`` as a child process: for the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Self
+
+from worker.runtime.app import READY_MESSAGE
+
+
+class LocalWorker:
+    """A ``ccsync worker`` subprocess: its log collected, it can be killed and restarted."""
+
+    def __init__(
+        self, env: Mapping[str, str], concurrency: int = 16, loglevel: str = "INFO"
+    ) -> None:
+        self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self._argv = [
+            sys.executable,
+            "-m",
+            "worker",
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--loglevel={loglevel}",
+        ]
+        self._process: subprocess.Popen[str] | None = None
+        self._collector: threading.Thread | None = None
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def log(self) -> str:
+        with self._lock:
+            return "".join(self._lines)
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """Start and wait until Celery says the worker is ready to consume."""
+        mark = len(self._lines)
+        self._process = subprocess.Popen(
+            self._argv,
+            env=self._env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        self._collector = threading.Thread(target=self._collect, args=(self._process,), daemon=True)
+        self._collector.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if any(READY_MESSAGE in line for line in self._lines[mark:]):
+                    return self
+            if self._process.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"ccsync worker did not become ready; its log:\n{self.log[-4000:]}")
+
+    def _collect(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            with self._lock:
+                self._lines.append(line)
+
+    def kill(self) -> None:
+        """SIGKILL: the harshest crash, nothing acknowledged, nothing cleaned up."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait(timeout=30)
+        self._release_pipe()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (warm shutdown), then SIGKILL if it overstays ``timeout``."""
+        if self._process is None:
+            return None
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._release_pipe()
+        return self._process.returncode
+
+    def _release_pipe(self) -> None:
+        # The collector reads to end of file, which comes once the process is gone.
+        if self._collector is not None:
+            self._collector.join(timeout=10)
+        if self._process is not None and self._process.stdout is not None:
+            self._process.stdout.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
