@@ -33,6 +33,7 @@ from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_le
 from worker.processing.ledger import Ledger
 from worker.processing.outage import OutageGuard
 from worker.runtime.consumer_switch import ConsumerSwitch
+from worker.runtime.intake import EventIntake
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,10 @@ class CcsyncConsumer(CeleryConsumer):  # type: ignore[misc]
 
 
 class CcsyncCelery(Celery):  # type: ignore[misc]
-    """A Celery app that carries ccsync's settings and builds its runtime lazily."""
+    """A Celery app that carries ccsync's settings and builds its runtime lazily.
+
+    It provides the intake's ``IntakeServices``.
+    """
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__("ccsync", **kwargs)
@@ -132,11 +136,12 @@ class CcsyncCelery(Celery):  # type: ignore[misc]
                 self._runtime = Runtime(self, self.ccsync_settings, self.consumer_switch)
             return self._runtime
 
+    @property
+    def applier(self) -> Applier:
+        return self.runtime.applier
+
 
 def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
-    # Imported here: the intake module needs the app's task name only, not the app itself.
-    from worker.runtime.intake import EventIntake
-
     app = CcsyncCelery(settings, broker=settings.broker_url, set_as_current=False)
     ssl_options = broker_ssl_options(settings)
     if ssl_options is not None:
@@ -162,7 +167,7 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
         worker_enable_remote_control=False,
         worker_consumer="worker.runtime.app:CcsyncConsumer",
     )
-    app.steps["consumer"].add(EventIntake)
+    app.steps["consumer"].add(EventIntake)  # it finds its IntakeServices in its parent's app
 
     @app.task(name=APPLY_EVENT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
     def apply_event_task(
@@ -173,7 +178,7 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
         first_attempt_at: str,
     ) -> str:
         try:
-            outcome: Outcome = app.runtime.applier.apply(
+            outcome: Outcome = app.applier.apply(
                 Attempt.from_task_kwargs(event, envelope, attempt, first_attempt_at),
                 delivery_count=int(task.request.get("x-delivery-count") or 0),
             )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from celery import bootsteps
 from kombu import Connection, Consumer, Producer
@@ -35,11 +35,10 @@ from worker.observability import metrics
 from worker.processing.applier import Applier
 from worker.processing.attempts import Attempt, Call
 from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_letter
+from worker.runtime.consumer_switch import ConsumerSwitch
 from worker.runtime.gate import Gate
 from worker.runtime.settler import SettledMessages, Settler
-
-if TYPE_CHECKING:
-    from worker.runtime.app import CcsyncCelery
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,25 @@ def _nothing() -> None:
     pass
 
 
+class IntakeServices(Protocol):
+    """What the intake needs from the worker that runs it; the Celery app provides it."""
+
+    @property
+    def ccsync_settings(self) -> Settings:
+        """The size limit of an event, the default tenant, the call timeout."""
+
+    @property
+    def consumer_switch(self) -> ConsumerSwitch:
+        """Told of the intake's consumers on each (re)connection, to pause them in an outage."""
+
+    @property
+    def applier(self) -> Applier:
+        """The same applier on every read, made on the first, in the worker process."""
+
+    def connection_for_write(self) -> Connection:
+        """A broker connection of the intake's own, for dead letters; the intake releases it."""
+
+
 @dataclass(frozen=True)
 class _Stages:
     """Where a first attempt goes after the intake: gate, pool, settler."""
@@ -66,9 +84,12 @@ class _Stages:
 
 
 class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
+    """Celery makes the step with its consumer as ``parent``; the consumer's app must provide
+    ``IntakeServices``."""
+
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        self.app: CcsyncCelery = parent.app
+        self._services: IntakeServices = parent.app
         self._connection: Connection | None = None
         self._producer: Producer | None = None
         self._ticking_hub: Any = None
@@ -96,7 +117,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         # Before the first event, which would otherwise wait while clients and threads are made.
         self._stages()
         super().start(c)
-        self.app.consumer_switch.attach(c, self.consumers)
+        self._services.consumer_switch.attach(c, self.consumers)
         if c.hub is not None and c.hub is not self._ticking_hub:
             self._ticking_hub = c.hub
             # A signal does not interrupt the loop's poll; without a timer an idle worker would
@@ -107,7 +128,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         """Warm shutdown: take no more events, let the calls in flight finish, settle them."""
         for consumer in self.consumers or []:
             ignore_errors(c.connection, consumer.cancel)
-        grace = self.app.ccsync_settings.http_timeout + SHUTDOWN_GRACE_SECONDS
+        grace = self._services.ccsync_settings.http_timeout + SHUTDOWN_GRACE_SECONDS
         if not self._outcomes.wait_idle(grace):
             log.warning("shutdown: calls still in flight after %.0fs are left to redelivery", grace)
         # The event loop has stopped: this thread alone uses the channel now.
@@ -198,7 +219,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
     def _stages(self) -> _Stages:
         # Made once the worker runs, never at import: the runtime holds clients and threads.
         if self._made_stages is None:
-            applier = self.app.runtime.applier
+            applier = self._services.applier
             settler = Settler(applier, self._outcomes, self._ask_loop_to_settle)
             gate = Gate(applier.ledger, self._send, settler.put, self._requeue)
             self._made_stages = _Stages(applier, gate, settler)
@@ -230,12 +251,12 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         consumer.call_soon(self._outcomes.settle, consumer.connection_errors)
 
     def _validate(self, envelope: Envelope) -> IdentifierChanged:
-        limit = self.app.ccsync_settings.max_event_bytes
+        limit = self._services.ccsync_settings.max_event_bytes
         if len(envelope.body) > limit:
             raise InvalidEvent(f"body is {len(envelope.body)} bytes; the limit is {limit}")
         event = decode_event(envelope.body, envelope.content_type, envelope.headers)
         if event.tenant is None:
-            default_tenant = self.app.ccsync_settings.tenant
+            default_tenant = self._services.ccsync_settings.tenant
             if default_tenant is None:
                 raise InvalidEvent("tenant: missing, and CLOUDCOCKPIT_TENANT is not set")
             event = event.model_copy(update={"tenant": default_tenant})
@@ -247,7 +268,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def _publisher(self) -> Producer:
         if self._producer is None:
-            self._connection = self.app.connection_for_write()
+            self._connection = self._services.connection_for_write()
             self._producer = Producer(self._connection.default_channel)
         return self._producer
 
