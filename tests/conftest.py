@@ -11,7 +11,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from importlib.resources import files
 
 import pytest
 
@@ -21,7 +21,8 @@ RABBITMQ_HOST = os.environ.get("CCSYNC_TEST_RABBITMQ_HOST", "127.0.0.1")
 RABBITMQ_PORT = int(os.environ.get("CCSYNC_TEST_RABBITMQ_PORT", "5672"))
 REDIS_HOST = os.environ.get("CCSYNC_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("CCSYNC_TEST_REDIS_PORT", "6379"))
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# CloudCockpit's OpenAPI description, shipped inside the sandbox package.
+OPENAPI = files("worker.sandbox") / "openapi.yaml"
 
 
 def _require_port(name: str, host: str, port: int, how: str) -> None:
@@ -75,8 +76,7 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxControl]:
 def openapi_document() -> dict[str, object]:
     import yaml
 
-    path = SHARED / "cloudcockpit-api" / "openapi.yaml"
-    if not path.exists():
-        pytest.fail(f"{path} is missing: the contract tests validate against it")
-    document: dict[str, object] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not OPENAPI.is_file():
+        pytest.fail(f"{OPENAPI} is missing: the contract tests validate against it")
+    document: dict[str, object] = yaml.safe_load(OPENAPI.read_text(encoding="utf-8"))
     return document

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ from worker.sandbox.state import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAU
 TENANT = "portal.example.com"
 TOKEN = "integration-token"
 REPO = Path(__file__).resolve().parents[2]
-# The contract's copy beside the repository (as CI lays it out), never a copy that could drift.
-SPEC = REPO.parent / "shared" / "cloudcockpit-api" / "openapi.yaml"
+# CloudCockpit's OpenAPI description as the package ships it: the one the sandbox claims to serve.
+SPEC = files("worker.sandbox") / "openapi.yaml"
 
 
 def new_id() -> str:
@@ -390,8 +391,8 @@ def test_given_run_sandbox_when_signalled_then_it_prints_its_url_and_exits(signu
 
 def load_spec() -> dict[str, Any]:
     if not SPEC.is_file():
-        pytest.fail(f"{SPEC} is missing: the sandbox is checked against the contract's spec")
-    spec: dict[str, Any] = yaml.safe_load(SPEC.read_text())
+        pytest.fail(f"{SPEC} is missing: the sandbox is checked against CloudCockpit's spec")
+    spec: dict[str, Any] = yaml.safe_load(SPEC.read_text(encoding="utf-8"))
     return spec
 
 

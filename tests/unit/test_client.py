@@ -7,7 +7,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 import httpx
@@ -31,7 +31,7 @@ from worker.exceptions import (
 )
 from worker.settings import Settings
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+OPENAPI = files("worker.sandbox") / "openapi.yaml"
 PATCH_PATH = "/v1/Customers/{customerId}/internal-identifier"
 
 BASE_URL = "https://cc.example.test"
@@ -54,7 +54,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def patch_operation() -> dict[str, Any]:
-    spec = yaml.safe_load((SHARED / "cloudcockpit-api" / "openapi.yaml").read_text("utf-8"))
+    spec = yaml.safe_load(OPENAPI.read_text("utf-8"))
     operation: dict[str, Any] = spec["paths"][PATCH_PATH]["patch"]
     operation["_components"] = spec["components"]
     return operation

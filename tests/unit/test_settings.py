@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 from worker.exceptions import ConfigurationError
 from worker.settings import Settings, load_settings
 
-AUTH_MD = Path(__file__).resolve().parents[2].parent / "shared" / "cloudcockpit-api" / "auth.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+API_DOC = DOCS / "cloudcockpit-api.md"
+CONTRACT = DOCS / "contract.md"
 
 TOKEN = "static-tok-9f8e7d6c5b4a"
 CLIENT_SECRET = "cc-secret-Zq81~xx.Yw"
@@ -54,9 +57,9 @@ def test_given_no_variables_then_the_defaults_of_contract_section_5_apply() -> N
     assert settings.sentry_dsn is None
 
 
-def test_given_no_variables_then_token_url_and_scope_are_the_ones_auth_md_documents() -> None:
+def test_given_no_variables_then_token_url_and_scope_are_the_documented_ones() -> None:
     settings = load_settings()
-    documented = AUTH_MD.read_text(encoding="utf-8")
+    documented = API_DOC.read_text(encoding="utf-8")
 
     assert settings.token_url == (
         "https://login.microsoftonline.com/4e806121-ff28-4286-ab4e-3be0a08f9ce0/oauth2/v2.0/token"
@@ -64,6 +67,40 @@ def test_given_no_variables_then_token_url_and_scope_are_the_ones_auth_md_docume
     assert settings.scope == "api://b92a36a4-feb8-4f47-a69c-29a180aa6d0a/.default"
     assert f"`{settings.token_url}`" in documented
     assert f"scope={settings.scope}" in documented
+
+
+def documented_defaults() -> dict[str, str]:
+    """Variable -> the default column of the contract's configuration table (section 5)."""
+    section = CONTRACT.read_text("utf-8").split("## 5.", 1)[1].split("\n## ", 1)[0]
+    defaults: dict[str, str] = {}
+    for row in section.splitlines():
+        if row.startswith("| `"):
+            cells = [cell.strip() for cell in row.strip("|").split("|")]
+            for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0]):
+                defaults[name] = cells[1]
+    assert "CCSYNC_BROKER_URL" in defaults, "the contract's table could not be read"
+    return defaults
+
+
+def _as_documented(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_as_documented(item) for item in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def test_given_no_variables_then_each_default_is_the_one_the_contract_documents() -> None:
+    settings = load_settings()
+    fields = {info.validation_alias: name for name, info in Settings.model_fields.items()}
+
+    for variable, default in documented_defaults().items():
+        value = getattr(settings, fields[variable])
+        literal = re.fullmatch(r"`([^`]*)`", default)
+        if default.startswith("none"):
+            assert value is None, f"{variable}: documented without a default"
+        elif literal:
+            assert _as_documented(value) == literal[1], f"{variable}: documented {default}"
+        else:  # described in words: the token URL and scope, checked against the API doc above
+            assert variable in ("CLOUDCOCKPIT_TOKEN_URL", "CLOUDCOCKPIT_SCOPE"), variable
 
 
 def test_given_no_retry_delays_then_the_default_is_a_growing_ladder_of_positive_delays() -> None:

@@ -1,4 +1,4 @@
-"""Bearer tokens (cloudcockpit-api/auth.md): the client-credentials flow and the static token."""
+"""Bearer tokens (docs/cloudcockpit-api.md): the client-credentials flow and the static token."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from worker.cloudcockpit.tokens import RENEW_MARGIN_SECONDS, ClientCredentialsTo
 from worker.exceptions import ConfigurationError, TokenUnavailable, TransientFailure
 from worker.settings import Settings
 
-AUTH_MD = Path(__file__).resolve().parents[2].parent / "shared" / "cloudcockpit-api" / "auth.md"
+API_DOC = Path(__file__).resolve().parents[2] / "docs" / "cloudcockpit-api.md"
 CLIENT_ID = "0f1e2d3c-client"
 CLIENT_SECRET = "s3cr3t~Value.With+Chars&="
 TOKEN_URL = "https://login.example.test/tenant-id/oauth2/v2.0/token"
@@ -78,7 +78,7 @@ def token_source(
 # --- the token request -----------------------------------------------------------------------
 
 
-def test_the_token_request_is_a_form_post_with_exactly_the_fields_of_auth_md() -> None:
+def test_the_token_request_is_a_form_post_with_exactly_the_documented_fields() -> None:
     endpoint = TokenEndpoint()
     settings = Settings(CLOUDCOCKPIT_CLIENT_ID=CLIENT_ID, CLOUDCOCKPIT_CLIENT_SECRET=CLIENT_SECRET)
     http = make_http_client(settings, transport=httpx.MockTransport(endpoint))
@@ -96,7 +96,7 @@ def test_the_token_request_is_a_form_post_with_exactly_the_fields_of_auth_md() -
         "grant_type": ["client_credentials"],
         "scope": ["api://b92a36a4-feb8-4f47-a69c-29a180aa6d0a/.default"],
     }
-    assert settings.token_url in AUTH_MD.read_text(encoding="utf-8")
+    assert settings.token_url in API_DOC.read_text(encoding="utf-8")
 
 
 def test_given_configured_token_url_and_scope_then_they_are_used() -> None:

@@ -1,4 +1,7 @@
-"""Bearer tokens for CloudCockpit: a static one, or Entra's client-credentials flow (auth.md)."""
+"""Bearer tokens for CloudCockpit: a static one, or Entra's client-credentials flow.
+
+The flow, its URL and scope are described in docs/cloudcockpit-api.md.
+"""
 
 from __future__ import annotations
 

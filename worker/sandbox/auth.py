@@ -1,4 +1,6 @@
-"""The sandbox's stand-in for Microsoft Entra's client-credentials token endpoint (auth.md).
+"""The sandbox's stand-in for Microsoft Entra's client-credentials token endpoint.
+
+The flow it stands in for is described in docs/cloudcockpit-api.md.
 
 Errors mimic Entra's JSON (``error``, ``error_description`` with an AADSTS code, ``error_codes``…)
 so a client's error handling meets the shapes it will meet in production.

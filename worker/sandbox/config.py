@@ -22,7 +22,8 @@ class SandboxOptions(BaseModel):
 
     client_id: str = DEFAULT_CLIENT_ID
     client_secret: str = DEFAULT_CLIENT_SECRET
-    # None accepts any scope; the default is the documented CloudCockpit one (auth.md).
+    # None accepts any scope; the default is CloudCockpit's documented one
+    # (docs/cloudcockpit-api.md).
     scope: str | None = DEFAULT_SCOPE
     static_tokens: list[str] = Field(default_factory=lambda: [DEFAULT_STATIC_TOKEN])
     token_ttl_seconds: int = Field(default=3599, ge=1)

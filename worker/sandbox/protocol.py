@@ -1,4 +1,4 @@
-"""CloudCockpit's wire shapes as the sandbox speaks them (cloudcockpit-api/openapi.yaml).
+"""CloudCockpit's wire shapes as the sandbox speaks them (openapi.yaml beside this module).
 
 Kept free of HTTP and of state so the validation rules can be unit-tested and compared with the
 OpenAPI schema: the sandbox must reject exactly the bodies the schema rejects.
