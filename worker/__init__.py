@@ -1,0 +1,67 @@
+"""ccsync: "customer internal identifier changed" events from RabbitMQ, applied to CloudCockpit.
+
+The public surface is what ``__all__`` names: the settings, the event, its correlation id and the
+exceptions. Those names keep their meaning from one release to the next; every other module of
+``worker`` is the worker's own and may change without notice.
+
+- ``load_settings()`` reads the ``Settings`` from the environment (and ``CCSYNC_SETTINGS_FILE``),
+  or raises ``ConfigurationError`` naming the variable at fault.
+- ``IdentifierChanged`` is the one event of the contract; ``correlation_id(tenant, event_id)`` is
+  the ``X-Correlation-Id`` CloudCockpit receives for it, the same on every attempt and replay.
+- Every failure ccsync raises on purpose is a ``CcsyncError``, named by what to do about it::
+
+    CcsyncError
+    ├── ConfigurationError      stop at start: a setting is missing or contradictory
+    ├── InvalidEvent            dead-letter at once as ``invalid-event``
+    ├── RelationshipBusy        another worker holds the customer: try again soon, no attempt used
+    └── ApiError                ``status``: the HTTP status, when there was one
+        ├── ApiRejected         dead-letter at once as ``api-rejected`` (the API said no: 4xx)
+        └── TransientFailure    retry with backoff; dead-letter as ``retries-exhausted`` at last
+            ├── ApiUnavailable      5xx, timeouts, refused or dropped connections
+            ├── RateLimited         429: wait at least ``retry_after`` seconds
+            ├── TokenRejected       401 even with a freshly renewed token
+            ├── TokenUnavailable    the token endpoint did not give a token
+            └── LedgerUnavailable   Redis (the ledger of applied events) cannot be reached
+
+Importing ``worker`` loads neither celery nor kombu: the event, the settings and the processing
+layer can be used without the broker's libraries. Modules of ``worker`` import each other by
+their own names, never from ``worker`` itself, so that importing this package causes no cycle.
+"""
+
+from __future__ import annotations
+
+from worker.events import IdentifierChanged, correlation_id
+from worker.exceptions import (
+    ApiError,
+    ApiRejected,
+    ApiUnavailable,
+    CcsyncError,
+    ConfigurationError,
+    InvalidEvent,
+    LedgerUnavailable,
+    RateLimited,
+    RelationshipBusy,
+    TokenRejected,
+    TokenUnavailable,
+    TransientFailure,
+)
+from worker.settings import Settings, load_settings
+
+__all__ = [
+    "ApiError",
+    "ApiRejected",
+    "ApiUnavailable",
+    "CcsyncError",
+    "ConfigurationError",
+    "IdentifierChanged",
+    "InvalidEvent",
+    "LedgerUnavailable",
+    "RateLimited",
+    "RelationshipBusy",
+    "Settings",
+    "TokenRejected",
+    "TokenUnavailable",
+    "TransientFailure",
+    "correlation_id",
+    "load_settings",
+]

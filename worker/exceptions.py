@@ -3,14 +3,15 @@
     CcsyncError
     ├── ConfigurationError      stop at start: a setting is missing or contradictory
     ├── InvalidEvent            dead-letter at once as ``invalid-event``
-    ├── ApiRejected             dead-letter at once as ``api-rejected`` (the API said no: 4xx)
-    └── TransientFailure        retry with backoff; dead-letter as ``retries-exhausted`` at the end
-        ├── ApiUnavailable      5xx, timeouts, refused or dropped connections
-        ├── RateLimited         429: wait at least ``retry_after`` seconds
-        ├── TokenRejected       401 even with a freshly renewed token
-        ├── TokenUnavailable    the token endpoint did not give a token
-        └── LedgerUnavailable   Redis (the ledger of applied events) cannot be reached
-    RelationshipBusy            another worker holds the customer: try again soon, no attempt used
+    ├── RelationshipBusy        another worker holds the customer: try again soon, no attempt used
+    └── ApiError                ``status``: the HTTP status, when there was one
+        ├── ApiRejected         dead-letter at once as ``api-rejected`` (the API said no: 4xx)
+        └── TransientFailure    retry with backoff; dead-letter as ``retries-exhausted`` at last
+            ├── ApiUnavailable      5xx, timeouts, refused or dropped connections
+            ├── RateLimited         429: wait at least ``retry_after`` seconds
+            ├── TokenRejected       401 even with a freshly renewed token
+            ├── TokenUnavailable    the token endpoint did not give a token
+            └── LedgerUnavailable   Redis (the ledger of applied events) cannot be reached
 
 A handler catches ``TransientFailure`` to retry and ``ApiRejected``/``InvalidEvent`` to dead-letter;
 anything else escaping is a bug, and the message is redelivered until the delivery limit.
