@@ -29,9 +29,9 @@ from typing import Any
 
 from tests.integration.conftest import worker_env
 from tests.integration.events import native
-from tests.integration.outcomes import final_outcomes
 from tests.integration.producer import Producer, read_dead_letters
 from tests.integration.redis_process import RedisProcess
+from tests.integration.worker_logs import final_outcomes
 from worker.events import correlation_id
 from worker.sandbox import RandomFaults, SandboxControl, SandboxOptions, SandboxServer
 from worker.testing import LocalWorker

@@ -25,6 +25,8 @@ DELAY_RELEASE_EXCHANGE: Final = "ccsync.delay.release"
 APPLY_EVENT_TASK: Final = "ccsync.apply_event"
 
 # Dead-letter headers (contract section 7).
+#: What every header ccsync sets starts with; the producer's own headers never do.
+HEADER_PREFIX: Final = "x-ccsync-"
 HEADER_REASON: Final = "x-ccsync-reason"
 HEADER_STATUS: Final = "x-ccsync-status"
 HEADER_ERROR: Final = "x-ccsync-error"
@@ -35,6 +37,9 @@ HEADER_FIRST_ATTEMPT_AT: Final = "x-ccsync-first-attempt-at"
 HEADER_DEAD_LETTERED_AT: Final = "x-ccsync-dead-lettered-at"
 HEADER_REPLAYED_AT: Final = "x-ccsync-replayed-at"
 HEADER_REPLAY_COUNT: Final = "x-ccsync-replay-count"
+
+#: The longest error text ccsync keeps, in ``x-ccsync-error`` and in logs (contract section 7).
+MAX_ERROR_CHARS: Final = 1000
 
 REASON_INVALID_EVENT: Final = "invalid-event"
 REASON_API_REJECTED: Final = "api-rejected"

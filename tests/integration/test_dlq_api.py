@@ -15,11 +15,11 @@ from tests.integration.test_dlq_support import (
     take_all,
 )
 from worker.constants import EVENTS_QUEUE
-from worker.dlq.confirmed_batches import ConfirmingPublisher
-from worker.dlq.filters import DeadLetterFilter
-from worker.dlq.queue import hold
-from worker.dlq.replay import replay
-from worker.dlq.stats import dead_letter_stats
+from worker.dead_letter_queue.confirm_window import ConfirmWindow
+from worker.dead_letter_queue.filters import DeadLetterFilter
+from worker.dead_letter_queue.reading import hold
+from worker.dead_letter_queue.replay import replay
+from worker.dead_letter_queue.stats import dead_letter_stats
 from worker.processing.dead_letters import Envelope
 
 
@@ -64,14 +64,14 @@ def test_an_unroutable_publish_counts_as_failed_not_confirmed(broker_url: str) -
     with Connection(broker_url) as connection:
         channel = connection.channel()
         Exchange(name, type="direct", auto_delete=False)(channel).declare()
-        publisher: ConfirmingPublisher[str] = ConfirmingPublisher(connection)
+        confirms: ConfirmWindow[str] = ConfirmWindow(connection)
         # When a message is published there, and one to a queue that exists
-        publisher.publish("nowhere", Envelope(b"{}", "application/json", None), name, "x")
-        unroutable = publisher.settle()
+        confirms.publish("nowhere", Envelope(b"{}", "application/json", None), name, "x")
+        unroutable = confirms.settle()
         fresh_queues(broker_url)
-        publisher.publish("queued", Envelope(b"{}", None, None), "", EVENTS_QUEUE)
-        routed = publisher.settle()
-        publisher.close()
+        confirms.publish("queued", Envelope(b"{}", None, None), "", EVENTS_QUEUE)
+        routed = confirms.settle()
+        confirms.close()
         channel.exchange_delete(name)
         channel.close()
     # Then only the routed one is reported as safe

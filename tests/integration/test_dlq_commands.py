@@ -22,7 +22,7 @@ from tests.integration.test_dlq_support import (
     seed_for_event,
     take_all,
 )
-from worker.amqp.producer import Encoding
+from worker.amqp.event_publishing import Encoding
 from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE
 from worker.processing.dead_letters import DeadLetter
 

@@ -23,7 +23,7 @@ from tests.integration.test_dlq_support import (
     json_lines,
     wait_for,
 )
-from worker.amqp.producer import Encoding, new_event, publish_events, publish_raw
+from worker.amqp.event_publishing import Encoding, new_event, publish_events, publish_raw
 from worker.events import correlation_id
 from worker.sandbox import FaultStep, SandboxControl, SandboxServer
 from worker.testing import LocalWorker

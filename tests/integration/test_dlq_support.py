@@ -17,13 +17,13 @@ from typing import Any
 from click.testing import CliRunner, Result
 from kombu import Connection
 
-from worker.amqp.producer import Encoding, encode, new_event
+from worker.amqp.event_publishing import Encoding, encode, new_event
 from worker.amqp.topology import declare_topology
 from worker.cli import main
 from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE
-from worker.dlq.filters import DeadLetterFilter
-from worker.dlq.queue import DeadLetterRecord, hold
-from worker.dlq.transfer import import_dead_letters
+from worker.dead_letter_queue.filters import DeadLetterFilter
+from worker.dead_letter_queue.reading import DeadLetterRecord, hold
+from worker.dead_letter_queue.transfer import import_dead_letters
 from worker.events import correlation_id
 from worker.processing.dead_letters import DeadLetter, json_safe_headers
 

@@ -12,12 +12,12 @@ from kombu import Connection
 
 from tests.integration.conftest import worker_env
 from tests.integration.events import native
-from tests.integration.outcomes import final_outcomes, outcome_counts
 from tests.integration.producer import Producer, queue_depth
 from tests.integration.waiting import wait_until
+from tests.integration.worker_logs import final_outcomes, outcome_counts
 from worker.constants import DEAD_LETTER_QUEUE
-from worker.dlq.filters import DeadLetterFilter
-from worker.dlq.replay import replay
+from worker.dead_letter_queue.filters import DeadLetterFilter
+from worker.dead_letter_queue.replay import replay
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 

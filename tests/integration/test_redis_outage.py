@@ -10,10 +10,10 @@ from pathlib import Path
 
 from tests.integration.conftest import worker_env
 from tests.integration.events import native
-from tests.integration.outcomes import final_outcomes, outcome_counts
 from tests.integration.producer import Producer
 from tests.integration.redis_process import RedisProcess
 from tests.integration.waiting import wait_until
+from tests.integration.worker_logs import final_outcomes, outcome_counts
 from worker.events import correlation_id
 from worker.runtime.intake import PREFETCH_PER_THREAD
 from worker.sandbox import SandboxControl, SandboxServer

@@ -8,9 +8,9 @@ import time
 
 from tests.integration.conftest import worker_env
 from tests.integration.events import native
-from tests.integration.outcomes import outcome_counts
 from tests.integration.producer import Producer, queue_depth, read_dead_letters
 from tests.integration.waiting import wait_until
+from tests.integration.worker_logs import outcome_counts
 from worker.constants import DELIVERY_LIMIT, EVENTS_QUEUE
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker

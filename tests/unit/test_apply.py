@@ -57,8 +57,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @dataclass
-class RecordingPublisher:
-    """Our own Publisher interface, recording what ``apply_event`` hands on."""
+class RecordingForwarder:
+    """Our own Forwarder interface, recording what ``apply_event`` hands on."""
 
     retries: list[tuple[Attempt, float]] = field(default_factory=list)
     dead_letters: list[tuple[Envelope, DeadLetter]] = field(default_factory=list)
@@ -102,16 +102,16 @@ def run(
     number: int = 1,
     delays: tuple[float, ...] = (1.0, 2.0, 3.0),
     delivery_count: int = 0,
-) -> tuple[Outcome, RecordingPublisher]:
-    publisher = RecordingPublisher()
+) -> tuple[Outcome, RecordingForwarder]:
+    forwarder = RecordingForwarder()
     applier = Applier(
         client_for(api),
         fresh_ledger(),
-        publisher,
+        forwarder,
         RetryPolicy(delays, jitter=0.2),
         rng=random.Random(1234),
     )
-    return applier.apply(attempt(number), delivery_count=delivery_count), publisher
+    return applier.apply(attempt(number), delivery_count=delivery_count), forwarder
 
 
 # --- applied ---------------------------------------------------------------------------------
@@ -120,11 +120,11 @@ def run(
 def test_given_204_then_applied_and_nothing_is_published() -> None:
     api = FakeApi(status(204))
 
-    outcome, publisher = run(api)
+    outcome, forwarder = run(api)
 
     assert outcome is Outcome.APPLIED
-    assert publisher.retries == []
-    assert publisher.dead_letters == []
+    assert forwarder.retries == []
+    assert forwarder.dead_letters == []
     (request,) = api.requests
     assert request.url.path == f"/v1/Customers/{CUSTOMER}/internal-identifier"
     assert json.loads(request.content) == {"internalIdentifier": "CRM-0042", "resellerId": RESELLER}
@@ -139,11 +139,11 @@ def test_given_a_rejection_then_dead_lettered_as_api_rejected_with_everything_an
 ) -> None:
     api = FakeApi(status(code, type="NotFound", description="No such customer."))
 
-    outcome, publisher = run(api, number=2)
+    outcome, forwarder = run(api, number=2)
 
     assert outcome is Outcome.DEAD_LETTERED
-    assert publisher.retries == []
-    ((envelope, letter),) = publisher.dead_letters
+    assert forwarder.retries == []
+    ((envelope, letter),) = forwarder.dead_letters
     assert envelope == ENVELOPE
     assert envelope.body == BODY
     assert letter.reason == "api-rejected"
@@ -161,11 +161,11 @@ def test_given_a_rejection_then_dead_lettered_as_api_rejected_with_everything_an
 
 
 def test_given_500_on_attempt_1_then_retrying_with_attempt_2_after_the_first_delay() -> None:
-    outcome, publisher = run(FakeApi(status(500)), number=1, delays=(1.0, 2.0, 3.0))
+    outcome, forwarder = run(FakeApi(status(500)), number=1, delays=(1.0, 2.0, 3.0))
 
     assert outcome is Outcome.RETRYING
-    assert publisher.dead_letters == []
-    ((next_attempt, delay),) = publisher.retries
+    assert forwarder.dead_letters == []
+    ((next_attempt, delay),) = forwarder.retries
     assert next_attempt.number == 2
     assert 1.0 <= delay <= 1.2
     assert next_attempt.event == attempt().event
@@ -177,9 +177,9 @@ def test_given_500_on_attempt_1_then_retrying_with_attempt_2_after_the_first_del
 def test_given_500_on_a_middle_attempt_then_the_matching_delay_is_used(
     number: int, low: float, high: float
 ) -> None:
-    _, publisher = run(FakeApi(status(500)), number=number)
+    _, forwarder = run(FakeApi(status(500)), number=number)
 
-    ((next_attempt, delay),) = publisher.retries
+    ((next_attempt, delay),) = forwarder.retries
     assert next_attempt.number == number + 1
     assert low <= delay <= high
 
@@ -187,11 +187,11 @@ def test_given_500_on_a_middle_attempt_then_the_matching_delay_is_used(
 def test_given_500_on_attempt_4_of_three_delays_then_dead_lettered_retries_exhausted() -> None:
     api = FakeApi(status(500, type="Internal", description="Database timeout."))
 
-    outcome, publisher = run(api, number=4, delays=(1.0, 2.0, 3.0))
+    outcome, forwarder = run(api, number=4, delays=(1.0, 2.0, 3.0))
 
     assert outcome is Outcome.DEAD_LETTERED
-    assert publisher.retries == []
-    ((envelope, letter),) = publisher.dead_letters
+    assert forwarder.retries == []
+    ((envelope, letter),) = forwarder.dead_letters
     assert envelope == ENVELOPE
     assert letter.reason == "retries-exhausted"
     assert letter.attempts == 4
@@ -204,10 +204,10 @@ def test_given_no_answer_on_the_last_attempt_then_retries_exhausted_without_stat
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    outcome, publisher = run(FakeApi(refuse), number=2, delays=(1.0,))
+    outcome, forwarder = run(FakeApi(refuse), number=2, delays=(1.0,))
 
     assert outcome is Outcome.DEAD_LETTERED
-    ((_, letter),) = publisher.dead_letters
+    ((_, letter),) = forwarder.dead_letters
     assert letter.reason == "retries-exhausted"
     assert letter.status is None
     assert "ConnectError" in letter.error
@@ -216,10 +216,10 @@ def test_given_no_answer_on_the_last_attempt_then_retries_exhausted_without_stat
 def test_given_429_with_retry_after_5_and_a_1_s_policy_then_the_retry_waits_at_least_5_s() -> None:
     api = FakeApi(lambda request: httpx.Response(429, headers={"Retry-After": "5"}))
 
-    outcome, publisher = run(api, number=1, delays=(1.0,))
+    outcome, forwarder = run(api, number=1, delays=(1.0,))
 
     assert outcome is Outcome.RETRYING
-    ((next_attempt, delay),) = publisher.retries
+    ((next_attempt, delay),) = forwarder.retries
     assert next_attempt.number == 2
     assert delay >= 5.0
 
@@ -227,10 +227,10 @@ def test_given_429_with_retry_after_5_and_a_1_s_policy_then_the_retry_waits_at_l
 def test_given_401_twice_then_the_event_is_retried_not_dead_lettered() -> None:
     api = FakeApi(status(401))
 
-    outcome, publisher = run(api, number=1)
+    outcome, forwarder = run(api, number=1)
 
     assert outcome is Outcome.RETRYING
-    assert publisher.dead_letters == []
+    assert forwarder.dead_letters == []
     assert len(api.requests) == 2
 
 
@@ -243,11 +243,11 @@ def test_given_the_delivery_limit_reached_then_dead_lettered_without_calling_the
 ) -> None:
     api = FakeApi(status(204))
 
-    outcome, publisher = run(api, number=3, delivery_count=delivery_count)
+    outcome, forwarder = run(api, number=3, delivery_count=delivery_count)
 
     assert outcome is Outcome.DEAD_LETTERED
     assert api.requests == []
-    ((envelope, letter),) = publisher.dead_letters
+    ((envelope, letter),) = forwarder.dead_letters
     assert envelope == ENVELOPE
     assert letter.reason == "delivery-limit"
     assert letter.status is None
@@ -279,11 +279,11 @@ def test_the_correlation_id_is_identical_across_attempts_1_to_4_of_one_event() -
     outcomes = []
 
     for _ in range(4):
-        publisher = RecordingPublisher()
-        applier = Applier(client, ledger, publisher, policy, rng=random.Random(5))
+        forwarder = RecordingForwarder()
+        applier = Applier(client, ledger, forwarder, policy, rng=random.Random(5))
         outcomes.append(applier.apply(current))
-        if publisher.retries:
-            ((next_attempt, _),) = publisher.retries
+        if forwarder.retries:
+            ((next_attempt, _),) = forwarder.retries
             current = Attempt.from_task_kwargs(
                 **json.loads(json.dumps(next_attempt.to_task_kwargs()))
             )
@@ -294,7 +294,7 @@ def test_the_correlation_id_is_identical_across_attempts_1_to_4_of_one_event() -
     assert len(sent) == 4
     assert set(sent) == {EXPECTED_CORRELATION}
     assert uuid.UUID(sent[0]).version == 5
-    ((_, letter),) = publisher.dead_letters
+    ((_, letter),) = forwarder.dead_letters
     assert letter.correlation_id == EXPECTED_CORRELATION
     assert letter.attempts == 4
     assert letter.first_attempt_at == FIRST_ATTEMPT_AT
@@ -355,11 +355,11 @@ def answers(*codes: int) -> FakeApi:
 
 def applier_for(
     api: FakeApi, ledger: Ledger, guard: OutageGuard | None = None
-) -> tuple[Applier, RecordingPublisher]:
-    publisher = RecordingPublisher()
+) -> tuple[Applier, RecordingForwarder]:
+    forwarder = RecordingForwarder()
     policy = RetryPolicy((1.0, 2.0, 3.0), jitter=0.2)
-    applier = Applier(client_for(api), ledger, publisher, policy, guard, random.Random(7))
-    return applier, publisher
+    applier = Applier(client_for(api), ledger, forwarder, policy, guard, random.Random(7))
+    return applier, forwarder
 
 
 def sent_identifiers(api: FakeApi) -> list[str | None]:
@@ -370,7 +370,7 @@ def test_given_a_newer_event_applied_when_an_older_arrives_then_stale_nothing_se
     make_ledger: Callable[..., Ledger],
 ) -> None:
     api = FakeApi(status(204))
-    applier, publisher = applier_for(api, make_ledger())
+    applier, forwarder = applier_for(api, make_ledger())
     assert applier.apply(event_attempt("evt-2", "2024-05-01T12:00:00Z", "CRM-NEW")) is (
         Outcome.APPLIED
     )
@@ -382,23 +382,23 @@ def test_given_a_newer_event_applied_when_an_older_arrives_then_stale_nothing_se
     # Then it is stale: not sent, not retried, not dead-lettered
     assert outcome is Outcome.STALE
     assert sent_identifiers(api) == ["CRM-NEW"]
-    assert publisher.retries == []
-    assert publisher.dead_letters == []
+    assert forwarder.retries == []
+    assert forwarder.dead_letters == []
 
 
 def test_given_the_same_event_twice_then_the_second_is_a_duplicate_and_one_patch_is_sent(
     make_ledger: Callable[..., Ledger],
 ) -> None:
     api = FakeApi(status(204))
-    applier, publisher = applier_for(api, make_ledger())
+    applier, forwarder = applier_for(api, make_ledger())
 
     first = applier.apply(attempt(1))
     second = applier.apply(attempt(2))
 
     assert (first, second) == (Outcome.APPLIED, Outcome.DUPLICATE)
     assert len(api.requests) == 1
-    assert publisher.retries == []
-    assert publisher.dead_letters == []
+    assert forwarder.retries == []
+    assert forwarder.dead_letters == []
 
 
 def test_given_a_duplicate_seen_by_another_worker_then_it_is_not_sent_again(
@@ -406,28 +406,28 @@ def test_given_a_duplicate_seen_by_another_worker_then_it_is_not_sent_again(
 ) -> None:
     api = FakeApi(status(204))
     one, _ = applier_for(api, make_ledger())
-    other, publisher = applier_for(api, make_ledger())
+    other, forwarder = applier_for(api, make_ledger())
 
     assert one.apply(attempt(1)) is Outcome.APPLIED
     assert other.apply(attempt(1)) is Outcome.DUPLICATE
 
     assert len(api.requests) == 1
-    assert publisher.retries == []
+    assert forwarder.retries == []
 
 
 def test_given_an_older_event_then_a_newer_one_then_both_are_applied_in_order(
     make_ledger: Callable[..., Ledger],
 ) -> None:
     api = FakeApi(status(204))
-    applier, publisher = applier_for(api, make_ledger())
+    applier, forwarder = applier_for(api, make_ledger())
 
     older = applier.apply(event_attempt("evt-1", "2024-05-01T12:00:00Z", "CRM-OLD"))
     newer = applier.apply(event_attempt("evt-2", "2024-05-01T12:00:00.000001Z", "CRM-NEW"))
 
     assert (older, newer) == (Outcome.APPLIED, Outcome.APPLIED)
     assert sent_identifiers(api) == ["CRM-OLD", "CRM-NEW"]
-    assert publisher.retries == []
-    assert publisher.dead_letters == []
+    assert forwarder.retries == []
+    assert forwarder.dead_letters == []
 
 
 def test_given_a_rejected_event_then_nothing_is_recorded_and_a_replay_is_sent_again(
@@ -449,7 +449,7 @@ def test_given_the_relationship_held_by_another_worker_then_deferred_1_s_with_th
     make_ledger: Callable[..., Ledger],
 ) -> None:
     api = FakeApi(status(204))
-    applier, publisher = applier_for(api, make_ledger(0.1))
+    applier, forwarder = applier_for(api, make_ledger(0.1))
     other_worker = make_ledger()
     current = attempt(3)
 
@@ -458,8 +458,8 @@ def test_given_the_relationship_held_by_another_worker_then_deferred_1_s_with_th
 
     assert outcome is Outcome.DEFERRED
     assert api.requests == []
-    assert publisher.dead_letters == []
-    ((again, delay),) = publisher.retries
+    assert forwarder.dead_letters == []
+    ((again, delay),) = forwarder.retries
     assert again.number == 3
     assert again == current
     assert delay == 1.0
@@ -474,14 +474,14 @@ def test_given_a_guard_of_two_and_503_then_retrying_then_deferred_without_spendi
 ) -> None:
     api = FakeApi(status(503))
     guard, calls = make_guard(2)
-    applier, publisher = applier_for(api, make_ledger(), guard)
+    applier, forwarder = applier_for(api, make_ledger(), guard)
 
     # When the first systemic failure happens
     first = applier.apply(attempt(1))
     # Then it is an ordinary retry with the next attempt number
     assert first is Outcome.RETRYING
     assert not guard.is_open
-    ((retry, delay),) = publisher.retries
+    ((retry, delay),) = forwarder.retries
     assert retry.number == 2
     assert 1.0 <= delay <= 1.2
 
@@ -491,11 +491,11 @@ def test_given_a_guard_of_two_and_503_then_retrying_then_deferred_without_spendi
     assert second is Outcome.DEFERRED
     assert guard.is_open
     assert calls == ["open"]
-    (_, (deferred, wait)) = publisher.retries
+    (_, (deferred, wait)) = forwarder.retries
     assert deferred.number == 2
     assert deferred == retry
     assert wait == guard.retry_in
-    assert publisher.dead_letters == []
+    assert forwarder.dead_letters == []
     assert len(api.requests) == 2
     assert applier.probe_target is not None
     assert applier.probe_target.tenant == TENANT
@@ -513,16 +513,16 @@ def test_given_an_open_guard_then_no_api_call_is_made_and_the_event_is_deferred(
     guard.record_failure("HTTP 503")
     assert guard.is_open
     ledger = make_ledger()
-    applier, publisher = applier_for(api, ledger, guard)
+    applier, forwarder = applier_for(api, ledger, guard)
 
     outcome = applier.apply(attempt(4))
 
     assert outcome is Outcome.DEFERRED
     assert api.requests == []
-    ((again, delay),) = publisher.retries
+    ((again, delay),) = forwarder.retries
     assert again == attempt(4)
     assert delay == guard.retry_in
-    assert publisher.dead_letters == []
+    assert forwarder.dead_letters == []
     # and nothing was recorded: the event is still new once the outage is over
     with ledger.hold(Relationship.of(again.event), again.event.event_id) as hold:
         assert hold.verdict(again.event) is Verdict.NEW
@@ -535,13 +535,13 @@ def test_given_an_open_guard_and_the_delivery_limit_reached_then_still_dead_lett
     api = FakeApi(status(204))
     guard, _ = make_guard(1)
     guard.record_failure("HTTP 503")
-    applier, publisher = applier_for(api, make_ledger(), guard)
+    applier, forwarder = applier_for(api, make_ledger(), guard)
 
     outcome = applier.apply(attempt(2), delivery_count=DELIVERY_LIMIT)
 
     assert outcome is Outcome.DEAD_LETTERED
     assert api.requests == []
-    ((_, letter),) = publisher.dead_letters
+    ((_, letter),) = forwarder.dead_letters
     assert letter.reason == "delivery-limit"
 
 
@@ -551,7 +551,7 @@ def test_given_401_twice_with_a_static_token_then_it_counts_toward_the_guard(
 ) -> None:
     api = FakeApi(status(401))
     guard, calls = make_guard(2)
-    applier, publisher = applier_for(api, make_ledger(), guard)
+    applier, forwarder = applier_for(api, make_ledger(), guard)
 
     first = applier.apply(attempt(1))
     second = applier.apply(attempt(2))
@@ -559,9 +559,9 @@ def test_given_401_twice_with_a_static_token_then_it_counts_toward_the_guard(
     assert (first, second) == (Outcome.RETRYING, Outcome.DEFERRED)
     assert guard.is_open
     assert calls == ["open"]
-    assert [again.number for again, _ in publisher.retries] == [2, 2]
+    assert [again.number for again, _ in forwarder.retries] == [2, 2]
     assert len(api.requests) == 4
-    assert publisher.dead_letters == []
+    assert forwarder.dead_letters == []
 
 
 def test_given_an_api_rejection_between_systemic_failures_then_the_count_starts_again(
@@ -570,14 +570,14 @@ def test_given_an_api_rejection_between_systemic_failures_then_the_count_starts_
 ) -> None:
     api = answers(503, 404, 503)
     guard, calls = make_guard(2)
-    applier, publisher = applier_for(api, make_ledger(), guard)
+    applier, forwarder = applier_for(api, make_ledger(), guard)
 
     outcomes = [applier.apply(attempt(1)) for _ in range(3)]
 
     assert outcomes == [Outcome.RETRYING, Outcome.DEAD_LETTERED, Outcome.RETRYING]
     assert not guard.is_open
     assert calls == []
-    assert [again.number for again, _ in publisher.retries] == [2, 2]
+    assert [again.number for again, _ in forwarder.retries] == [2, 2]
 
 
 def test_given_an_applied_event_between_systemic_failures_then_the_count_starts_again(
@@ -605,14 +605,14 @@ def test_given_429_then_it_does_not_count_toward_the_guard(
 ) -> None:
     api = FakeApi(lambda request: httpx.Response(429, headers={"Retry-After": "2"}))
     guard, calls = make_guard(1)
-    applier, publisher = applier_for(api, make_ledger(), guard)
+    applier, forwarder = applier_for(api, make_ledger(), guard)
 
     outcome = applier.apply(attempt(1))
 
     assert outcome is Outcome.RETRYING
     assert not guard.is_open
     assert calls == []
-    ((again, _),) = publisher.retries
+    ((again, _),) = forwarder.retries
     assert again.number == 2
 
 
@@ -621,14 +621,14 @@ def test_given_429_then_it_does_not_count_toward_the_guard(
 
 def test_given_the_ledger_unreachable_then_retrying_and_nothing_applied_blindly() -> None:
     api = FakeApi(status(204))
-    applier, publisher = applier_for(api, unreachable_ledger())
+    applier, forwarder = applier_for(api, unreachable_ledger())
 
     outcome = applier.apply(attempt(1))
 
     assert outcome is Outcome.RETRYING
     assert api.requests == []
-    assert publisher.dead_letters == []
-    ((again, delay),) = publisher.retries
+    assert forwarder.dead_letters == []
+    ((again, delay),) = forwarder.retries
     assert again.number == 2
     assert 1.0 <= delay <= 1.2
 
@@ -638,14 +638,14 @@ def test_given_the_ledger_unreachable_twice_then_it_counts_toward_the_guard(
 ) -> None:
     api = FakeApi(status(204))
     guard, calls = make_guard(2)
-    applier, publisher = applier_for(api, unreachable_ledger(), guard)
+    applier, forwarder = applier_for(api, unreachable_ledger(), guard)
 
     outcomes = [applier.apply(attempt(1)), applier.apply(attempt(2))]
 
     assert outcomes == [Outcome.RETRYING, Outcome.DEFERRED]
     assert guard.is_open
     assert calls == ["open"]
-    assert [again.number for again, _ in publisher.retries] == [2, 2]
+    assert [again.number for again, _ in forwarder.retries] == [2, 2]
     assert api.requests == []
 
 
@@ -668,7 +668,7 @@ def test_given_a_call_without_answer_then_the_relationship_lingers_only_if_it_wa
     applier = Applier(
         client_for(FakeApi(fail)),
         ledger,
-        RecordingPublisher(),
+        RecordingForwarder(),
         RetryPolicy((1.0,)),
         unsettled_linger_seconds=5.0,
     )

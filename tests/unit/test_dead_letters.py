@@ -17,8 +17,9 @@ from worker.constants import (
     HEADER_FIRST_ATTEMPT_AT,
     HEADER_REASON,
     HEADER_STATUS,
+    MAX_ERROR_CHARS,
 )
-from worker.processing.dead_letters import MAX_ERROR_CHARS, DeadLetter, Envelope, json_safe_headers
+from worker.processing.dead_letters import DeadLetter, Envelope, json_safe_headers
 
 NOW = datetime(2024, 5, 1, 12, 0, 5, tzinfo=UTC)
 FIRST = "2024-05-01T11:59:00+00:00"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from worker.dlq.filters import DeadLetterFilter, Selection, parse_timestamp, select
-from worker.dlq.queue import DeadLetterRecord
+from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, parse_timestamp, select
+from worker.dead_letter_queue.reading import DeadLetterRecord
 from worker.events import correlation_id
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

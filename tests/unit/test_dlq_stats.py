@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from worker.dlq.queue import DeadLetterRecord
-from worker.dlq.stats import error_type, group_stats
+from worker.dead_letter_queue.reading import DeadLetterRecord
+from worker.dead_letter_queue.stats import error_type, group_stats
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

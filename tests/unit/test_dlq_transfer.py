@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from worker.dlq.queue import DeadLetterError, DeadLetterRecord
-from worker.dlq.replay import replay_envelope, replay_headers
-from worker.dlq.transfer import read_lines, to_line
+from worker.dead_letter_queue.reading import DeadLetterError, DeadLetterRecord
+from worker.dead_letter_queue.replay import replay_envelope, replay_headers
+from worker.dead_letter_queue.transfer import read_lines, to_line
 from worker.processing.dead_letters import json_safe_headers
 
 NOW = datetime(2024, 5, 2, 8, 30, tzinfo=UTC)

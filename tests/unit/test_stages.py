@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.unit.redis_ledgers import fresh_ledger, unreachable_ledger
-from tests.unit.test_apply import ENVELOPE, FakeApi, RecordingPublisher, client_for, status
+from tests.unit.test_apply import ENVELOPE, FakeApi, RecordingForwarder, client_for, status
 from worker.events import decode_event
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
 from worker.processing.applier import BUSY_RETRY_SECONDS, Applier, Outcome
@@ -26,7 +26,7 @@ from worker.processing.backoff import RetryPolicy
 from worker.processing.ledger import Ledger, Relationship
 from worker.processing.outage import OutageGuard, OutagePolicy
 from worker.runtime.gate import Gate
-from worker.runtime.settler import SettledMessages, Settler
+from worker.runtime.settler import InFlightMessages, Settler
 
 WAIT_SECONDS = 5.0
 
@@ -74,17 +74,17 @@ def event_attempt(customer: uuid.UUID | None = None, event_id: str | None = None
 
 def make_applier(
     ledger: Ledger, api: FakeApi | None = None, guard: OutageGuard | None = None
-) -> tuple[Applier, RecordingPublisher]:
-    publisher = RecordingPublisher()
+) -> tuple[Applier, RecordingForwarder]:
+    forwarder = RecordingForwarder()
     applier = Applier(
         client_for(api or FakeApi(status(204))),
         ledger,
-        publisher,
+        forwarder,
         RetryPolicy((1.0, 2.0), jitter=0.0),
         guard,
         rng=random.Random(7),
     )
-    return applier, publisher
+    return applier, forwarder
 
 
 def gate_over(ledger: Ledger) -> tuple[Gate, Handed, Handed, list[Any]]:
@@ -140,7 +140,7 @@ def test_given_a_relationship_held_past_the_lock_wait_then_the_event_is_deferred
     make_ledger: Callable[..., Ledger],
 ) -> None:
     ledger = make_ledger(lock_wait_seconds=0.3)
-    applier, publisher = make_applier(ledger)
+    applier, forwarder = make_applier(ledger)
     customer = uuid.uuid4()
     ledger.acquire(Relationship.of(event_attempt(customer).event), "elsewhere")
     gate, held, decided, _ = gate_over(ledger)
@@ -153,13 +153,13 @@ def test_given_a_relationship_held_past_the_lock_wait_then_the_event_is_deferred
     assert isinstance(call.failure, RelationshipBusy)
     assert held.calls == []
     assert applier.conclude(call) is Outcome.DEFERRED
-    ((deferred, delay),) = publisher.retries
+    ((deferred, delay),) = forwarder.retries
     assert (deferred.number, delay) == (1, BUSY_RETRY_SECONDS)
 
 
 def test_given_redis_unreachable_then_every_event_is_decided_as_ledger_unavailable() -> None:
     ledger = unreachable_ledger()
-    applier, publisher = make_applier(ledger)
+    applier, forwarder = make_applier(ledger)
     gate, held, decided, _ = gate_over(ledger)
 
     for number in range(3):
@@ -169,14 +169,14 @@ def test_given_redis_unreachable_then_every_event_is_decided_as_ledger_unavailab
     assert all(isinstance(call.failure, LedgerUnavailable) for call, _ in calls)
     assert held.calls == []
     assert {applier.conclude(call) for call, _ in calls} == {Outcome.RETRYING}
-    assert len(publisher.retries) == 3
+    assert len(forwarder.retries) == 3
 
 
 def test_given_outage_protection_on_then_the_gate_decides_without_the_ledger() -> None:
     ledger = unreachable_ledger()
     guard = OutageGuard(lambda: False, lambda: None, lambda: None, OutagePolicy(threshold=1))
     guard.record_failure("HTTP 503")
-    applier, publisher = make_applier(ledger, guard=guard)
+    applier, forwarder = make_applier(ledger, guard=guard)
     gate, held, decided, _ = gate_over(ledger)
 
     gate.put(applier.prepare(event_attempt()), StandInMessage("outage"))
@@ -185,7 +185,7 @@ def test_given_outage_protection_on_then_the_gate_decides_without_the_ledger() -
     assert call.outage and call.failure is None and call.hold is None
     assert held.calls == []
     assert applier.conclude(call) is Outcome.DEFERRED
-    assert [deferred.number for deferred, _ in publisher.retries] == [1]
+    assert [deferred.number for deferred, _ in forwarder.retries] == [1]
     guard.stop()
 
 
@@ -194,35 +194,35 @@ def test_given_outage_protection_on_then_the_gate_decides_without_the_ledger() -
 
 def settled_batch(
     applier: Applier, count: int, on_settled: Callable[[], None]
-) -> tuple[SettledMessages, Settler, list[tuple[Call, StandInMessage]]]:
-    messages = SettledMessages()
-    settler = Settler(applier, messages, on_settled)
+) -> tuple[InFlightMessages, Settler, list[tuple[Call, StandInMessage]]]:
+    in_flight = InFlightMessages()
+    settler = Settler(applier, in_flight, on_settled)
     batch = []
     for number in range(count):
         call = applier.prepare(event_attempt())
         call.hold = applier.ledger.acquire(call.relationship, call.attempt.event.event_id)
         applier.send(call)
-        messages.started()
+        in_flight.started()
         batch.append((call, StandInMessage(str(number))))
-    return messages, settler, batch
+    return in_flight, settler, batch
 
 
 def test_given_sent_calls_when_settled_together_then_recorded_concluded_and_acked() -> None:
     ledger = fresh_ledger()
     api = FakeApi(status(204))
-    applier, publisher = make_applier(ledger, api)
+    applier, forwarder = make_applier(ledger, api)
     settled_rounds: list[int] = []
-    messages, settler, batch = settled_batch(applier, 5, lambda: settled_rounds.append(1))
+    in_flight, settler, batch = settled_batch(applier, 5, lambda: settled_rounds.append(1))
 
     settler.conclude(batch)
-    messages.settle(())
+    in_flight.settle(())
 
     assert settled_rounds == [1]
     assert [message.settled for _, message in batch] == [["ack"]] * 5
-    assert messages.wait_idle(0)
+    assert in_flight.wait_idle(0)
     assert len(api.requests) == 5
-    assert publisher.retries == []
-    assert publisher.dead_letters == []
+    assert forwarder.retries == []
+    assert forwarder.dead_letters == []
     # Recorded and released: the same events again are duplicates, taken without waiting.
     for call, _ in batch:
         again = applier.call(call.attempt)
@@ -232,21 +232,21 @@ def test_given_sent_calls_when_settled_together_then_recorded_concluded_and_acke
 
 def test_given_redis_gone_before_leaving_then_each_event_is_retried_not_acked_as_applied() -> None:
     ledger = fresh_ledger()
-    applier, publisher = make_applier(ledger)
-    messages, settler, batch = settled_batch(applier, 3, lambda: None)
+    applier, forwarder = make_applier(ledger)
+    in_flight, settler, batch = settled_batch(applier, 3, lambda: None)
     applier.ledger = unreachable_ledger()
 
     settler.conclude(batch)
-    messages.settle(())
+    in_flight.settle(())
 
     assert all(isinstance(call.failure, LedgerUnavailable) for call, _ in batch)
-    assert len(publisher.retries) == 3
+    assert len(forwarder.retries) == 3
     # The retry is in the broker, so the first attempt's message is done with.
     assert [message.settled for _, message in batch] == [["ack"]] * 3
 
 
 @dataclass
-class BrokerFailingFor(RecordingPublisher):
+class BrokerFailingFor(RecordingForwarder):
     """Cannot publish the retry of one event."""
 
     failing_event_id: str = ""
@@ -260,17 +260,17 @@ class BrokerFailingFor(RecordingPublisher):
 def test_given_a_conclusion_that_fails_then_only_that_message_is_requeued() -> None:
     ledger = fresh_ledger()
     applier, _ = make_applier(ledger, FakeApi(status(500)))
-    messages, settler, batch = settled_batch(applier, 3, lambda: None)
-    publisher = BrokerFailingFor(failing_event_id=batch[1][0].attempt.event.event_id)
-    applier.publisher = publisher
+    in_flight, settler, batch = settled_batch(applier, 3, lambda: None)
+    forwarder = BrokerFailingFor(failing_event_id=batch[1][0].attempt.event.event_id)
+    applier.forwarder = forwarder
 
     for call, message in batch:
         settler.put(call, message)
-    assert messages.wait_idle(WAIT_SECONDS)
-    messages.settle(())
+    assert in_flight.wait_idle(WAIT_SECONDS)
+    in_flight.settle(())
 
     assert [message.settled for _, message in batch] == [["ack"], ["requeue"], ["ack"]]
-    assert len(publisher.retries) == 2
+    assert len(forwarder.retries) == 2
 
 
 def test_given_redis_lost_after_the_relationship_was_taken_then_the_call_is_not_made() -> None:
@@ -282,11 +282,11 @@ def test_given_redis_lost_after_the_relationship_was_taken_then_the_call_is_not_
     ledger = unreachable_ledger()
     with pytest.raises(LedgerUnavailable):
         ledger.try_acquire_all([(call.relationship, "another-event")])
-    applier, publisher = make_applier(ledger, api)
+    applier, forwarder = make_applier(ledger, api)
 
     applier.send(call)
 
     assert api.requests == []
     assert isinstance(call.failure, LedgerUnavailable)
     assert applier.conclude(call) is Outcome.RETRYING
-    assert [retry.number for retry, _ in publisher.retries] == [2]
+    assert [retry.number for retry, _ in forwarder.retries] == [2]

@@ -9,7 +9,13 @@ from pathlib import Path
 import click
 
 from worker.amqp.connection import broker_connection
-from worker.amqp.producer import Encoding, NoQueueBound, new_event, publish_events, read_events
+from worker.amqp.event_publishing import (
+    Encoding,
+    NoQueueBound,
+    new_event,
+    publish_events,
+    read_events,
+)
 from worker.cli.settings import command_settings
 from worker.exceptions import ConfigurationError
 

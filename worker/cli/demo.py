@@ -18,9 +18,9 @@ import click
 from kombu import Connection
 
 from worker.amqp.connection import broker_connection
-from worker.amqp.producer import Encoding, encode, new_event, publish_raw
+from worker.amqp.event_publishing import Encoding, encode, new_event, publish_raw
 from worker.amqp.topology import declare_topology
-from worker.dlq.queue import browse
+from worker.dead_letter_queue.reading import browse
 from worker.events import correlation_id
 from worker.sandbox import SandboxOptions, SandboxServer
 from worker.settings import Settings

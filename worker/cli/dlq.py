@@ -1,7 +1,7 @@
 """``ccsync dlq``: inspect, replay, purge, export and import dead letters (contract section 6).
 
 Thin on purpose: each command parses its options into a ``DeadLetterFilter`` and calls one
-function of the ``dlq_*`` modules, which the tests call directly too.
+function of ``worker.dead_letter_queue``, which the tests call directly too.
 """
 
 from __future__ import annotations
@@ -26,21 +26,21 @@ from worker.constants import (
     REASON_INVALID_EVENT,
     REASON_RETRIES_EXHAUSTED,
 )
-from worker.dlq.edit import parse_assignments
-from worker.dlq.filters import DeadLetterFilter, parse_timestamp, select
-from worker.dlq.purge import purge as purge_dead_letters
-from worker.dlq.queue import DeadLetterError, hold
-from worker.dlq.render import (
-    DEAD_LETTER_HEADER,
-    STATS_HEADER,
+from worker.dead_letter_queue.edit import parse_assignments
+from worker.dead_letter_queue.filters import DeadLetterFilter, parse_timestamp, select
+from worker.dead_letter_queue.purge import purge as purge_dead_letters
+from worker.dead_letter_queue.reading import DeadLetterError, hold
+from worker.dead_letter_queue.render import (
+    DEAD_LETTER_COLUMNS,
+    STATS_COLUMNS,
     Progress,
     dead_letter_row,
     stats_row,
     table,
 )
-from worker.dlq.replay import replay as replay_dead_letters
-from worker.dlq.stats import dead_letter_stats
-from worker.dlq.transfer import export_dead_letters, import_dead_letters, read_lines
+from worker.dead_letter_queue.replay import replay as replay_dead_letters
+from worker.dead_letter_queue.stats import dead_letter_stats
+from worker.dead_letter_queue.transfer import export_dead_letters, import_dead_letters, read_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -154,7 +154,7 @@ def list_command(filters: DeadLetterFilter, limit: int | None, as_json: bool) ->
     if not records:
         click.echo("no dead letters match")
         return
-    click.echo(table(DEAD_LETTER_HEADER, [dead_letter_row(record) for record in records]))
+    click.echo(table(DEAD_LETTER_COLUMNS, [dead_letter_row(record) for record in records]))
     click.echo(f"{len(records)} dead letter(s)")
 
 
@@ -172,7 +172,7 @@ def stats(filters: DeadLetterFilter, limit: int | None, as_json: bool) -> None:
     if not groups:
         click.echo("no dead letters match")
         return
-    click.echo(table(STATS_HEADER, [stats_row(group) for group in groups]))
+    click.echo(table(STATS_COLUMNS, [stats_row(group) for group in groups]))
     click.echo(f"{sum(group.count for group in groups)} dead letter(s) in {len(groups)} group(s)")
 
 

@@ -1,6 +1,6 @@
-"""What each answer of CloudCockpit means for the event: the one place outcomes are classified.
+"""What each answer of CloudCockpit means for the event: the one place answers are classified.
 
-| answer                                   | outcome                                          |
+| answer                                   | ccsync does                                      |
 |------------------------------------------|--------------------------------------------------|
 | 2xx                                      | applied                                          |
 | 401                                      | renew the token once and call again              |
@@ -17,12 +17,11 @@ from typing import Any
 
 import httpx
 
+from worker.constants import MAX_ERROR_CHARS
 from worker.exceptions import ApiRejected, ApiUnavailable, RateLimited
 
-MAX_ERROR_CHARS = 500
 
-
-def raise_for_outcome(response: httpx.Response) -> None:
+def raise_for_answer(response: httpx.Response) -> None:
     """Return if the change was applied; raise the exception that says what to do otherwise.
 
     401 is not handled here: renewing the token is the client's job, which sees it first.

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import httpx
 
-from worker.cloudcockpit.answers import describe_transport_error, raise_for_outcome
+from worker.cloudcockpit.answers import describe_transport_error, raise_for_answer
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken, TokenSource
 from worker.exceptions import TokenRejected, TransientFailure
 from worker.settings import Settings
@@ -114,7 +114,7 @@ class CloudCockpitClient:
             response = self._patch(url, body, tenant, correlation_id, renewed)
             if response.status_code == 401:
                 raise TokenRejected("HTTP 401 with a renewed token", 401)
-        raise_for_outcome(response)
+        raise_for_answer(response)
 
     def answers(self, tenant: str, customer_id: uuid.UUID, reseller_id: uuid.UUID | None) -> bool:
         """Whether CloudCockpit is back: reading the customer gets any answer but 5xx, 429 or 401.

@@ -79,8 +79,9 @@ _COUNTERS = {
 }
 
 
-class Publisher(Protocol):
-    """Where an attempt goes next; both calls return only once the broker has the message."""
+class Forwarder(Protocol):
+    """Forwards an attempt to its next try or to the dead letters; both calls return only once
+    the broker has the message."""
 
     def retry_later(self, attempt: Attempt, delay_seconds: float) -> None: ...
 
@@ -111,7 +112,7 @@ class Applier:
         self,
         api: CloudCockpitClient,
         ledger: Ledger,
-        publisher: Publisher,
+        forwarder: Forwarder,
         policy: RetryPolicy,
         guard: OutageGuard | None = None,
         rng: random.Random | None = None,
@@ -119,7 +120,7 @@ class Applier:
     ) -> None:
         self.api = api
         self.ledger = ledger
-        self.publisher = publisher
+        self.forwarder = forwarder
         self.policy = policy
         self.guard = guard
         self.rng = rng or random.Random()
@@ -253,11 +254,11 @@ class Applier:
             return self._dead_letter(
                 attempt, REASON_RETRIES_EXHAUSTED, failure.error, failure.status
             )
-        self.publisher.retry_later(attempt.next(), delay)
+        self.forwarder.retry_later(attempt.next(), delay)
         return self._report(attempt, Outcome.RETRYING, f"{failure.error}; retry in {delay:.1f}s")
 
     def _defer(self, attempt: Attempt, delay: float, why: str) -> Outcome:
-        self.publisher.retry_later(attempt, delay)
+        self.forwarder.retry_later(attempt, delay)
         return self._report(attempt, Outcome.DEFERRED, f"{why}; back in {delay:.1f}s")
 
     def _healthy(self) -> None:
@@ -276,7 +277,7 @@ class Applier:
             status=status,
             first_attempt_at=attempt.first_attempt_at,
         )
-        self.publisher.dead_letter(attempt.envelope, letter)
+        self.forwarder.dead_letter(attempt.envelope, letter)
         metrics.EVENTS_DEAD_LETTERED.labels(reason).inc()
         # The API refusing an event is the producer's business, not a fault of ccsync: a
         # warning. Exhausted retries and poison messages need someone to look: errors.

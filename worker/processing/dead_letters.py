@@ -16,11 +16,13 @@ from worker.constants import (
     HEADER_ERROR,
     HEADER_EVENT_ID,
     HEADER_FIRST_ATTEMPT_AT,
+    HEADER_PREFIX,
     HEADER_REASON,
+    HEADER_REPLAY_COUNT,
+    HEADER_REPLAYED_AT,
     HEADER_STATUS,
+    MAX_ERROR_CHARS,
 )
-
-MAX_ERROR_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,8 @@ def _without_ccsync_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
         key: value
         for key, value in headers.items()
         if not isinstance(key, str)
-        or not key.startswith("x-ccsync-")
-        or key in ("x-ccsync-replayed-at", "x-ccsync-replay-count")
+        or not key.startswith(HEADER_PREFIX)
+        or key in (HEADER_REPLAYED_AT, HEADER_REPLAY_COUNT)
         if key
         not in (
             "x-death",

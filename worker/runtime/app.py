@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 READY_MESSAGE = "ccsync worker ready: consuming ccsync.events and ccsync.tasks"
 
 
-class BrokerPublisher:
-    """Retries and dead letters through the app's pool of confirming producer connections."""
+class BrokerForwarder:
+    """The applier's ``Forwarder``: through the app's pool of confirming producer connections."""
 
     def __init__(self, app: Celery) -> None:
         self._app = app
@@ -87,7 +87,7 @@ class Runtime:
         self.applier = Applier(
             api,
             self.ledger,
-            BrokerPublisher(app),
+            BrokerForwarder(app),
             RetryPolicy(settings.retry_delays, settings.retry_jitter),
             self.guard,
         )

@@ -52,10 +52,10 @@ class _Claim:
 class Gate:
     """One thread that takes relationships in batches.
 
-    ``on_held`` gets each call whose relationship is now held (to be sent), and whoever sends it
-    says so with ``sending``; ``on_decided`` gets each call that is not to be sent (outage, busy,
-    ledger down): both run in the gate thread. ``on_lost`` gets the message of a call the gate
-    failed on; it goes back to the queue.
+    ``on_held`` gets each call whose relationship is now held (to be sent), and the pool thread
+    that takes it calls ``decrement_backlog``; ``on_decided`` gets each call that is not to be
+    sent (outage, busy, ledger down): both run in the gate thread. ``on_lost`` gets the message
+    of a call the gate failed on; it goes back to the queue.
     """
 
     def __init__(
@@ -78,8 +78,8 @@ class Gate:
     def put(self, call: Call, message: Message) -> None:
         self._arrivals.put((call, message))
 
-    def sending(self) -> None:
-        """A held call handed on is being sent now."""
+    def decrement_backlog(self) -> None:
+        """One held call fewer waits for a pool thread: one has taken it, to send it now."""
         with self._backlog_lock:
             self._backlog -= 1
 

@@ -37,7 +37,7 @@ from worker.processing.attempts import Attempt, Call
 from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_letter
 from worker.runtime.consumer_switch import ConsumerSwitch
 from worker.runtime.gate import Gate
-from worker.runtime.settler import SettledMessages, Settler
+from worker.runtime.settler import InFlightMessages, Settler
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         self._producer: Producer | None = None
         self._ticking_hub: Any = None
         self._celery_consumer: Any = None
-        self._outcomes = SettledMessages()
+        self._in_flight = InFlightMessages()
         self._made_stages: _Stages | None = None
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
@@ -129,10 +129,10 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         for consumer in self.consumers or []:
             ignore_errors(c.connection, consumer.cancel)
         grace = self._services.ccsync_settings.http_timeout + SHUTDOWN_GRACE_SECONDS
-        if not self._outcomes.wait_idle(grace):
+        if not self._in_flight.wait_idle(grace):
             log.warning("shutdown: calls still in flight after %.0fs are left to redelivery", grace)
         # The event loop has stopped: this thread alone uses the channel now.
-        self._outcomes.settle(c.connection_errors)
+        self._in_flight.settle(c.connection_errors)
         super().stop(c)
 
     def shutdown(self, c: Any) -> None:
@@ -212,7 +212,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             )
             message.ack()
             return
-        self._outcomes.started()
+        self._in_flight.started()
         stages = self._stages()
         stages.gate.put(stages.applier.prepare(Attempt.first(event, envelope)), message)
 
@@ -220,7 +220,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         # Made once the worker runs, never at import: the runtime holds clients and threads.
         if self._made_stages is None:
             applier = self._services.applier
-            settler = Settler(applier, self._outcomes, self._ask_loop_to_settle)
+            settler = Settler(applier, self._in_flight, self._ask_loop_to_settle)
             gate = Gate(applier.ledger, self._send, settler.put, self._requeue)
             self._made_stages = _Stages(applier, gate, settler)
         return self._made_stages
@@ -232,7 +232,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
     def _call_in_pool(self, call: Call, message: Message) -> None:
         """In a pool thread: the call and nothing else. The settler concludes it."""
         stages = self._stages()
-        stages.gate.sending()
+        stages.gate.decrement_backlog()
         try:
             stages.applier.send(call)
         except Exception:
@@ -242,13 +242,13 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         stages.settler.put(call, message)
 
     def _requeue(self, message: Message) -> None:
-        self._outcomes.finished(message, False)
+        self._in_flight.finished(message, ack=False)
         self._ask_loop_to_settle()
 
     def _ask_loop_to_settle(self) -> None:
         """From any thread: the loop, owner of the channel, acks what is settled."""
         consumer = self._celery_consumer
-        consumer.call_soon(self._outcomes.settle, consumer.connection_errors)
+        consumer.call_soon(self._in_flight.settle, consumer.connection_errors)
 
     def _validate(self, envelope: Envelope) -> IdentifierChanged:
         limit = self._services.ccsync_settings.max_event_bytes

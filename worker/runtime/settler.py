@@ -30,8 +30,9 @@ MAX_BATCH = 64
 GATHER_SECONDS = 0.02
 
 
-class SettledMessages:
-    """First attempts in flight, and the messages whose outcome is settled, waiting to be acked.
+class InFlightMessages:
+    """Counts the first attempts in flight, and holds the messages whose outcome is settled,
+    waiting to be acked or requeued.
 
     Pool threads report here; the event loop thread (or ``stop``, once the loop is over) acks,
     since a channel must only be used by one thread.
@@ -46,8 +47,9 @@ class SettledMessages:
         with self._idle:
             self._in_flight += 1
 
-    def finished(self, message: Message, done: bool) -> None:
-        self._done.put((message, done))
+    def finished(self, message: Message, *, ack: bool) -> None:
+        """``ack``: the outcome is recorded; otherwise the message goes back to the queue."""
+        self._done.put((message, ack))
         with self._idle:
             self._in_flight -= 1
             self._idle.notify_all()
@@ -59,10 +61,10 @@ class SettledMessages:
     def settle(self, connection_errors: tuple[type[BaseException], ...]) -> None:
         while True:
             try:
-                message, done = self._done.get_nowait()
+                message, ack = self._done.get_nowait()
             except queue.Empty:
                 return
-            if done:
+            if ack:
                 message.ack_log_error(log, connection_errors)
             else:
                 # Back to the queue, which counts the delivery: a message that keeps failing
@@ -74,14 +76,14 @@ class Settler:
     """One thread that concludes calls in batches and reports their messages as settled.
 
     ``on_settled`` is called after each batch, from the settler thread: it asks the event loop to
-    ack what ``messages`` now holds.
+    ack what ``in_flight`` now holds.
     """
 
     def __init__(
-        self, applier: Applier, messages: SettledMessages, on_settled: Callable[[], None]
+        self, applier: Applier, in_flight: InFlightMessages, on_settled: Callable[[], None]
     ) -> None:
         self._applier = applier
-        self._messages = messages
+        self._in_flight = in_flight
         self._on_settled = on_settled
         self._calls: queue.SimpleQueue[tuple[Call, Message]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ccsync-settler", daemon=True)
@@ -104,15 +106,15 @@ class Settler:
                 "leaving %d relationships failed; their messages are requeued", len(batch)
             )
             for _, message in batch:
-                self._messages.finished(message, False)
+                self._in_flight.finished(message, ack=False)
             self._on_settled()
             return
         for call, message in batch:
             try:
                 self._applier.conclude(call)
-                done = True
+                recorded = True
             except Exception:
                 log.exception("event %s: no outcome could be recorded", call.attempt.event.event_id)
-                done = False
-            self._messages.finished(message, done)
+                recorded = False
+            self._in_flight.finished(message, ack=recorded)
         self._on_settled()

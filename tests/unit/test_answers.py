@@ -1,4 +1,4 @@
-"""What each answer of CloudCockpit means: ``raise_for_outcome`` and its helpers."""
+"""What each answer of CloudCockpit means: ``raise_for_answer`` and its helpers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.cloudcockpit.answers import MAX_ERROR_CHARS, parse_retry_after, raise_for_outcome
+from worker.cloudcockpit.answers import parse_retry_after, raise_for_answer
+from worker.constants import MAX_ERROR_CHARS
 from worker.exceptions import (
     ApiRejected,
     ApiUnavailable,
@@ -46,7 +47,7 @@ def rate_limited(retry_after: str | None) -> RateLimited:
     """A 429 whose Retry-After carries ``retry_after`` as raw latin-1 bytes, as on the wire."""
     headers = [] if retry_after is None else [(b"Retry-After", retry_after.encode("latin-1"))]
     with pytest.raises(RateLimited) as caught:
-        raise_for_outcome(httpx.Response(429, headers=headers))
+        raise_for_answer(httpx.Response(429, headers=headers))
     return caught.value
 
 
@@ -55,7 +56,7 @@ def rate_limited(retry_after: str | None) -> RateLimited:
 
 @pytest.mark.parametrize("status", [200, 202, 204])
 def test_given_a_2xx_answer_then_the_change_is_applied_and_nothing_is_raised(status: int) -> None:
-    raise_for_outcome(response(status))  # any exception fails the test
+    raise_for_answer(response(status))  # any exception fails the test
 
 
 # --- rejected --------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ def test_given_a_2xx_answer_then_the_change_is_applied_and_nothing_is_raised(sta
 @pytest.mark.parametrize("status", [400, 403, 404, 409, 422, 418])
 def test_given_a_4xx_answer_then_api_rejected_with_that_status(status: int) -> None:
     with pytest.raises(ApiRejected) as caught:
-        raise_for_outcome(response(status, {**ERROR_BODY, "statusCode": status}))
+        raise_for_answer(response(status, {**ERROR_BODY, "statusCode": status}))
 
     assert caught.value.status == status
     assert not isinstance(caught.value, TransientFailure)
@@ -73,7 +74,7 @@ def test_given_a_4xx_answer_then_api_rejected_with_that_status(status: int) -> N
 
 def test_given_an_error_body_then_type_description_and_each_property_error_are_kept() -> None:
     with pytest.raises(ApiRejected) as caught:
-        raise_for_outcome(response(400, ERROR_BODY))
+        raise_for_answer(response(400, ERROR_BODY))
 
     error = caught.value.error
     assert "ValidationError" in error
@@ -86,7 +87,7 @@ def test_given_an_error_body_then_type_description_and_each_property_error_are_k
 
 def test_given_a_403_without_body_then_api_rejected_with_just_the_status() -> None:
     with pytest.raises(ApiRejected) as caught:
-        raise_for_outcome(response(403))
+        raise_for_answer(response(403))
 
     assert caught.value.status == 403
     assert caught.value.error == "HTTP 403"
@@ -96,7 +97,7 @@ def test_given_an_error_whose_description_is_a_string_then_it_is_kept() -> None:
     body = {"errors": [{"propertyName": "CustomerId", "description": "Unknown customer."}]}
 
     with pytest.raises(ApiRejected) as caught:
-        raise_for_outcome(response(404, body))
+        raise_for_answer(response(404, body))
 
     assert "CustomerId: Unknown customer." in caught.value.error
 
@@ -156,7 +157,7 @@ def test_given_a_retry_after_value_that_is_not_ascii_seconds_or_a_date_then_none
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_given_a_5xx_answer_then_api_unavailable_with_that_status(status: int) -> None:
     with pytest.raises(ApiUnavailable) as caught:
-        raise_for_outcome(response(status, {**ERROR_BODY, "statusCode": status}))
+        raise_for_answer(response(status, {**ERROR_BODY, "statusCode": status}))
 
     assert caught.value.status == status
     assert not isinstance(caught.value, RateLimited)
@@ -182,7 +183,7 @@ def test_given_an_error_body_that_is_not_a_json_object_then_the_status_alone_is_
     content: bytes,
 ) -> None:
     with pytest.raises(ApiUnavailable) as caught:
-        raise_for_outcome(response(502, content=content))
+        raise_for_answer(response(502, content=content))
 
     assert caught.value.error == "HTTP 502"
     assert caught.value.status == 502
@@ -197,14 +198,14 @@ def test_given_an_error_body_that_is_not_a_json_object_then_the_status_alone_is_
     ],
     ids=["errors-not-a-list", "errors-items-not-objects", "deeply-nested"],
 )
-def test_given_an_error_body_of_unexpected_shape_then_the_outcome_is_still_classified(
+def test_given_an_error_body_of_unexpected_shape_then_the_answer_is_still_classified(
     status: int, content: bytes
 ) -> None:
     """A gateway or a bug may answer anything; classifying must never crash with another error."""
     expected = ApiRejected if status < 500 else ApiUnavailable
 
     with pytest.raises(expected) as caught:
-        raise_for_outcome(response(status, content=content))
+        raise_for_answer(response(status, content=content))
 
     assert caught.value.status == status
     assert caught.value.error.startswith(f"HTTP {status}")
@@ -214,7 +215,7 @@ def test_given_a_huge_error_body_then_the_error_text_is_capped() -> None:
     body = {**ERROR_BODY, "description": "d" * 20_000, "errors": [ERROR_BODY["errors"][0]] * 500}
 
     with pytest.raises(ApiRejected) as caught:
-        raise_for_outcome(response(400, body))
+        raise_for_answer(response(400, body))
 
     assert len(caught.value.error) <= MAX_ERROR_CHARS
     assert caught.value.error.startswith("HTTP 400")

@@ -21,13 +21,14 @@ from worker.amqp.topology import declare_topology
 from worker.constants import (
     EVENT_ROUTING_KEY,
     EVENTS_EXCHANGE,
+    HEADER_PREFIX,
     HEADER_REPLAY_COUNT,
     HEADER_REPLAYED_AT,
 )
-from worker.dlq.confirmed_batches import ConfirmingPublisher
-from worker.dlq.edit import edit_body
-from worker.dlq.filters import DeadLetterFilter, Selection, select
-from worker.dlq.queue import DeadLetterError, DeadLetterRecord, hold
+from worker.dead_letter_queue.confirm_window import ConfirmWindow
+from worker.dead_letter_queue.edit import edit_body
+from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
+from worker.dead_letter_queue.reading import DeadLetterError, DeadLetterRecord, hold
 from worker.processing.dead_letters import Envelope
 
 # At most this many publishes await their confirms: enough to publish at broker speed, few
@@ -57,7 +58,7 @@ def replay_headers(
     kept = {
         key: value
         for key, value in headers.items()
-        if not key.startswith("x-ccsync-") and key not in _BROKER_HEADERS
+        if not key.startswith(HEADER_PREFIX) and key not in _BROKER_HEADERS
     }
     kept[HEADER_REPLAYED_AT] = now.astimezone(UTC).isoformat()
     kept[HEADER_REPLAY_COUNT] = previous_replays + 1
@@ -144,17 +145,17 @@ def replay(
         declare_topology(connection)
     window = max(1, min(WINDOW, int(rate))) if rate else WINDOW
     pacer = _Pacer(rate)
-    publisher: ConfirmingPublisher[int] | None = None
+    confirms: ConfirmWindow[int] | None = None
     selection = Selection()
     try:
         with hold(connection) as held:
             if on_total is not None:
                 on_total(held.total)
             if not dry_run:
-                publisher = ConfirmingPublisher(connection)
+                confirms = ConfirmWindow(connection)
 
-            def remove(outcome: tuple[list[int], list[int]]) -> None:
-                confirmed, failed = outcome
+            def remove(settled: tuple[list[int], list[int]]) -> None:
+                confirmed, failed = settled
                 for delivery_tag in confirmed:
                     held.channel.basic_ack(delivery_tag)
                 report.replayed += len(confirmed)
@@ -165,19 +166,19 @@ def replay(
                 envelope = replay_envelope(record, now(), edits)
                 if edits:
                     report.edited_bodies.append(envelope.body)
-                if publisher is None:
+                if confirms is None:
                     continue
                 pacer.wait()
-                publisher.publish(record.delivery_tag, envelope, EVENTS_EXCHANGE, EVENT_ROUTING_KEY)
+                confirms.publish(record.delivery_tag, envelope, EVENTS_EXCHANGE, EVENT_ROUTING_KEY)
                 # Acking as soon as confirms arrive keeps the duplicates of an interruption few.
-                remove(publisher.collect())
-                if publisher.pending >= window:
-                    remove(publisher.settle())
-            if publisher is not None:
-                remove(publisher.settle())
+                remove(confirms.collect())
+                if confirms.pending >= window:
+                    remove(confirms.settle())
+            if confirms is not None:
+                remove(confirms.settle())
     finally:
-        if publisher is not None:
-            publisher.close()
+        if confirms is not None:
+            confirms.close()
         report.examined, report.matched = selection.examined, selection.matched
         report.seconds = time.monotonic() - started
     return report

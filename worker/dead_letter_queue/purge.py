@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from kombu import Connection
 
-from worker.dlq.filters import DeadLetterFilter, Selection, select
-from worker.dlq.queue import hold
+from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
+from worker.dead_letter_queue.reading import hold
 
 
 @dataclass

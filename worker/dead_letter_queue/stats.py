@@ -14,8 +14,8 @@ from typing import Any
 
 from kombu import Connection
 
-from worker.dlq.filters import DeadLetterFilter, select
-from worker.dlq.queue import DeadLetterRecord, hold
+from worker.dead_letter_queue.filters import DeadLetterFilter, select
+from worker.dead_letter_queue.reading import DeadLetterRecord, hold
 
 _HTTP_ERROR = re.compile(r"HTTP \d{3}(;|$)")
 

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from kombu import Connection
 
-from worker.dlq.queue import DeadLetterError
+from worker.dead_letter_queue.reading import DeadLetterError
 from worker.processing.dead_letters import Envelope
 
 T = TypeVar("T")
@@ -24,8 +24,9 @@ T = TypeVar("T")
 DEFAULT_CONFIRM_TIMEOUT = 30.0
 
 
-class ConfirmingPublisher(Generic[T]):
-    """Publishes on a confirm-mode channel of its own; ``settle`` says which publishes are safe.
+class ConfirmWindow(Generic[T]):
+    """Publishes a window of messages on a confirm-mode channel of its own; ``settle`` says which
+    publishes are safe.
 
     Each publish carries a token of the caller's (a delivery tag to ack, say), handed back by
     ``settle`` as confirmed or failed.

@@ -25,9 +25,9 @@ from kombu import Connection
 
 from worker.amqp.topology import declare_topology
 from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
-from worker.dlq.confirmed_batches import ConfirmingPublisher
-from worker.dlq.filters import DeadLetterFilter, Selection, select
-from worker.dlq.queue import DeadLetterError, DeadLetterRecord, hold
+from worker.dead_letter_queue.confirm_window import ConfirmWindow
+from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
+from worker.dead_letter_queue.reading import DeadLetterError, DeadLetterRecord, hold
 from worker.processing.dead_letters import json_safe_headers
 
 FORMAT: Final = "ccsync-dead-letter/1"
@@ -169,20 +169,20 @@ def import_dead_letters(
     report = TransferReport()
     selection = Selection()
     declare_topology(connection)
-    publisher: ConfirmingPublisher[int] = ConfirmingPublisher(connection)
+    confirms: ConfirmWindow[int] = ConfirmWindow(connection)
 
     def settle() -> None:
-        confirmed, failed = publisher.settle()
+        confirmed, failed = confirms.settle()
         report.written += len(confirmed)
         report.failed += len(failed)
 
     try:
         for record in select(records, filters, limit, selection, on_examined):
-            publisher.publish(0, record.envelope(), DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE)
-            if publisher.pending >= WINDOW:
+            confirms.publish(0, record.envelope(), DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE)
+            if confirms.pending >= WINDOW:
                 settle()
         settle()
     finally:
-        publisher.close()
+        confirms.close()
         report.examined, report.matched = selection.examined, selection.matched
     return report

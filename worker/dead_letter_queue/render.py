@@ -9,19 +9,19 @@ from typing import Any
 
 import click
 
-from worker.dlq.queue import DeadLetterRecord
-from worker.dlq.stats import StatsGroup
+from worker.dead_letter_queue.reading import DeadLetterRecord
+from worker.dead_letter_queue.stats import StatsGroup
 
 # Below this many dead letters a pass takes well under a second: no bar.
 PROGRESS_THRESHOLD = 500
 ERROR_COLUMN = 60
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+def table(columns: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in [header, *rows]
+        for row in [columns, *rows]
     ]
     return "\n".join(line.rstrip() for line in lines)
 
@@ -30,7 +30,7 @@ def _moment(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
-DEAD_LETTER_HEADER = ["DEAD-LETTERED AT", "REASON", "STATUS", "TRIES", "EVENT ID", "ERROR"]
+DEAD_LETTER_COLUMNS = ["DEAD-LETTERED AT", "REASON", "STATUS", "TRIES", "EVENT ID", "ERROR"]
 
 
 def dead_letter_row(record: DeadLetterRecord) -> list[str]:
@@ -46,7 +46,7 @@ def dead_letter_row(record: DeadLetterRecord) -> list[str]:
     ]
 
 
-STATS_HEADER = ["COUNT", "REASON", "STATUS", "ERROR TYPE", "OLDEST", "NEWEST"]
+STATS_COLUMNS = ["COUNT", "REASON", "STATUS", "ERROR TYPE", "OLDEST", "NEWEST"]
 
 
 def stats_row(group: StatsGroup) -> list[str]:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from worker.dlq.queue import DeadLetterRecord
+from worker.dead_letter_queue.reading import DeadLetterRecord
 from worker.events import correlation_id
 
 
