@@ -207,12 +207,12 @@ class SandboxState:
             return validation_reply(errors, correlation)
         tenant = request.headers["x-tenant"]
         with self._lock:
-            outcome = self._customers.update(
+            lookup = self._customers.update(
                 tenant, customer_id, body.reseller_id, body.internal_identifier, self._auto_create
             )
-        if outcome == "no-customer":
+        if lookup == "no-customer":
             return error_reply(404, f"Customer {customer_id} was not found.", correlation)
-        return _FORBIDDEN if outcome == "no-relationship" else _NO_CONTENT
+        return _FORBIDDEN if lookup == "no-relationship" else _NO_CONTENT
 
     def _get(self, request: ApiRequest, customer_raw: str) -> Reply:
         denied = self._authenticate(request)
@@ -227,14 +227,14 @@ class SandboxState:
         if errors or customer_id is None:
             return validation_reply(errors, correlation)
         with self._lock:
-            outcome = self._customers.read(
+            lookup = self._customers.read(
                 request.headers["x-tenant"], customer_id, reseller_id, self._auto_create
             )
-        if outcome == "no-customer":
+        if lookup == "no-customer":
             return error_reply(404, f"Customer {customer_id} was not found.", correlation)
-        if outcome == "no-relationship":
+        if lookup == "no-relationship":
             return _FORBIDDEN
-        payload = {"id": customer_id, "internalIdentifier": outcome[0], "resellerId": reseller_id}
+        payload = {"id": customer_id, "internalIdentifier": lookup[0], "resellerId": reseller_id}
         return json_reply(200, payload)
 
     def _token(self, request: ApiRequest) -> Reply:

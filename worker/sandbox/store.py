@@ -16,7 +16,8 @@ from worker.sandbox.protocol import canonical_uuid
 
 SELF_RELATIONSHIP = "self"
 
-Outcome = Literal["ok", "no-customer", "no-relationship"]
+#: Whether the store found the customer and the relationship an update or a read names.
+Lookup = Literal["ok", "no-customer", "no-relationship"]
 
 
 def _uuid(value: str) -> str:
@@ -81,7 +82,7 @@ class CustomerStore:
         reseller_id: str | None,
         internal_identifier: str | None,
         auto_create: bool,
-    ) -> Outcome:
+    ) -> Lookup:
         customer = self._find(tenant, customer_id)
         if customer is None:
             if not auto_create:
@@ -95,7 +96,7 @@ class CustomerStore:
 
     def read(
         self, tenant: str, customer_id: str, reseller_id: str | None, auto_create: bool
-    ) -> Outcome | tuple[str | None]:
+    ) -> Lookup | tuple[str | None]:
         """The identifier (in a 1-tuple, as it may be None) or why there is none.
 
         With auto-create on, every customer and relationship exists, unset ones reading as null;
