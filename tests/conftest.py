@@ -1,6 +1,8 @@
-"""Fixtures shared by all tests: real RabbitMQ (a throwaway vhost), Redis, and the sandbox.
+"""Fixtures shared by all tests: real RabbitMQ (a throwaway vhost), Redis, and the sandbox;
+an environment free of the machine's own settings.
 
-A missing service fails the run loudly; nothing here is skipped or replaced by a mock.
+A missing service fails the run loudly; nothing here is skipped or replaced by a mock. Constants
+and helpers the tests import are in ``tests/support.py``.
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 
+from tests.support import REDIS_HOST, REDIS_PORT, REDIS_URL
 from worker.sandbox import SandboxControl, SandboxOptions, SandboxServer
 
 RABBITMQ_HOST = os.environ.get("CCSYNC_TEST_RABBITMQ_HOST", "127.0.0.1")
 RABBITMQ_PORT = int(os.environ.get("CCSYNC_TEST_RABBITMQ_PORT", "5672"))
-REDIS_HOST = os.environ.get("CCSYNC_TEST_REDIS_HOST", "127.0.0.1")
-REDIS_PORT = int(os.environ.get("CCSYNC_TEST_REDIS_PORT", "6379"))
 # CloudCockpit's OpenAPI description, shipped inside the sandbox package.
 OPENAPI = files("worker.sandbox") / "openapi.yaml"
 
@@ -55,7 +57,20 @@ def broker_url() -> Iterator[str]:
 def redis_url() -> str:
     """Database 15 of the local Redis; ledgers in tests use their own key prefixes or customers."""
     _require_port("Redis", REDIS_HOST, REDIS_PORT, "redis-server --daemonize yes")
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
+    return REDIS_URL
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Given no ccsync, CloudCockpit or Sentry variable from the machine running the tests, and
+    the test's own working directory, where no stray ``.env`` can take part.
+
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("clean_environment")``.
+    """
+    for name in list(os.environ):
+        if name.startswith(("CCSYNC_", "CLOUDCOCKPIT_")) or name == "SENTRY_DSN":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")

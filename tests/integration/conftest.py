@@ -8,17 +8,17 @@ import pytest
 from kombu import Connection
 
 from tests.integration.producer import Producer, purge
+from tests.support import REDIS_URL
 from worker.amqp.topology import declare_topology
 from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE
 from worker.sandbox import SandboxServer
 from worker.testing import LocalWorker
 
 TENANT = "tests.cloudcockpit.local"
-TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 def worker_env(
-    broker_url: str, sandbox_url: str, redis_url: str = TEST_REDIS_URL, **overrides: str
+    broker_url: str, sandbox_url: str, redis_url: str = REDIS_URL, **overrides: str
 ) -> dict[str, str]:
     """Client credentials against the sandbox's token endpoint: the flow production uses."""
     env = {

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.integration.network import free_port
+from tests.support import free_port
 
 
 class RedisProcess:

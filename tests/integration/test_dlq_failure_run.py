@@ -7,7 +7,6 @@ then, with the API healthy again (and the worker still running), the operator re
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from tests.integration.test_dlq_support import (
     json_lines,
     wait_for,
 )
+from tests.support import REDIS_URL
 from worker.amqp.event_publishing import Encoding, new_event, publish_events, publish_raw
 from worker.events import correlation_id
 from worker.sandbox import FaultStep, SandboxControl, SandboxServer
@@ -40,8 +40,7 @@ def running_worker(broker_url: str, sandbox_server: SandboxServer) -> Iterator[L
         "CLOUDCOCKPIT_TOKEN": "sandbox-token",
         "CLOUDCOCKPIT_TENANT": TENANT,
         "CCSYNC_RETRY_DELAYS": "0.2,0.2",
-        # The tests' Redis database, never the default 0 a developer's worker may use.
-        "CCSYNC_REDIS_URL": os.environ.get("CCSYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),
+        "CCSYNC_REDIS_URL": REDIS_URL,
     }
     process = LocalWorker(env, concurrency=4).start()
     try:

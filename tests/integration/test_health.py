@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support import free_port
 from worker.sandbox import SandboxServer
 
-REDIS_URL = os.environ.get("CCSYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TOKEN = "sandbox-token"
 BROKER_PASSWORD = "pr0be-broker-pw"
 REDIS_PASSWORD = "pr0be-redis-pw"
@@ -37,14 +37,6 @@ class Probe:
     def lines(self) -> dict[str, str]:
         """Each part's line, by part name."""
         return {line.split(" ", 1)[0]: line for line in self.stdout.splitlines()}
-
-
-def closed_port() -> int:
-    """A port nothing listens on: bound, then released."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture
@@ -72,17 +64,6 @@ def silent_port() -> Iterator[int]:
     for conn in accepted:
         conn.close()
     server.close()
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); start it: redis-server")
-    return REDIS_URL
 
 
 @pytest.fixture
@@ -146,7 +127,7 @@ def test_given_client_credentials_when_probed_then_the_token_is_fetched(
 def test_given_the_broker_unreachable_when_probed_then_it_exits_1_naming_the_broker(
     healthy_env: dict[str, str],
 ) -> None:
-    url = f"amqp://ops:{BROKER_PASSWORD}@127.0.0.1:{closed_port()}//"
+    url = f"amqp://ops:{BROKER_PASSWORD}@127.0.0.1:{free_port()}//"
 
     result = probe({**healthy_env, "CCSYNC_BROKER_URL": url})
 
@@ -161,7 +142,7 @@ def test_given_the_broker_unreachable_when_probed_then_it_exits_1_naming_the_bro
 def test_given_redis_unreachable_when_probed_then_it_exits_1_naming_redis(
     healthy_env: dict[str, str],
 ) -> None:
-    url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{closed_port()}/0"
+    url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0"
 
     result = probe({**healthy_env, "CCSYNC_REDIS_URL": url})
 
@@ -193,7 +174,7 @@ def test_given_a_wrong_client_secret_when_probed_then_the_token_fails_and_the_se
 def test_given_the_api_unreachable_when_probed_then_it_exits_1_naming_the_api(
     healthy_env: dict[str, str],
 ) -> None:
-    base_url = f"http://127.0.0.1:{closed_port()}"
+    base_url = f"http://127.0.0.1:{free_port()}"
 
     result = probe({**healthy_env, "CLOUDCOCKPIT_BASE_URL": base_url})
 
@@ -206,9 +187,9 @@ def test_given_everything_down_when_probed_then_every_failing_part_is_named(
     healthy_env: dict[str, str],
 ) -> None:
     env = {
-        "CCSYNC_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{closed_port()}//",
-        "CCSYNC_REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0",
-        "CLOUDCOCKPIT_BASE_URL": f"http://127.0.0.1:{closed_port()}",
+        "CCSYNC_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}//",
+        "CCSYNC_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "CLOUDCOCKPIT_BASE_URL": f"http://127.0.0.1:{free_port()}",
     }
 
     result = probe({**healthy_env, **env})

@@ -9,10 +9,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import worker_env
 from tests.integration.events import native
-from tests.integration.network import free_port
 from tests.integration.producer import Producer
 from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import final_outcomes
+from tests.support import free_port
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 

@@ -24,10 +24,10 @@ import pytest
 from tests.integration.conftest import TENANT, worker_env
 from tests.integration.events import native
 from tests.integration.hostile_messages import purge_all
-from tests.integration.network import free_port
 from tests.integration.producer import Producer, connect
 from tests.integration.sentry_sink import SentrySink
 from tests.integration.waiting import wait_until
+from tests.support import free_port
 from worker.cloudcockpit.client import CloudCockpitClient, make_http_client
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken
 from worker.events import correlation_id

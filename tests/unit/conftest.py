@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from tests.unit.redis_ledgers import REDIS_URL
+from tests.support import REDIS_URL
 from worker.processing.ledger import Ledger
 
 

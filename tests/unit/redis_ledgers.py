@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 
+from tests.support import REDIS_URL, free_port
 from worker.processing.ledger import Ledger
-
-REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 def fresh_ledger() -> Ledger:
@@ -15,14 +13,6 @@ def fresh_ledger() -> Ledger:
     return Ledger.from_url(REDIS_URL, prefix=f"ccsync-test-{uuid.uuid4().hex}")
 
 
-def closed_port() -> int:
-    """A local port nothing listens on (it was free a moment ago)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def unreachable_ledger() -> Ledger:
     """A ledger whose Redis refuses every connection."""
-    return Ledger.from_url(f"redis://127.0.0.1:{closed_port()}/0")
+    return Ledger.from_url(f"redis://127.0.0.1:{free_port()}/0")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,12 +47,7 @@ ENVELOPE = Envelope(
 EXPECTED_CORRELATION = str(correlation_id(TENANT, "evt-42"))
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith(("CCSYNC_", "CLOUDCOCKPIT_")) or name == "SENTRY_DSN":
-            monkeypatch.delenv(name)
-    yield
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @dataclass

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
@@ -44,12 +43,7 @@ CLIENT_SECRET = "client-secret-Zq81"
 CORRELATION = correlation_id(TENANT, "evt-1")
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith(("CCSYNC_", "CLOUDCOCKPIT_")) or name == "SENTRY_DSN":
-            monkeypatch.delenv(name)
-    yield
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @pytest.fixture(scope="module")

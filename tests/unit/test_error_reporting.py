@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,13 +27,7 @@ CLIENT_SECRET = "SECRET-CLIENT-5f2a9c"
 DSN = "http://publickey@127.0.0.1:9/1"
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Given no ccsync, CloudCockpit or Sentry variable from the machine running the tests."""
-    for name in list(os.environ):
-        if name.startswith(("CCSYNC_", "CLOUDCOCKPIT_")) or name == "SENTRY_DSN":
-            monkeypatch.delenv(name)
-    yield
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def settings(**values: Any) -> Settings:

@@ -11,7 +11,8 @@ import pytest
 import redis
 
 import worker.processing.ledger
-from tests.unit.redis_ledgers import REDIS_URL, closed_port, unreachable_ledger
+from tests.support import REDIS_URL, free_port
+from tests.unit.redis_ledgers import unreachable_ledger
 from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable, RelationshipBusy, TransientFailure
 from worker.processing.ledger import Ledger, Relationship, Verdict, order_key
@@ -426,7 +427,7 @@ OPERATIONS: dict[str, Callable[[Ledger], object]] = {
 def test_given_redis_unreachable_then_ledger_unavailable_without_url_or_password(
     operation: str,
 ) -> None:
-    port = closed_port()
+    port = free_port()
     unreachable = Ledger.from_url(f"redis://ccsync:s3cret-pw@127.0.0.1:{port}/0")
 
     started = time.monotonic()

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -23,15 +20,7 @@ from worker.ops.topology_export import (
 )
 from worker.settings import Settings
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Given no ccsync, CloudCockpit or Sentry variable from the machine running the tests."""
-    for name in list(os.environ):
-        if name.startswith(("CCSYNC_", "CLOUDCOCKPIT_")) or name == "SENTRY_DSN":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    yield
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def test_given_no_dev_dependency_when_the_cli_is_imported_then_it_loads() -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +19,7 @@ CLIENT_SECRET = "cc-secret-Zq81~xx.Yw"
 SENTRY_DSN = "https://0123456789abcdef0123456789abcdef@o1.ingest.sentry.io/42"
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Given no ccsync, CloudCockpit or Sentry variable from the machine running the tests."""
-    for name in list(os.environ):
-        if name.startswith(("CCSYNC_", "CLOUDCOCKPIT_")) or name == "SENTRY_DSN":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray .env in the working directory can take part
-    yield
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def configuration_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
