@@ -12,7 +12,12 @@ import httpx
 import pytest
 
 from worker.cloudcockpit.client import make_http_client, make_token_source
-from worker.cloudcockpit.tokens import RENEW_MARGIN_SECONDS, ClientCredentialsToken, StaticToken
+from worker.cloudcockpit.tokens import (
+    FIRST_RENEWAL_BACKOFF_SECONDS,
+    RENEW_MARGIN_SECONDS,
+    ClientCredentialsToken,
+    StaticToken,
+)
 from worker.exceptions import ConfigurationError, TokenUnavailable, TransientFailure
 from worker.settings import Settings
 
@@ -254,7 +259,11 @@ def test_given_an_answer_without_a_usable_access_token_then_token_unavailable(
     assert "access_token" in str(caught.value)
 
 
-def test_given_the_token_endpoint_failed_once_then_the_next_call_asks_again() -> None:
+def test_given_the_token_endpoint_failed_once_then_a_call_after_the_backoff_asks_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr("worker.cloudcockpit.tokens.time", clock)
     answers = iter(
         [
             httpx.Response(503),
@@ -265,6 +274,7 @@ def test_given_the_token_endpoint_failed_once_then_the_next_call_asks_again() ->
 
     with pytest.raises(TokenUnavailable):
         tokens.token()
+    clock.now += FIRST_RENEWAL_BACKOFF_SECONDS
 
     assert tokens.token() == "tok-ok"
 
