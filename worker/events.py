@@ -11,6 +11,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -104,6 +105,22 @@ class CloudEvent(BaseModel):
                 "internalIdentifier": self.data.internalIdentifier,
                 "source": self.source,
             }
+        )
+
+
+def reject_if_ahead(event: IdentifierChanged, *, now: datetime, max_skew_seconds: float) -> None:
+    """Raise ``InvalidEvent`` when ``occurredAt`` lies more than ``max_skew_seconds`` after ``now``.
+
+    The newest event wins, so one stamped by a clock far ahead would make every real update of
+    its relationship stale until that time came. The intake judges each message by this rule
+    when it receives it; a retry or a replay of an event it once accepted lies further in the
+    past each time, so the rule cannot turn against it later.
+    """
+    ahead = (event.occurred_at - now).total_seconds()
+    if ahead > max_skew_seconds:
+        raise InvalidEvent(
+            f"occurredAt: {event.occurred_at.isoformat()} is {ahead:.0f} s ahead of the worker's "
+            f"clock; at most {max_skew_seconds:g} s are tolerated (CCSYNC_MAX_CLOCK_SKEW_SECONDS)"
         )
 
 

@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     Field,
@@ -32,6 +32,10 @@ CLOUDCOCKPIT_SCOPE = "api://b92a36a4-feb8-4f47-a69c-29a180aa6d0a/.default"
 # About 72 minutes in all: long enough to ride out a deploy or a short outage of CloudCockpit,
 # short enough that an operator sees a dead letter the same hour.
 DEFAULT_RETRY_DELAYS = (2.0, 10.0, 60.0, 300.0, 900.0, 3600.0)
+
+#: Seconds an event's occurredAt may lie ahead of the worker's clock: producers' clocks drift a
+#: little; an event from further ahead would win over every real update until that time comes.
+DEFAULT_MAX_CLOCK_SKEW_SECONDS: Final = 300.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,12 @@ class Settings(BaseSettings):
     retry_jitter: float = Field(0.2, ge=0, le=1, validation_alias="CCSYNC_RETRY_JITTER")
     http_timeout: float = Field(15.0, gt=0, validation_alias="CCSYNC_HTTP_TIMEOUT")
     max_event_bytes: int = Field(1_048_576, gt=0, validation_alias="CCSYNC_MAX_EVENT_BYTES")
+    max_clock_skew_seconds: float = Field(
+        DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+        ge=0,
+        allow_inf_nan=False,
+        validation_alias="CCSYNC_MAX_CLOCK_SKEW_SECONDS",
+    )
     broker_ca_file: FilePath | None = Field(None, validation_alias="CCSYNC_BROKER_CA_FILE")
     api_ca_file: FilePath | None = Field(None, validation_alias="CLOUDCOCKPIT_CA_FILE")
     sentry_dsn: SecretStr | None = Field(None, validation_alias="SENTRY_DSN")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import UTC, datetime, timedelta
 
 from tests.integration.events import native
 from tests.integration.producer import Producer, read_dead_letters
@@ -69,3 +71,59 @@ def test_given_six_kinds_of_invalid_message_then_each_is_dead_lettered_and_none_
     patches = [entry for entry in sandbox.journal() if entry["method"] == "PATCH"]
     assert [entry["customerId"] for entry in patches] == [valid["customerId"]]
     assert worker.alive
+
+
+def test_given_an_event_from_a_clock_years_ahead_then_it_is_dead_lettered_and_later_updates_apply(
+    worker: LocalWorker,
+    clean_queues: None,
+    sandbox: SandboxControl,
+    producer: Producer,
+    broker_url: str,
+) -> None:
+    # Given a producer whose clock runs years ahead, and a customer
+    customer = str(uuid.uuid4())
+    ahead = native(
+        customer, "FROM-THE-FUTURE", occurred_at=datetime.now(UTC) + timedelta(days=3 * 365)
+    )
+
+    # When it publishes an event, and then a correct producer publishes a real update
+    producer.publish(json.dumps(ahead).encode(), "application/json")
+    (letter,) = read_dead_letters(broker_url, expected=1)
+    producer.publish(json.dumps(native(customer, "REAL-UPDATE")).encode(), "application/json")
+
+    # Then the event from the future is an invalid event saying why, its bytes kept
+    assert letter.headers["x-ccsync-reason"] == "invalid-event"
+    assert "occurredAt" in letter.headers["x-ccsync-error"]
+    assert "CCSYNC_MAX_CLOCK_SKEW_SECONDS" in letter.headers["x-ccsync-error"]
+    assert letter.body == json.dumps(ahead).encode()
+
+    # And the real update is applied, not acknowledged as stale
+    wait_until(
+        lambda: any(c["relationships"] == {"self": "REAL-UPDATE"} for c in sandbox.state()),
+        timeout=30,
+        what="the real update after the event from the future",
+    )
+    patches = [entry for entry in sandbox.journal() if entry["method"] == "PATCH"]
+    assert [entry["customerId"] for entry in patches] == [customer]
+
+
+def test_given_an_event_a_little_ahead_of_the_worker_clock_then_it_is_applied(
+    worker: LocalWorker,
+    clean_queues: None,
+    sandbox: SandboxControl,
+    producer: Producer,
+) -> None:
+    # Given a producer whose clock is a minute ahead: within the tolerated skew (default 300 s)
+    event = native(
+        identifier="SLIGHTLY-AHEAD", occurred_at=datetime.now(UTC) + timedelta(minutes=1)
+    )
+
+    # When it publishes an event
+    producer.publish(json.dumps(event).encode(), "application/json")
+
+    # Then the event is applied
+    wait_until(
+        lambda: any(c["relationships"] == {"self": "SLIGHTLY-AHEAD"} for c in sandbox.state()),
+        timeout=30,
+        what="the event a minute ahead",
+    )

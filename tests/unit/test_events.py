@@ -17,6 +17,7 @@ from worker.events import (
     correlation_id,
     decode_event,
     describe_validation_error,
+    reject_if_ahead,
 )
 from worker.exceptions import InvalidEvent
 
@@ -536,3 +537,35 @@ def test_given_several_bad_fields_then_each_is_named_in_one_line() -> None:
     for field in ("eventId", "customerId", "eventType"):
         assert field in message
     assert_readable(message)
+
+
+# --- a producer's clock ahead of the worker's ---------------------------------------------
+
+
+NOW = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("ahead", [timedelta(0), timedelta(seconds=300), timedelta(days=-400)])
+def test_given_occurred_at_within_the_tolerated_skew_or_past_then_it_is_accepted(
+    ahead: timedelta,
+) -> None:
+    event = decode(native(occurredAt=(NOW + ahead).isoformat()))
+
+    reject_if_ahead(event, now=NOW, max_skew_seconds=300)
+
+
+@pytest.mark.parametrize("ahead", [timedelta(seconds=301), timedelta(days=3 * 365)])
+def test_given_occurred_at_further_ahead_than_the_tolerated_skew_then_invalid_event(
+    ahead: timedelta,
+) -> None:
+    # An offset of its own does not hide it: the instant counts, not the wall-clock text
+    event = decode(
+        native(occurredAt=(NOW + ahead).astimezone(timezone(timedelta(hours=-9))).isoformat())
+    )
+
+    with pytest.raises(InvalidEvent) as caught:
+        reject_if_ahead(event, now=NOW, max_skew_seconds=300)
+
+    assert_readable(str(caught.value))
+    assert "occurredAt" in str(caught.value)
+    assert "CCSYNC_MAX_CLOCK_SKEW_SECONDS" in str(caught.value)

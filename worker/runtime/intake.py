@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from celery import bootsteps
@@ -29,7 +30,7 @@ from worker.constants import (
     REASON_DELIVERY_LIMIT,
     REASON_INVALID_EVENT,
 )
-from worker.events import IdentifierChanged, decode_event
+from worker.events import IdentifierChanged, decode_event, reject_if_ahead
 from worker.exceptions import InvalidEvent
 from worker.observability import metrics
 from worker.processing.applier import Applier
@@ -60,7 +61,8 @@ class IntakeServices(Protocol):
 
     @property
     def ccsync_settings(self) -> Settings:
-        """The size limit of an event, the default tenant, the call timeout."""
+        """The size limit of an event, the tolerated clock skew, the default tenant, the call
+        timeout."""
 
     @property
     def consumer_switch(self) -> ConsumerSwitch:
@@ -260,6 +262,11 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             if default_tenant is None:
                 raise InvalidEvent("tenant: missing, and CLOUDCOCKPIT_TENANT is not set")
             event = event.model_copy(update={"tenant": default_tenant})
+        reject_if_ahead(
+            event,
+            now=datetime.now(UTC),
+            max_skew_seconds=self._services.ccsync_settings.max_clock_skew_seconds,
+        )
         return event
 
     def _dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None:
