@@ -19,6 +19,7 @@ from kombu import Connection
 from kombu.exceptions import KombuError
 
 from worker.amqp.connection import broker_connection
+from worker.cli.interrupt import EXIT_INTERRUPTED, stop_requested
 from worker.cli.settings import command_settings
 from worker.constants import (
     REASON_API_REJECTED,
@@ -209,7 +210,8 @@ def replay(
     bulk = not filters.event_ids
     if bulk and not (yes or dry_run) and not _confirm("Replay", filters, limit):
         return
-    with _broker() as connection, Progress("replaying") as progress:
+    # Installed after the prompt above, which Ctrl-C must still abort at once.
+    with stop_requested() as stop, _broker() as connection, Progress("replaying") as progress:
         report = replay_dead_letters(
             connection,
             filters,
@@ -219,7 +221,14 @@ def replay(
             edits=edits,
             on_total=progress.total,
             on_examined=progress.step,
+            stop=stop,
         )
+    if report.interrupted:
+        click.echo(
+            f"interrupted: replayed {report.replayed} dead letter(s); the rest stay in the queue",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)
     if filters.event_ids and not report.matched:
         raise click.ClickException(f"no dead letter matches {filters.describe()}")
     if dry_run:

@@ -70,15 +70,20 @@ class ConfirmWindow(Generic[T]):
             message, exchange=exchange, routing_key=routing_key, mandatory=True
         )
 
-    def settle(self) -> tuple[list[T], list[T]]:
-        """Waits for every outstanding confirm; returns (confirmed, failed) since the last call."""
-        deadline = time.monotonic() + self._timeout
+    def settle(self, *, timeout: float | None = None) -> tuple[list[T], list[T]]:
+        """Waits for every outstanding confirm; returns (confirmed, failed) since the last call.
+
+        Raises ``DeadLetterError`` when they did not all come within ``timeout`` seconds (the
+        window's own timeout when None); those confirmed meanwhile are still collected later.
+        """
+        timeout = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         while self._pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadLetterError(
                     f"the broker did not confirm {len(self._pending)} publish(es) within "
-                    f"{self._timeout:.0f}s; their sources stay where they were"
+                    f"{timeout:.0f}s; their sources stay where they were"
                 )
             with contextlib.suppress(socket.timeout):
                 self._channel.connection.drain_events(timeout=min(remaining, 1.0))

@@ -35,6 +35,9 @@ from worker.processing.dead_letters import Envelope
 # enough that an interrupted replay duplicates little.
 WINDOW = 256
 
+#: Seconds a stopped replay waits for the confirms of what it already published.
+STOP_SETTLE_TIMEOUT = 2.0
+
 # The broker's records of a previous life: x-death would confuse RabbitMQ's cycle detection,
 # and x-delivery-count would make the intake count deliveries of the old message against the new.
 _BROKER_HEADERS = frozenset(
@@ -85,6 +88,7 @@ class ReplayReport:
     replayed: int = 0
     failed: int = 0
     dry_run: bool = False
+    interrupted: bool = False
     seconds: float = 0.0
     event_ids: list[str | None] = field(default_factory=list)
     edited_bodies: list[bytes] = field(default_factory=list)
@@ -127,11 +131,16 @@ def replay(
     on_total: Callable[[int], None] | None = None,
     on_examined: Callable[[int], None] | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    stop: Callable[[], bool] = lambda: False,
 ) -> ReplayReport:
     """Replays the matching dead letters; those not confirmed stay in the queue.
 
     ``edits`` (field to value) are applied to the body first; they are refused unless exactly
     one eventId is selected, so a correction can never spread to other events.
+
+    ``stop`` is asked before each publish: once it answers True nothing more is published, the
+    confirms of what was are awaited for at most ``STOP_SETTLE_TIMEOUT`` seconds, the confirmed
+    dead letters are removed and the report says ``interrupted``; the rest stay in the queue.
     """
     if edits and len(filters.event_ids) != 1:
         raise DeadLetterError("--set edits one event: select it with exactly one --event-id")
@@ -164,6 +173,9 @@ def replay(
             for record in select(held.records, filters, limit, selection, on_examined):
                 report.event_ids.append(record.event_id)
                 envelope = replay_envelope(record, now(), edits)
+                if stop():
+                    report.interrupted = True
+                    break
                 if edits:
                     report.edited_bodies.append(envelope.body)
                 if confirms is None:
@@ -171,10 +183,19 @@ def replay(
                 pacer.wait()
                 confirms.publish(record.delivery_tag, envelope, EVENTS_EXCHANGE, EVENT_ROUTING_KEY)
                 # Acking as soon as confirms arrive keeps the duplicates of an interruption few.
+                if stop():
+                    report.interrupted = True
+                    break
                 remove(confirms.collect())
                 if confirms.pending >= window:
                     remove(confirms.settle())
-            if confirms is not None:
+            if confirms is not None and report.interrupted:
+                # The operator is waiting: what is not confirmed by then stays a dead letter.
+                try:
+                    remove(confirms.settle(timeout=STOP_SETTLE_TIMEOUT))
+                except DeadLetterError:
+                    remove(confirms.collect())
+            elif confirms is not None:
                 remove(confirms.settle())
     finally:
         if confirms is not None:
