@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     Field,
@@ -33,9 +34,20 @@ CLOUDCOCKPIT_SCOPE = "api://b92a36a4-feb8-4f47-a69c-29a180aa6d0a/.default"
 # short enough that an operator sees a dead letter the same hour.
 DEFAULT_RETRY_DELAYS = (2.0, 10.0, 60.0, 300.0, 900.0, 3600.0)
 
+#: Seconds a command waits for RabbitMQ before it fails with one line (``ccsync worker`` at start).
+DEFAULT_BROKER_CONNECT_TIMEOUT: Final = 30.0
+
 #: Seconds an event's occurredAt may lie ahead of the worker's clock: producers' clocks drift a
 #: little; an event from further ahead would win over every real update until that time comes.
 DEFAULT_MAX_CLOCK_SKEW_SECONDS: Final = 300.0
+
+#: Broker URL schemes accepted: kombu's AMQP 0-9-1 transports. ccsync needs RabbitMQ (quorum
+#: queues, publisher confirms, mandatory publishing), so kombu's other transports are refused.
+BROKER_SCHEMES: Final = ("amqp", "amqps")
+#: Redis URL schemes redis-py's ``from_url`` accepts.
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+#: Schemes of CloudCockpit's API and token URLs.
+HTTP_SCHEMES: Final = ("http", "https")
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,12 @@ class Settings(BaseSettings):
         DEFAULT_RETRY_DELAYS, validation_alias="CCSYNC_RETRY_DELAYS"
     )
     retry_jitter: float = Field(0.2, ge=0, le=1, validation_alias="CCSYNC_RETRY_JITTER")
+    broker_connect_timeout: float = Field(
+        DEFAULT_BROKER_CONNECT_TIMEOUT,
+        gt=0,
+        allow_inf_nan=False,
+        validation_alias="CCSYNC_BROKER_CONNECT_TIMEOUT",
+    )
     http_timeout: float = Field(15.0, gt=0, validation_alias="CCSYNC_HTTP_TIMEOUT")
     max_event_bytes: int = Field(1_048_576, gt=0, validation_alias="CCSYNC_MAX_EVENT_BYTES")
     max_clock_skew_seconds: float = Field(
@@ -93,11 +111,33 @@ class Settings(BaseSettings):
         "auto", validation_alias="CCSYNC_LOG_FORMAT"
     )
 
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        _check_url(value, BROKER_SCHEMES)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        _check_url(value, REDIS_SCHEMES)
+        return value
+
+    @field_validator("base_url", "token_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = _check_url(value, HTTP_SCHEMES)
+        if not parts.hostname:
+            raise ValueError(f"must name a host, like {parts.scheme}://api.example.com")
+        return value
+
     @field_validator("retry_delays", mode="before")
     @classmethod
     def _parse_delays(cls, value: object) -> object:
         if isinstance(value, str):
-            parts = [part.strip() for part in value.split(",") if part.strip()]
+            parts = [part.strip() for part in value.split(",")]
+            if not all(parts):
+                raise ValueError("an empty item: give seconds separated by commas, like 2,10,60")
             try:
                 delays = tuple(float(part) for part in parts)
             except ValueError:
@@ -130,6 +170,25 @@ class Settings(BaseSettings):
                 "CLOUDCOCKPIT_TOKEN (or CLOUDCOCKPIT_CLIENT_ID and CLOUDCOCKPIT_CLIENT_SECRET) "
                 "is required to call CloudCockpit"
             )
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> SplitResult:
+    """The parts of ``value``, a URL of one of ``schemes`` whose port, if any, is a number.
+
+    Raises ValueError saying what is wrong. The message quotes nothing of the URL but its scheme:
+    the rest may hold a password (even where a parser takes it for a host or a port).
+    """
+    expected = ", ".join(f"{scheme}://" for scheme in schemes)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (reading the port is the check: it raises on a bad one)
+    except ValueError:
+        raise ValueError(f"not a URL, or its port is not a number; expected {expected}") from None
+    if not parts.scheme:
+        raise ValueError(f"not a URL (no scheme); expected {expected}")
+    if parts.scheme not in schemes:  # urlsplit gives the scheme in lower case
+        raise ValueError(f"scheme {parts.scheme!r} is not supported; expected {expected}")
+    return parts
 
 
 def load_settings(**overrides: Any) -> Settings:

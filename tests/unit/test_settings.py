@@ -102,6 +102,10 @@ def test_given_no_retry_delays_then_the_default_is_a_growing_ladder_of_positive_
     assert list(delays) == sorted(delays)
 
 
+def test_given_no_variables_then_the_worker_waits_30_seconds_for_the_broker() -> None:
+    assert load_settings().broker_connect_timeout == 30
+
+
 def test_given_each_variable_set_then_it_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     values = {
         "CCSYNC_BROKER_URL": "amqp://ccsync@rabbit:5672/prod",
@@ -176,6 +180,83 @@ def test_given_a_retry_delay_that_is_not_a_finite_number_then_configuration_erro
 ) -> None:
     """Given "nan" or "inf" seconds, which cannot be waited, Then the worker refuses them."""
     assert "CCSYNC_RETRY_DELAYS" in configuration_error(monkeypatch, CCSYNC_RETRY_DELAYS=text)
+
+
+@pytest.mark.parametrize("text", [",", "1,,3", "1,2,", ",5", " , "])
+def test_given_retry_delays_with_an_empty_item_then_configuration_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """Given "," (which once meant no retry at all), Then the worker refuses it."""
+    message = configuration_error(monkeypatch, CCSYNC_RETRY_DELAYS=text)
+
+    assert "CCSYNC_RETRY_DELAYS" in message
+    assert "empty item" in message
+
+
+# --- URLs and timeouts -----------------------------------------------------------------------
+
+URL_PASSWORD = "url-pw-4c3b2a"
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("CCSYNC_BROKER_URL", "amqp://ccsync:pw@rabbit:5672/prod"),
+        ("CCSYNC_BROKER_URL", "amqps://rabbit.example.com//"),
+        ("CCSYNC_REDIS_URL", "rediss://:pw@redis:6380/1"),
+        ("CCSYNC_REDIS_URL", "unix:///run/redis.sock?db=2"),
+        ("CLOUDCOCKPIT_BASE_URL", "https://api.example.com"),
+        ("CLOUDCOCKPIT_TOKEN_URL", "http://127.0.0.1:8080/oauth2/v2.0/token"),
+    ],
+)
+def test_given_a_url_of_a_supported_scheme_then_it_is_read(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str
+) -> None:
+    monkeypatch.setenv(variable, url)
+    field = {info.validation_alias: name for name, info in Settings.model_fields.items()}
+
+    assert getattr(load_settings(), field[variable]) == url
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "expected"),
+    [
+        ("CCSYNC_BROKER_URL", f"foo://u:{URL_PASSWORD}@rabbit//", "scheme 'foo'"),
+        ("CCSYNC_BROKER_URL", f"redis://:{URL_PASSWORD}@redis:6379/0", "amqp://, amqps://"),
+        ("CCSYNC_BROKER_URL", f"amqp://u:{URL_PASSWORD}@rabbit:56x2//", "port"),
+        ("CCSYNC_BROKER_URL", f"u:{URL_PASSWORD}@rabbit", "amqp://"),
+        ("CCSYNC_REDIS_URL", f"http://:{URL_PASSWORD}@redis:6379/0", "redis://"),
+        ("CLOUDCOCKPIT_BASE_URL", "notaurl", "no scheme"),
+        ("CLOUDCOCKPIT_BASE_URL", "https://", "host"),
+        ("CLOUDCOCKPIT_BASE_URL", "ftp://api.example.com", "https://"),
+        ("CLOUDCOCKPIT_TOKEN_URL", "login.example.com/token", "no scheme"),
+    ],
+)
+def test_given_a_url_ccsync_cannot_use_then_configuration_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str, expected: str
+) -> None:
+    message = configuration_error(monkeypatch, **{variable: url})
+
+    assert message.startswith(f"{variable}: ")
+    assert expected in message
+    assert URL_PASSWORD not in message
+
+
+def test_each_accepted_broker_scheme_is_a_transport_kombu_knows() -> None:
+    from kombu.transport import TRANSPORT_ALIASES
+
+    from worker.settings import BROKER_SCHEMES
+
+    assert set(BROKER_SCHEMES) <= set(TRANSPORT_ALIASES)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "soon"])
+def test_given_a_broker_connect_timeout_that_is_not_positive_seconds_then_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    message = configuration_error(monkeypatch, CCSYNC_BROKER_CONNECT_TIMEOUT=text)
+
+    assert message.startswith("CCSYNC_BROKER_CONNECT_TIMEOUT: ")
 
 
 # --- credentials -----------------------------------------------------------------------------
