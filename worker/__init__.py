@@ -12,6 +12,9 @@ exceptions. Those names keep their meaning from one release to the next; every o
 
     CcsyncError
     ├── ConfigurationError      stop at start: a setting is missing or contradictory
+    ├── BrokerUnreachable       stop: RabbitMQ could not be reached in time, or refused us
+    ├── InputError              stop: a file or value given to a command cannot be used
+    ├── NoQueueBound            stop: a published event would be dropped (nothing consumes it)
     ├── InvalidEvent            dead-letter at once as ``invalid-event``
     ├── RelationshipBusy        another worker holds the customer: try again soon, no attempt used
     └── ApiError                ``status``: the HTTP status, when there was one
@@ -35,10 +38,13 @@ from worker.exceptions import (
     ApiError,
     ApiRejected,
     ApiUnavailable,
+    BrokerUnreachable,
     CcsyncError,
     ConfigurationError,
+    InputError,
     InvalidEvent,
     LedgerUnavailable,
+    NoQueueBound,
     RateLimited,
     RelationshipBusy,
     TokenRejected,
@@ -51,11 +57,14 @@ __all__ = [
     "ApiError",
     "ApiRejected",
     "ApiUnavailable",
+    "BrokerUnreachable",
     "CcsyncError",
     "ConfigurationError",
     "IdentifierChanged",
+    "InputError",
     "InvalidEvent",
     "LedgerUnavailable",
+    "NoQueueBound",
     "RateLimited",
     "RelationshipBusy",
     "Settings",

@@ -2,6 +2,9 @@
 
     CcsyncError
     ├── ConfigurationError      stop at start: a setting is missing or contradictory
+    ├── BrokerUnreachable       stop: RabbitMQ could not be reached in time, or refused us
+    ├── InputError              stop: a file or value given to a command cannot be used
+    ├── NoQueueBound            stop: a published event would be dropped (nothing consumes it)
     ├── InvalidEvent            dead-letter at once as ``invalid-event``
     ├── RelationshipBusy        another worker holds the customer: try again soon, no attempt used
     └── ApiError                ``status``: the HTTP status, when there was one
@@ -15,6 +18,7 @@
 
 A handler catches ``TransientFailure`` to retry and ``ApiRejected``/``InvalidEvent`` to dead-letter;
 anything else escaping is a bug, and the message is redelivered until the delivery limit.
+A command (``worker.cli``) turns every ``CcsyncError`` into one line and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -26,6 +30,19 @@ class CcsyncError(Exception):
 
 class ConfigurationError(CcsyncError):
     """A setting is missing or contradictory; the message names the variable."""
+
+
+class BrokerUnreachable(CcsyncError):
+    """RabbitMQ did not answer in time, or refused the connection; the message names the broker's
+    URL with its password masked, and the last error."""
+
+
+class InputError(CcsyncError):
+    """A file or value given to a command cannot be used; the message names it and why."""
+
+
+class NoQueueBound(CcsyncError):
+    """A published event would be dropped: no queue is bound to the exchange for its key."""
 
 
 class InvalidEvent(CcsyncError):

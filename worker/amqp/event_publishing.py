@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from amqp.exceptions import ChannelError
@@ -20,12 +21,9 @@ from worker.constants import (
     EVENT_TYPE,
     EVENTS_EXCHANGE,
 )
+from worker.exceptions import InputError, NoQueueBound
 
 NO_ROUTE = 312
-
-
-class NoQueueBound(Exception):
-    """The event would be dropped: nothing consumes customer-events yet."""
 
 
 class Encoding(StrEnum):
@@ -127,19 +125,59 @@ def publish_events(
     return publish_raw(connection, (encode(event, encoding) for event in events))
 
 
+def read_event_file(path: Path) -> list[dict[str, Any]]:
+    """The events of the file at ``path`` (see ``read_events``).
+
+    Raises ``InputError`` naming the file when it cannot be read, is not UTF-8, is not JSON (nor
+    JSON lines), or holds something other than JSON objects.
+    """
+    try:
+        events = list(read_events(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{path}: neither JSON nor JSON lines (line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg})"
+        ) from None
+    for number, event in enumerate(events, 1):
+        if not isinstance(event, dict):
+            raise InputError(f"{path}: event {number} is not a JSON object")
+    return events
+
+
 def read_events(text: str) -> Iterator[dict[str, Any]]:
-    """Events from a JSON document (one object or a list) or from JSON lines."""
-    stripped = text.strip()
-    if not stripped:
+    """Events from a JSON document (one object or a list) or from JSON lines.
+
+    Raises ``json.JSONDecodeError`` whose line and column are those of ``text``: of the document
+    when not even its first line is JSON, else of the first line that is not.
+    """
+    if not text.strip():
         return
     try:
-        document = json.loads(stripped)
-    except json.JSONDecodeError:
-        for line in stripped.splitlines():
-            if line.strip():
-                yield json.loads(line)
+        document = json.loads(text)
+    except json.JSONDecodeError as whole:
+        yield from _json_lines(text, whole)
         return
     if isinstance(document, list):
         yield from document
     else:
         yield document
+
+
+def _json_lines(text: str, whole: json.JSONDecodeError) -> Iterator[Any]:
+    offset = 0
+    first = True
+    for line in text.splitlines(keepends=True):
+        if line.strip():
+            try:
+                value = json.loads(line.rstrip("\r\n"))  # an error at its end stays on it
+            except json.JSONDecodeError as exc:
+                if first:  # a JSON document that is broken, more likely than broken JSON lines
+                    raise whole from None
+                raise json.JSONDecodeError(exc.msg, text, offset + exc.pos) from None
+            first = False
+            yield value
+        offset += len(line)

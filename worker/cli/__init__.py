@@ -1,4 +1,7 @@
-"""The ``ccsync`` command (contract section 6): a thin layer over functions tests call directly."""
+"""The ``ccsync`` command (contract section 6): a thin layer over functions tests call directly.
+
+Every command fails the same way, in one line (``worker.cli.failures``).
+"""
 
 from __future__ import annotations
 
@@ -8,35 +11,34 @@ from pathlib import Path
 
 import click
 
-from worker.amqp.connection import broker_connection
-from worker.amqp.event_publishing import (
-    Encoding,
-    NoQueueBound,
-    new_event,
-    publish_events,
-    read_events,
-)
+from worker.amqp.connection import broker_connection, connect_within
+from worker.amqp.event_publishing import Encoding, new_event, publish_events, read_event_file
+from worker.cli.failures import OneLineFailures
 from worker.cli.settings import command_settings
-from worker.exceptions import ConfigurationError
+
+#: The names ``--loglevel`` accepts, in any case.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-@click.group()
+@click.group(cls=OneLineFailures)
+@click.version_option(package_name="ccsync", prog_name="ccsync")
 def main() -> None:
     """ccsync: customer internal identifier events from RabbitMQ to CloudCockpit."""
 
 
 @main.command()
 @click.option("--concurrency", default=32, show_default=True, help="Calls in flight at once.")
-@click.option("--loglevel", default="INFO", show_default=True)
+@click.option(
+    "--loglevel",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
 def worker(concurrency: int, loglevel: str) -> None:
     """Run the consumer (a Celery worker with a pool of threads)."""
     from worker.runtime.app import run_worker
 
-    settings = command_settings()
-    try:
-        run_worker(settings, concurrency, loglevel)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
+    run_worker(command_settings(), concurrency, loglevel)
 
 
 @main.command()
@@ -102,7 +104,7 @@ def publish(
 ) -> None:
     """Publish events to customer-events the way a producer would."""
     if path is not None:
-        events = list(read_events(path.read_text(encoding="utf-8")))
+        events = read_event_file(path)
     elif customer_id is not None:
         if internal_identifier is None and not clear:
             raise click.UsageError("give --identifier VALUE or --clear")
@@ -117,11 +119,10 @@ def publish(
         ]
     else:
         raise click.UsageError("give --customer (with --identifier or --clear) or --file")
-    with broker_connection(command_settings()) as connection:
-        try:
-            count = publish_events(connection, events, Encoding(encoding))
-        except NoQueueBound as exc:
-            raise click.ClickException(str(exc)) from None
+    settings = command_settings()
+    with broker_connection(settings) as connection:
+        connect_within(connection, settings.broker_connect_timeout)
+        count = publish_events(connection, events, Encoding(encoding))
     click.echo(f"published {count} event(s)")
 
 
@@ -131,10 +132,7 @@ def demo(timeout: float) -> None:
     """Run the whole pipeline once: sandbox, worker, sample events, and a summary."""
     from worker.cli.demo import run_demo
 
-    try:
-        sys.exit(run_demo(command_settings(), timeout))
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
+    sys.exit(run_demo(command_settings(), timeout))
 
 
 from worker.cli.dlq import dlq  # noqa: E402 (the group is attached once main exists)

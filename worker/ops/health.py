@@ -60,10 +60,15 @@ class Redactor:
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
-        text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+        text = mask_url_credentials(text)
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def mask_url_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it replaced by ``***@``."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 def _password(url: str) -> str | None:

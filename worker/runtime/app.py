@@ -12,7 +12,7 @@ from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_ready
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from worker.amqp.connection import broker_connection, broker_ssl_options
+from worker.amqp.connection import broker_connection, broker_ssl_options, connect_within
 from worker.amqp.topology import delay_entry_exchange, delay_routing_key, tasks_queue
 from worker.cloudcockpit.client import (
     ClientPerThread,
@@ -193,7 +193,11 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
 
 
 def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
-    """Declare the topology, then consume until told to stop (blocks)."""
+    """Declare the topology, then consume until told to stop (blocks).
+
+    Raises ``ConfigurationError`` without API credentials, and ``BrokerUnreachable`` when the
+    broker does not answer within ``settings.broker_connect_timeout`` seconds.
+    """
 
     from worker.amqp.topology import declare_topology
 
@@ -203,7 +207,7 @@ def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
     if settings.metrics_port is not None:
         serve_metrics(settings.metrics_port)
     with broker_connection(settings) as connection:
-        connection.ensure_connection(max_retries=10)
+        connect_within(connection, settings.broker_connect_timeout)
         declare_topology(connection)
     app = make_app(settings, concurrency)
 
