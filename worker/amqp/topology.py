@@ -17,6 +17,9 @@ exchange N-1. Exchange
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Queue, binding
 
@@ -35,6 +38,9 @@ from worker.constants import (
     TASKS_QUEUE,
 )
 from worker.exceptions import ConfigurationError
+from worker.processing.mandatory import Unroutable
+
+log = logging.getLogger(__name__)
 
 events_exchange = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
 tasks_exchange = Exchange(TASKS_EXCHANGE, type="topic", durable=True)
@@ -126,6 +132,22 @@ def declare_topology(connection: Connection) -> None:
             f"the broker's topology differs from this version's ({exc.reply_text}); "
             "see 'ccsync topology' and move the messages before deleting the old queue"
         ) from None
+
+
+def publish_declaring_topology(connection: Connection, publish: Callable[[], None]) -> None:
+    """``publish()``, a mandatory publish on ``connection``; when no queue took its message (an
+    operator deleted a queue or a binding), declare the topology on ``connection`` and publish
+    once more.
+
+    Raises ``Unroutable`` if the message comes back again: the caller must then not acknowledge
+    its source, which the broker keeps and delivers again.
+    """
+    try:
+        publish()
+    except Unroutable as exc:
+        log.warning("%s; declaring the topology again", exc)
+        declare_topology(connection)
+        publish()
 
 
 def _declare(connection: Connection) -> None:

@@ -23,6 +23,7 @@ from worker.constants import (
     HEADER_STATUS,
     MAX_ERROR_CHARS,
 )
+from worker.processing.mandatory import refused_if_returned
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class DeadLetter:
 def publish_dead_letter(channel: Any, envelope: Envelope, letter: DeadLetter) -> None:
     """Publish on a confirming channel; only after this returns may the source message be acked.
 
+    Mandatory: raises ``Unroutable`` when no queue took the dead letter (see ``mandatory``).
+
     Goes below kombu's Producer on purpose: kombu would label a body without content type
     ``application/data``, and the dead letter must keep the producer's properties as they were.
     """
@@ -95,7 +98,10 @@ def publish_dead_letter(channel: Any, envelope: Envelope, letter: DeadLetter) ->
         headers=headers,
         properties={"delivery_mode": 2},
     )
-    channel.basic_publish(message, exchange=DEAD_LETTER_EXCHANGE, routing_key=DEAD_LETTER_QUEUE)
+    with refused_if_returned(channel, "dead letter"):
+        channel.basic_publish(
+            message, exchange=DEAD_LETTER_EXCHANGE, routing_key=DEAD_LETTER_QUEUE, mandatory=True
+        )
 
 
 def _without_ccsync_headers(headers: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,12 @@ from celery.signals import setup_logging, worker_ready
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from worker.amqp.connection import broker_connection, broker_ssl_options, connect_within
-from worker.amqp.topology import delay_entry_exchange, delay_routing_key, tasks_queue
+from worker.amqp.topology import (
+    delay_entry_exchange,
+    delay_routing_key,
+    publish_declaring_topology,
+    tasks_queue,
+)
 from worker.cloudcockpit.client import (
     ClientPerThread,
     CloudCockpitClient,
@@ -31,6 +36,7 @@ from worker.processing.attempts import Attempt
 from worker.processing.backoff import RetryPolicy
 from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_letter
 from worker.processing.ledger import Ledger
+from worker.processing.mandatory import refused_if_returned
 from worker.processing.outage import OutageGuard
 from worker.runtime.consumer_switch import ConsumerSwitch
 from worker.runtime.intake import EventIntake
@@ -42,24 +48,37 @@ READY_MESSAGE = "ccsync worker ready: consuming ccsync.events and ccsync.tasks"
 
 
 class BrokerForwarder:
-    """The applier's ``Forwarder``: through the app's pool of confirming producer connections."""
+    """The applier's ``Forwarder``: through the app's pool of confirming producer connections.
+
+    Both publishes are mandatory: a message no queue takes raises ``Unroutable`` after the
+    topology was declared again and the publish tried once more.
+    """
 
     def __init__(self, app: Celery) -> None:
         self._app = app
 
     def retry_later(self, attempt: Attempt, delay_seconds: float) -> None:
         with self._app.producer_or_acquire() as producer:
-            self._app.send_task(
-                APPLY_EVENT_TASK,
-                kwargs=attempt.to_task_kwargs(),
-                exchange=delay_entry_exchange().name,
-                routing_key=delay_routing_key(delay_seconds, TASKS_QUEUE),
-                producer=producer,
-            )
+
+            def publish() -> None:
+                with refused_if_returned(producer.channel, f"retry of {attempt.event.event_id}"):
+                    self._app.send_task(
+                        APPLY_EVENT_TASK,
+                        kwargs=attempt.to_task_kwargs(),
+                        exchange=delay_entry_exchange().name,
+                        routing_key=delay_routing_key(delay_seconds, TASKS_QUEUE),
+                        producer=producer,
+                        mandatory=True,
+                    )
+
+            publish_declaring_topology(producer.connection, publish)
 
     def dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None:
         with self._app.producer_or_acquire() as producer:
-            publish_dead_letter(producer.channel, envelope, letter)
+            publish_declaring_topology(
+                producer.connection,
+                lambda: publish_dead_letter(producer.channel, envelope=envelope, letter=letter),
+            )
 
 
 class Runtime:

@@ -24,7 +24,7 @@ from kombu import Connection, Consumer, Producer
 from kombu.common import ignore_errors
 from kombu.message import Message
 
-from worker.amqp.topology import events_queue
+from worker.amqp.topology import events_queue, publish_declaring_topology
 from worker.constants import (
     DELIVERY_LIMIT,
     REASON_DELIVERY_LIMIT,
@@ -270,7 +270,14 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         return event
 
     def _dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None:
-        publish_dead_letter(self._publisher().channel, envelope, letter)
+        """Confirmed and taken by a queue once this returns; raises otherwise (the message is
+        then requeued, not acked)."""
+        channel = self._publisher().channel
+        assert self._connection is not None  # made with the publisher
+        publish_declaring_topology(
+            self._connection,
+            lambda: publish_dead_letter(channel, envelope=envelope, letter=letter),
+        )
         metrics.EVENTS_DEAD_LETTERED.labels(letter.reason).inc()
 
     def _publisher(self) -> Producer:
