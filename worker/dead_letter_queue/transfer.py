@@ -12,10 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -134,7 +135,9 @@ def export_dead_letters(
     """Writes the matching dead letters to ``out``; with ``remove``, takes them out afterwards.
 
     Removal waits until the file is flushed and synced to disk: a crash before then leaves
-    every dead letter in the queue (and perhaps a partial file).
+    every dead letter in the queue (and perhaps a partial file). An output that cannot be synced
+    at all (a pipe, a terminal) is removed from once flushed. Any error writing, flushing or
+    syncing raises ``DeadLetterError`` naming it, before anything is removed.
     """
     report = TransferReport()
     selection = Selection()
@@ -143,18 +146,48 @@ def export_dead_letters(
             on_total(held.total)
         written: list[DeadLetterRecord] = []
         for record in select(held.records, filters, limit, selection, on_examined):
-            out.write(to_line(record) + "\n")
+            with _output_failures():
+                out.write(to_line(record) + "\n")
             written.append(record)
-        out.flush()
+        with _output_failures():
+            out.flush()
+            if remove:
+                _sync(out)
         report.written = len(written)
         if remove:
-            with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
-                os.fsync(out.fileno())
             for record in written:
                 held.remove(record)
             report.removed = len(written)
     report.examined, report.matched = selection.examined, selection.matched
     return report
+
+
+#: What ``fsync`` answers for an output that has no disk behind it to sync: nothing is lost there.
+UNSYNCABLE_ERRNOS: Final = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
+
+
+@contextlib.contextmanager
+def _output_failures() -> Iterator[None]:
+    """Any failure of the export's output (ENOSPC, EDQUOT, EIO...) as a ``DeadLetterError``."""
+    try:
+        yield
+    except OSError as exc:
+        raise DeadLetterError(
+            f"writing the export failed: {exc.strerror or exc}; nothing was removed from the queue"
+        ) from None
+
+
+def _sync(out: IO[str]) -> None:
+    """Syncs the flushed ``out`` to disk; raises ``OSError`` unless it cannot be synced at all."""
+    try:
+        descriptor = out.fileno()
+    except (AttributeError, io.UnsupportedOperation):
+        return  # in memory: there is no disk behind it
+    try:
+        os.fsync(descriptor)
+    except OSError as exc:
+        if exc.errno not in UNSYNCABLE_ERRNOS:
+            raise
 
 
 def import_dead_letters(
