@@ -11,6 +11,8 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_ready
 from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.message import Message
+from vine import promise  # type: ignore[import-untyped]
 
 from worker.amqp.connection import broker_connection, broker_ssl_options, connect_within
 from worker.amqp.topology import (
@@ -40,6 +42,11 @@ from worker.processing.mandatory import refused_if_returned
 from worker.processing.outage import OutageGuard
 from worker.runtime.consumer_switch import ConsumerSwitch
 from worker.runtime.intake import EventIntake
+from worker.runtime.task_messages import (
+    dead_letter_task_message,
+    unknown_task_error,
+    why_apply_event_cannot_run,
+)
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,6 +140,37 @@ class CcsyncConsumer(CeleryConsumer):  # type: ignore[misc]
             for step in CeleryConsumer.Blueprint.default_steps
             if not step.endswith(":DelayedDelivery")
         ]
+
+    # A task message this version cannot run is dead-lettered, where Celery would drop it
+    # (reject without requeue): ccsync.tasks has no dead-lettering of its own.
+
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        handle = super().create_task_handler(promise)
+
+        def on_task_received(message: Message) -> None:
+            headers = message.headers
+            if isinstance(headers, dict) and headers.get("task") == APPLY_EVENT_TASK:
+                problem = why_apply_event_cannot_run(message)
+                if problem is not None:
+                    dead_letter_task_message(self.app, message, problem)
+                    return
+            handle(message)
+
+        return on_task_received
+
+    def on_unknown_message(self, body: Any, message: Message) -> None:
+        dead_letter_task_message(self.app, message, "not a task message: no 'task' header")
+
+    def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
+        dead_letter_task_message(self.app, message, unknown_task_error(message))
+
+    def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
+        dead_letter_task_message(self.app, message, f"invalid task message: {exc}")
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        dead_letter_task_message(
+            self.app, message, f"task message does not decode: {type(exc).__name__}: {exc}"
+        )
 
 
 class CcsyncCelery(Celery):  # type: ignore[misc]
