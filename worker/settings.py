@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     broker_ca_file: FilePath | None = Field(None, validation_alias="CCSYNC_BROKER_CA_FILE")
     api_ca_file: FilePath | None = Field(None, validation_alias="CLOUDCOCKPIT_CA_FILE")
     sentry_dsn: SecretStr | None = Field(None, validation_alias="SENTRY_DSN")
+    # The one shared secret operators log in to ``ccsync console`` with; the console refuses to
+    # start without it.
+    console_token: SecretStr | None = Field(None, validation_alias="CCSYNC_CONSOLE_TOKEN")
     metrics_port: int | None = Field(None, ge=1, le=65535, validation_alias="CCSYNC_METRICS_PORT")
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", validation_alias="CCSYNC_LOG_FORMAT"
