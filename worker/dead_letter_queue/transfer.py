@@ -16,11 +16,9 @@ import errno
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
-from typing import IO, Any, Final
+from typing import IO, Final
 
 from kombu import Connection
 
@@ -29,40 +27,14 @@ from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
 from worker.dead_letter_queue.confirm_window import ConfirmWindow
 from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
 from worker.dead_letter_queue.reading import DeadLetterError, DeadLetterRecord, hold
-from worker.processing.dead_letters import json_safe_headers
+from worker.processing.dead_letters import (
+    decode_header_value,
+    encode_header_value,
+    json_safe_headers,
+)
 
 FORMAT: Final = "ccsync-dead-letter/1"
 WINDOW: Final = 256
-
-
-def encode_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return {"$timestamp": value.isoformat()}
-    if isinstance(value, bytes | bytearray):
-        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, Decimal):
-        return {"$decimal": str(value)}
-    if isinstance(value, Mapping):
-        return {str(key): encode_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [encode_value(item) for item in value]
-    return value
-
-
-def decode_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1:
-            ((tag, text),) = value.items()
-            if tag == "$timestamp" and isinstance(text, str):
-                return datetime.fromisoformat(text)
-            if tag == "$base64" and isinstance(text, str):
-                return base64.b64decode(text, validate=True)
-            if tag == "$decimal" and isinstance(text, str):
-                return Decimal(text)
-        return {key: decode_value(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [decode_value(item) for item in value]
-    return value
 
 
 def to_line(record: DeadLetterRecord) -> str:
@@ -72,7 +44,7 @@ def to_line(record: DeadLetterRecord) -> str:
         **record.summary(),
         "contentType": record.content_type,
         "contentEncoding": record.content_encoding,
-        "headers": encode_value(dict(record.original_headers)),
+        "headers": encode_header_value(dict(record.original_headers)),
         "body": base64.b64encode(record.body).decode("ascii"),
     }
     return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
@@ -83,7 +55,7 @@ def from_line(text: str) -> DeadLetterRecord:
     line = json.loads(text)
     if not isinstance(line, dict) or line.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} line")
-    headers = decode_value(line.get("headers") or {})
+    headers = decode_header_value(line.get("headers") or {})
     if not isinstance(headers, dict):
         raise ValueError("headers must be an object")
     try:

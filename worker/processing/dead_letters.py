@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from worker.constants import (
@@ -36,22 +38,64 @@ class Envelope:
     headers: Mapping[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        """JSON-safe form for a task message: bodies of valid events are UTF-8 JSON."""
+        """JSON-safe form for a task message: bodies of valid events are UTF-8 JSON.
+
+        The headers are tagged (``encode_header_value``), so ``from_wire`` gives back the same
+        AMQP types: a dead letter made after a retry keeps the producer's headers as sent.
+        """
         return {
             "body": self.body.decode("utf-8"),
             "contentType": self.content_type,
             "contentEncoding": self.content_encoding,
-            "headers": json_safe_headers(self.headers),
+            "headers": encode_header_value(dict(self.headers)),
         }
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> Envelope:
+        """The envelope ``to_wire`` was made from, header types included."""
+        headers = decode_header_value(wire.get("headers") or {})
         return cls(
             body=str(wire["body"]).encode("utf-8"),
             content_type=wire.get("contentType"),
             content_encoding=wire.get("contentEncoding"),
-            headers=dict(wire.get("headers") or {}),
+            headers=dict(headers) if isinstance(headers, dict) else {},
         )
+
+
+def encode_header_value(value: Any) -> Any:
+    """An AMQP header value as JSON, tagging what JSON cannot hold as is.
+
+    ``{"$timestamp": ISO}``, ``{"$base64": ...}`` and ``{"$decimal": ...}`` stand for a
+    timestamp, bytes and a decimal; tables and arrays are encoded item by item.
+    """
+    if isinstance(value, datetime):
+        return {"$timestamp": value.isoformat()}
+    if isinstance(value, bytes | bytearray):
+        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    if isinstance(value, Mapping):
+        return {_text(key): encode_header_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_header_value(item) for item in value]
+    return value
+
+
+def decode_header_value(value: Any) -> Any:
+    """The AMQP header value ``encode_header_value`` made ``value`` from."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((tag, text),) = value.items()
+            if tag == "$timestamp" and isinstance(text, str):
+                return datetime.fromisoformat(text)
+            if tag == "$base64" and isinstance(text, str):
+                return base64.b64decode(text, validate=True)
+            if tag == "$decimal" and isinstance(text, str):
+                return Decimal(text)
+        return {key: decode_header_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode_header_value(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
