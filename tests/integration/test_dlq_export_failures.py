@@ -40,7 +40,7 @@ DEAD_LETTERS = 5
 def failing_fsync(tmp_path_factory: pytest.TempPathFactory) -> Path:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        pytest.skip("no C compiler to build the failing fsync with")
+        pytest.fail("no C compiler (cc) to build the failing fsync with: apt-get install gcc")
     where = tmp_path_factory.mktemp("failing-fsync")
     source = where / "failing_fsync.c"
     source.write_text(FAILING_FSYNC_SOURCE)
