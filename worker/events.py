@@ -138,20 +138,29 @@ def decode_event(
     body: bytes, content_type: str | None, headers: Mapping[str, Any]
 ) -> IdentifierChanged:
     """Turn one AMQP message into an event, or raise ``InvalidEvent`` saying why."""
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    binary_attributes = _binary_cloudevent_attributes(headers)
     try:
-        if binary_attributes:
-            return CloudEvent.model_validate(
-                {**binary_attributes, "data": _json_object(body)}
-            ).to_event()
-        if media_type == CLOUDEVENTS_CONTENT_TYPE:
-            return CloudEvent.model_validate(_json_object(body)).to_event()
-        if media_type not in ("", "application/json"):
-            raise InvalidEvent(f"content type {content_type!r} is not application/json")
-        return IdentifierChanged.model_validate(_json_object(body))
+        return parse_event(body, content_type, headers)
     except ValidationError as exc:
         raise InvalidEvent(describe_validation_error(exc)) from None
+
+
+def parse_event(
+    body: bytes, content_type: str | None, headers: Mapping[str, Any]
+) -> IdentifierChanged:
+    """``decode_event`` for a caller that needs every failing field: the models' own
+    ``ValidationError`` when fields fail, ``InvalidEvent`` when the body is no JSON object or the
+    content type is not one of section 3."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    binary_attributes = _binary_cloudevent_attributes(headers)
+    if binary_attributes:
+        return CloudEvent.model_validate(
+            {**binary_attributes, "data": _json_object(body)}
+        ).to_event()
+    if media_type == CLOUDEVENTS_CONTENT_TYPE:
+        return CloudEvent.model_validate(_json_object(body)).to_event()
+    if media_type not in ("", "application/json"):
+        raise InvalidEvent(f"content type {content_type!r} is not application/json")
+    return IdentifierChanged.model_validate(_json_object(body))
 
 
 def _binary_cloudevent_attributes(headers: Mapping[str, Any]) -> dict[str, Any]:
