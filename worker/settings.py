@@ -6,6 +6,8 @@ values apply where the environment has none.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
 from dataclasses import dataclass
@@ -48,6 +50,11 @@ BROKER_SCHEMES: Final = ("amqp", "amqps")
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 #: Schemes of CloudCockpit's API and token URLs.
 HTTP_SCHEMES: Final = ("http", "https")
+
+#: How a Standard Webhooks secret starts; the rest is the HMAC key in base64.
+WEBHOOK_SECRET_PREFIX: Final = "whsec_"
+#: The shortest HMAC key accepted: the 24 random bytes Standard Webhooks recommends at least.
+MIN_WEBHOOK_KEY_BYTES: Final = 24
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", validation_alias="CCSYNC_LOG_FORMAT"
     )
+    # ``ccsync ingest``: who may post events (a bearer token, a Standard Webhooks secret, or both).
+    ingest_token: SecretStr | None = Field(None, validation_alias="CCSYNC_INGEST_TOKEN")
+    ingest_secret: SecretStr | None = Field(None, validation_alias="CCSYNC_INGEST_SECRET")
 
     @field_validator("broker_url")
     @classmethod
@@ -150,6 +160,13 @@ class Settings(BaseSettings):
             return delays
         return value
 
+    @field_validator("ingest_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            webhook_secret_key(value)  # raises ValueError naming the expected form
+        return value
+
     @model_validator(mode="after")
     def _credentials_not_contradictory(self) -> Self:
         if self.token is not None and (self.client_id or self.client_secret):
@@ -166,6 +183,14 @@ class Settings(BaseSettings):
     def timeouts(self) -> HttpTimeouts:
         return HttpTimeouts(read=self.http_timeout)
 
+    def require_ingest_credentials(self) -> None:
+        """Fail at start when ``ccsync ingest`` could authenticate no request."""
+        if self.ingest_token is None and self.ingest_secret is None:
+            raise ConfigurationError(
+                "CCSYNC_INGEST_TOKEN or CCSYNC_INGEST_SECRET (or both) is required to serve "
+                "ccsync ingest: without one, nobody could be allowed to post events"
+            )
+
     def require_api_credentials(self) -> None:
         """Fail at start, not at the first event, when the worker could not call the API."""
         if self.token is None and self.client_id is None:
@@ -173,6 +198,23 @@ class Settings(BaseSettings):
                 "CLOUDCOCKPIT_TOKEN (or CLOUDCOCKPIT_CLIENT_ID and CLOUDCOCKPIT_CLIENT_SECRET) "
                 "is required to call CloudCockpit"
             )
+
+
+def webhook_secret_key(secret: SecretStr) -> bytes:
+    """The HMAC key of a Standard Webhooks secret ``whsec_<base64>``: the decoded base64.
+
+    Raises ValueError saying the expected form, never quoting the secret.
+    """
+    text = secret.get_secret_value()
+    if not text.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError(f"must be {WEBHOOK_SECRET_PREFIX} followed by base64 (Standard Webhooks)")
+    try:
+        key = base64.b64decode(text.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        raise ValueError(f"the part after {WEBHOOK_SECRET_PREFIX} is not base64") from None
+    if len(key) < MIN_WEBHOOK_KEY_BYTES:
+        raise ValueError(f"the key must be at least {MIN_WEBHOOK_KEY_BYTES} bytes")
+    return key
 
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> SplitResult:

@@ -8,7 +8,8 @@ inside functions, under ``if TYPE_CHECKING``. The rules:
   not even through another module of ``worker``; nor does ``worker`` itself (its ``__init__`` runs
   before any submodule).
 - Only ``worker.runtime`` imports celery.
-- ``worker.dead_letter_queue`` and ``worker.sandbox`` never reach ``worker.runtime``.
+- ``worker.dead_letter_queue``, ``worker.sandbox`` and ``worker.ingest`` never reach
+  ``worker.runtime``.
 - Only ``worker.__main__`` imports ``worker.cli`` (besides ``worker.cli`` itself).
 - No two modules of ``worker`` import each other, directly or through others.
 """
@@ -32,7 +33,7 @@ ROOT = Path(worker.__file__).resolve().parent
 BROKER_LIBRARIES = frozenset({"celery", "kombu", "amqp"})
 FREE_OF_BROKER_LIBRARIES = ("worker.processing", "worker.cloudcockpit")
 ALLOWED_TO_IMPORT_CELERY = ("worker.runtime",)
-NEVER_REACHING_THE_RUNTIME = ("worker.dead_letter_queue", "worker.sandbox")
+NEVER_REACHING_THE_RUNTIME = ("worker.dead_letter_queue", "worker.sandbox", "worker.ingest")
 ALLOWED_TO_IMPORT_THE_CLI = ("worker.__main__", "worker.cli")
 
 
@@ -254,7 +255,7 @@ def test_only_the_runtime_imports_celery(graph: ImportGraph) -> None:
     assert celery_importers(graph, ALLOWED_TO_IMPORT_CELERY) == []
 
 
-def test_dlq_and_sandbox_never_reach_the_runtime(graph: ImportGraph) -> None:
+def test_dlq_sandbox_and_ingest_never_reach_the_runtime(graph: ImportGraph) -> None:
     assert runtime_reached(graph, NEVER_REACHING_THE_RUNTIME) == []
 
 

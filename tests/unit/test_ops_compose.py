@@ -16,7 +16,8 @@ from worker.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 CONTRACT = REPO / "docs" / "contract.md"
 # Settings of the contract that a compose deployment leaves at their defaults (tuning, extra CAs,
-# the log format): the worker's environment need not show them.
+# the log format), and those of commands the compose file does not run (``ccsync ingest``): the
+# worker's environment need not show them.
 LEFT_AT_DEFAULTS = {
     "CCSYNC_RETRY_JITTER",
     "CCSYNC_HTTP_TIMEOUT",
@@ -24,6 +25,8 @@ LEFT_AT_DEFAULTS = {
     "CCSYNC_LOG_FORMAT",
     "CCSYNC_BROKER_CA_FILE",
     "CLOUDCOCKPIT_CA_FILE",
+    "CCSYNC_INGEST_TOKEN",
+    "CCSYNC_INGEST_SECRET",
 }
 REQUIRED_SERVICES = ("rabbitmq", "redis", "sandbox", "worker")
 

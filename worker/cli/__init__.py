@@ -127,6 +127,16 @@ def publish(
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8091, show_default=True)
+def ingest(host: str, port: int) -> None:
+    """Accept events over HTTP (POST /v1/events) and publish them to customer-events."""
+    from worker.ingest import run_ingest
+
+    run_ingest(command_settings(), host=host, port=port)
+
+
+@main.command()
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for outcomes.")
 def demo(timeout: float) -> None:
     """Run the whole pipeline once: sandbox, worker, sample events, and a summary."""

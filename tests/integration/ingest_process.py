@@ -1,0 +1,173 @@
+"""A real ``ccsync ingest`` as a child process, and a TCP proxy that can cut it off the broker."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Self
+
+from tests.support import free_port
+
+TOKEN = "ingest-test-token-" + "x" * 16
+#: A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64.
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def signed_headers(
+    body: bytes, *, secret: str = SECRET, timestamp: int | None = None, message_id: str = "msg-1"
+) -> dict[str, str]:
+    """Standard Webhooks headers for ``body``, computed here from the specification."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    content = f"{message_id}.{stamp}.".encode() + body
+    signature = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": stamp,
+        "webhook-signature": f"v1,{signature}",
+    }
+
+
+class IngestProcess:
+    """``python -m worker ingest`` on a free port; its output kept for failure messages."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self._process: subprocess.Popen[str] | None = None
+        self._lines: list[str] = []
+        self._collector: threading.Thread | None = None
+
+    @property
+    def log(self) -> str:
+        return "".join(self._lines)
+
+    def __enter__(self) -> Self:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "ingest", "--port", str(self.port)],
+            env=self._env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                break
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"ccsync ingest did not start listening; its output:\n{self.log}")
+
+    def _collect(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            self._lines.append(line)
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=15)
+        if self._collector is not None:
+            self._collector.join(timeout=5)
+        if self._process is not None and self._process.stdout is not None:
+            self._process.stdout.close()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class TcpProxy:
+    """Forwards a local port to ``target``; ``cut`` drops every connection and refuses new ones
+    (accepted, then closed at once) until ``restore``."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._open = threading.Event()
+        self._open.set()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __enter__(self) -> Self:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self._open.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self._open.clear()
+        with self._lock:
+            doomed, self._sockets = self._sockets, []
+        for end in doomed:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def restore(self) -> None:
+        self._open.set()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        self.cut()
+        self._listener.close()

@@ -1,0 +1,129 @@
+"""``ccsync ingest`` authentication: bearer token and Standard Webhooks signatures."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+import pytest
+from starlette.datastructures import Headers
+
+from worker.exceptions import ConfigurationError
+from worker.ingest.authentication import Credentials, Unauthenticated, authenticate
+from worker.settings import Settings, load_settings
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
+
+KEY = bytes(range(32))
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
+NOW = 1_800_000_000
+BODY = b'{"eventId":"e-1"}'
+
+
+def _signature(body: bytes, *, message_id: str = "m-1", timestamp: int = NOW) -> str:
+    content = f"{message_id}.{timestamp}.".encode() + body
+    return base64.b64encode(hmac.new(KEY, content, hashlib.sha256).digest()).decode()
+
+
+def _credentials(**values: str) -> Credentials:
+    return Credentials.from_settings(Settings.model_validate(values))
+
+
+def _signed(signature: str, *, timestamp: int = NOW) -> Headers:
+    return Headers(
+        {"webhook-id": "m-1", "webhook-timestamp": str(timestamp), "webhook-signature": signature}
+    )
+
+
+def test_given_the_signature_of_the_spec_then_accepted_also_among_other_signatures() -> None:
+    credentials = _credentials(CCSYNC_INGEST_SECRET=SECRET)
+
+    authenticate(credentials, _signed(f"v1,{_signature(BODY)}"), BODY, now=NOW)
+    authenticate(credentials, _signed(f"v1,bm9wZQ== v1,{_signature(BODY)}"), BODY, now=NOW + 1)
+
+
+@pytest.mark.parametrize("skew", [-301, 301])
+def test_given_a_timestamp_over_five_minutes_off_either_way_then_refused(skew: int) -> None:
+    credentials = _credentials(CCSYNC_INGEST_SECRET=SECRET)
+    signature = _signature(BODY, timestamp=NOW + skew)
+
+    with pytest.raises(Unauthenticated, match="webhook-timestamp is more than 300 s"):
+        authenticate(credentials, _signed(f"v1,{signature}", timestamp=NOW + skew), BODY, now=NOW)
+
+
+def test_given_a_timestamp_five_minutes_off_then_still_accepted() -> None:
+    credentials = _credentials(CCSYNC_INGEST_SECRET=SECRET)
+    signature = _signature(BODY, timestamp=NOW - 300)
+
+    authenticate(credentials, _signed(f"v1,{signature}", timestamp=NOW - 300), BODY, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [lambda: _signature(BODY + b" "), lambda: "v2," + _signature(BODY), lambda: ""],
+    ids=["another body", "another version", "empty"],
+)
+def test_given_a_signature_not_of_this_request_then_refused(signature: object) -> None:
+    credentials = _credentials(CCSYNC_INGEST_SECRET=SECRET)
+    value = signature()  # type: ignore[operator]
+    header = value if value.startswith("v2,") or not value else f"v1,{value}"
+
+    with pytest.raises(Unauthenticated):
+        authenticate(credentials, _signed(header), BODY, now=NOW)
+
+
+def test_given_the_bearer_token_then_accepted_and_another_refused() -> None:
+    credentials = _credentials(CCSYNC_INGEST_TOKEN="t0ken")
+
+    authenticate(credentials, Headers({"authorization": "Bearer t0ken"}), BODY, now=NOW)
+    with pytest.raises(Unauthenticated, match="bearer token is not valid"):
+        authenticate(credentials, Headers({"authorization": "Bearer t0ke"}), BODY, now=NOW)
+    with pytest.raises(Unauthenticated, match="must be 'Bearer <token>'"):
+        authenticate(credentials, Headers({"authorization": "Basic dDA="}), BODY, now=NOW)
+
+
+def test_given_only_a_token_configured_then_a_signed_request_is_refused_and_told_why() -> None:
+    credentials = _credentials(CCSYNC_INGEST_TOKEN="t0ken")
+
+    with pytest.raises(Unauthenticated, match="signatures are not accepted here"):
+        authenticate(credentials, _signed(f"v1,{_signature(BODY)}"), BODY, now=NOW)
+
+
+def test_given_no_credential_offered_then_refused_naming_both_ways() -> None:
+    credentials = _credentials(CCSYNC_INGEST_TOKEN="t0ken", CCSYNC_INGEST_SECRET=SECRET)
+
+    with pytest.raises(Unauthenticated, match=r"no credentials.*Bearer.*webhook-signature"):
+        authenticate(credentials, Headers({}), BODY, now=NOW)
+
+
+def test_given_neither_setting_then_ingest_credentials_are_required_in_one_line() -> None:
+    with pytest.raises(ConfigurationError, match="CCSYNC_INGEST_TOKEN or CCSYNC_INGEST_SECRET"):
+        load_settings().require_ingest_credentials()
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [
+        ("c2VjcmV0", "must be whsec_ followed by base64"),
+        ("whsec_!!!", "not base64"),
+        ("whsec_" + base64.b64encode(b"short").decode(), "at least 24 bytes"),
+    ],
+)
+def test_given_a_malformed_secret_then_configuration_error_naming_it_not_quoting_it(
+    monkeypatch: pytest.MonkeyPatch, secret: str, reason: str
+) -> None:
+    monkeypatch.setenv("CCSYNC_INGEST_SECRET", secret)
+
+    with pytest.raises(ConfigurationError, match=f"^CCSYNC_INGEST_SECRET: .*{reason}") as error:
+        load_settings()
+    assert secret not in str(error.value)
+
+
+def test_given_ingest_secrets_then_the_settings_repr_never_shows_them() -> None:
+    settings = Settings.model_validate(
+        {"CCSYNC_INGEST_TOKEN": "t0ken-secret", "CCSYNC_INGEST_SECRET": SECRET}
+    )
+
+    assert "t0ken-secret" not in repr(settings)
+    assert SECRET not in repr(settings)
