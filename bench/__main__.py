@@ -1,5 +1,6 @@
 """``python -m bench``: ccsync beside bare and naive Celery; ``soak`` and ``backoff``: memory;
-``profile``: where ccsync's time goes (py-spy), without measuring the rest again.
+``profile``: where ccsync's time goes (py-spy), without measuring the rest again; ``ingest``:
+events per second ``ccsync ingest`` accepts over HTTP.
 
 Needs RabbitMQ (rabbitmqctl on PATH, guest user) and Redis on 127.0.0.1.
 """
@@ -42,6 +43,7 @@ from bench.infra import (
     delete_stale_vhosts,
     machine_info,
 )
+from bench.ingest import INGEST_RESULTS, ingest_markdown, run_ingest_bench
 from bench.profile import py_spy, start_profile, summarise
 from bench.report import markdown, ratio_lines, text_table, write_plot
 from worker.sandbox import SandboxControl
@@ -74,7 +76,10 @@ def write_markdown() -> None:
     soak = json.loads(SOAK_RESULTS.read_text()) if SOAK_RESULTS.exists() else None
     profile = PROFILE_SUMMARY.read_text().strip() if PROFILE_SUMMARY.exists() else None
     plot = PLOT.relative_to(REPO_ROOT).as_posix() if PLOT.exists() else None
-    MARKDOWN.write_text(markdown(results, soak, plot, profile))
+    text = markdown(results, soak, plot, profile)
+    if INGEST_RESULTS.exists():  # the ingest figures survive a run of the other benchmarks
+        text = text.rstrip("\n") + "\n\n" + ingest_markdown(json.loads(INGEST_RESULTS.read_text()))
+    MARKDOWN.write_text(text)
 
 
 def _profiler(pid: int, raw: Path, mode: str) -> Callable[[], None]:
@@ -353,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_soak(arguments[1:])
     if arguments and arguments[0] == "backoff":
         return run_backoff(arguments[1:])
+    if arguments and arguments[0] == "ingest":
+        return run_ingest_bench(arguments[1:])
     return run_benchmark(arguments)
 
 
