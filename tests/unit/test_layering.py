@@ -8,8 +8,8 @@ inside functions, under ``if TYPE_CHECKING``. The rules:
   not even through another module of ``worker``; nor does ``worker`` itself (its ``__init__`` runs
   before any submodule).
 - Only ``worker.runtime`` imports celery.
-- ``worker.dead_letter_queue``, ``worker.sandbox`` and ``worker.ingest`` never reach
-  ``worker.runtime``.
+- ``worker.dead_letter_queue``, ``worker.sandbox``, ``worker.ingest`` and ``worker.console``
+  never reach ``worker.runtime``.
 - Only ``worker.__main__`` imports ``worker.cli`` (besides ``worker.cli`` itself).
 - No two modules of ``worker`` import each other, directly or through others.
 """
@@ -33,7 +33,12 @@ ROOT = Path(worker.__file__).resolve().parent
 BROKER_LIBRARIES = frozenset({"celery", "kombu", "amqp"})
 FREE_OF_BROKER_LIBRARIES = ("worker.processing", "worker.cloudcockpit")
 ALLOWED_TO_IMPORT_CELERY = ("worker.runtime",)
-NEVER_REACHING_THE_RUNTIME = ("worker.dead_letter_queue", "worker.sandbox", "worker.ingest")
+NEVER_REACHING_THE_RUNTIME = (
+    "worker.dead_letter_queue",
+    "worker.sandbox",
+    "worker.ingest",
+    "worker.console",
+)
 ALLOWED_TO_IMPORT_THE_CLI = ("worker.__main__", "worker.cli")
 
 

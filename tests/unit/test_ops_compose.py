@@ -27,6 +27,8 @@ LEFT_AT_DEFAULTS = {
     "CLOUDCOCKPIT_CA_FILE",
     "CCSYNC_INGEST_TOKEN",
     "CCSYNC_INGEST_SECRET",
+    # The console's, not the worker's.
+    "CCSYNC_CONSOLE_TOKEN",
 }
 REQUIRED_SERVICES = ("rabbitmq", "redis", "sandbox", "worker")
 

@@ -145,6 +145,16 @@ def demo(timeout: float) -> None:
     sys.exit(run_demo(command_settings(), timeout))
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True)
+def console(host: str, port: int) -> None:
+    """Serve the dead-letter console; operators log in with CCSYNC_CONSOLE_TOKEN."""
+    from worker.console import run_console
+
+    run_console(command_settings(), host, port)
+
+
 from worker.cli.dlq import dlq  # noqa: E402 (the group is attached once main exists)
 
 main.add_command(dlq)

@@ -1,0 +1,100 @@
+"""The console's actions as job work: each one call of ``worker.dead_letter_queue``, as the CLI
+makes it, so the console keeps the CLI's guarantees (a dead letter leaves the queue only once
+its replacement is confirmed or written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from worker.console.broker import connected
+from worker.console.config import ConsoleConfig
+from worker.console.jobs import Job, Outcome, Work
+from worker.dead_letter_queue.filters import DeadLetterFilter
+from worker.dead_letter_queue.purge import purge
+from worker.dead_letter_queue.replay import replay
+from worker.dead_letter_queue.transfer import export_dead_letters
+
+
+def replay_work(config: ConsoleConfig, filters: DeadLetterFilter, limit: int | None) -> Work:
+    def work(job: Job) -> Outcome:
+        with connected(config) as connection:
+            report = replay(
+                connection,
+                filters,
+                limit=limit,
+                on_total=job.on_total,
+                on_examined=job.on_examined,
+            )
+        counts = {"matched": report.matched, "replayed": report.replayed, "failed": report.failed}
+        message = (
+            f"replayed {report.replayed} of {report.matched} matching dead letter(s) "
+            f"in {report.seconds:.1f}s"
+        )
+        if report.failed:
+            message += f"; {report.failed} publish(es) not confirmed stay in the queue"
+        return Outcome(message, counts, failed=bool(report.failed))
+
+    return work
+
+
+def edit_replay_work(config: ConsoleConfig, event_id: str, edits: Mapping[str, str | None]) -> Work:
+    """Replays the dead letters of one eventId with ``edits`` applied, as ``--set`` does."""
+    filters = DeadLetterFilter.build(event_ids=[event_id])
+
+    def work(job: Job) -> Outcome:
+        with connected(config) as connection:
+            report = replay(
+                connection,
+                filters,
+                edits=dict(edits),
+                on_total=job.on_total,
+                on_examined=job.on_examined,
+            )
+        counts = {"matched": report.matched, "replayed": report.replayed, "failed": report.failed}
+        if not report.matched:
+            return Outcome(f"no dead letter with eventId {event_id} is left", counts, failed=True)
+        fields = ", ".join(sorted(edits))
+        message = f"edited {fields} and replayed {report.replayed} of {report.matched}"
+        return Outcome(message, counts, failed=bool(report.failed))
+
+    return work
+
+
+def purge_work(config: ConsoleConfig, filters: DeadLetterFilter, limit: int | None) -> Work:
+    def work(job: Job) -> Outcome:
+        with connected(config) as connection:
+            report = purge(
+                connection,
+                filters,
+                limit=limit,
+                on_total=job.on_total,
+                on_examined=job.on_examined,
+            )
+        counts = {"matched": report.matched, "purged": report.purged}
+        return Outcome(f"purged {report.purged} dead letter(s)", counts)
+
+    return work
+
+
+def export_work(
+    config: ConsoleConfig, filters: DeadLetterFilter, limit: int | None, path: Path
+) -> Work:
+    """Writes the matching dead letters to ``path`` (a new file), removing none."""
+
+    def work(job: Job) -> Outcome:
+        with connected(config) as connection, path.open("x", encoding="utf-8") as out:
+            report = export_dead_letters(
+                connection,
+                filters,
+                out,
+                limit=limit,
+                on_total=job.on_total,
+                on_examined=job.on_examined,
+            )
+        job.download = path
+        counts = {"matched": report.matched, "exported": report.written}
+        return Outcome(f"exported {report.written} dead letter(s)", counts)
+
+    return work

@@ -1,0 +1,25 @@
+"""``ccsync console``: the application served by uvicorn, with the audit log on stderr."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from worker.console.app import create_app
+from worker.console.config import console_config
+from worker.observability.logs import configure_logging
+from worker.settings import Settings
+
+_log = logging.getLogger(__name__)
+
+
+def run_console(settings: Settings, host: str, port: int) -> None:
+    """Serves the console until interrupted; ``ConfigurationError`` without a usable token."""
+    config = console_config(settings)  # before anything starts: a missing token is one line
+    configure_logging("INFO", settings.log_format)
+    app = create_app(config)
+    _log.info("ccsync console on http://%s:%d", host, port)
+    # proxy_headers: behind a TLS-terminating proxy on this host, the request's scheme is https
+    # (the session cookie is then Secure) and its client address is the operator's.
+    uvicorn.run(app, host=host, port=port, proxy_headers=True, log_config=None, access_log=False)

@@ -1,0 +1,148 @@
+"""What every request of the console shares: configuration, sessions, jobs, templates, and the
+checks each request goes through (a session; a CSRF token for anything that changes state)."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from jinja2 import Environment, PackageLoader
+
+from worker.console.config import ConsoleConfig
+from worker.console.jobs import JobRunner
+from worker.console.login_limit import LoginLimiter
+from worker.console.redaction import Redaction
+from worker.console.sessions import SESSION_COOKIE, Session, Sessions
+from worker.ops.health import Redactor
+
+#: The header JavaScript sends the CSRF token in; forms send the field ``csrf_token``.
+CSRF_HEADER: Final = "x-csrf-token"
+CSRF_FIELD: Final = "csrf_token"
+
+
+class NotLoggedIn(Exception):
+    """No live session: a page answers with the login page, the API with 401."""
+
+
+class CsrfRefused(Exception):
+    """A state-changing request without its session's CSRF token: 403."""
+
+
+def _moment(value: datetime | str | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    else:
+        moment = value
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _templates(redaction: Redaction) -> Environment:
+    # autoescape on for every template: producers' bodies and headers are hostile text.
+    # finalize: every printed value passes the redaction, so no secret reaches a page.
+    environment = Environment(
+        loader=PackageLoader("worker.console", "templates"),
+        autoescape=True,
+        finalize=redaction.value,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["moment"] = _moment
+    environment.filters["epoch"] = lambda seconds: _moment(datetime.fromtimestamp(seconds, UTC))
+    return environment
+
+
+@dataclass
+class ConsoleState:
+    config: ConsoleConfig
+    sessions: Sessions
+    limiter: LoginLimiter
+    jobs: JobRunner
+    redaction: Redaction
+    templates: Environment
+    jobs_dir: Path
+    _tmp: Any = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, config: ConsoleConfig, jobs_dir: Path | None = None) -> ConsoleState:
+        redaction = Redaction(Redactor(config.settings), config.token)
+        tmp = None
+        if jobs_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="ccsync-console-")
+            jobs_dir = Path(tmp.name)
+        return cls(
+            config=config,
+            sessions=Sessions(config.session_seconds),
+            limiter=LoginLimiter(),
+            jobs=JobRunner(),
+            redaction=redaction,
+            templates=_templates(redaction),
+            jobs_dir=jobs_dir,
+            _tmp=tmp,
+        )
+
+    def close(self) -> None:
+        self.jobs.shutdown()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        *,
+        session: Session | None,
+        status_code: int = 200,
+        **context: Any,
+    ) -> HTMLResponse:
+        page = self.templates.get_template(template).render(
+            request_path=request.url.path,
+            session=session,
+            csrf_token=session.csrf_token if session is not None else None,
+            **context,
+        )
+        return HTMLResponse(page, status_code=status_code)
+
+    def json(self, data: Any, status_code: int = 200) -> JSONResponse:
+        return JSONResponse(self.redaction.tree(data), status_code=status_code)
+
+
+def console_state(request: Request) -> ConsoleState:
+    state: ConsoleState = request.app.state.console
+    return state
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def current_session(request: Request) -> Session:
+    """The request's live session, or ``NotLoggedIn``."""
+    session = console_state(request).sessions.get(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        raise NotLoggedIn
+    return session
+
+
+async def checked_session(request: Request) -> Session:
+    """For state-changing requests: the live session, and its CSRF token in the request."""
+    session = current_session(request)
+    offered = request.headers.get(CSRF_HEADER)
+    if offered is None and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        form = await request.form()
+        field_value = form.get(CSRF_FIELD)
+        offered = field_value if isinstance(field_value, str) else None
+    if not session.csrf_matches(offered):
+        raise CsrfRefused
+    return session
