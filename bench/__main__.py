@@ -86,7 +86,7 @@ def _profiler(pid: int, raw: Path, mode: str) -> Callable[[], None]:
     return start_profile(pid, raw, mode=mode)
 
 
-def profile_ccsync(sandbox_url: str, concurrency: int, events: int) -> str:
+def profile_ccsync(sandbox_url: str, *, concurrency: int, events: int) -> str:
     """Two more ccsync runs at 0 ms, not in the table, under py-spy: CPU (GIL) and wall time."""
     summaries = []
     with tempfile.TemporaryDirectory(prefix="ccsync-bench-") as directory:
@@ -200,7 +200,9 @@ def run_benchmark(argv: Sequence[str]) -> int:
             runs.append(result)
         profile_text = None
         if args.profile:
-            profile_text = profile_ccsync(sandbox.url, concurrency, min(events, 3000))
+            profile_text = profile_ccsync(
+                sandbox.url, concurrency=concurrency, events=min(events, 3000)
+            )
     finally:
         sandbox.stop()
     print(f"\n(ran in {time.monotonic() - began:.0f} s)\n")
@@ -258,7 +260,7 @@ def run_soak(argv: Sequence[str]) -> int:
                 ready = sampler.last
                 trail: list[tuple[int, float]] = []
 
-                def phase(count: int, tag: str, report: bool) -> float:
+                def phase(count: int, tag: str, *, report: bool) -> float:
                     assert sampler is not None
                     marks = {count * step // 10 for step in range(1, 11)}
 
@@ -271,19 +273,25 @@ def run_soak(argv: Sequence[str]) -> int:
                             )
 
                     started = time.time()
-                    publish_plain(vhost.url, make_events(count, tag), tag)
-                    observed = collect(control, tag, count, 120 + count / 5, on_progress=progress)
+                    publish_plain(vhost.url, make_events(count, tag), tag=tag)
+                    observed = collect(
+                        control,
+                        tag,
+                        expected=count,
+                        timeout=120 + count / 5,
+                        on_progress=progress,
+                    )
                     if observed.stalled:
                         raise RuntimeError(f"{len(observed.received_at)}/{count} events arrived")
                     return max(observed.responded_at.values()) - started
 
                 print(f"warm-up: {args.warmup} events ...", flush=True)
-                phase(args.warmup, "warmup", False)
+                phase(args.warmup, "warmup", report=False)
                 time.sleep(2.0)
                 start = sampler.last
                 peak_before = sampler.peak
                 print(f"soak: {args.events} events; RSS at start {start / mb:.1f} MB", flush=True)
-                elapsed = phase(args.events, "soak", True)
+                elapsed = phase(args.events, "soak", report=True)
                 time.sleep(2.0)
                 end = sampler.last
                 peak = sampler.peak
@@ -341,7 +349,7 @@ def run_profile(argv: Sequence[str]) -> int:
     sandbox = SandboxProcess()
     try:
         sandbox.start()
-        profile_text = profile_ccsync(sandbox.url, args.concurrency, args.events)
+        profile_text = profile_ccsync(sandbox.url, concurrency=args.concurrency, events=args.events)
     finally:
         sandbox.stop()
     PROFILE_SUMMARY.write_text(profile_text + "\n")

@@ -46,13 +46,17 @@ def run_backoff(argv: Sequence[str]) -> int:
         with SandboxControl(sandbox.url, timeout=60) as control, Vhost("backoff") as vhost:
             sampler = TreeSampler(system.start(vhost.url, sandbox.url)).start()
             try:
-                publish_plain(vhost.url, make_events(args.warmup, "warmup"), "warmup")
-                _wait(lambda: _applied(control) >= args.warmup, 300)
+                publish_plain(vhost.url, make_events(args.warmup, "warmup"), tag="warmup")
+                _wait(lambda: _applied(control) >= args.warmup, timeout=300)
                 time.sleep(3)
                 idle = sampler.last
                 control.add_faults("*", {"status": 429, "retryAfter": 3600, "times": args.events})
-                publish_plain(vhost.url, make_events(args.events, "backoff"), "backoff")
-                _wait(lambda: _waiting(_queue_depths(vhost.name)) >= args.events, 900, 2.0)
+                publish_plain(vhost.url, make_events(args.events, "backoff"), tag="backoff")
+                _wait(
+                    lambda: _waiting(_queue_depths(vhost.name)) >= args.events,
+                    timeout=900,
+                    interval=2.0,
+                )
                 time.sleep(3)
                 waiting = sampler.last
                 depths = _queue_depths(vhost.name)
@@ -75,7 +79,7 @@ def _applied(control: SandboxControl) -> int:
     return sum(1 for e in control.journal() if e["method"] == "PATCH" and e["status"] == 204)
 
 
-def _wait(check: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
+def _wait(check: Callable[[], bool], *, timeout: float, interval: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -78,7 +78,7 @@ def parse_stamp(identifier: object, tag: str) -> tuple[int, float] | None:
 # --- publishing -------------------------------------------------------------------------------
 
 
-def publish_plain(broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None:
+def publish_plain(broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
     """Persistent JSON messages to ``customer-events``, as a producer does, confirms batched.
 
     Publishes without waiting for each confirm, keeping at most ``CONFIRM_WINDOW`` unconfirmed,
@@ -132,7 +132,7 @@ def publish_plain(broker_url: str, events: Sequence[dict[str, Any]], tag: str) -
         raise RuntimeError(f"the broker refused {nacked} publish(es)")
 
 
-def publish_celery_tasks(broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None:
+def publish_celery_tasks(broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
     """Each event as a Celery task message, the way a naive implementation routes them."""
     from celery import Celery
 
@@ -158,7 +158,7 @@ class System(Protocol):
 
     def stop(self) -> None: ...
 
-    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None: ...
+    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None: ...
 
 
 class Ccsync:
@@ -197,8 +197,8 @@ class Ccsync:
             self._worker = None
         flush_redis_db(REDIS_DB)
 
-    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None:
-        publish_plain(broker_url, events, tag)
+    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
+        publish_plain(broker_url, events, tag=tag)
 
 
 class Bare:
@@ -225,7 +225,9 @@ class Bare:
             f"--tenant={TENANT}",
             f"--concurrency={self.concurrency}",
         ]
-        self._child = ChildProcess(argv, {}, bare.READY, "the bare worker").start()
+        self._child = ChildProcess(
+            argv, {}, ready_marker=bare.READY, name="the bare worker"
+        ).start()
         return self._child.pid
 
     def stop(self) -> None:
@@ -233,8 +235,8 @@ class Bare:
             self._child.stop()
             self._child = None
 
-    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None:
-        publish_plain(broker_url, events, tag)
+    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
+        publish_plain(broker_url, events, tag=tag)
 
 
 class BareGevent(Bare):
@@ -263,7 +265,9 @@ class NaiveCelery:
             "BENCH_TOKEN": TOKEN,
             "BENCH_TENANT": TENANT,
         }
-        self._child = ChildProcess(argv, env, naive_celery.READY, "the naive Celery worker")
+        self._child = ChildProcess(
+            argv, env, ready_marker=naive_celery.READY, name="the naive Celery worker"
+        )
         self._child.start(timeout=90)
         return self._child.pid
 
@@ -272,8 +276,8 @@ class NaiveCelery:
             self._child.stop()
             self._child = None
 
-    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], tag: str) -> None:
-        publish_celery_tasks(broker_url, events, tag)
+    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
+        publish_celery_tasks(broker_url, events, tag=tag)
 
 
 # --- reading the journal ----------------------------------------------------------------------
@@ -294,6 +298,7 @@ class Observed:
 def collect(
     control: SandboxControl,
     tag: str,
+    *,
     expected: int,
     timeout: float,
     stall_after: float = 60.0,
@@ -429,10 +434,10 @@ def run_once(
             others_before = {name: cpu_seconds(pids) for name, pids in others.items()}
             cpu_before, machine_before = cpu_seconds(sampler.pids), machine_cpu()
             started = time.time()
-            system.publish(vhost.url, batch, tag)
+            system.publish(vhost.url, batch, tag=tag)
             publish_s = time.time() - started
             timeout = 60.0 + events / 5.0
-            observed = collect(control, tag, events, timeout)
+            observed = collect(control, tag, expected=events, timeout=timeout)
             cpu_after, machine_after = cpu_seconds(sampler.pids), machine_cpu()
             others_after = {name: cpu_seconds(pids) for name, pids in others.items()}
             if finish is not None:

@@ -119,6 +119,7 @@ class ChildProcess:
         self,
         argv: Sequence[str],
         env: Mapping[str, str],
+        *,
         ready_marker: str,
         name: str,
     ) -> None:
@@ -193,7 +194,7 @@ class SandboxProcess(ChildProcess):
 
     def __init__(self) -> None:
         argv = [sys.executable, "-m", "worker", "sandbox", "--host", "127.0.0.1", "--port", "0"]
-        super().__init__(argv, {}, "listening on http://", "the sandbox")
+        super().__init__(argv, {}, ready_marker="listening on http://", name="the sandbox")
 
     @property
     def url(self) -> str:

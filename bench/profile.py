@@ -24,7 +24,9 @@ def py_spy() -> str | None:
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
-def start_profile(pid: int, output: Path, rate: int = 100, mode: str = "gil") -> Callable[[], None]:
+def start_profile(
+    pid: int, output: Path, *, rate: int = 100, mode: str = "gil"
+) -> Callable[[], None]:
     """Starts ``py-spy record`` on ``pid``; the returned function stops it and waits.
 
     ``mode``: "gil" samples only threads holding the GIL (CPU spent in Python), "idle" every

@@ -32,7 +32,7 @@ COLUMNS = (
 Run = Mapping[str, Any]
 
 
-def _cell(run: Run, key: str, fmt: str) -> str:
+def _cell(run: Run, *, key: str, fmt: str) -> str:
     value = run.get(key, math.nan)
     if key == "completed" and run["completed"] != run["events"]:
         return f"{run['completed']}/{run['events']}"
@@ -52,7 +52,7 @@ def _ordered(runs: Sequence[Run]) -> list[Run]:
 
 def text_table(runs: Sequence[Run]) -> str:
     rows = [[title for _, title, _ in COLUMNS]]
-    rows += [[_cell(run, key, fmt) for key, _, fmt in COLUMNS] for run in _ordered(runs)]
+    rows += [[_cell(run, key=key, fmt=fmt) for key, _, fmt in COLUMNS] for run in _ordered(runs)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = [
         "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
@@ -68,12 +68,12 @@ def markdown_table(runs: Sequence[Run]) -> str:
         "|" + "---|" * (len(COLUMNS) + 1),
     ]
     for run in _ordered(runs):
-        cells = [_cell(run, key, fmt) for key, _, fmt in COLUMNS]
+        cells = [_cell(run, key=key, fmt=fmt) for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + f" | {run.get('note', '')} |")
     return "\n".join(lines)
 
 
-def _rounds(runs: Sequence[Run], system: str, latency: int) -> dict[int, Run]:
+def _rounds(runs: Sequence[Run], *, system: str, latency: int) -> dict[int, Run]:
     return {
         int(run.get("round", 1)): run
         for run in runs
@@ -81,17 +81,22 @@ def _rounds(runs: Sequence[Run], system: str, latency: int) -> dict[int, Run]:
     }
 
 
-def _find(runs: Sequence[Run], system: str, latency: int) -> Run | None:
+def _find(runs: Sequence[Run], *, system: str, latency: int) -> Run | None:
     """The system's run at that latency; of several rounds, the one of median throughput."""
-    found = sorted(_rounds(runs, system, latency).values(), key=lambda run: run["throughput"])
+    found = sorted(
+        _rounds(runs, system=system, latency=latency).values(), key=lambda run: run["throughput"]
+    )
     return found[(len(found) - 1) // 2] if found else None
 
 
 def round_ratios(
-    runs: Sequence[Run], other: str, latency: int, key: str = "throughput"
+    runs: Sequence[Run], *, other: str, latency: int, key: str = "throughput"
 ) -> list[float]:
     """ccsync/other of ``key``, round by round: each round ran both, one after the other."""
-    ours, theirs = _rounds(runs, "ccsync", latency), _rounds(runs, other, latency)
+    ours, theirs = (
+        _rounds(runs, system="ccsync", latency=latency),
+        _rounds(runs, system=other, latency=latency),
+    )
     if len(theirs) == 1:
         # Measured once (naive Celery): every round of ccsync is compared with it.
         (only,) = theirs.values()
@@ -104,9 +109,9 @@ def round_ratios(
 
 
 def median_ratio(
-    runs: Sequence[Run], other: str, latency: int, key: str = "throughput"
+    runs: Sequence[Run], *, other: str, latency: int, key: str = "throughput"
 ) -> float | None:
-    return _median(round_ratios(runs, other, latency, key))
+    return _median(round_ratios(runs, other=other, latency=latency, key=key))
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -126,14 +131,14 @@ def ratio_lines(runs: Sequence[Run]) -> list[str]:
     latency: throughput first, the rest after."""
     lines = []
     for latency in sorted({int(run["latency_ms"]) for run in runs}):
-        ours = _find(runs, "ccsync", latency)
+        ours = _find(runs, system="ccsync", latency=latency)
         if ours is None:
             continue
         for other_name in ("bare", "bare-gevent", "naive"):
-            other = _find(runs, other_name, latency)
+            other = _find(runs, system=other_name, latency=latency)
             if other is None:
                 continue
-            ratios = round_ratios(runs, other_name, latency)
+            ratios = round_ratios(runs, other=other_name, latency=latency)
             # _find takes the lower of the two middle runs when the rounds are even.
             shown = "median runs " if len(ratios) % 2 else "lower-middle runs "
             rounds = (
@@ -141,12 +146,13 @@ def ratio_lines(runs: Sequence[Run]) -> list[str]:
                 if len(ratios) > 1
                 else ""
             )
+            steady = median_ratio(runs, other=other_name, latency=latency, key="steady_throughput")
             lines.append(
                 f"ccsync/{other_name} at {latency} ms: throughput "
                 f"{_median(ratios) or math.nan:.2f}x "
                 f"({rounds}{ours['throughput']:.1f} vs {other['throughput']:.1f} events/s), "
                 "steady-state throughput "
-                f"{median_ratio(runs, other_name, latency, 'steady_throughput') or math.nan:.3f}x, "
+                f"{steady or math.nan:.3f}x, "
                 f"p50 latency {ratio(ours['p50_ms'], other['p50_ms']):.2f}x, "
                 f"peak RSS {ratio(ours['peak_rss_mb'], other['peak_rss_mb']):.2f}x"
             )
@@ -162,7 +168,7 @@ def checks(runs: Sequence[Run]) -> list[tuple[str, str, bool | None]]:
         ("ccsync >= 10x naive Celery at 100 ms", "naive", 100, 10.0),
         ("ccsync >= 0.6x bare at 0 ms", "bare", 0, 0.6),
     ):
-        value = median_ratio(runs, other, latency)
+        value = median_ratio(runs, other=other, latency=latency)
         if value is None:
             result.append((what, "not measured", None))
         else:
@@ -196,7 +202,7 @@ def write_plot(runs: Sequence[Run], path: Path) -> bool:
     for offset, name in enumerate(systems):
         xs, ys, p50, p99 = [], [], [], []
         for position, latency in enumerate(latencies):
-            run = _find(runs, name, latency)
+            run = _find(runs, system=name, latency=latency)
             if run is None:
                 continue
             xs.append(position + (offset - (len(systems) - 1) / 2) * width)

@@ -153,7 +153,7 @@ def run_chaos(
             ]
             steps += [(0.3, "rabbitmq"), (0.5, "redis")]
             for threshold, disruption in sorted(steps):
-                _wait(functools.partial(_reached, progress, threshold), 900)
+                _wait(functools.partial(_reached, progress, threshold), timeout=900)
                 log(f"{progress():.0%} done: disrupting {disruption}")
                 report.disruptions.append(disruption)
                 if disruption == "kill":
@@ -168,9 +168,9 @@ def run_chaos(
                     redis.stop()
                     time.sleep(5)
                     redis.start()
-            _wait(lambda: _messages_left(vhost) == 0, 1800, interval=2.0)
+            _wait(lambda: _messages_left(vhost) == 0, timeout=1800, interval=2.0)
             time.sleep(3)
-            _wait(lambda: _messages_left(vhost) == 0, 600, interval=2.0)
+            _wait(lambda: _messages_left(vhost) == 0, timeout=600, interval=2.0)
             worker.stop(timeout=30)
             _account(report, history, sandbox, broker_url, workers)
     finally:
@@ -223,7 +223,7 @@ def _reached(progress: Callable[[], float], threshold: float) -> bool:
     return progress() >= threshold
 
 
-def _wait(check: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
+def _wait(check: Callable[[], bool], *, timeout: float, interval: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -80,7 +80,7 @@ class ApiUnavailable(TransientFailure):
 class RateLimited(TransientFailure):
     """429: the API asked us to come back after ``retry_after`` seconds."""
 
-    def __init__(self, error: str, status: int | None, retry_after: float | None) -> None:
+    def __init__(self, error: str, status: int | None, *, retry_after: float | None) -> None:
         super().__init__(error, status)
         self.retry_after = retry_after
 

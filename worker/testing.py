@@ -19,7 +19,7 @@ class LocalWorker:
     """A ``ccsync worker`` subprocess: its log collected, it can be killed and restarted."""
 
     def __init__(
-        self, env: Mapping[str, str], concurrency: int = 16, loglevel: str = "INFO"
+        self, env: Mapping[str, str], *, concurrency: int = 16, loglevel: str = "INFO"
     ) -> None:
         self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self._argv = [

@@ -66,10 +66,14 @@ def test_an_unroutable_publish_counts_as_failed_not_confirmed(broker_url: str) -
         Exchange(name, type="direct", auto_delete=False)(channel).declare()
         confirms: ConfirmWindow[str] = ConfirmWindow(connection)
         # When a message is published there, and one to a queue that exists
-        confirms.publish("nowhere", Envelope(b"{}", "application/json", None), name, "x")
+        confirms.publish(
+            "nowhere", Envelope(b"{}", "application/json", None), exchange=name, routing_key="x"
+        )
         unroutable = confirms.settle()
         fresh_queues(broker_url)
-        confirms.publish("queued", Envelope(b"{}", None, None), "", EVENTS_QUEUE)
+        confirms.publish(
+            "queued", Envelope(b"{}", None, None), exchange="", routing_key=EVENTS_QUEUE
+        )
         routed = confirms.settle()
         confirms.close()
         channel.exchange_delete(name)

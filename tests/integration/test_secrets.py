@@ -299,7 +299,7 @@ def _texts(exc: BaseException) -> str:
 
 def _client(handler: Callable[[httpx.Request], httpx.Response], token: str) -> CloudCockpitClient:
     http = httpx.Client(transport=httpx.MockTransport(handler))
-    return CloudCockpitClient(http, "https://api.example.test", StaticToken(token))
+    return CloudCockpitClient(http, base_url="https://api.example.test", tokens=StaticToken(token))
 
 
 def _patch(client: CloudCockpitClient) -> None:
@@ -345,7 +345,11 @@ def test_given_401_twice_quoting_the_token_then_token_rejected_does_not() -> Non
 def _token_source(handler: Callable[[httpx.Request], httpx.Response]) -> ClientCredentialsToken:
     http = httpx.Client(transport=httpx.MockTransport(handler))
     return ClientCredentialsToken(
-        http, "https://login.example.test/token", CLIENT_ID, CLIENT_SECRET, "scope/.default"
+        http,
+        token_url="https://login.example.test/token",
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        scope="scope/.default",
     )
 
 
@@ -389,7 +393,7 @@ def test_given_a_real_refused_connection_then_the_error_has_no_secret() -> None:
         client_secret=None,
     )
     client = CloudCockpitClient(
-        make_http_client(settings), settings.base_url, StaticToken(STATIC_TOKEN)
+        make_http_client(settings), base_url=settings.base_url, tokens=StaticToken(STATIC_TOKEN)
     )
 
     with pytest.raises(ApiUnavailable) as caught:

@@ -35,7 +35,9 @@ def make_ledger(ledger_prefix: str) -> Iterator[Callable[..., Ledger]]:
     def make(lock_wait_seconds: float = 5.0, key_prefix: str | None = None) -> Ledger:
         client = redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
         clients.append(client)
-        return Ledger(client, key_prefix or ledger_prefix, lock_wait_seconds=lock_wait_seconds)
+        return Ledger(
+            client, prefix=key_prefix or ledger_prefix, lock_wait_seconds=lock_wait_seconds
+        )
 
     yield make
     for client in clients:

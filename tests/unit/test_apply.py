@@ -83,7 +83,9 @@ def status(code: int, **body: object) -> Callable[[httpx.Request], httpx.Respons
 def client_for(api: FakeApi) -> CloudCockpitClient:
     settings = Settings(CLOUDCOCKPIT_BASE_URL=BASE_URL, CLOUDCOCKPIT_TOKEN="static-tok")
     http = make_http_client(settings, transport=httpx.MockTransport(api))
-    return CloudCockpitClient(http, settings.base_url, make_token_source(settings, http))
+    return CloudCockpitClient(
+        http, base_url=settings.base_url, tokens=make_token_source(settings, http)
+    )
 
 
 def attempt(number: int = 1) -> Attempt:
@@ -99,10 +101,10 @@ def run(
 ) -> tuple[Outcome, RecordingForwarder]:
     forwarder = RecordingForwarder()
     applier = Applier(
-        client_for(api),
-        fresh_ledger(),
-        forwarder,
-        RetryPolicy(delays, jitter=0.2),
+        api=client_for(api),
+        ledger=fresh_ledger(),
+        forwarder=forwarder,
+        policy=RetryPolicy(delays, jitter=0.2),
         rng=random.Random(1234),
     )
     return applier.apply(attempt(number), delivery_count=delivery_count), forwarder
@@ -274,7 +276,9 @@ def test_the_correlation_id_is_identical_across_attempts_1_to_4_of_one_event() -
 
     for _ in range(4):
         forwarder = RecordingForwarder()
-        applier = Applier(client, ledger, forwarder, policy, rng=random.Random(5))
+        applier = Applier(
+            api=client, ledger=ledger, forwarder=forwarder, policy=policy, rng=random.Random(5)
+        )
         outcomes.append(applier.apply(current))
         if forwarder.retries:
             ((next_attempt, _),) = forwarder.retries
@@ -352,7 +356,14 @@ def applier_for(
 ) -> tuple[Applier, RecordingForwarder]:
     forwarder = RecordingForwarder()
     policy = RetryPolicy((1.0, 2.0, 3.0), jitter=0.2)
-    applier = Applier(client_for(api), ledger, forwarder, policy, guard, random.Random(7))
+    applier = Applier(
+        api=client_for(api),
+        ledger=ledger,
+        forwarder=forwarder,
+        policy=policy,
+        guard=guard,
+        rng=random.Random(7),
+    )
     return applier, forwarder
 
 
@@ -660,16 +671,16 @@ def test_given_a_call_without_answer_then_the_relationship_lingers_only_if_it_wa
 
     ledger = fresh_ledger()
     applier = Applier(
-        client_for(FakeApi(fail)),
-        ledger,
-        RecordingForwarder(),
-        RetryPolicy((1.0,)),
+        api=client_for(FakeApi(fail)),
+        ledger=ledger,
+        forwarder=RecordingForwarder(),
+        policy=RetryPolicy((1.0,)),
         unsettled_linger_seconds=5.0,
     )
     # When it is applied
     assert applier.apply(attempt()) is Outcome.RETRYING
     # Then the relationship stays locked only when the server may still apply the request
-    busy = Ledger(ledger._redis, ledger._prefix, lock_wait_seconds=0.05)
+    busy = Ledger(ledger._redis, prefix=ledger._prefix, lock_wait_seconds=0.05)
     relationship = Relationship.of(attempt().event)
     if lingers:
         with pytest.raises(RelationshipBusy), busy.hold(relationship):

@@ -46,8 +46,8 @@ def test_each_round_is_compared_with_its_own_bare_run_and_the_median_decides() -
         run("bare", 100, 3, 304.0),
     ]
 
-    assert round_ratios(runs, "bare", 100) == [300 / 310, 309 / 300, 305 / 304]
-    assert median_ratio(runs, "bare", 100) == 305 / 304
+    assert round_ratios(runs, other="bare", latency=100) == [300 / 310, 309 / 300, 305 / 304]
+    assert median_ratio(runs, other="bare", latency=100) == 305 / 304
     (bare_check,) = [check for check in checks(runs) if "bare at 100" in check[0]]
     assert bare_check[2] is True
 
@@ -60,8 +60,8 @@ def test_a_system_measured_once_is_compared_with_every_round_of_ccsync() -> None
         run("naive", 100, 1, 20.0),
     ]
 
-    assert round_ratios(runs, "naive", 100) == [15.0, 14.0, 14.5]
-    assert median_ratio(runs, "naive", 100) == 14.5
+    assert round_ratios(runs, other="naive", latency=100) == [15.0, 14.0, 14.5]
+    assert median_ratio(runs, other="naive", latency=100) == 14.5
 
 
 def test_an_even_number_of_rounds_takes_the_mean_of_the_middle_two() -> None:
@@ -72,7 +72,7 @@ def test_an_even_number_of_rounds_takes_the_mean_of_the_middle_two() -> None:
         run("bare", 0, 2, 200.0),
     ]
 
-    assert median_ratio(runs, "bare", 0) == 1.0
+    assert median_ratio(runs, other="bare", latency=0) == 1.0
 
     (line,) = ratio_lines(runs)
     # The runs printed beside it are the lower of the two middle ones, and it says so.

@@ -127,7 +127,9 @@ def client_credentials_settings() -> Settings:
 
 def make_client(settings: Settings, fake: FakeCloudCockpit) -> CloudCockpitClient:
     http = make_http_client(settings, transport=httpx.MockTransport(fake))
-    return CloudCockpitClient(http, settings.base_url, make_token_source(settings, http))
+    return CloudCockpitClient(
+        http, base_url=settings.base_url, tokens=make_token_source(settings, http)
+    )
 
 
 def send(

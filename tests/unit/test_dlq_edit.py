@@ -55,7 +55,10 @@ def test_each_encoding_is_edited_where_it_keeps_the_field(encoding: Encoding) ->
     body, content_type, headers = encode(event, encoding)
     # When the operator sets a new identifier and clears the reseller
     edited = edit_body(
-        body, content_type, headers, {"internalIdentifier": "GOOD-7", "resellerId": None}
+        body,
+        content_type=content_type,
+        headers=headers,
+        edits={"internalIdentifier": "GOOD-7", "resellerId": None},
     )
     # Then the intake reads the corrected event, everything else unchanged
     decoded = decode_event(edited, content_type, headers)
@@ -73,7 +76,12 @@ def test_each_encoding_is_edited_where_it_keeps_the_field(encoding: Encoding) ->
 
 def test_unknown_fields_and_non_ascii_text_survive_an_edit() -> None:
     body = json.dumps({"eventId": "e", "internalIdentifier": "x", "vendorField": [1, {"a": "é"}]})
-    edited = edit_body(body.encode(), "application/json", {}, {"internalIdentifier": "Zoë"})
+    edited = edit_body(
+        body.encode(),
+        content_type="application/json",
+        headers={},
+        edits={"internalIdentifier": "Zoë"},
+    )
     assert json.loads(edited) == {
         "eventId": "e",
         "internalIdentifier": "Zoë",
@@ -83,7 +91,7 @@ def test_unknown_fields_and_non_ascii_text_survive_an_edit() -> None:
 
 def test_no_edit_leaves_the_bytes_alone() -> None:
     body = b'{"eventId":  "e"}'
-    assert edit_body(body, None, {}, {}) is body
+    assert edit_body(body, content_type=None, headers={}, edits={}) is body
 
 
 @pytest.mark.parametrize(
@@ -99,4 +107,4 @@ def test_bodies_that_cannot_be_edited_are_refused(
     body: bytes, content_type: str, message: str
 ) -> None:
     with pytest.raises(DeadLetterError, match=message):
-        edit_body(body, content_type, {}, {"internalIdentifier": "x"})
+        edit_body(body, content_type=content_type, headers={}, edits={"internalIdentifier": "x"})

@@ -136,9 +136,13 @@ def test_select_stops_after_limit_matches_and_counts_what_it_examined() -> None:
 
     # When selecting 3 api-rejected ones
     counts = Selection()
-    chosen = list(select(source(), DeadLetterFilter.build(reasons=["api-rejected"]), 3, counts))
+    chosen = list(
+        select(
+            source(), DeadLetterFilter.build(reasons=["api-rejected"]), limit=3, selection=counts
+        )
+    )
     # Then exactly 3 came back, and fetching stopped at the third match
     assert chosen == [letters[1], letters[3], letters[5]]
     assert fetched == list(range(6))
     assert (counts.examined, counts.matched) == (6, 3)
-    assert list(select(letters, DeadLetterFilter(), 0)) == []
+    assert list(select(letters, DeadLetterFilter(), limit=0)) == []

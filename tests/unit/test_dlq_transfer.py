@@ -108,7 +108,7 @@ def test_replay_headers_drop_outcomes_and_broker_history_and_count_the_replay() 
 def test_replay_envelope_keeps_the_original_body_bytes_and_properties() -> None:
     body = b'{"eventId":"e1",  "odd spacing": true}'
     letter = raw_record(body, "application/json", {"x-ccsync-reason": "api-rejected"})
-    envelope = replay_envelope(letter, NOW)
+    envelope = replay_envelope(letter, now=NOW)
     assert envelope.body is body
     assert (envelope.content_type, envelope.content_encoding) == ("application/json", "utf-8")
     assert envelope.headers == {

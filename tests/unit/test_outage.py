@@ -65,7 +65,9 @@ def make_guard() -> Iterator[Callable[..., tuple[OutageGuard, Recorder]]]:
         policy: OutagePolicy = NEVER, recorder: Recorder | None = None
     ) -> tuple[OutageGuard, Recorder]:
         recorder = recorder or Recorder()
-        guard = OutageGuard(recorder.probe, recorder.on_open, recorder.on_close, policy)
+        guard = OutageGuard(
+            recorder.probe, on_open=recorder.on_open, on_close=recorder.on_close, policy=policy
+        )
         recorder.guard = guard
         guards.append(guard)
         return guard, recorder

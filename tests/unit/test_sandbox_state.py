@@ -59,7 +59,7 @@ def request(
 def send(state: SandboxState, req: ApiRequest) -> Reply | None:
     plan = state.admit(req)
     reply = state.respond(req, plan)
-    state.record(req, plan, reply, 1.0, 2.0)
+    state.record(req, plan, reply, received_at=1.0, responded_at=2.0)
     return reply
 
 
@@ -474,7 +474,7 @@ def test_given_runtime_config_when_reset_then_options_return_and_tokens_survive(
 
 def control(state: SandboxState, method: str, path: str, body: object = None) -> tuple[int, Any]:
     raw = b"" if body is None else json.dumps(body).encode()
-    reply = handle_control(state, method, path, {}, raw)
+    reply = handle_control(state, method=method, path=path, query={}, body=raw)
     return reply.status, body_of(reply)
 
 
@@ -498,7 +498,12 @@ def test_given_control_calls_when_handled_then_json_answers_and_clear_errors() -
     }
     assert control(state, "POST", "/_sandbox/faults", {"customerId": "x", "script": [{}]})[0] == 400
     assert control(state, "PUT", "/_sandbox/config", {"latencyMs": -1})[0] == 400
-    assert handle_control(state, "POST", "/_sandbox/customers", {}, b"{nope").status == 400
+    assert (
+        handle_control(
+            state, method="POST", path="/_sandbox/customers", query={}, body=b"{nope"
+        ).status
+        == 400
+    )
     assert control(state, "GET", "/_sandbox/nothing")[0] == 404
     assert control(state, "GET", "/_sandbox/reset")[0] == 405
 

@@ -77,11 +77,11 @@ def make_applier(
 ) -> tuple[Applier, RecordingForwarder]:
     forwarder = RecordingForwarder()
     applier = Applier(
-        client_for(api or FakeApi(status(204))),
-        ledger,
-        forwarder,
-        RetryPolicy((1.0, 2.0), jitter=0.0),
-        guard,
+        api=client_for(api or FakeApi(status(204))),
+        ledger=ledger,
+        forwarder=forwarder,
+        policy=RetryPolicy((1.0, 2.0), jitter=0.0),
+        guard=guard,
         rng=random.Random(7),
     )
     return applier, forwarder
@@ -90,7 +90,12 @@ def make_applier(
 def gate_over(ledger: Ledger) -> tuple[Gate, Handed, Handed, list[Any]]:
     held, decided = Handed(), Handed()
     lost: list[Any] = []
-    return Gate(ledger, held, decided, lost.append), held, decided, lost
+    return (
+        Gate(ledger=ledger, on_held=held, on_decided=decided, on_lost=lost.append),
+        held,
+        decided,
+        lost,
+    )
 
 
 # --- the gate --------------------------------------------------------------------------------
@@ -174,7 +179,12 @@ def test_given_redis_unreachable_then_every_event_is_decided_as_ledger_unavailab
 
 def test_given_outage_protection_on_then_the_gate_decides_without_the_ledger() -> None:
     ledger = unreachable_ledger()
-    guard = OutageGuard(lambda: False, lambda: None, lambda: None, OutagePolicy(threshold=1))
+    guard = OutageGuard(
+        lambda: False,
+        on_open=lambda: None,
+        on_close=lambda: None,
+        policy=OutagePolicy(threshold=1),
+    )
     guard.record_failure("HTTP 503")
     applier, forwarder = make_applier(ledger, guard=guard)
     gate, held, decided, _ = gate_over(ledger)
@@ -196,7 +206,7 @@ def settled_batch(
     applier: Applier, count: int, on_settled: Callable[[], None]
 ) -> tuple[InFlightMessages, Settler, list[tuple[Call, StandInMessage]]]:
     in_flight = InFlightMessages()
-    settler = Settler(applier, in_flight, on_settled)
+    settler = Settler(applier=applier, in_flight=in_flight, on_settled=on_settled)
     batch = []
     for number in range(count):
         call = applier.prepare(event_attempt())

@@ -71,7 +71,9 @@ def token_source(
     handler: Callable[[httpx.Request], httpx.Response],
 ) -> ClientCredentialsToken:
     http = httpx.Client(transport=httpx.MockTransport(handler))
-    return ClientCredentialsToken(http, TOKEN_URL, CLIENT_ID, CLIENT_SECRET, SCOPE)
+    return ClientCredentialsToken(
+        http, token_url=TOKEN_URL, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, scope=SCOPE
+    )
 
 
 # --- the token request -----------------------------------------------------------------------

@@ -101,12 +101,12 @@ def run_demo(settings: Settings, timeout: float) -> int:
         ):
             publish_raw(connection, plan.messages)
             click.echo(f"published {len(plan.messages)} messages: {dict(plan.counts)}")
-            applied, dead = _wait(connection, control, plan, run, timeout)
-        return _report(plan, applied, dead, control.journal())
+            applied, dead = _wait(connection, control, plan, run=run, timeout=timeout)
+        return _report(plan, applied=applied, dead=dead, journal=control.journal())
 
 
 def _wait(
-    connection: Connection, control: Any, plan: Plan, run: str, timeout: float
+    connection: Connection, control: Any, plan: Plan, *, run: str, timeout: float
 ) -> tuple[dict[str, int], list[Mapping[str, Any]]]:
     by_correlation = {
         str(correlation_id(DEMO_TENANT, event_id)): event_id for event_id in plan.expected
@@ -132,7 +132,7 @@ def _wait(
 
 
 def _report(
-    plan: Plan, applied: dict[str, int], dead: list[Mapping[str, Any]], journal: list[Any]
+    plan: Plan, *, applied: dict[str, int], dead: list[Mapping[str, Any]], journal: list[Any]
 ) -> int:
     retried = sum(1 for attempts in applied.values() if attempts > 1)
     reasons = Counter(str(letter["reason"]) for letter in dead)

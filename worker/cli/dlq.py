@@ -123,7 +123,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _count_matching(filters: DeadLetterFilter, limit: int | None) -> int:
     with _broker() as connection, hold(connection) as held:
-        return sum(1 for _ in select(held.records, filters, limit))
+        return sum(1 for _ in select(held.records, filters, limit=limit))
 
 
 def _confirm(action: str, filters: DeadLetterFilter, limit: int | None) -> bool:
@@ -147,7 +147,7 @@ def dlq() -> None:
 def list_command(filters: DeadLetterFilter, limit: int | None, as_json: bool) -> None:
     """List dead letters (nothing is removed)."""
     with _broker() as connection, hold(connection) as held:
-        records = list(select(held.records, filters, limit))
+        records = list(select(held.records, filters, limit=limit))
     if as_json:
         for record in records:
             click.echo(json.dumps(record.summary(), ensure_ascii=False))
@@ -165,7 +165,7 @@ def list_command(filters: DeadLetterFilter, limit: int | None, as_json: bool) ->
 def stats(filters: DeadLetterFilter, limit: int | None, as_json: bool) -> None:
     """Count dead letters by reason, HTTP status and API error type, oldest and newest."""
     with _broker() as connection:
-        groups = dead_letter_stats(connection, filters, limit)
+        groups = dead_letter_stats(connection, filters, limit=limit)
     if as_json:
         for group in groups:
             click.echo(json.dumps(group.to_json(), ensure_ascii=False))

@@ -31,7 +31,9 @@ def raise_for_answer(response: httpx.Response) -> None:
         return
     error = describe_error(response)
     if status == 429:
-        raise RateLimited(error, status, parse_retry_after(response.headers.get("retry-after")))
+        raise RateLimited(
+            error, status, retry_after=parse_retry_after(response.headers.get("retry-after"))
+        )
     if 400 <= status < 500:
         raise ApiRejected(error, status)
     raise ApiUnavailable(error, status)

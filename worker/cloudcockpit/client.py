@@ -30,6 +30,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 
 def make_http_client(
     settings: Settings,
+    *,
     transport: httpx.BaseTransport | None = None,
     max_connections: int = 100,
     tls: ssl.SSLContext | None = None,
@@ -75,10 +76,10 @@ def make_token_source(settings: Settings, client: httpx.Client) -> TokenSource:
     assert settings.client_id is not None and settings.client_secret is not None
     return ClientCredentialsToken(
         client,
-        settings.token_url,
-        settings.client_id,
-        settings.client_secret.get_secret_value(),
-        settings.scope,
+        token_url=settings.token_url,
+        client_id=settings.client_id,
+        client_secret=settings.client_secret.get_secret_value(),
+        scope=settings.scope,
     )
 
 
@@ -86,7 +87,7 @@ class CloudCockpitClient:
     """Applies one change; returns when CloudCockpit accepted it, raises what to do otherwise."""
 
     def __init__(
-        self, http: httpx.Client | ClientPerThread, base_url: str, tokens: TokenSource
+        self, http: httpx.Client | ClientPerThread, *, base_url: str, tokens: TokenSource
     ) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
@@ -107,16 +108,22 @@ class CloudCockpitClient:
             "resellerId": str(reseller_id) if reseller_id else None,
         }
         token = self._tokens.token()
-        response = self._patch(url, body, tenant, correlation_id, token)
+        response = self._patch(
+            url, body=body, tenant=tenant, correlation_id=correlation_id, token=token
+        )
         if response.status_code == 401:
             # One renewal per call: a token rejected right after renewal means wrong credentials.
             renewed = self._tokens.renew(token)
-            response = self._patch(url, body, tenant, correlation_id, renewed)
+            response = self._patch(
+                url, body=body, tenant=tenant, correlation_id=correlation_id, token=renewed
+            )
             if response.status_code == 401:
                 raise TokenRejected("HTTP 401 with a renewed token", 401)
         raise_for_answer(response)
 
-    def answers(self, tenant: str, customer_id: uuid.UUID, reseller_id: uuid.UUID | None) -> bool:
+    def answers(
+        self, *, tenant: str, customer_id: uuid.UUID, reseller_id: uuid.UUID | None
+    ) -> bool:
         """Whether CloudCockpit is back: reading the customer gets any answer but 5xx, 429 or 401.
 
         A read, not a write: probing during an outage must not change anything.
@@ -125,9 +132,11 @@ class CloudCockpitClient:
         params = {"resellerId": str(reseller_id)} if reseller_id else {}
         try:
             token = self._tokens.token()
-            response = self._get(url, params, tenant, token)
+            response = self._get(url, params=params, tenant=tenant, token=token)
             if response.status_code == 401:
-                response = self._get(url, params, tenant, self._tokens.renew(token))
+                response = self._get(
+                    url, params=params, tenant=tenant, token=self._tokens.renew(token)
+                )
         except (TransientFailure, httpx.TransportError):
             return False
         return response.status_code < 500 and response.status_code not in (401, 429)
@@ -135,7 +144,7 @@ class CloudCockpitClient:
     def _client(self) -> httpx.Client:
         return self._http.client() if isinstance(self._http, ClientPerThread) else self._http
 
-    def _get(self, url: str, params: dict[str, str], tenant: str, token: str) -> httpx.Response:
+    def _get(self, url: str, *, params: dict[str, str], tenant: str, token: str) -> httpx.Response:
         headers = {
             "Authorization": f"Bearer {token}",
             "X-Tenant": tenant,
@@ -146,6 +155,7 @@ class CloudCockpitClient:
     def _patch(
         self,
         url: str,
+        *,
         body: dict[str, str | None],
         tenant: str,
         correlation_id: uuid.UUID,

@@ -64,6 +64,7 @@ class ClientCredentialsToken:
     def __init__(
         self,
         client: httpx.Client,
+        *,
         token_url: str,
         client_id: str,
         client_secret: str,

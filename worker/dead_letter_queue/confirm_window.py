@@ -53,6 +53,7 @@ class ConfirmWindow(Generic[T]):
         self,
         token: T,
         envelope: Envelope,
+        *,
         exchange: str,
         routing_key: str,
         headers: Mapping[str, Any] | None = None,

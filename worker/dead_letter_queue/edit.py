@@ -36,6 +36,7 @@ def parse_assignments(texts: Iterable[str]) -> dict[str, str | None]:
 
 def edit_body(
     body: bytes,
+    *,
     content_type: str | None,
     headers: Mapping[str, Any],
     edits: Mapping[str, str | None],

@@ -118,6 +118,7 @@ class Selection:
 def select(
     records: Iterable[DeadLetterRecord],
     filters: DeadLetterFilter,
+    *,
     limit: int | None = None,
     selection: Selection | None = None,
     on_examined: Callable[[int], None] | None = None,

@@ -39,7 +39,9 @@ def purge(
     with hold(connection) as held:
         if on_total is not None:
             on_total(held.total)
-        for record in select(held.records, filters, limit, selection, on_examined):
+        for record in select(
+            held.records, filters, limit=limit, selection=selection, on_examined=on_examined
+        ):
             report.event_ids.append(record.event_id)
             if not dry_run:
                 held.remove(record)

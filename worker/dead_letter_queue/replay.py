@@ -55,7 +55,7 @@ _BROKER_HEADERS = frozenset(
 
 
 def replay_headers(
-    headers: Mapping[str, Any], previous_replays: int, now: datetime
+    headers: Mapping[str, Any], *, previous_replays: int, now: datetime
 ) -> dict[str, Any]:
     """The producer's headers, without any outcome of the last life, stamped as a replay."""
     kept = {
@@ -69,15 +69,17 @@ def replay_headers(
 
 
 def replay_envelope(
-    record: DeadLetterRecord, now: datetime, edits: Mapping[str, str | None] | None = None
+    record: DeadLetterRecord, *, now: datetime, edits: Mapping[str, str | None] | None = None
 ) -> Envelope:
     """What a replay publishes for one dead letter."""
     headers = record.original_headers
     return Envelope(
-        body=edit_body(record.body, record.content_type, headers, edits or {}),
+        body=edit_body(
+            record.body, content_type=record.content_type, headers=headers, edits=edits or {}
+        ),
         content_type=record.content_type,
         content_encoding=record.content_encoding,
-        headers=replay_headers(headers, record.replay_count, now),
+        headers=replay_headers(headers, previous_replays=record.replay_count, now=now),
     )
 
 
@@ -170,22 +172,29 @@ def replay(
                 report.replayed += len(confirmed)
                 report.failed += len(failed)
 
-            for record in select(held.records, filters, limit, selection, on_examined):
-                report.event_ids.append(record.event_id)
-                envelope = replay_envelope(record, now(), edits)
+            for record in select(
+                held.records, filters, limit=limit, selection=selection, on_examined=on_examined
+            ):
                 if stop():
                     report.interrupted = True
                     break
+                report.event_ids.append(record.event_id)
+                envelope = replay_envelope(record, now=now(), edits=edits)
                 if edits:
                     report.edited_bodies.append(envelope.body)
                 if confirms is None:
                     continue
                 pacer.wait()
-                confirms.publish(record.delivery_tag, envelope, EVENTS_EXCHANGE, EVENT_ROUTING_KEY)
-                # Acking as soon as confirms arrive keeps the duplicates of an interruption few.
                 if stop():
                     report.interrupted = True
                     break
+                confirms.publish(
+                    record.delivery_tag,
+                    envelope,
+                    exchange=EVENTS_EXCHANGE,
+                    routing_key=EVENT_ROUTING_KEY,
+                )
+                # Acking as soon as confirms arrive keeps the duplicates of an interruption few.
                 remove(confirms.collect())
                 if confirms.pending >= window:
                     remove(confirms.settle())

@@ -83,8 +83,8 @@ def group_stats(records: Iterable[DeadLetterRecord]) -> list[StatsGroup]:
 
 
 def dead_letter_stats(
-    connection: Connection, filters: DeadLetterFilter, limit: int | None = None
+    connection: Connection, filters: DeadLetterFilter, *, limit: int | None = None
 ) -> list[StatsGroup]:
     """Stats over the matching dead letters; every one stays in the queue."""
     with hold(connection) as held:
-        return group_stats(select(held.records, filters, limit))
+        return group_stats(select(held.records, filters, limit=limit))

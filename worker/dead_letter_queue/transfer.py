@@ -117,7 +117,9 @@ def export_dead_letters(
         if on_total is not None:
             on_total(held.total)
         written: list[DeadLetterRecord] = []
-        for record in select(held.records, filters, limit, selection, on_examined):
+        for record in select(
+            held.records, filters, limit=limit, selection=selection, on_examined=on_examined
+        ):
             with _output_failures():
                 out.write(to_line(record) + "\n")
             written.append(record)
@@ -182,8 +184,12 @@ def import_dead_letters(
         report.failed += len(failed)
 
     try:
-        for record in select(records, filters, limit, selection, on_examined):
-            confirms.publish(0, record.envelope(), DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE)
+        for record in select(
+            records, filters, limit=limit, selection=selection, on_examined=on_examined
+        ):
+            confirms.publish(
+                0, record.envelope(), exchange=DEAD_LETTER_EXCHANGE, routing_key=DEAD_LETTER_QUEUE
+            )
             if confirms.pending >= WINDOW:
                 settle()
         settle()

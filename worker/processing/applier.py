@@ -110,6 +110,7 @@ class Applier:
 
     def __init__(
         self,
+        *,
         api: CloudCockpitClient,
         ledger: Ledger,
         forwarder: Forwarder,
@@ -212,10 +213,10 @@ class Applier:
         if call.delivery_count >= DELIVERY_LIMIT:
             return self._dead_letter(
                 attempt,
-                REASON_DELIVERY_LIMIT,
-                f"delivered {call.delivery_count} times without an outcome: "
+                reason=REASON_DELIVERY_LIMIT,
+                error=f"delivered {call.delivery_count} times without an outcome: "
                 "the worker crashed or hung on it",
-                None,
+                status=None,
             )
         if call.outage and self.guard is not None:
             return self._defer(attempt, self.guard.retry_in, "outage protection is on")
@@ -223,7 +224,9 @@ class Applier:
             return self._defer(attempt, BUSY_RETRY_SECONDS, str(failure))
         if isinstance(failure, ApiRejected):
             self._healthy()
-            return self._dead_letter(attempt, REASON_API_REJECTED, failure.error, failure.status)
+            return self._dead_letter(
+                attempt, reason=REASON_API_REJECTED, error=failure.error, status=failure.status
+            )
         if isinstance(failure, TransientFailure):
             return self._failed(attempt, failure)
         if call.verdict is Verdict.STALE:
@@ -252,7 +255,7 @@ class Applier:
         delay = self.policy.delay_after(attempt.number, failure, self.rng)
         if delay is None:
             return self._dead_letter(
-                attempt, REASON_RETRIES_EXHAUSTED, failure.error, failure.status
+                attempt, reason=REASON_RETRIES_EXHAUSTED, error=failure.error, status=failure.status
             )
         self.forwarder.retry_later(attempt.next(), delay)
         return self._report(attempt, Outcome.RETRYING, f"{failure.error}; retry in {delay:.1f}s")
@@ -266,7 +269,7 @@ class Applier:
             self.guard.record_success()
 
     def _dead_letter(
-        self, attempt: Attempt, reason: str, error: str, status: int | None
+        self, attempt: Attempt, *, reason: str, error: str, status: int | None
     ) -> Outcome:
         letter = DeadLetter(
             reason=reason,
@@ -282,13 +285,14 @@ class Applier:
         # The API refusing an event is the producer's business, not a fault of ccsync: a
         # warning. Exhausted retries and poison messages need someone to look: errors.
         level = logging.WARNING if reason == REASON_API_REJECTED else logging.ERROR
-        return self._report(attempt, Outcome.DEAD_LETTERED, f"({reason}): {error}", level)
+        return self._report(attempt, Outcome.DEAD_LETTERED, f"({reason}): {error}", level=level)
 
     def _report(
         self,
         attempt: Attempt,
         outcome: Outcome,
         detail: str,
+        *,
         level: int = logging.INFO,
         duration: float | None = None,
     ) -> Outcome:

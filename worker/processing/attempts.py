@@ -56,7 +56,7 @@ class Attempt:
 
     @classmethod
     def from_task_kwargs(
-        cls, event: dict[str, Any], envelope: dict[str, Any], attempt: int, first_attempt_at: str
+        cls, *, event: dict[str, Any], envelope: dict[str, Any], attempt: int, first_attempt_at: str
     ) -> Attempt:
         return cls(
             IdentifierChanged.model_validate(event),

@@ -126,7 +126,7 @@ class DeadLetter:
         return headers
 
 
-def publish_dead_letter(channel: Any, envelope: Envelope, letter: DeadLetter) -> None:
+def publish_dead_letter(channel: Any, *, envelope: Envelope, letter: DeadLetter) -> None:
     """Publish on a confirming channel; only after this returns may the source message be acked.
 
     Mandatory: raises ``Unroutable`` when no queue took the dead letter (see ``mandatory``).

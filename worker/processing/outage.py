@@ -28,6 +28,7 @@ class OutageGuard:
     def __init__(
         self,
         probe: Callable[[], bool],
+        *,
         on_open: Callable[[], None],
         on_close: Callable[[], None],
         policy: OutagePolicy | None = None,

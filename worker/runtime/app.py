@@ -96,8 +96,8 @@ class Runtime:
         token_http = make_http_client(settings, max_connections=2, tls=tls)
         api = CloudCockpitClient(
             ClientPerThread(lambda: make_http_client(settings, max_connections=2, tls=tls)),
-            settings.base_url,
-            make_token_source(settings, token_http),
+            base_url=settings.base_url,
+            tokens=make_token_source(settings, token_http),
         )
         self.ledger = Ledger.from_url(settings.redis_url)
 
@@ -111,11 +111,11 @@ class Runtime:
 
         self.guard = OutageGuard(self._probe, on_open=on_open, on_close=on_close)
         self.applier = Applier(
-            api,
-            self.ledger,
-            BrokerForwarder(app),
-            RetryPolicy(settings.retry_delays, settings.retry_jitter),
-            self.guard,
+            api=api,
+            ledger=self.ledger,
+            forwarder=BrokerForwarder(app),
+            policy=RetryPolicy(settings.retry_delays, settings.retry_jitter),
+            guard=self.guard,
         )
 
     def _probe(self) -> bool:
@@ -124,7 +124,9 @@ class Runtime:
             return False
         if target is None:
             return True
-        return self.applier.api.answers(target.tenant, target.customer_id, target.reseller_id)
+        return self.applier.api.answers(
+            tenant=target.tenant, customer_id=target.customer_id, reseller_id=target.reseller_id
+        )
 
 
 class CcsyncConsumer(CeleryConsumer):  # type: ignore[misc]
@@ -236,7 +238,12 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
     ) -> str:
         try:
             outcome: Outcome = app.applier.apply(
-                Attempt.from_task_kwargs(event, envelope, attempt, first_attempt_at),
+                Attempt.from_task_kwargs(
+                    event=event,
+                    envelope=envelope,
+                    attempt=attempt,
+                    first_attempt_at=first_attempt_at,
+                ),
                 delivery_count=int(task.request.get("x-delivery-count") or 0),
             )
         except Exception as exc:

@@ -10,7 +10,7 @@ T = TypeVar("T")
 
 
 def take_batch(
-    source: queue.SimpleQueue[T], wait: float | None, gather: float, most: int
+    source: queue.SimpleQueue[T], *, wait: float | None, gather: float, most: int
 ) -> list[T]:
     """Waits up to ``wait`` seconds (None: for ever) for a first item, then gathers what else
     arrives within ``gather`` seconds, up to ``most`` items. Empty if nothing came."""

@@ -60,6 +60,7 @@ class Gate:
 
     def __init__(
         self,
+        *,
         ledger: Ledger,
         on_held: CallHandler,
         on_decided: CallHandler,
@@ -95,7 +96,7 @@ class Gate:
             if waiting:
                 timeout = max(0.0, min(claim.next_try for claim in waiting) - time.monotonic())
             gather = GATHER_SECONDS if self._backlog >= GATHER_BACKLOG else 0.0
-            arrived = take_batch(self._arrivals, timeout, gather, MAX_BATCH)
+            arrived = take_batch(self._arrivals, wait=timeout, gather=gather, most=MAX_BATCH)
             now = time.monotonic()
             due = [claim for claim in waiting if claim.next_try <= now]
             waiting = [claim for claim in waiting if claim.next_try > now]

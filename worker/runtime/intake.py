@@ -222,8 +222,15 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         # Made once the worker runs, never at import: the runtime holds clients and threads.
         if self._made_stages is None:
             applier = self._services.applier
-            settler = Settler(applier, self._in_flight, self._ask_loop_to_settle)
-            gate = Gate(applier.ledger, self._send, settler.put, self._requeue)
+            settler = Settler(
+                applier=applier, in_flight=self._in_flight, on_settled=self._ask_loop_to_settle
+            )
+            gate = Gate(
+                ledger=applier.ledger,
+                on_held=self._send,
+                on_decided=settler.put,
+                on_lost=self._requeue,
+            )
             self._made_stages = _Stages(applier, gate, settler)
         return self._made_stages
 

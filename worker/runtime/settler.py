@@ -80,7 +80,7 @@ class Settler:
     """
 
     def __init__(
-        self, applier: Applier, in_flight: InFlightMessages, on_settled: Callable[[], None]
+        self, *, applier: Applier, in_flight: InFlightMessages, on_settled: Callable[[], None]
     ) -> None:
         self._applier = applier
         self._in_flight = in_flight
@@ -94,7 +94,7 @@ class Settler:
 
     def _run(self) -> None:
         while True:
-            self.conclude(take_batch(self._calls, None, GATHER_SECONDS, MAX_BATCH))
+            self.conclude(take_batch(self._calls, wait=None, gather=GATHER_SECONDS, most=MAX_BATCH))
 
     def conclude(self, batch: list[tuple[Call, Message]]) -> None:
         try:

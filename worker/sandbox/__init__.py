@@ -68,7 +68,9 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         try:
             if path.startswith(CONTROL_PREFIX):
-                self._send(handle_control(state, self.command, path, query, body))
+                self._send(
+                    handle_control(state, method=self.command, path=path, query=query, body=body)
+                )
                 return
             request = ApiRequest(self.command, target, path, query, self._header_map(), body)
             plan = state.admit(request)
@@ -76,11 +78,11 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(plan.delay_s)
             reply = state.respond(request, plan)
             # Recorded before the reply leaves, so whoever got the reply finds it in the journal.
-            state.record(request, plan, reply, received_at, time.time())
+            state.record(request, plan, reply, received_at=received_at, responded_at=time.time())
         except Exception:
             traceback.print_exc(file=sys.stderr)
             self.close_connection = True
-            self._send(error_reply(500, "The sandbox failed; see its output.", None))
+            self._send(error_reply(500, "The sandbox failed; see its output.", correlation_id=None))
             return
         if reply is None:
             self._drop()
@@ -136,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reject(self, status: int, description: str) -> None:
         self.close_connection = True
-        self._send(error_reply(status, description, None))
+        self._send(error_reply(status, description, correlation_id=None))
 
     def _send(self, reply: Reply) -> None:
         lines = [

@@ -84,7 +84,7 @@ def redacted_form(body: bytes) -> dict[str, str]:
     return form
 
 
-def _entra_error(status: int, error: str, code: int, message: str) -> Reply:
+def _entra_error(status: int, *, error: str, code: int, message: str) -> Reply:
     trace_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
     timestamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     payload = {
@@ -99,12 +99,12 @@ def _entra_error(status: int, error: str, code: int, message: str) -> Reply:
         "correlation_id": correlation_id,
         "error_uri": f"https://login.microsoftonline.com/error?code={code}",
     }
-    return json_reply(status, payload, _NO_STORE)
+    return json_reply(status, payload, headers=_NO_STORE)
 
 
 def _missing(parameter: str) -> Reply:
     message = f"The request body must contain the following parameter: '{parameter}'."
-    return _entra_error(400, "invalid_request", 900144, message)
+    return _entra_error(400, error="invalid_request", code=900144, message=message)
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
@@ -126,7 +126,7 @@ def check_token_request(
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/x-www-form-urlencoded":
         message = "The request body must be form-encoded (application/x-www-form-urlencoded)."
-        return _entra_error(400, "invalid_request", 900144, message)
+        return _entra_error(400, error="invalid_request", code=900144, message=message)
     form = parse_form(body)
     basic = _basic_credentials(headers.get("authorization"))
     if basic is not None:
@@ -139,26 +139,26 @@ def check_token_request(
         message = (
             f"The provided value for the input parameter 'grant_type' is invalid: {grant_type}."
         )
-        return _entra_error(400, "unsupported_grant_type", 70003, message)
+        return _entra_error(400, error="unsupported_grant_type", code=70003, message=message)
     client_id = form.get("client_id")
     if not client_id:
         return _missing("client_id")
     if not hmac.compare_digest(client_id.encode(), expected.client_id.encode()):
         message = f"Application with identifier '{client_id}' was not found in the directory."
-        return _entra_error(400, "unauthorized_client", 700016, message)
+        return _entra_error(400, error="unauthorized_client", code=700016, message=message)
     secret = form.get("client_secret")
     if not secret:
         message = "The request body must contain the following parameter: 'client_secret'."
-        return _entra_error(401, "invalid_client", 7000218, message)
+        return _entra_error(401, error="invalid_client", code=7000218, message=message)
     if not hmac.compare_digest(secret.encode(), expected.client_secret.encode()):
         message = f"Invalid client secret provided for app '{client_id}'."
-        return _entra_error(401, "invalid_client", 7000215, message)
+        return _entra_error(401, error="invalid_client", code=7000215, message=message)
     scope = form.get("scope")
     if not scope:
         return _missing("scope")
     if expected.scope is not None and scope != expected.scope:
         message = f"The provided request must include a valid 'scope' input parameter: {scope}."
-        return _entra_error(400, "invalid_scope", 70011, message)
+        return _entra_error(400, error="invalid_scope", code=70011, message=message)
     return None
 
 
@@ -169,4 +169,4 @@ def token_reply(token: str, ttl_seconds: int) -> Reply:
         "ext_expires_in": ttl_seconds,
         "access_token": token,
     }
-    return json_reply(200, payload, _NO_STORE)
+    return json_reply(200, payload, headers=_NO_STORE)

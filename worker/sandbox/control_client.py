@@ -45,6 +45,7 @@ class SandboxControl:
         method: str,
         path: str,
         payload: object = None,
+        *,
         params: Mapping[str, str | int] | None = None,
     ) -> Any:
         response = self._client.request(method, path, json=payload, params=params)

@@ -43,7 +43,7 @@ class FaultsRequest(BaseModel):
 
 
 class ControlError(Exception):
-    def __init__(self, status: int, message: str, details: Any = None) -> None:
+    def __init__(self, status: int, message: str, *, details: Any = None) -> None:
         super().__init__(message)
         self.status = status
         self.details = details
@@ -65,7 +65,7 @@ def _model(model: type[M], body: bytes) -> M:
         return model.model_validate(_json(body))
     except ValidationError as exc:
         details = exc.errors(include_url=False, include_context=False, include_input=False)
-        raise ControlError(400, f"invalid {model.__name__}", details) from exc
+        raise ControlError(400, f"invalid {model.__name__}", details=details) from exc
 
 
 def _int_param(query: Query, name: str) -> int | None:
@@ -148,14 +148,18 @@ _ROUTES: Final[dict[str, dict[str, Handler]]] = {
 }
 
 
-def handle_control(state: SandboxState, method: str, path: str, query: Query, body: bytes) -> Reply:
+def handle_control(
+    state: SandboxState, *, method: str, path: str, query: Query, body: bytes
+) -> Reply:
     methods = _ROUTES.get(path.removeprefix(CONTROL_PREFIX).rstrip("/"))
     if methods is None:
         return json_reply(404, {"error": f"no control at {path}", "controls": sorted(_ROUTES)})
     handler = methods.get(method)
     if handler is None:
         allow = ", ".join(methods)
-        return json_reply(405, {"error": f"{method} not allowed; use {allow}"}, (("Allow", allow),))
+        return json_reply(
+            405, {"error": f"{method} not allowed; use {allow}"}, headers=(("Allow", allow),)
+        )
     try:
         return json_reply(200, handler(state, query, body))
     except ControlError as exc:

@@ -76,7 +76,7 @@ class Reply:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+def json_reply(status: int, payload: object, *, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
     body = json.dumps(payload, separators=(",", ":")).encode()
     return Reply(status, body, "application/json; charset=utf-8", headers)
 
@@ -84,6 +84,7 @@ def json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...
 def error_reply(
     status: int,
     description: str,
+    *,
     correlation_id: str | None,
     errors: list[ErrorItem] | None = None,
     headers: tuple[tuple[str, str], ...] = (),
@@ -96,11 +97,13 @@ def error_reply(
         "correlationId": correlation_id,
         "errors": errors,
     }
-    return json_reply(status, payload, headers)
+    return json_reply(status, payload, headers=headers)
 
 
 def validation_reply(errors: list[ErrorItem], correlation_id: str | None) -> Reply:
-    return error_reply(400, "One or more validation errors occurred.", correlation_id, errors)
+    return error_reply(
+        400, "One or more validation errors occurred.", correlation_id=correlation_id, errors=errors
+    )
 
 
 def property_error(name: str, *messages: str) -> ErrorItem:

@@ -140,7 +140,9 @@ class SandboxState:
         if fault is not None and fault.drop:
             return None
         if fault is not None and fault.status is not None:
-            return self._fault_reply(fault.status, fault.retry_after, correlation)
+            return self._fault_reply(
+                fault.status, retry_after=fault.retry_after, correlation=correlation
+            )
         if plan.route == "patch" and plan.customer_raw is not None:
             return self._patch(request, plan.customer_raw)
         if plan.route == "get" and plan.customer_raw is not None:
@@ -150,15 +152,19 @@ class SandboxState:
         if plan.route == "not-allowed":
             description = f"{request.method} is not allowed on {request.path}."
             return error_reply(
-                405, description, correlation, headers=(("Allow", plan.allow or ""),)
+                405,
+                description,
+                correlation_id=correlation,
+                headers=(("Allow", plan.allow or ""),),
             )
-        return error_reply(404, f"No endpoint at {request.path}.", correlation)
+        return error_reply(404, f"No endpoint at {request.path}.", correlation_id=correlation)
 
     def record(
         self,
         request: ApiRequest,
         plan: Plan,
         reply: Reply | None,
+        *,
         received_at: float,
         responded_at: float,
     ) -> None:
@@ -177,11 +183,13 @@ class SandboxState:
             self._journal.append(record)
 
     @staticmethod
-    def _fault_reply(status: int, retry_after: int | None, correlation: str | None) -> Reply:
+    def _fault_reply(status: int, *, retry_after: int | None, correlation: str | None) -> Reply:
         headers = () if retry_after is None else (("Retry-After", str(retry_after)),)
         if status in (401, 403) or status < 400:
             return Reply(status, headers=headers)
-        return error_reply(status, "Fault injected by the sandbox.", correlation, headers=headers)
+        return error_reply(
+            status, "Fault injected by the sandbox.", correlation_id=correlation, headers=headers
+        )
 
     def _authenticate(self, request: ApiRequest) -> Reply | None:
         token = bearer_token(request.headers.get("authorization"))
@@ -208,10 +216,16 @@ class SandboxState:
         tenant = request.headers["x-tenant"]
         with self._lock:
             lookup = self._customers.update(
-                tenant, customer_id, body.reseller_id, body.internal_identifier, self._auto_create
+                tenant=tenant,
+                customer_id=customer_id,
+                reseller_id=body.reseller_id,
+                internal_identifier=body.internal_identifier,
+                auto_create=self._auto_create,
             )
         if lookup == "no-customer":
-            return error_reply(404, f"Customer {customer_id} was not found.", correlation)
+            return error_reply(
+                404, f"Customer {customer_id} was not found.", correlation_id=correlation
+            )
         return _FORBIDDEN if lookup == "no-relationship" else _NO_CONTENT
 
     def _get(self, request: ApiRequest, customer_raw: str) -> Reply:
@@ -228,10 +242,15 @@ class SandboxState:
             return validation_reply(errors, correlation)
         with self._lock:
             lookup = self._customers.read(
-                request.headers["x-tenant"], customer_id, reseller_id, self._auto_create
+                tenant=request.headers["x-tenant"],
+                customer_id=customer_id,
+                reseller_id=reseller_id,
+                auto_create=self._auto_create,
             )
         if lookup == "no-customer":
-            return error_reply(404, f"Customer {customer_id} was not found.", correlation)
+            return error_reply(
+                404, f"Customer {customer_id} was not found.", correlation_id=correlation
+            )
         if lookup == "no-relationship":
             return _FORBIDDEN
         payload = {"id": customer_id, "internalIdentifier": lookup[0], "resellerId": reseller_id}

@@ -77,6 +77,7 @@ class CustomerStore:
 
     def update(
         self,
+        *,
         tenant: str,
         customer_id: str,
         reseller_id: str | None,
@@ -95,7 +96,7 @@ class CustomerStore:
         return "ok"
 
     def read(
-        self, tenant: str, customer_id: str, reseller_id: str | None, auto_create: bool
+        self, *, tenant: str, customer_id: str, reseller_id: str | None, auto_create: bool
     ) -> Lookup | tuple[str | None]:
         """The identifier (in a 1-tuple, as it may be None) or why there is none.
 

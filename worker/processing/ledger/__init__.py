@@ -83,6 +83,7 @@ class Hold:
     def __init__(
         self,
         keys: list[str],
+        *,
         token: str,
         linger_value: str,
         stored: str | None,
@@ -126,7 +127,7 @@ class Ledger:
     """
 
     def __init__(
-        self, client: redis.Redis, prefix: str = KEY_PREFIX, lock_wait_seconds: float = 5.0
+        self, client: redis.Redis, *, prefix: str = KEY_PREFIX, lock_wait_seconds: float = 5.0
     ) -> None:
         self._redis = client
         self._prefix = prefix
@@ -138,11 +139,11 @@ class Ledger:
         self.reachable = True
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = KEY_PREFIX) -> Ledger:
+    def from_url(cls, url: str, *, prefix: str = KEY_PREFIX) -> Ledger:
         client = redis.Redis.from_url(
             url, socket_timeout=3, socket_connect_timeout=3, health_check_interval=30
         )
-        return cls(client, prefix)
+        return cls(client, prefix=prefix)
 
     def _connection(self) -> redis.Redis:
         connection: redis.Redis | None = getattr(self._local, "connection", None)
@@ -187,10 +188,10 @@ class Ledger:
             holds.append(
                 Hold(
                     keys[2 * i : 2 * i + 2],
-                    str(args[2 * i + 1]),
-                    str(args[2 * i + 2]),
-                    stored.decode() if isinstance(stored, bytes) else stored,
-                    now + max(0, int(lingering_ms)) / 1000,
+                    token=str(args[2 * i + 1]),
+                    linger_value=str(args[2 * i + 2]),
+                    stored=stored.decode() if isinstance(stored, bytes) else stored,
+                    lingering_until=now + max(0, int(lingering_ms)) / 1000,
                 )
             )
         return holds
