@@ -311,6 +311,7 @@ def make_guard() -> Iterator[Callable[[int], tuple[OutageGuard, list[str]]]]:
         guard = OutageGuard(
             probe=lambda: False,
             on_open=lambda: calls.append("open"),
+            on_trial=lambda: calls.append("trial"),
             on_close=lambda: calls.append("close"),
             policy=OutagePolicy(
                 threshold=threshold, first_probe_seconds=600.0, max_probe_seconds=600.0

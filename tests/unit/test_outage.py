@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from worker.processing.outage import OutageGuard, OutagePolicy
+from worker.processing.outage import Admission, OutageGuard, OutagePolicy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,20 +30,34 @@ class Recorder:
     answers: list[bool | Exception] = field(default_factory=list)
     default: bool = False
     opened: int = 0
+    trials: int = 0
     closed: int = 0
+    # Each callback as it finishes: which one took effect last.
+    order: list[str] = field(default_factory=list)
+    slow_close: float = 0.0
     probes: list[float] = field(default_factory=list)
     retry_in_at_probe: list[float] = field(default_factory=list)
     guard: OutageGuard | None = None
     closed_event: threading.Event = field(default_factory=threading.Event)
+    trial_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_open(self) -> None:
         with self.lock:
             self.opened += 1
+            self.order.append("open")
+
+    def on_trial(self) -> None:
+        with self.lock:
+            self.trials += 1
+            self.order.append("trial")
+        self.trial_event.set()
 
     def on_close(self) -> None:
+        time.sleep(self.slow_close)
         with self.lock:
             self.closed += 1
+            self.order.append("close")
         self.closed_event.set()
 
     def probe(self) -> bool:
@@ -66,7 +80,11 @@ def make_guard() -> Iterator[Callable[..., tuple[OutageGuard, Recorder]]]:
     ) -> tuple[OutageGuard, Recorder]:
         recorder = recorder or Recorder()
         guard = OutageGuard(
-            recorder.probe, on_open=recorder.on_open, on_close=recorder.on_close, policy=policy
+            recorder.probe,
+            on_open=recorder.on_open,
+            on_trial=recorder.on_trial,
+            on_close=recorder.on_close,
+            policy=policy,
         )
         recorder.guard = guard
         guards.append(guard)
@@ -84,6 +102,15 @@ def make_guard() -> Iterator[Callable[..., tuple[OutageGuard, Recorder]]]:
 def fail(guard: OutageGuard, times: int) -> None:
     for n in range(times):
         guard.record_failure(f"HTTP 503 #{n}")
+
+
+def write_succeeds(guard: OutageGuard, recorder: Recorder) -> None:
+    """Once the probe let the guard go half-open: the trial call is made and succeeds."""
+    assert recorder.trial_event.wait(10)
+    recorder.trial_event.clear()
+    assert guard.admit() is Admission.TRIAL
+    guard.record_success()
+    assert recorder.closed_event.wait(10)
 
 
 # --- opening ---------------------------------------------------------------------------------
@@ -177,8 +204,8 @@ def test_given_an_open_guard_then_the_probe_repeats_with_doubling_pauses_capped_
     # When the guard opens
     opened_at = time.monotonic()
     fail(guard, 1)
-    # Then it is probed until the probe says the API is back
-    assert recorder.closed_event.wait(10)
+    # Then it is probed until the probe says the API is back, and a write confirms it
+    write_succeeds(guard, recorder)
     assert len(recorder.probes) == 6
     # with the pause before each probe doubling from the first, capped at the maximum
     expected = [0.02, 0.04, 0.08, 0.08, 0.08, 0.08]
@@ -192,7 +219,7 @@ def test_given_an_open_guard_then_the_probe_repeats_with_doubling_pauses_capped_
     assert recorder.closed == 1
 
 
-def test_given_the_probe_answers_true_then_the_guard_closes_and_calls_on_close(
+def test_given_the_probe_answers_true_then_one_trial_write_goes_through_and_closes_the_guard(
     make_guard: Callable[..., tuple[OutageGuard, Recorder]],
 ) -> None:
     policy = OutagePolicy(threshold=2, first_probe_seconds=0.01, max_probe_seconds=0.05)
@@ -200,14 +227,77 @@ def test_given_the_probe_answers_true_then_the_guard_closes_and_calls_on_close(
 
     fail(guard, 2)
 
+    # Then a good probe (a read) does not close the guard: it resumes consumption for one write
+    assert recorder.trial_event.wait(10)
+    assert guard.is_open
+    assert (recorder.opened, recorder.trials, recorder.closed) == (1, 1, 0)
+    assert guard.admit() is Admission.TRIAL
+    assert guard.admit() is Admission.HOLD
+    # and only that write succeeding closes it
+    guard.record_success()
     assert recorder.closed_event.wait(10)
     assert not guard.is_open
-    assert recorder.opened == 1
-    assert recorder.closed == 1
+    assert guard.admit() is Admission.CALL
+    assert recorder.order == ["open", "trial", "close"]
     assert len(recorder.probes) == 1
     # and the failures counted before the outage are forgotten: one more does not reopen it
     fail(guard, 1)
     assert not guard.is_open
+
+
+def test_given_the_trial_write_fails_then_the_guard_stays_open_and_probes_on(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given reads that answer while writes fail
+    policy = OutagePolicy(threshold=2, first_probe_seconds=0.01, max_probe_seconds=0.05)
+    guard, recorder = make_guard(policy, Recorder(default=True))
+    caplog.set_level(logging.ERROR, logger="worker.processing.outage")
+    fail(guard, 2)
+    assert recorder.trial_event.wait(10)
+    recorder.trial_event.clear()
+
+    # When the trial write fails systemically
+    assert guard.admit() is Admission.TRIAL
+    guard.record_failure("HTTP 503 on the trial")
+
+    # Then the guard is open again at once (the trial waits it out: no attempt spent), no call
+    # passes, and the outage is the same one: probing goes on with a doubled pause
+    assert guard.is_open
+    assert guard.admit() is Admission.HOLD
+    assert recorder.order == ["open", "trial", "open"]
+    assert recorder.trial_event.wait(10)
+    assert recorder.retry_in_at_probe[:2] == pytest.approx([0.01, 0.02])
+    assert sum("systemic failures in a row" in r.getMessage() for r in caplog.records) == 1
+    # and a trial that made no write passes the trial on to the next call
+    assert guard.admit() is Admission.TRIAL
+    guard.end_trial()
+    assert guard.admit() is Admission.TRIAL
+    guard.record_success()
+    assert recorder.closed_event.wait(10)
+    assert recorder.order == ["open", "trial", "open", "trial", "close"]
+
+
+def test_given_a_failure_while_the_guard_closes_then_its_open_takes_effect_after_the_close(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+) -> None:
+    # Given a half-open guard whose close callback takes a while (resuming consumption)
+    policy = OutagePolicy(threshold=1, first_probe_seconds=0.01, max_probe_seconds=0.05)
+    guard, recorder = make_guard(policy, Recorder(answers=[True], slow_close=0.3))
+    fail(guard, 1)
+    assert recorder.trial_event.wait(10)
+    assert guard.admit() is Admission.TRIAL
+
+    # When the trial succeeds, and another call fails systemically while the close is delivered
+    closing = threading.Thread(target=guard.record_success)
+    closing.start()
+    time.sleep(0.1)
+    fail(guard, 1)
+    closing.join(10)
+
+    # Then the callbacks took effect in the order of the transitions: the open comes last, as
+    # the guard's state says
+    assert recorder.order == ["open", "trial", "close", "open"]
+    assert guard.is_open
 
 
 def test_given_the_probe_answers_false_then_the_guard_stays_open(
@@ -236,7 +326,7 @@ def test_given_a_probe_that_raises_then_it_counts_as_unhealthy(
     # When the guard opens
     fail(guard, 1)
     # Then the raise did not close it: only the next probe did, after a doubled pause
-    assert recorder.closed_event.wait(10)
+    write_succeeds(guard, recorder)
     assert len(recorder.probes) == 2
     assert recorder.retry_in_at_probe == pytest.approx([0.01, 0.02])
     assert recorder.closed == 1
@@ -270,7 +360,7 @@ def test_retry_in_is_at_least_the_first_probe_pause_closed_open_and_after_growth
     assert guard.retry_in >= 0.05
     fail(guard, 1)
     assert guard.retry_in >= 0.05
-    assert recorder.closed_event.wait(10)
+    write_succeeds(guard, recorder)
 
     assert all(value >= 0.05 for value in recorder.retry_in_at_probe)
     assert recorder.retry_in_at_probe == pytest.approx([0.05, 0.1, 0.2])
@@ -283,7 +373,7 @@ def test_given_a_closed_guard_then_it_can_open_and_close_again(
     policy = OutagePolicy(threshold=2, first_probe_seconds=0.01, max_probe_seconds=0.04)
     guard, recorder = make_guard(policy, Recorder(answers=[False, False, True]))
     fail(guard, 2)
-    assert recorder.closed_event.wait(10)
+    write_succeeds(guard, recorder)
     assert not guard.is_open
     recorder.closed_event.clear()
 
@@ -294,7 +384,7 @@ def test_given_a_closed_guard_then_it_can_open_and_close_again(
     fail(guard, 1)
 
     # Then the guard opens again, probes from the first pause again, and closes again
-    assert recorder.closed_event.wait(10)
+    write_succeeds(guard, recorder)
     assert recorder.opened == 2
     assert recorder.closed == 2
     assert recorder.retry_in_at_probe == pytest.approx([0.01, 0.02, 0.04, 0.01])

@@ -182,6 +182,7 @@ def test_given_outage_protection_on_then_the_gate_decides_without_the_ledger() -
     guard = OutageGuard(
         lambda: False,
         on_open=lambda: None,
+        on_trial=lambda: None,
         on_close=lambda: None,
         policy=OutagePolicy(threshold=1),
     )

@@ -42,7 +42,7 @@ from worker.processing.attempts import Attempt, Call
 from worker.processing.backoff import RetryPolicy
 from worker.processing.dead_letters import DeadLetter, Envelope
 from worker.processing.ledger import Ledger, Relationship, Verdict
-from worker.processing.outage import OutageGuard
+from worker.processing.outage import Admission, OutageGuard
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,10 @@ class Applier:
     def prepare(self, attempt: Attempt, delivery_count: int = 0) -> Call:
         """The call, before its relationship is taken; taken already if no call is to be made."""
         call = Call(attempt, Relationship.of(attempt.event), delivery_count)
-        if delivery_count < DELIVERY_LIMIT and self.guard is not None and self.guard.is_open:
-            call.outage = True
+        if delivery_count < DELIVERY_LIMIT and self.guard is not None:
+            admission = self.guard.admit()
+            call.outage = admission is Admission.HOLD
+            call.trial = admission is Admission.TRIAL
         return call
 
     def send(self, call: Call) -> None:
@@ -171,6 +173,10 @@ class Applier:
                 # Taken before Redis went away: a call now could not be recorded, and would
                 # only have to be made again.
                 call.failure = LedgerUnavailable("ledger unavailable: the call was not made")
+                return
+            if not call.trial and self.guard is not None and self.guard.is_open:
+                # Admitted before the guard opened: it waits out the outage like the others.
+                call.outage = True
                 return
             started = time.monotonic()
             self.api.set_internal_identifier(
@@ -207,7 +213,19 @@ class Applier:
             call.hold = None
 
     def conclude(self, call: Call) -> Outcome:
-        """What becomes of the event after its call: counted, logged, retried or dead-lettered."""
+        """What becomes of the event after its call: counted, logged, retried or dead-lettered.
+
+        The trial of a half-open guard reports to it: its write answered closes the guard, a
+        systemic failure opens it again (the event waits, its attempt unspent), anything else
+        (no write made) passes the trial to the next call.
+        """
+        try:
+            return self._conclude(call)
+        finally:
+            if call.trial and self.guard is not None:
+                self.guard.end_trial()
+
+    def _conclude(self, call: Call) -> Outcome:
         attempt = call.attempt
         failure = call.failure
         if call.delivery_count >= DELIVERY_LIMIT:

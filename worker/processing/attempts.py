@@ -75,13 +75,15 @@ class Call:
     """An attempt up to the end of its call: what the ledger and CloudCockpit said.
 
     ``hold`` is the relationship while held; ``outage`` says the call was not made because
-    outage protection was on; ``failure`` is what went wrong, if anything did.
+    outage protection was on; ``trial`` that it is the one call a half-open outage guard let
+    through; ``failure`` is what went wrong, if anything did.
     """
 
     attempt: Attempt
     relationship: Relationship
     delivery_count: int = 0
     outage: bool = False
+    trial: bool = False
     hold: Hold | None = None
     verdict: Verdict | None = None
     failure: CcsyncError | None = None

@@ -106,10 +106,12 @@ class Runtime:
             switch.pause()
 
         def on_close() -> None:
+            # Consumption resumed already, for the trial write that closed the guard.
             metrics.OUTAGE_ACTIVE.set(0)
-            switch.resume()
 
-        self.guard = OutageGuard(self._probe, on_open=on_open, on_close=on_close)
+        self.guard = OutageGuard(
+            self._probe, on_open=on_open, on_trial=switch.resume, on_close=on_close
+        )
         self.applier = Applier(
             api=api,
             ledger=self.ledger,
