@@ -190,16 +190,18 @@ def test_given_six_characters_then_it_is_long_enough() -> None:
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("broker_url", "redis_url"),
     [
-        "amqp://localhost:5672//",
-        "amqp://user@localhost:5672//",
-        "amqp://user:@localhost:5672//",
-        "redis://localhost:6379/0",
+        ("amqp://localhost:5672//", "redis://localhost:6379/0"),
+        ("amqp://user@localhost:5672//", "redis://user@localhost:6379/0"),
+        ("amqp://user:@localhost:5672//", "redis://user:@localhost:6379/0"),
     ],
 )
-def test_given_urls_without_a_password_then_no_secret_comes_from_them(url: str) -> None:
-    assert _secret_values(settings(token=TOKEN, broker_url=url, redis_url=url)) == [TOKEN]
+def test_given_urls_without_a_password_then_no_secret_comes_from_them(
+    broker_url: str, redis_url: str
+) -> None:
+    found = _secret_values(settings(token=TOKEN, broker_url=broker_url, redis_url=redis_url))
+    assert found == [TOKEN]
 
 
 # --- init_error_reporting ----------------------------------------------------------------------
