@@ -71,7 +71,8 @@ class TransientFailure(ApiError):
 class ApiUnavailable(TransientFailure):
     """5xx, timeout, or no usable connection.
 
-    ``unsettled``: the request was sent but no answer came, so the server may still apply it.
+    ``unsettled``: the request was sent and nothing proves it was not applied (no answer came,
+    or a 5xx did), so the server may still apply it.
     """
 
     unsettled: bool = False

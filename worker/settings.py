@@ -43,6 +43,9 @@ DEFAULT_BROKER_CONNECT_TIMEOUT: Final = 30.0
 #: little; an event from further ahead would win over every real update until that time comes.
 DEFAULT_MAX_CLOCK_SKEW_SECONDS: Final = 300.0
 
+#: Seconds a relationship stays held after a call that may still be applied (no answer, or a 5xx).
+DEFAULT_UNANSWERED_HOLD_SECONDS: Final = 30.0
+
 #: Broker URL schemes accepted: kombu's AMQP 0-9-1 transports. ccsync needs RabbitMQ (quorum
 #: queues, publisher confirms, mandatory publishing), so kombu's other transports are refused.
 BROKER_SCHEMES: Final = ("amqp", "amqps")
@@ -103,6 +106,12 @@ class Settings(BaseSettings):
         validation_alias="CCSYNC_BROKER_CONNECT_TIMEOUT",
     )
     http_timeout: float = Field(15.0, gt=0, validation_alias="CCSYNC_HTTP_TIMEOUT")
+    unanswered_hold_seconds: float = Field(
+        DEFAULT_UNANSWERED_HOLD_SECONDS,
+        ge=0,
+        allow_inf_nan=False,
+        validation_alias="CCSYNC_UNANSWERED_HOLD_SECONDS",
+    )
     max_event_bytes: int = Field(1_048_576, gt=0, validation_alias="CCSYNC_MAX_EVENT_BYTES")
     max_clock_skew_seconds: float = Field(
         DEFAULT_MAX_CLOCK_SKEW_SECONDS,

@@ -13,6 +13,7 @@ import pytest
 from worker.cloudcockpit.answers import parse_retry_after, raise_for_answer
 from worker.constants import MAX_ERROR_CHARS
 from worker.exceptions import (
+    ApiError,
     ApiRejected,
     ApiUnavailable,
     RateLimited,
@@ -163,6 +164,23 @@ def test_given_a_5xx_answer_then_api_unavailable_with_that_status(status: int) -
     assert not isinstance(caught.value, RateLimited)
     assert f"HTTP {status}" in caught.value.error
     assert "ValidationError" in caught.value.error
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_given_a_5xx_answer_then_the_call_may_still_be_applied(status: int) -> None:
+    # A gateway's 5xx can come while the backend still applies the call: nothing proves it was not.
+    with pytest.raises(ApiUnavailable) as caught:
+        raise_for_answer(response(status, content=b"<html>Bad Gateway</html>"))
+
+    assert caught.value.unsettled
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 409, 422, 429])
+def test_given_a_4xx_answer_then_the_call_was_surely_not_applied(status: int) -> None:
+    with pytest.raises(ApiError) as caught:
+        raise_for_answer(response(status, {**ERROR_BODY, "statusCode": status}))
+
+    assert not getattr(caught.value, "unsettled", False)
 
 
 # --- odd error bodies ------------------------------------------------------------------------

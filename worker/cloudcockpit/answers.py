@@ -7,6 +7,12 @@
 | 429                                      | retry after ``Retry-After`` (or the backoff)     |
 | 400, 403, 404, any other 4xx             | ``api-rejected``: dead-letter, keep the error    |
 | 5xx, timeout, refused/dropped connection | retry with backoff, then ``retries-exhausted``   |
+
+Whether a failed call may still be applied (``ApiUnavailable.unsettled``): only an answer that
+proves it was not keeps the relationship free for newer events at once. That is a 4xx (401 and
+429 included: CloudCockpit refused the call before changing anything) and a failure before the
+request left (refused connection, connect or pool timeout). Every 5xx, a read timeout and a
+dropped connection may be applied later: the relationship stays held for the unanswered hold.
 """
 
 from __future__ import annotations
@@ -36,10 +42,15 @@ def raise_for_answer(response: httpx.Response) -> None:
         )
     if 400 <= status < 500:
         raise ApiRejected(error, status)
-    raise ApiUnavailable(error, status)
+    failure = ApiUnavailable(error, status)
+    # Only a 4xx proves the change was not applied (the API refused it before changing anything).
+    # A 5xx does not: a gateway's 502, 503 or 504 may come while the backend still applies the
+    # call, and CloudCockpit does not document that its own 500 leaves nothing applied.
+    failure.unsettled = True
+    raise failure
 
 
-# Failures before the request left: the server cannot have applied anything.
+#: Failures before the request left: the server cannot have applied anything.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 

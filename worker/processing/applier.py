@@ -91,8 +91,9 @@ class Forwarder(Protocol):
 # Failures that say the API or the ledger as a whole is down, not that this event is bad.
 SYSTEMIC_FAILURES = (ApiUnavailable, TokenRejected, TokenUnavailable, LedgerUnavailable)
 BUSY_RETRY_SECONDS = 1.0
-# How long CloudCockpit might still apply a request we stopped waiting for: newer events of the
-# relationship wait this long so that a late write cannot land after them.
+#: How long CloudCockpit might still apply a call that got no answer proving it was not applied
+#: (``CCSYNC_UNANSWERED_HOLD_SECONDS``): newer events of the relationship wait this long, so that
+#: a late write cannot land after them.
 UNSETTLED_LINGER_SECONDS = 30.0
 
 

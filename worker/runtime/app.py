@@ -118,6 +118,7 @@ class Runtime:
             forwarder=BrokerForwarder(app),
             policy=RetryPolicy(settings.retry_delays, settings.retry_jitter),
             guard=self.guard,
+            unsettled_linger_seconds=settings.unanswered_hold_seconds,
         )
 
     def _probe(self) -> bool:
