@@ -492,6 +492,84 @@ def test_given_a_linger_then_only_a_retry_of_the_same_event_may_take_it_and_it_i
 # --- many at once ----------------------------------------------------------------------------
 
 
+def test_given_a_held_lock_when_fenced_then_it_lasts_the_lease_and_the_verdict_sees_the_ledger(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    ledger, other = make_ledger(), make_ledger()
+    # Given an event holding its relationship, and a newer event recorded since it was taken
+    held = ledger.try_acquire_all([(RELATIONSHIP, "evt-1")])[0]
+    assert held is not None and held.verdict(event("evt-1", T1)) is Verdict.NEW
+    held.stored = None
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(held.keys[1], order_key(event("evt-2", T2)))
+
+    # When it is fenced right before its call
+    ledger.fence(held, lease_seconds=120)
+
+    # Then the lock is kept for the lease, and the verdict sees the newer event
+    assert client.pttl(held.keys[0]) > 120_000
+    assert held.verdict(event("evt-1", T1)) is Verdict.STALE
+    assert other.try_acquire_all([(RELATIONSHIP, "evt-3")]) == [None]
+
+
+def test_given_a_lock_that_expired_and_was_taken_by_another_when_fenced_then_relationship_busy(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    ledger, other = make_ledger(), make_ledger()
+    # Given an event whose lock expired while it waited, and another event that took it since
+    held = ledger.try_acquire_all([(RELATIONSHIP, "evt-1")])[0]
+    assert held is not None
+    redis.Redis.from_url(REDIS_URL).delete(held.keys[0])
+    taken = other.try_acquire_all([(RELATIONSHIP, "evt-2")])[0]
+    assert taken is not None
+
+    # When the first is fenced before its call, then it must not call
+    with pytest.raises(RelationshipBusy, match="lost before the call"):
+        ledger.fence(held, lease_seconds=120)
+
+    # And the other keeps the relationship
+    assert ledger.try_acquire_all([(RELATIONSHIP, "evt-3")]) == [None]
+
+
+def test_given_a_lock_that_expired_and_was_not_taken_when_fenced_then_it_is_taken_anew(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    ledger, other = make_ledger(), make_ledger()
+    # Given an event whose lock expired while it waited, and a newer event recorded meanwhile
+    held = ledger.try_acquire_all([(RELATIONSHIP, "evt-1")])[0]
+    assert held is not None
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(held.keys[0])
+    record_in(other, RELATIONSHIP, event("evt-2", T2))
+
+    # When it is fenced, then it holds the relationship again, judged by the ledger as it is now
+    ledger.fence(held, lease_seconds=120)
+    assert client.pttl(held.keys[0]) > 120_000
+    assert other.try_acquire_all([(RELATIONSHIP, "evt-3")]) == [None]
+    assert held.verdict(event("evt-1", T1)) is Verdict.STALE
+
+
+def test_given_a_lock_lost_after_the_call_when_left_then_nothing_is_recorded_and_it_says_so(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    ledger, other = make_ledger(), make_ledger()
+    # Given a newer event applied, whose lock expired before it was left, and an older event that
+    # took the relationship meanwhile (its call will land after the newer one)
+    newer = ledger.try_acquire_all([(RELATIONSHIP, "evt-2")])[0]
+    assert newer is not None
+    newer.applied(event("evt-2", T2))
+    redis.Redis.from_url(REDIS_URL).delete(newer.keys[0])
+    older = other.try_acquire_all([(RELATIONSHIP, "evt-1")])[0]
+    assert older is not None and older.verdict(event("evt-1", T1)) is Verdict.NEW
+
+    # When the newer one is left, then it is not recorded (its retry must send it again) ...
+    assert ledger.leave_all([newer]) == [False]
+    # ... and the older one, left in time, is
+    older.applied(event("evt-1", T1))
+    assert other.leave_all([older]) == [True]
+    assert verdict_in(ledger, RELATIONSHIP, event("evt-2", T2)) is Verdict.NEW
+
+
 def test_given_free_and_held_relationships_then_one_batch_holds_the_free_and_reports_the_held(
     make_ledger: Callable[..., Ledger],
 ) -> None:

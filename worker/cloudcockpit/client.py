@@ -12,9 +12,23 @@ import httpx
 from worker.cloudcockpit.answers import describe_transport_error, raise_for_answer
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken, TokenSource
 from worker.exceptions import TokenRejected, TransientFailure
-from worker.settings import Settings
+from worker.settings import HttpTimeouts, Settings
 
 USER_AGENT = "ccsync/0.1"
+#: The most requests one ``set_internal_identifier`` makes or waits for: the PATCH, and again
+#: after a 401; before each, a token fetch of its own and one of another thread it waits on.
+REQUESTS_PER_CHANGE = 6
+
+
+def longest_call_seconds(timeouts: HttpTimeouts) -> float:
+    """The longest one ``set_internal_identifier`` can last: ``REQUESTS_PER_CHANGE`` requests,
+    each bounded by its phases' timeouts (waiting for a connection, connecting, sending, reading).
+
+    httpx bounds each read, not the whole answer: a server trickling its answer byte by byte
+    could go on longer, which no client-side timeout of httpx prevents.
+    """
+    one = timeouts.pool + timeouts.connect + timeouts.write + timeouts.read
+    return REQUESTS_PER_CHANGE * one
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:

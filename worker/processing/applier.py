@@ -21,7 +21,7 @@ from typing import Protocol
 
 import sentry_sdk
 
-from worker.cloudcockpit.client import CloudCockpitClient
+from worker.cloudcockpit.client import CloudCockpitClient, longest_call_seconds
 from worker.constants import (
     DELIVERY_LIMIT,
     REASON_API_REJECTED,
@@ -43,6 +43,7 @@ from worker.processing.backoff import RetryPolicy
 from worker.processing.dead_letters import DeadLetter, Envelope
 from worker.processing.ledger import Ledger, Relationship, Verdict
 from worker.processing.outage import Admission, OutageGuard
+from worker.settings import HttpTimeouts
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ BUSY_RETRY_SECONDS = 1.0
 #: (``CCSYNC_UNANSWERED_HOLD_SECONDS``): newer events of the relationship wait this long, so that
 #: a late write cannot land after them.
 UNSETTLED_LINGER_SECONDS = 30.0
+#: How long a relationship is kept for one call, from right before it: its longest duration
+#: under the default timeouts (the worker passes the one of its settings).
+CALL_LEASE_SECONDS = longest_call_seconds(HttpTimeouts())
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class Applier:
         guard: OutageGuard | None = None,
         rng: random.Random | None = None,
         unsettled_linger_seconds: float = UNSETTLED_LINGER_SECONDS,
+        call_lease_seconds: float = CALL_LEASE_SECONDS,
     ) -> None:
         self.api = api
         self.ledger = ledger
@@ -128,6 +133,7 @@ class Applier:
         self.rng = rng or random.Random()
         self.probe_target: ProbeTarget | None = None
         self.unsettled_linger_seconds = unsettled_linger_seconds
+        self.call_lease_seconds = call_lease_seconds
 
     def apply(self, attempt: Attempt, delivery_count: int = 0) -> Outcome:
         """The whole attempt in this thread: ``call``, leave the relationship, ``conclude``."""
@@ -179,6 +185,13 @@ class Applier:
                 # Admitted before the guard opened: it waits out the outage like the others.
                 call.outage = True
                 return
+            # The lock was taken ahead, and may have expired while the event waited for this
+            # thread: another event could hold it now. Checked and extended in one script, and
+            # the verdict judged again by what was applied meanwhile.
+            self.ledger.fence(hold, lease_seconds=self.call_lease_seconds)
+            call.verdict = hold.verdict(event)
+            if call.verdict is not Verdict.NEW:
+                return
             started = time.monotonic()
             self.api.set_internal_identifier(
                 tenant=call.attempt.tenant,
@@ -194,7 +207,7 @@ class Applier:
                 # A late write of this event must not land after a newer one.
                 hold.linger(self.unsettled_linger_seconds)
             call.failure = exc
-        except (ApiRejected, TransientFailure) as exc:
+        except (ApiRejected, TransientFailure, RelationshipBusy) as exc:
             call.failure = exc
         except BaseException:
             # A bug: the message is redelivered, and the relationship must not stay locked.
@@ -206,12 +219,21 @@ class Applier:
         Redis cannot record it, each of them fails as the ledger being unavailable."""
         held = [(call, call.hold) for call in calls if call.hold is not None]
         try:
-            self.ledger.leave_all([hold for _, hold in held])
+            kept = self.ledger.leave_all([hold for _, hold in held])
         except LedgerUnavailable as exc:
             for call, _ in held:
                 call.failure = exc
-        for call, _ in held:
+            kept = [True] * len(held)
+        for (call, hold), own in zip(held, kept, strict=True):
             call.hold = None
+            if not own and hold.record is not None:
+                # Applied, but the lock expired before it was recorded: another event may have
+                # been sent since, unaware of it. Sent again (same X-Correlation-Id), it lands
+                # last if it is the newest, and is judged stale if it is not.
+                call.failure = RelationshipBusy(
+                    f"relationship {call.relationship.name} was lost before the call was "
+                    "recorded: sent again"
+                )
 
     def conclude(self, call: Call) -> Outcome:
         """What becomes of the event after its call: counted, logged, retried or dead-lettered.

@@ -24,6 +24,7 @@ from worker.amqp.topology import (
 from worker.cloudcockpit.client import (
     ClientPerThread,
     CloudCockpitClient,
+    longest_call_seconds,
     make_http_client,
     make_token_source,
     tls_context,
@@ -99,7 +100,9 @@ class Runtime:
             base_url=settings.base_url,
             tokens=make_token_source(settings, token_http),
         )
-        self.ledger = Ledger.from_url(settings.redis_url)
+        self.ledger = Ledger.from_url(
+            settings.redis_url, lock_ttl_seconds=settings.lock_ttl_seconds
+        )
 
         def on_open() -> None:
             metrics.OUTAGE_ACTIVE.set(1)
@@ -119,6 +122,7 @@ class Runtime:
             policy=RetryPolicy(settings.retry_delays, settings.retry_jitter),
             guard=self.guard,
             unsettled_linger_seconds=settings.unanswered_hold_seconds,
+            call_lease_seconds=longest_call_seconds(settings.timeouts),
         )
 
     def _probe(self) -> bool:

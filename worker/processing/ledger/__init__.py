@@ -5,9 +5,11 @@ A relationship is (tenant, customer, reseller-or-own). For each, Redis keeps the
 every thread, process and machine, so that two workers never race two events of one customer to
 CloudCockpit. Ordering is by ``occurredAt`` as UTC microseconds, ties broken by ``eventId``.
 
-Each event runs two Lua scripts: taking the lock returns what was applied, and leaving records
-the event (when it was applied) and releases the lock. Both take many events at once: the
-worker takes, and later leaves, the relationships of every event waiting in one script call.
+Each event runs up to three Lua scripts: taking the lock returns what was applied; right before
+its call, fencing checks that the lock is still the event's and extends it to cover the whole
+call; leaving records the event (when it was applied) and releases the lock. Taking and leaving
+handle many events at once: the worker takes, and later leaves, the relationships of every event
+waiting in one script call.
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
 
 KEY_PREFIX = "ccsync"
-# Longer than any call can last (its timeouts add up to well under a minute), so a lock only
-# expires by itself when its holder died.
+#: How long a lock taken ahead of its call lives (``CCSYNC_LOCK_TTL_SECONDS``): it only has to
+#: outlast the event's wait for a pool thread, since ``fence`` extends it to cover the call.
 LOCK_TTL_MS = 60_000
+#: Added to a fenced call's lease: the lease starts when Redis runs the fence, somewhere in its
+#: round trip, so a fence whose round trip took longer than this vouches for nothing.
+FENCE_MARGIN_SECONDS = 2.0
 # Long enough to outlive any replay an operator would do; bounds Redis memory for dead customers.
 LEDGER_TTL_SECONDS = 180 * 24 * 3600
 LINGER_PREFIX = "linger:"
@@ -127,23 +132,34 @@ class Ledger:
     """
 
     def __init__(
-        self, client: redis.Redis, *, prefix: str = KEY_PREFIX, lock_wait_seconds: float = 5.0
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = KEY_PREFIX,
+        lock_wait_seconds: float = 5.0,
+        lock_ttl_seconds: float | None = None,
     ) -> None:
         self._redis = client
         self._prefix = prefix
         self._lock_wait = lock_wait_seconds
+        # Read at construction, not definition: tests shorten the module's default.
+        ttl_ms = LOCK_TTL_MS if lock_ttl_seconds is None else int(lock_ttl_seconds * 1000)
+        self._lock_ttl_ms = max(1, ttl_ms)
         self._acquire = client.register_script(_script("acquire.lua"))
         self._leave = client.register_script(_script("leave.lua"))
+        self._fence = client.register_script(_script("fence.lua"))
         self._local = threading.local()
         # Whether the last round trip, from any thread, got through.
         self.reachable = True
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = KEY_PREFIX) -> Ledger:
+    def from_url(
+        cls, url: str, *, prefix: str = KEY_PREFIX, lock_ttl_seconds: float | None = None
+    ) -> Ledger:
         client = redis.Redis.from_url(
             url, socket_timeout=3, socket_connect_timeout=3, health_check_interval=30
         )
-        return cls(client, prefix=prefix)
+        return cls(client, prefix=prefix, lock_ttl_seconds=lock_ttl_seconds)
 
     def _connection(self) -> redis.Redis:
         connection: redis.Redis | None = getattr(self._local, "connection", None)
@@ -168,7 +184,7 @@ class Ledger:
         """Tries to take each relationship for its event (id), all in one round trip: a hold for
         each one taken, None for each one held by another event."""
         keys: list[str] = []
-        args: list[str | int] = [LOCK_TTL_MS]
+        args: list[str | int] = [self._lock_ttl_ms]
         for relationship, event_id in wanted:
             token = secrets.token_hex(16)
             # Without an event id no later hold can claim the linger as its own.
@@ -208,17 +224,43 @@ class Ledger:
             pause = min(pause * 2, BUSY_LONGEST_PAUSE_SECONDS)
         return hold
 
-    def leave_all(self, holds: Sequence[Hold]) -> None:
+    def fence(self, hold: Hold, *, lease_seconds: float) -> None:
+        """Right before a call: vouches that ``hold`` still has its relationship (or takes it anew
+        if its lock expired and nobody took it) and keeps it for ``lease_seconds`` (the longest
+        the call can last), and refreshes ``hold.stored`` with what was applied meanwhile, which
+        ``Hold.verdict`` then judges by.
+
+        Raises ``RelationshipBusy`` when the call must not be made: the lock expired while the
+        event waited and another event took it (and may be calling), or Redis answered too late
+        for the lease to surely cover the call. ``LedgerUnavailable`` if Redis cannot say.
+        """
+        asked = time.monotonic()
+        lease_ms = int((lease_seconds + FENCE_MARGIN_SECONDS) * 1000)
+        reply = self._run(self._fence, hold.keys, [hold.token, lease_ms])
+        name = hold.keys[0].removeprefix(f"{self._prefix}:lock:")
+        if not reply:
+            raise RelationshipBusy(f"relationship {name} was lost before the call")
+        stored = reply[1]
+        hold.stored = stored.decode() if isinstance(stored, bytes) else stored
+        if time.monotonic() - asked > FENCE_MARGIN_SECONDS:
+            raise RelationshipBusy(f"relationship {name}: the ledger answered too late to call")
+
+    def leave_all(self, holds: Sequence[Hold]) -> list[bool]:
         """Records what each hold applied (if newer than the stored event) and releases it, all
-        in one round trip; all fail together if Redis cannot be reached."""
+        in one round trip; all fail together if Redis cannot be reached.
+
+        Returns, per hold, whether its lock was still its own. A hold whose lock was not (it
+        expired, and another event may have taken it) records nothing and releases nothing: an
+        event it applied must be sent again, so that the newest value is the last to land.
+        """
         if not holds:
-            return
+            return []
         keys: list[str] = []
         args: list[str | int] = [LEDGER_TTL_SECONDS]
         for hold in holds:
             keys += hold.keys
             args += hold.leave_args()
-        self._run(self._leave, keys, args)
+        return [bool(kept) for kept in self._run(self._leave, keys, args)]
 
     def _run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         with self._round_trip():
