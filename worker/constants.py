@@ -18,8 +18,10 @@ DEAD_LETTER_EXCHANGE: Final = "ccsync.dead-letter"
 # Broker-held backoff: a ladder of delay queues, level n holding a message 2**n ticks.
 DELAY_EXCHANGE_PREFIX: Final = "ccsync.delay."
 DELAY_QUEUE_PREFIX: Final = "ccsync.delay."
+#: The unit of every wait in the ladder, in milliseconds.
 DELAY_TICK_MS: Final = 100
-DELAY_LEVELS: Final = 22  # 2**22 ticks of 100 ms is about 4.9 days: the longest possible wait.
+#: Levels of the ladder: the longest wait is 2**22 - 1 ticks of 100 ms, about 4.9 days.
+DELAY_LEVELS: Final = 22
 DELAY_RELEASE_EXCHANGE: Final = "ccsync.delay.release"
 
 APPLY_EVENT_TASK: Final = "ccsync.apply_event"
@@ -46,7 +48,7 @@ REASON_API_REJECTED: Final = "api-rejected"
 REASON_RETRIES_EXHAUSTED: Final = "retries-exhausted"
 REASON_DELIVERY_LIMIT: Final = "delivery-limit"
 
-# A message redelivered this many times without an outcome crashed or hung the worker each time.
+#: A message redelivered this many times without an outcome crashed or hung the worker each time.
 DELIVERY_LIMIT: Final = 5
 
 CLOUDEVENTS_CONTENT_TYPE: Final = "application/cloudevents+json"

@@ -27,8 +27,7 @@ from pydantic import (
 from worker.constants import CLOUDEVENTS_CONTENT_TYPE, CLOUDEVENTS_HEADER_PREFIXES, EVENT_TYPE
 from worker.exceptions import InvalidEvent
 
-# Fixed forever: changing it would change every X-Correlation-Id and break CloudCockpit's
-# audit trail of events already sent.
+#: Fixed forever: another would change every X-Correlation-Id, and CloudCockpit's audit trail.
 CORRELATION_NAMESPACE = uuid.UUID("5b0f4f7e-2a4c-5d69-9d0e-6363737973e1")
 
 

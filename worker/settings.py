@@ -32,8 +32,7 @@ ENTRA_TOKEN_URL = (
 )
 CLOUDCOCKPIT_SCOPE = "api://b92a36a4-feb8-4f47-a69c-29a180aa6d0a/.default"
 
-# About 72 minutes in all: long enough to ride out a deploy or a short outage of CloudCockpit,
-# short enough that an operator sees a dead letter the same hour.
+#: About 72 minutes in all: rides out a deploy or a short outage; a dead letter shows the same hour.
 DEFAULT_RETRY_DELAYS = (2.0, 10.0, 60.0, 300.0, 900.0, 3600.0)
 
 #: Seconds a command waits for RabbitMQ before it fails with one line (``ccsync worker`` at start).

@@ -23,6 +23,7 @@ from worker.constants import (
 )
 from worker.exceptions import InputError, NoQueueBound
 
+#: The reply code of a mandatory message that no queue took.
 NO_ROUTE = 312
 
 

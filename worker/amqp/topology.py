@@ -1,7 +1,8 @@
 """The broker objects ccsync owns, declared idempotently at every start (contract section 2).
 
     customer-events (topic) --customer.internal-identifier.changed--> ccsync.events (quorum)
-        read by the intake, which validates and either publishes a task or dead-letters
+        read by the intake, which validates each event and makes its first attempt in the
+        worker itself, or dead-letters it; only retries travel as tasks, through the ladder
     ccsync.tasks (topic)    --ccsync.tasks--> ccsync.tasks (quorum), the Celery task queue
     ccsync.dead-letter (direct) --> ccsync.dead-letter (classic, durable)
 
@@ -11,8 +12,8 @@ routing key, ``b21.b20.….b0.ccsync.tasks``, counted in ticks of 100 ms. Exchan
 ``ccsync.delay.N`` sends it to queue ``ccsync.delay.N`` when bit N is 1, else straight on to
 exchange N-1. Queue N holds every message exactly 2**N ticks (a per-queue TTL, so the head
 always expires first and a long delay never holds back a short one), then dead-letters it to
-exchange N-1. Exchange
-``ccsync.delay.release`` finally routes it by its last words back to ``ccsync.tasks``.
+exchange N-1. Exchange ``ccsync.delay.release`` finally routes it by its last words back to
+``ccsync.tasks``.
 """
 
 from __future__ import annotations

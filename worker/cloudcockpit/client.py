@@ -34,8 +34,8 @@ def longest_call_seconds(timeouts: HttpTimeouts) -> float:
 def tls_context(settings: Settings) -> ssl.SSLContext:
     """Certificates are always checked; a private CA (a proxy's) is added, never a bypass.
 
-    Worth sharing between clients: making one costs about 20 ms of CPU (it loads the CA bundle),
-    which a worker with a client per thread would otherwise pay per thread at startup.
+    Worth sharing between clients: making one loads the CA bundle, which a worker with a client
+    per thread would otherwise do once per thread at startup.
     """
     if settings.api_ca_file:
         return ssl.create_default_context(cafile=settings.api_ca_file)
@@ -68,8 +68,8 @@ def make_http_client(
 class ClientPerThread:
     """An httpx client for each thread that calls, made on first use.
 
-    Measured (bench/, field notes): threads sharing one httpx client queue on its pool's lock;
-    with a client each, 32 threads keep 32 calls in flight at a fraction of the CPU.
+    Threads sharing one httpx client queue on its pool's lock; with a client each, every thread
+    keeps its own call in flight.
     """
 
     def __init__(self, make: Callable[[], httpx.Client]) -> None:

@@ -1,9 +1,10 @@
 """Publishing in confirmed batches: the half of a move that must succeed before the other half.
 
-One confirm per message costs a round trip each (about 1,000/s here); publishing a window and then
-waiting for its confirms is many times faster and just as safe, because nothing is removed from
-its source until its own copy is confirmed. Messages go out ``mandatory``: a message no queue
-would take comes back (basic.return) and counts as not published, whatever the confirm says.
+One confirm per message costs a round trip each; publishing a window and then waiting for its
+confirms costs one wait per window, and is just as safe, because nothing is removed from its
+source until its own copy is confirmed (the figures are in README.md, "Dead letters"). Messages
+go out ``mandatory``: a message no queue would take comes back (basic.return) and counts as not
+published, whatever the confirm says.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from worker.processing.dead_letters import Envelope
 
 T = TypeVar("T")
 
+#: Seconds to wait for the confirms of what was published before giving up (nothing is removed).
 DEFAULT_CONFIRM_TIMEOUT = 30.0
 
 

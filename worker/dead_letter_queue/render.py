@@ -12,8 +12,9 @@ import click
 from worker.dead_letter_queue.reading import DeadLetterRecord
 from worker.dead_letter_queue.stats import StatsGroup
 
-# Below this many dead letters a pass takes well under a second: no bar.
+#: Below this many dead letters a pass takes well under a second: no progress bar.
 PROGRESS_THRESHOLD = 500
+#: Characters of an error a table shows; a longer one ends in "...".
 ERROR_COLUMN = 60
 
 

@@ -31,8 +31,7 @@ from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
 from worker.dead_letter_queue.reading import DeadLetterError, DeadLetterRecord, hold
 from worker.processing.dead_letters import Envelope
 
-# At most this many publishes await their confirms: enough to publish at broker speed, few
-# enough that an interrupted replay duplicates little.
+#: Publishes awaiting their confirms at most: broker speed, and an interruption duplicates little.
 WINDOW = 256
 
 #: Seconds a stopped replay waits for the confirms of what it already published.

@@ -34,6 +34,7 @@ from worker.processing.dead_letters import (
 )
 
 FORMAT: Final = "ccsync-dead-letter/1"
+#: Imported dead letters awaiting their confirms at most.
 WINDOW: Final = 256
 
 

@@ -26,7 +26,9 @@ from worker.exceptions import CcsyncError
 from worker.settings import Settings
 
 PARTS: Final = ("broker", "redis", "token", "api")
+#: Seconds each check may take unless the caller says otherwise.
 DEFAULT_TIMEOUT: Final = 5.0
+#: The longest detail a failed check reports.
 MAX_DETAIL_CHARS: Final = 200
 
 # user:password@ in any URL an exception might quote.

@@ -89,8 +89,9 @@ class Forwarder(Protocol):
     def dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None: ...
 
 
-# Failures that say the API or the ledger as a whole is down, not that this event is bad.
+#: Failures that say the API or the ledger as a whole is down, not that this event is bad.
 SYSTEMIC_FAILURES = (ApiUnavailable, TokenRejected, TokenUnavailable, LedgerUnavailable)
+#: Seconds before an event whose relationship stayed busy comes back (no attempt spent).
 BUSY_RETRY_SECONDS = 1.0
 #: How long CloudCockpit might still apply a call that got no answer proving it was not applied
 #: (``CCSYNC_UNANSWERED_HOLD_SECONDS``): newer events of the relationship wait this long, so that

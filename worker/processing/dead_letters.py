@@ -168,7 +168,7 @@ def _without_ccsync_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-# AMQP tables may nest without end; deeper than this, a header is kept as text.
+#: AMQP tables may nest without end; deeper than this, a header is kept as text.
 MAX_HEADER_DEPTH = 16
 
 

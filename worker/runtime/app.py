@@ -53,6 +53,12 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 READY_MESSAGE = "ccsync worker ready: consuming ccsync.events and ccsync.tasks"
+#: Connections of each pool thread's httpx client, and of the token client.
+HTTP_CONNECTIONS_PER_CLIENT = 2
+#: Task messages ccsync.tasks hands each pool thread ahead (Celery's prefetch multiplier).
+TASK_PREFETCH_PER_THREAD = 2
+#: Producer connections in the app's pool beyond one per pool thread.
+SPARE_PRODUCER_CONNECTIONS = 4
 
 
 class BrokerForwarder:
@@ -94,9 +100,15 @@ class Runtime:
 
     def __init__(self, app: Celery, settings: Settings, switch: ConsumerSwitch) -> None:
         tls = tls_context(settings)
-        token_http = make_http_client(settings, max_connections=2, tls=tls)
+        token_http = make_http_client(
+            settings, max_connections=HTTP_CONNECTIONS_PER_CLIENT, tls=tls
+        )
         api = CloudCockpitClient(
-            ClientPerThread(lambda: make_http_client(settings, max_connections=2, tls=tls)),
+            ClientPerThread(
+                lambda: make_http_client(
+                    settings, max_connections=HTTP_CONNECTIONS_PER_CLIENT, tls=tls
+                )
+            ),
             base_url=settings.base_url,
             tokens=make_token_source(settings, token_http),
         )
@@ -224,10 +236,10 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
         task_default_exchange=TASKS_EXCHANGE,
         task_default_routing_key=TASKS_QUEUE,
         task_create_missing_queues=False,
-        worker_prefetch_multiplier=2,
+        worker_prefetch_multiplier=TASK_PREFETCH_PER_THREAD,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_pool_limit=concurrency + 4,
+        broker_pool_limit=concurrency + SPARE_PRODUCER_CONNECTIONS,
         broker_transport_options={"confirm_publish": True},
         worker_send_task_events=False,
         worker_enable_remote_control=False,

@@ -25,11 +25,11 @@ from worker.runtime.batches import take_batch
 
 log = logging.getLogger(__name__)
 
-# Enough to amortise the round trip; the intake's prefetch bounds it anyway.
+#: Most events whose relationships one script call takes; the intake's prefetch bounds it anyway.
 MAX_BATCH = 256
-# Events arrive one by one; gathering them a little makes one round trip serve several. Only
-# while enough held events wait for a pool thread to keep every thread busy meanwhile.
+#: Seconds the gate gathers arrivals, so that one round trip serves several events.
 GATHER_SECONDS = 0.02
+#: Held events waiting for a pool thread from which on the gate gathers: no thread waits for it.
 GATHER_BACKLOG = 16
 
 CallHandler = Callable[[Call, Message], None]

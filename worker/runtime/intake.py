@@ -43,12 +43,11 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Events in hand per thread: enough that each thread finds its next event held and ready while
-# earlier ones are still being settled and acked (measured: four beat two, eight did no better),
-# few enough that a crash redelivers little.
+#: Events in hand per pool thread: each finds its next one held and ready; a crash redelivers few.
 PREFETCH_PER_THREAD = 4
+#: Seconds between two wake-ups of the event loop, so that it notices a shutdown signal.
 SHUTDOWN_CHECK_SECONDS = 0.5
-# Beyond the call's own timeout: time to publish its retry or dead letter and record it.
+#: Seconds a warm shutdown waits beyond the call timeout, to publish and record the outcomes.
 SHUTDOWN_GRACE_SECONDS = 15.0
 
 

@@ -3,9 +3,8 @@
 A pool thread makes the call (``Applier.call``) and hands it here. The settler thread takes every
 call waiting, leaves their relationships in one Redis round trip, concludes each (counted, logged,
 retried or dead-lettered), and only then hands the messages to the event loop to be acked. The
-pool threads go straight back to calling: measured in bench/, a pool thread that also took and
-left the relationship and logged kept CloudCockpit waiting 3.5 ms (median) between two calls;
-one that only calls, 1.6 to 1.7 ms.
+pool threads go straight back to calling, so that CloudCockpit waits as little as possible
+between two calls of one thread (the figures are in README.md, "Concurrency model").
 """
 
 from __future__ import annotations
@@ -23,10 +22,9 @@ from worker.runtime.batches import take_batch
 
 log = logging.getLogger(__name__)
 
-# Enough to amortise the round trip; few enough that one batch is concluded in milliseconds.
+#: Most calls concluded in one round trip: few enough that a batch takes milliseconds.
 MAX_BATCH = 64
-# Calls end one by one; gathering them a little makes one round trip serve several. Their
-# messages are acked that much later, which the intake's prefetch absorbs.
+#: Seconds the settler gathers ended calls for one round trip; the intake's prefetch absorbs it.
 GATHER_SECONDS = 0.02
 
 

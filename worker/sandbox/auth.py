@@ -24,7 +24,7 @@ from worker.sandbox.protocol import Reply, json_reply
 TOKEN_PATH_SUFFIX: Final = "/oauth2/v2.0/token"
 REDACTED: Final = "***"
 _NO_STORE: Final = (("Cache-Control", "no-store, no-cache"), ("Pragma", "no-cache"))
-# Tokens beyond this count trigger a sweep of expired ones, so a long benchmark cannot grow the map.
+#: Tokens beyond this count trigger a sweep of expired ones: a long benchmark cannot grow the map.
 _SWEEP_ABOVE: Final = 10_000
 
 TokenStatus = Literal["valid", "expired", "unknown"]

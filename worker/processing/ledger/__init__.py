@@ -31,6 +31,7 @@ from redis.commands.core import Script
 from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
 
+#: What every Redis key of the ledger starts with, unless a ``prefix`` of its own is given.
 KEY_PREFIX = "ccsync"
 #: How long a lock taken ahead of its call lives (``CCSYNC_LOCK_TTL_SECONDS``): it only has to
 #: outlast the event's wait for a pool thread, since ``fence`` extends it to cover the call.
@@ -38,13 +39,19 @@ LOCK_TTL_MS = 60_000
 #: Added to a fenced call's lease: the lease starts when Redis runs the fence, somewhere in its
 #: round trip, so a fence whose round trip took longer than this vouches for nothing.
 FENCE_MARGIN_SECONDS = 2.0
-# Long enough to outlive any replay an operator would do; bounds Redis memory for dead customers.
+#: Long enough to outlive any replay an operator would do; bounds Redis memory for dead customers.
 LEDGER_TTL_SECONDS = 180 * 24 * 3600
 LINGER_PREFIX = "linger:"
-# A relationship another event holds is tried again after these pauses, doubling, until the lock
-# wait is over: soon for a short call, rarely for a long one.
+#: First pause before a relationship another event holds is tried again; it doubles each time.
 BUSY_FIRST_PAUSE_SECONDS = 0.005
+#: Longest pause between two tries of a busy relationship, until the lock wait is over.
 BUSY_LONGEST_PAUSE_SECONDS = 0.2
+#: Seconds an event waits for a relationship another event holds, before it is concluded as busy.
+LOCK_WAIT_SECONDS = 5.0
+#: Seconds a Redis connect or command may take before the ledger counts as unreachable.
+REDIS_TIMEOUT_SECONDS = 3
+#: Seconds after which an idle Redis connection is checked before it is used again.
+REDIS_HEALTH_CHECK_SECONDS = 30
 
 
 _YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
@@ -127,8 +134,8 @@ class Hold:
 class Ledger:
     """``prefix`` keeps deployments (and test runs) that share one Redis apart.
 
-    Each thread talks to Redis over a connection of its own: measured, the threads of a worker
-    otherwise spend a quarter of their time queuing on redis-py's pool lock.
+    Each thread talks to Redis over a connection of its own, so that no thread queues on
+    redis-py's pool lock.
     """
 
     def __init__(
@@ -136,7 +143,7 @@ class Ledger:
         client: redis.Redis,
         *,
         prefix: str = KEY_PREFIX,
-        lock_wait_seconds: float = 5.0,
+        lock_wait_seconds: float = LOCK_WAIT_SECONDS,
         lock_ttl_seconds: float | None = None,
     ) -> None:
         self._redis = client
@@ -157,7 +164,10 @@ class Ledger:
         cls, url: str, *, prefix: str = KEY_PREFIX, lock_ttl_seconds: float | None = None
     ) -> Ledger:
         client = redis.Redis.from_url(
-            url, socket_timeout=3, socket_connect_timeout=3, health_check_interval=30
+            url,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            health_check_interval=REDIS_HEALTH_CHECK_SECONDS,
         )
         return cls(client, prefix=prefix, lock_ttl_seconds=lock_ttl_seconds)
 
