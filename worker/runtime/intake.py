@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -31,11 +33,12 @@ from worker.constants import (
     REASON_INVALID_EVENT,
 )
 from worker.events import IdentifierChanged, decode_event, reject_if_ahead
-from worker.exceptions import InvalidEvent
+from worker.exceptions import InvalidEvent, LedgerUnavailable
 from worker.observability import metrics
 from worker.processing.applier import Applier
 from worker.processing.attempts import Attempt, Call
 from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_letter
+from worker.processing.solo_runs import SoloRuns, message_key
 from worker.runtime.consumer_switch import ConsumerSwitch
 from worker.runtime.gate import Gate
 from worker.runtime.settler import InFlightMessages, Settler
@@ -75,6 +78,17 @@ class IntakeServices(Protocol):
         """A broker connection of the intake's own, for dead letters; the intake releases it."""
 
 
+@dataclass
+class _AloneRun:
+    """A redelivered message running alone, and how its run is counted."""
+
+    message: Message
+    key: str
+    # False when Redis did not answer: nothing was counted, so nothing is struck off.
+    counted: bool
+    concluded: bool = False
+
+
 @dataclass(frozen=True)
 class _Stages:
     """Where a first attempt goes after the intake: gate, pool, settler."""
@@ -97,6 +111,11 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         self._celery_consumer: Any = None
         self._in_flight = InFlightMessages()
         self._made_stages: _Stages | None = None
+        # Taken from the broker but not started: a redelivered message waits here until nothing
+        # else is in flight, and every message after it waits until its run alone has ended.
+        self._held: deque[Message] = deque()
+        self._alone: _AloneRun | None = None
+        self._solo_runs: SoloRuns | None = None
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         # The body exactly as published: py-amqp would otherwise decode it to text when the
@@ -115,6 +134,8 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def start(self, c: Any) -> None:
         self._celery_consumer = c
+        # Held on the channel of an earlier connection: the broker delivers them again.
+        self._held.clear()
         # Before the first event, which would otherwise wait while clients and threads are made.
         self._stages()
         super().start(c)
@@ -154,8 +175,75 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             ignore_errors(self._celery_consumer.connection, message.requeue)
 
     def on_message(self, message: Message) -> None:
+        if self._held or self._alone is not None or _redelivered(message):
+            self._held.append(message)
+            self._start_held()
+        else:
+            self._take_safely(message, deliveries=0)
+
+    def _start_held(self) -> None:
+        """In the event loop: starts held messages in order, a first delivery at once, a
+        redelivered one only once nothing else is in flight; none after a redelivered one until
+        its run alone has ended.
+
+        A worker that dies raises the broker's delivery count of every message in hand. Running a
+        redelivered message alone means that if the worker dies again, that message is the one
+        charged (``SoloRuns``), and the others only have their broker count raised, which ccsync
+        does not hold against them.
+        """
+        while self._alone is None and self._held:
+            message = self._held[0]
+            if _redelivered(message):
+                if not self._in_flight.wait_idle(0):
+                    return  # the settling of the last one in flight calls again
+                self._held.popleft()
+                self._run_alone(message)
+            else:
+                self._held.popleft()
+                self._take_safely(message, deliveries=0)
+
+    def _run_alone(self, message: Message) -> None:
+        envelope = self._envelope(message)
+        run = _AloneRun(message, message_key(envelope.body, envelope.headers), counted=True)
         try:
-            self._take(message)
+            # The delivery that made it redelivered, and each run alone since that had no outcome.
+            deliveries = 1 + self._solo_run_counter().begin(run.key)
+        except LedgerUnavailable as exc:
+            log.warning("runs alone not counted (%s): the broker's delivery count decides", exc)
+            run.counted = False
+            deliveries = delivery_count(message)
+        self._alone = run
+        run.concluded = self._take_safely(message, deliveries=deliveries)
+        self._end_alone_run()
+
+    def _end_alone_run(self, settled: Sequence[tuple[Message, bool]] = ()) -> None:
+        """Once the message running alone is settled: acked, its runs alone are struck off;
+        requeued, this run stays counted, as a delivery without an outcome."""
+        run = self._alone
+        if run is None:
+            return
+        for message, acked in settled:
+            if message is run.message:
+                run.concluded = acked
+        if not self._in_flight.wait_idle(0):
+            return
+        self._alone = None
+        if run.counted and run.concluded:
+            try:
+                self._solo_run_counter().concluded(run.key)
+            except LedgerUnavailable as exc:
+                log.warning("a run alone could not be struck off (%s)", exc)
+
+    def _solo_run_counter(self) -> SoloRuns:
+        if self._solo_runs is None:
+            self._solo_runs = SoloRuns.from_url(self._services.ccsync_settings.redis_url)
+        return self._solo_runs
+
+    def _take_safely(self, message: Message, *, deliveries: int) -> bool:
+        """True when the message was dead-lettered and acked here, False when it was started
+        or requeued."""
+        try:
+            return self._take(message, deliveries)
         except Exception:
             # Never let an exception out: Celery would stop the whole worker. The message goes
             # back to the queue, which counts its deliveries up to the delivery limit.
@@ -165,6 +253,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
                 message.requeue()
             except Exception:
                 log.exception("requeue failed; the broker will redeliver the message")
+            return False
 
     @staticmethod
     def _envelope(message: Message) -> Envelope:
@@ -180,10 +269,10 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             headers=headers,
         )
 
-    def _take(self, message: Message) -> None:
+    def _take(self, message: Message, deliveries: int) -> bool:
+        """``deliveries``: those that ended without an outcome, as charged to this message."""
         metrics.EVENTS_RECEIVED.inc()
         envelope = self._envelope(message)
-        deliveries = delivery_count(message)
         if deliveries >= DELIVERY_LIMIT:
             log.error("message delivered %d times without an outcome: dead-lettered", deliveries)
             self._dead_letter(
@@ -197,7 +286,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
                 ),
             )
             message.ack()
-            return
+            return True
         try:
             event = self._validate(envelope)
         except InvalidEvent as exc:
@@ -212,10 +301,11 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
                 ),
             )
             message.ack()
-            return
+            return True
         self._in_flight.started()
         stages = self._stages()
         stages.gate.put(stages.applier.prepare(Attempt.first(event, envelope)), message)
+        return False
 
     def _stages(self) -> _Stages:
         # Made once the worker runs, never at import: the runtime holds clients and threads.
@@ -255,8 +345,13 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def _ask_loop_to_settle(self) -> None:
         """From any thread: the loop, owner of the channel, acks what is settled."""
-        consumer = self._celery_consumer
-        consumer.call_soon(self._in_flight.settle, consumer.connection_errors)
+        self._celery_consumer.call_soon(self._settle_in_loop)
+
+    def _settle_in_loop(self) -> None:
+        settled = self._in_flight.settle(self._celery_consumer.connection_errors)
+        if self._alone is not None or self._held:
+            self._end_alone_run(settled)
+            self._start_held()
 
     def _validate(self, envelope: Envelope) -> IdentifierChanged:
         limit = self._services.ccsync_settings.max_event_bytes
@@ -296,6 +391,10 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         if self._connection is not None:
             self._connection.release()
         self._connection = self._producer = None
+
+
+def _redelivered(message: Message) -> bool:
+    return bool((message.delivery_info or {}).get("redelivered"))
 
 
 def delivery_count(message: Message) -> int:

@@ -56,12 +56,18 @@ class InFlightMessages:
         with self._idle:
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
-    def settle(self, connection_errors: tuple[type[BaseException], ...]) -> None:
+    def settle(
+        self, connection_errors: tuple[type[BaseException], ...]
+    ) -> list[tuple[Message, bool]]:
+        """Acks or requeues every message settled so far; returns each with whether it was
+        acked."""
+        settled: list[tuple[Message, bool]] = []
         while True:
             try:
                 message, ack = self._done.get_nowait()
             except queue.Empty:
-                return
+                return settled
+            settled.append((message, ack))
             if ack:
                 message.ack_log_error(log, connection_errors)
             else:

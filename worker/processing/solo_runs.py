@@ -1,0 +1,82 @@
+"""Which message crashed the worker: runs of a redelivered message alone, counted in Redis.
+
+When a worker dies, the broker raises the delivery count of every message it had in hand, the
+poison's and its neighbours' alike, so that count cannot tell them apart. The intake therefore runs
+a redelivered message alone (nothing else in flight) and counts each such run here before it
+starts; a run that reaches an outcome is struck off. A count left standing means the message was
+running alone when the worker died, or was handed back without an outcome: only it is charged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from worker.exceptions import LedgerUnavailable
+from worker.processing.ledger import KEY_PREFIX
+
+#: Seconds a count outlives the last run it counted: a redelivery comes long before.
+SOLO_RUNS_TTL_SECONDS = 7 * 24 * 3600
+#: Seconds one Redis round trip may take: the intake waits for it in the worker's event loop.
+SOLO_RUNS_TIMEOUT_SECONDS = 1.0
+#: Headers that differ between deliveries of one message: the broker's own.
+_DELIVERY_HEADERS = frozenset({"x-delivery-count"})
+
+
+def message_key(body: bytes, headers: Mapping[str, Any]) -> str:
+    """The same for every delivery of one message: a digest of its body and of its headers
+    (the broker's delivery count left out)."""
+    digest = hashlib.sha256(body)
+    kept = sorted((name, repr(value)) for name, value in headers.items())
+    digest.update(repr([item for item in kept if item[0] not in _DELIVERY_HEADERS]).encode())
+    return digest.hexdigest()
+
+
+class SoloRuns:
+    """Counts, per message, its runs alone that did not reach an outcome.
+
+    Used from one thread (the intake's event loop). Every method raises ``LedgerUnavailable``
+    when Redis does not answer.
+    """
+
+    def __init__(self, client: redis.Redis, *, prefix: str = KEY_PREFIX) -> None:
+        self._redis = client
+        self._prefix = prefix
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = KEY_PREFIX) -> SoloRuns:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=SOLO_RUNS_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOLO_RUNS_TIMEOUT_SECONDS,
+        )
+        return cls(client, prefix=prefix)
+
+    def _key(self, message: str) -> str:
+        return f"{self._prefix}:solo:{message}"
+
+    def begin(self, message: str) -> int:
+        """Counts the run alone that starts now; returns how many earlier runs alone of the
+        message (``message_key``) ended without an outcome."""
+        try:
+            pipeline = self._redis.pipeline(transaction=True)
+            pipeline.incr(self._key(message))
+            pipeline.expire(self._key(message), SOLO_RUNS_TTL_SECONDS)
+            count, _ = pipeline.execute()
+        except redis.RedisError as exc:
+            raise LedgerUnavailable(f"ledger unavailable: {type(exc).__name__}") from None
+        return int(count) - 1
+
+    def concluded(self, message: str) -> None:
+        """The message reached an outcome (applied, skipped, retried or dead-lettered): none of
+        its runs alone is held against it any more."""
+        try:
+            self._redis.delete(self._key(message))
+        except redis.RedisError as exc:
+            raise LedgerUnavailable(f"ledger unavailable: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        self._redis.close()
