@@ -14,6 +14,7 @@ waiting in one script call.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 import time
@@ -30,6 +31,12 @@ from redis.commands.core import Script
 
 from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
+from worker.processing.ledger.records import (
+    AppliedRecord,
+    format_record,
+    parse_record,
+    record_order_key,
+)
 
 #: What every Redis key of the ledger starts with, unless a ``prefix`` of its own is given.
 KEY_PREFIX = "ccsync"
@@ -52,6 +59,8 @@ LOCK_WAIT_SECONDS = 5.0
 REDIS_TIMEOUT_SECONDS = 3
 #: Seconds after which an idle Redis connection is checked before it is used again.
 REDIS_HEALTH_CHECK_SECONDS = 30
+#: Keys asked for per SCAN call when the records are read in full (``Ledger.records``).
+SCAN_BATCH = 1000
 
 
 _YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
@@ -101,10 +110,14 @@ class Hold:
         stored: str | None,
         lingering_until: float,
     ) -> None:
+        """``stored``: the record the ledger held when the relationship was taken
+        (``worker.processing.ledger.records``); ``self.stored`` is its order key."""
         self.keys = keys
         self.token = token
         self.linger_value = linger_value
-        self.stored = stored
+        self.stored: str | None = None
+        self._stored_record: str | None = None
+        self.refresh(stored)
         self.record: str | None = None
         # A linger inherited from an earlier attempt of the same event is kept, not cut short.
         self.linger_until = lingering_until
@@ -117,9 +130,22 @@ class Hold:
             return Verdict.DUPLICATE
         return Verdict.STALE if candidate < self.stored else Verdict.NEW
 
+    def refresh(self, stored: str | bytes | None) -> None:
+        """What the ledger holds now, as Redis returned it."""
+        self._stored_record = stored.decode() if isinstance(stored, bytes) else stored
+        self.stored = record_order_key(self._stored_record)
+
+    @property
+    def stored_record(self) -> AppliedRecord | None:
+        """The stored record in full (value included), read only when asked for."""
+        return None if self._stored_record is None else parse_record(self._stored_record)
+
     def applied(self, event: IdentifierChanged) -> None:
-        """Record the event as the relationship's newest when the hold ends."""
-        self.record = order_key(event)
+        """Record the event as the relationship's newest when the hold ends, with the value it
+        applied (``ccsync verify`` compares CloudCockpit with it)."""
+        self.record = format_record(
+            order_key(event), event.internal_identifier, applied_at=time.time()
+        )
 
     def linger(self, seconds: float) -> None:
         """After a call whose fate is unknown (the server may still apply it late), newer events
@@ -199,10 +225,7 @@ class Ledger:
             token = secrets.token_hex(16)
             # Without an event id no later hold can claim the linger as its own.
             args += [token, f"{LINGER_PREFIX}{event_id or token}"]
-            keys += [
-                f"{self._prefix}:lock:{relationship.name}",
-                f"{self._prefix}:applied:{relationship.name}",
-            ]
+            keys += [self.lock_key(relationship), self.applied_key(relationship)]
         replies = self._run(self._acquire, keys, args)
         now = time.monotonic()
         holds: list[Hold | None] = []
@@ -216,11 +239,55 @@ class Ledger:
                     keys[2 * i : 2 * i + 2],
                     token=str(args[2 * i + 1]),
                     linger_value=str(args[2 * i + 2]),
-                    stored=stored.decode() if isinstance(stored, bytes) else stored,
+                    stored=stored,
                     lingering_until=now + max(0, int(lingering_ms)) / 1000,
                 )
             )
         return holds
+
+    def lock_key(self, relationship: Relationship) -> str:
+        return f"{self._prefix}:lock:{relationship.name}"
+
+    def applied_key(self, relationship: Relationship) -> str:
+        """Where the relationship's record lives: ``records`` finds every one by this form."""
+        return f"{self._prefix}:applied:{relationship.name}"
+
+    def read(self, relationship: Relationship) -> AppliedRecord | None:
+        """The relationship's record, None if nothing was applied (or it expired)."""
+        with self._round_trip():
+            raw = self._connection().get(self.applied_key(relationship))
+        return None if raw is None else parse_record(raw)
+
+    def records(self, *, batch: int = SCAN_BATCH) -> Iterator[tuple[Relationship, AppliedRecord]]:
+        """Every relationship with a record, and its record, by SCAN (never KEYS: Redis keeps
+        serving the workers meanwhile) and a pipeline of GETs per batch.
+
+        SCAN returns every key that exists for the whole scan at least once; one it returns twice
+        (while Redis resizes its table) is given once. Keys written during the scan may or may not
+        be given. Memory: a 16-byte digest per key given.
+        """
+        # What ``applied_key`` puts before the relationship's name.
+        prefix = f"{self._prefix}:applied:"
+        pattern = _glob_escape(prefix) + "*"
+        seen: set[bytes] = set()
+        connection = self._connection()
+        cursor = 0
+        while True:
+            with self._round_trip():
+                cursor, keys = connection.scan(cursor=cursor, match=pattern, count=batch)
+                fresh = [key for key in keys if _digest(key) not in seen]
+                pipeline = connection.pipeline(transaction=False)
+                for key in fresh:
+                    pipeline.get(key)
+                values = pipeline.execute() if fresh else []
+            for key, raw in zip(fresh, values, strict=True):
+                seen.add(_digest(key))
+                name = (key.decode() if isinstance(key, bytes) else key).removeprefix(prefix)
+                relationship = relationship_named(name)
+                if raw is not None and relationship is not None:
+                    yield relationship, parse_record(raw)
+            if int(cursor) == 0:
+                return
 
     def acquire(self, relationship: Relationship, event_id: str = "") -> Hold:
         """Exclusive use of the relationship by one event until it leaves; ``RelationshipBusy``
@@ -250,8 +317,7 @@ class Ledger:
         name = hold.keys[0].removeprefix(f"{self._prefix}:lock:")
         if not reply:
             raise RelationshipBusy(f"relationship {name} was lost before the call")
-        stored = reply[1]
-        hold.stored = stored.decode() if isinstance(stored, bytes) else stored
+        hold.refresh(reply[1])
         if time.monotonic() - asked > FENCE_MARGIN_SECONDS:
             raise RelationshipBusy(f"relationship {name}: the ledger answered too late to call")
 
@@ -311,6 +377,28 @@ def _translated() -> Iterator[None]:
         yield
     except redis.RedisError as exc:
         raise LedgerUnavailable(f"ledger unavailable: {type(exc).__name__}") from None
+
+
+def relationship_named(name: str) -> Relationship | None:
+    """The relationship whose ``Relationship.name`` (perhaps in a hash tag's braces) is
+    ``name``; None for a name no relationship has. The tenant may hold ``|``, the customer and
+    the reseller (or ``self``) never do."""
+    if name.startswith("{") and name.endswith("}"):
+        name = name[1:-1]
+    parts = name.rsplit("|", 2)
+    if len(parts) != 3 or not all(parts):
+        return None
+    tenant, customer_id, reseller = parts
+    return Relationship(tenant, customer_id, None if reseller == "self" else reseller)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern (SCAN MATCH)."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+def _digest(key: bytes | str) -> bytes:
+    return hashlib.blake2b(key.encode() if isinstance(key, str) else key, digest_size=16).digest()
 
 
 def _script(name: str) -> str:
