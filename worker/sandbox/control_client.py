@@ -110,6 +110,30 @@ class SandboxControl:
         payload = {"customers": [customer.model_dump() for customer in customers]}
         self._call("POST", "/customers", payload)
 
+    def set_identifier(
+        self,
+        customer_id: str,
+        internal_identifier: str | None,
+        *,
+        tenant: str | None = None,
+        reseller_id: str | None = None,
+    ) -> None:
+        """Changes a stored identifier behind the clients' back, as someone in CloudCockpit's
+        portal would (no request in the journal); the customer and relationship must exist."""
+        payload = {
+            "customerId": customer_id,
+            "tenant": tenant,
+            "resellerId": reseller_id,
+            "internalIdentifier": internal_identifier,
+        }
+        self._call("PUT", "/identifiers", payload)
+
+    def forget_customer(self, customer_id: str) -> int:
+        """Removes the customer (under every tenant): reads and writes of it then answer 404."""
+        return int(
+            self._call("DELETE", "/customers", params={"customerId": customer_id})["forgotten"]
+        )
+
     def add_faults(self, customer_id: str, *steps: FaultStep | Mapping[str, Any]) -> int:
         """Appends steps for a customer id or "*"; returns the PATCH calls the script now covers."""
         script = [step.to_json() if isinstance(step, FaultStep) else dict(step) for step in steps]

@@ -42,6 +42,27 @@ class FaultsRequest(BaseModel):
         return canonical
 
 
+class IdentifierRequest(BaseModel):
+    """``PUT /_sandbox/identifiers``: a stored identifier changed behind the clients' back."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    customer_id: str
+    tenant: str | None = Field(default=None, min_length=1)
+    reseller_id: str | None = None
+    internal_identifier: str | None
+
+    @field_validator("customer_id", "reseller_id")
+    @classmethod
+    def _uuid(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        canonical = canonical_uuid(value)
+        if canonical is None:
+            raise ValueError(f"{value!r} is not a UUID")
+        return canonical
+
+
 class ControlError(Exception):
     def __init__(self, status: int, message: str, *, details: Any = None) -> None:
         super().__init__(message)
@@ -95,6 +116,27 @@ def _add_customers(state: SandboxState, query: Query, body: bytes) -> object:
     return {"registered": state.register_customers(_model(CustomersRequest, body).customers)}
 
 
+def _forget_customer(state: SandboxState, query: Query, body: bytes) -> object:
+    raw = query.get("customerId", [""])[0]
+    customer_id = canonical_uuid(raw)
+    if customer_id is None:
+        raise ControlError(400, "customerId must be a UUID")
+    return {"forgotten": state.forget_customer(customer_id)}
+
+
+def _overwrite_identifier(state: SandboxState, query: Query, body: bytes) -> object:
+    request = _model(IdentifierRequest, body)
+    lookup = state.overwrite_identifier(
+        tenant=request.tenant,
+        customer_id=request.customer_id,
+        reseller_id=request.reseller_id,
+        internal_identifier=request.internal_identifier,
+    )
+    if lookup != "ok":
+        raise ControlError(404, f"{lookup}: nothing to change")
+    return _OK
+
+
 def _get_faults(state: SandboxState, query: Query, body: bytes) -> object:
     return state.faults()
 
@@ -139,7 +181,8 @@ def _health(state: SandboxState, query: Query, body: bytes) -> object:
 _ROUTES: Final[dict[str, dict[str, Handler]]] = {
     "reset": {"POST": _reset},
     "config": {"GET": _get_config, "PUT": _put_config},
-    "customers": {"POST": _add_customers},
+    "customers": {"POST": _add_customers, "DELETE": _forget_customer},
+    "identifiers": {"PUT": _overwrite_identifier},
     "faults": {"GET": _get_faults, "POST": _add_faults, "DELETE": _clear_faults},
     "tokens/expire": {"POST": _expire_tokens},
     "journal": {"GET": _get_journal, "DELETE": _clear_journal},

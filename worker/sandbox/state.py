@@ -44,7 +44,7 @@ from worker.sandbox.protocol import (
     request_errors,
     validation_reply,
 )
-from worker.sandbox.store import CustomerSpec, CustomerStore, CustomerView
+from worker.sandbox.store import CustomerSpec, CustomerStore, CustomerView, Lookup
 
 _PATCH_PATH = re.compile(r"/v1/Customers/([^/]+)/internal-identifier")
 _GET_PATH = re.compile(r"/v1/Customers/([^/]+)")
@@ -305,6 +305,27 @@ class SandboxState:
             for spec in specs:
                 self._customers.register(spec)
         return len(specs)
+
+    def overwrite_identifier(
+        self,
+        *,
+        tenant: str | None,
+        customer_id: str,
+        reseller_id: str | None,
+        internal_identifier: str | None,
+    ) -> Lookup:
+        """Changes a stored identifier behind the clients' back (no request, no journal entry)."""
+        with self._lock:
+            return self._customers.overwrite(
+                tenant=tenant,
+                customer_id=customer_id,
+                reseller_id=reseller_id,
+                internal_identifier=internal_identifier,
+            )
+
+    def forget_customer(self, customer_id: str) -> int:
+        with self._lock:
+            return self._customers.forget(customer_id)
 
     def add_faults(self, customer_key: str, steps: list[FaultStep]) -> int:
         """Appends a script for a customer id or "*"; returns the calls it now covers."""

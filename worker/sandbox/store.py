@@ -110,6 +110,35 @@ class CustomerStore:
             return (customer.relationships[reseller_id],)
         return (None,) if auto_create else "no-relationship"
 
+    def overwrite(
+        self,
+        *,
+        tenant: str | None,
+        customer_id: str,
+        reseller_id: str | None,
+        internal_identifier: str | None,
+    ) -> Lookup:
+        """Changes a stored identifier as someone in CloudCockpit's portal would: nothing is
+        created. ``tenant`` None: the customer under whichever tenant holds it."""
+        customer = (
+            self._find(tenant, customer_id)
+            if tenant is not None
+            else next((c for c in self._by_key.values() if c.id == customer_id), None)
+        )
+        if customer is None:
+            return "no-customer"
+        if reseller_id not in customer.relationships:
+            return "no-relationship"
+        customer.relationships[reseller_id] = internal_identifier
+        return "ok"
+
+    def forget(self, customer_id: str) -> int:
+        """Removes the customer under every tenant; how many entries were removed."""
+        keys = [key for key, customer in self._by_key.items() if customer.id == customer_id]
+        for key in keys:
+            del self._by_key[key]
+        return len(keys)
+
     def snapshot(self) -> list[CustomerView]:
         return [
             {
