@@ -164,3 +164,9 @@ from worker.cli.ops import health, topology  # noqa: E402 (operator commands liv
 
 main.add_command(health)
 main.add_command(topology)
+
+
+from worker.cli.pause import pause, resume  # noqa: E402 (operators' pause of the deployment)
+
+main.add_command(pause)
+main.add_command(resume)
