@@ -37,6 +37,20 @@ VERIFY_REPAIRS = Counter(
     "Repairs by ccsync verify --repair, by outcome (repaired, superseded, busy, failed)",
     ["outcome"],
 )
+PAUSED = Gauge(
+    "ccsync_paused",
+    "1 while an operator's ccsync pause holds consumption, labelled with its reason and who paused",
+    ["reason", "by"],
+)
+
+
+def set_paused(reason: str | None, by: str = "") -> None:
+    """``ccsync_paused``: one series, 1 with the pause's reason and author, or 0 unlabelled."""
+    PAUSED.clear()
+    if reason is None:
+        PAUSED.labels("", "").set(0)
+    else:
+        PAUSED.labels(reason, by).set(1)
 
 
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
