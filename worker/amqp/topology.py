@@ -4,7 +4,7 @@
         read by the intake, which validates each event and makes its first attempt in the
         worker itself, or dead-letters it; only retries travel as tasks, through the ladder
     ccsync.tasks (topic)    --ccsync.tasks--> ccsync.tasks (quorum), the Celery task queue
-    ccsync.dead-letter (direct) --> ccsync.dead-letter (classic, durable)
+    ccsync.dead-letter (direct) --> ccsync.dead-letter (quorum), read by ``ccsync dlq``
 
 Broker-held backoff, the ladder of delay queues (the design of Celery's native delayed delivery,
 built here on the RabbitMQ we run): a waiting message carries its delay as binary digits in its
@@ -72,12 +72,18 @@ tasks_queue = Queue(
     queue_arguments=_QUORUM,
 )
 
+# Replicated like the others, so a dead letter outlives the node that holds it. Operators' tools
+# read it with basic.get and hand everything back (``worker.dead_letter_queue.reading``): each pass
+# raises the quorum queue's delivery count, so the queue must have no delivery limit and no
+# dead-lettering of its own (RabbitMQ 3.10 takes ``x-delivery-limit: -1`` as a limit of zero and
+# drops a dead letter on its first return). A stream would not do: no basic.get, no removal of one
+# message. Brokers holding the classic queue of earlier versions: ``ccsync topology --migrate``.
 dead_letter_queue = Queue(
     DEAD_LETTER_QUEUE,
     exchange=dead_letter_exchange,
     routing_key=DEAD_LETTER_QUEUE,
     durable=True,
-    queue_arguments={"x-queue-type": "classic"},
+    queue_arguments=_QUORUM,
 )
 
 

@@ -7,14 +7,15 @@ from typing import Any
 
 import click
 
-from worker.amqp.connection import broker_connection
+from worker.amqp.connection import broker_connection, connect_within
+from worker.amqp.migration import migrate_dead_letter_queue
 from worker.amqp.topology import declare_topology
 from worker.cli.settings import command_settings
-from worker.exceptions import ConfigurationError, LedgerUnavailable
+from worker.constants import DEAD_LETTER_QUEUE
+from worker.exceptions import ConfigurationError
 from worker.ops.health import DEFAULT_TIMEOUT, Redactor, failing_parts, run_checks
 from worker.ops.topology_export import Topology, record_topology, topology_json
-from worker.processing.pause import PauseStore, virtual_host
-from worker.settings import Settings, load_settings
+from worker.settings import load_settings
 
 
 @click.command()
@@ -36,35 +37,33 @@ def health(timeout: float) -> None:
     for result in results:
         click.echo(result.line())
     failed = failing_parts(results)
-    if "redis" not in failed:
-        click.echo(consumption_line(settings, timeout))
     if failed:
         raise click.ClickException(f"unhealthy: {', '.join(failed)}")
-
-
-def consumption_line(settings: Settings, timeout: float) -> str:
-    """Whether the deployment is paused (``ccsync pause``): not a failure, a paused worker is
-    healthy; it says who paused it, when and why."""
-    store = PauseStore.from_url(
-        settings.redis_url, deployment=virtual_host(settings.broker_url), timeout=timeout
-    )
-    try:
-        pause = store.read()
-    except LedgerUnavailable as exc:
-        return Redactor(settings)(f"consumption unknown: {exc}")
-    finally:
-        store.close()
-    if pause is None:
-        return "consumption running"
-    return f"consumption PAUSED: {pause.describe()} (ccsync resume lifts it)"
 
 
 @click.command()
 @click.option("--apply", "apply_", is_flag=True, help="Declare it on CCSYNC_BROKER_URL.")
 @click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
-def topology(apply_: bool, as_json: bool) -> None:
+@click.option(
+    "--migrate",
+    is_flag=True,
+    help="Move a classic ccsync.dead-letter of earlier versions to a quorum queue, then apply.",
+)
+def topology(apply_: bool, as_json: bool, migrate: bool) -> None:
     """Print the broker topology ccsync declares, or apply it (idempotent)."""
     recorded = record_topology()
+    if migrate:
+        settings = command_settings()
+        try:
+            with broker_connection(settings) as connection:
+                connect_within(connection, settings.broker_connect_timeout)
+                report = migrate_dead_letter_queue(connection, on_progress=click.echo)
+        except Exception as exc:
+            text = Redactor(settings)(f"{type(exc).__name__}: {exc}")
+            raise click.ClickException(f"could not migrate the topology: {text}") from None
+        if report.already_quorum and not report.moved_back:
+            click.echo(f"{DEAD_LETTER_QUEUE} is a quorum queue already: nothing to migrate")
+        apply_ = True
     if apply_:
         settings = command_settings()
         try:

@@ -1,7 +1,10 @@
 """Reading the dead-letter queue without taking anything out of it.
 
 Messages are fetched unacknowledged on a channel of their own; closing that channel hands every
-one back to the queue, so a crash of the reader cannot lose a dead letter. Whoever removes one
+one back to the queue, so a crash of the reader cannot lose a dead letter. The queue is a quorum
+queue: each pass raises every dead letter's ``x-delivery-count`` by one, which is all it does (the
+queue has no delivery limit and no dead-lettering of its own, and the count is dropped from a
+replayed or exported dead letter). Whoever removes one
 (replay, purge, export --remove) acks its delivery tag on that channel, and only once the dead
 letter is safe elsewhere.
 """
@@ -9,6 +12,7 @@ letter is safe elsewhere.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -177,7 +181,9 @@ def reader_channel(connection: Connection) -> Any:
 
 
 def queue_depth(channel: Any) -> int:
-    """Ready dead letters now; declares the queue (idempotently) so a fresh broker works too."""
+    """Ready dead letters now, as the broker's statistics say; declares the queue (idempotently)
+    so a fresh broker works too. A quorum queue updates that figure late (messages a reader just
+    handed back may be missing): a pass over the queue counts with ``basic.get`` instead."""
     declared = dead_letter_queue(channel).queue_declare()
     return int(declared.message_count)
 
@@ -192,20 +198,34 @@ def fetch(channel: Any, count: int) -> Iterator[DeadLetterRecord]:
         message = channel.basic_get(queue=DEAD_LETTER_QUEUE, no_ack=False)
         if message is None:
             return
-        properties = message.properties
-        body = message.body
-        encoding = properties.get("content_encoding")
-        if isinstance(body, str):
-            body = body.encode(encoding or "utf-8")
-        raw_headers = dict(properties.get("application_headers") or {})
-        yield DeadLetterRecord(
-            delivery_tag=message.delivery_tag,
-            body=bytes(body),
-            content_type=properties.get("content_type"),
-            headers=json_safe_headers(raw_headers),
-            content_encoding=encoding,
-            raw_headers=raw_headers,
-        )
+        yield _record(message)
+
+
+def _record(message: Any) -> DeadLetterRecord:
+    properties = message.properties
+    body = message.body
+    encoding = properties.get("content_encoding")
+    if isinstance(body, str):
+        body = body.encode(encoding or "utf-8")
+    raw_headers = dict(properties.get("application_headers") or {})
+    return DeadLetterRecord(
+        delivery_tag=message.delivery_tag,
+        body=bytes(body),
+        content_type=properties.get("content_type"),
+        headers=json_safe_headers(raw_headers),
+        content_encoding=encoding,
+        raw_headers=raw_headers,
+    )
+
+
+def _first_and_total(channel: Any) -> tuple[DeadLetterRecord | None, int]:
+    """The first dead letter of a pass and how many there are now: the broker's exact count of
+    those still ready after it, from its ``basic.get-ok``, plus itself."""
+    queue_depth(channel)  # declares the queue: a fresh broker has none yet
+    message = channel.basic_get(queue=DEAD_LETTER_QUEUE, no_ack=False)
+    if message is None:
+        return None, 0
+    return _record(message), int(message.delivery_info.get("message_count") or 0) + 1
 
 
 @dataclass
@@ -226,8 +246,11 @@ def hold(connection: Connection) -> Iterator[HeldDeadLetters]:
     """Every dead letter present now, fetched lazily; those not removed go back at the end."""
     channel = reader_channel(connection)
     try:
-        depth = queue_depth(channel)
-        yield HeldDeadLetters(channel, depth, fetch(channel, depth))
+        first, total = _first_and_total(channel)
+        records = fetch(channel, total - 1)
+        yield HeldDeadLetters(
+            channel, total, records if first is None else itertools.chain([first], records)
+        )
     finally:
         # A channel the broker already closed has handed its messages back by itself.
         with contextlib.suppress(Exception):

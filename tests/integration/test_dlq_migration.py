@@ -1,0 +1,89 @@
+"""Issue 18, item 1: a broker holding the classic ccsync.dead-letter of earlier versions is moved
+to the quorum queue by ``ccsync topology --migrate``, every dead letter kept byte for byte."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from amqp import Message as AmqpMessage
+from kombu import Connection
+
+from tests.conftest import RABBITMQ_HOST, RABBITMQ_PORT, rabbitmqctl
+from worker.amqp.topology import declare_topology
+from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
+from worker.dead_letter_queue.reading import browse
+
+LETTERS = 40
+
+
+@pytest.fixture
+def old_vhost() -> Iterator[str]:
+    """A vhost of its own holding the topology of earlier versions: a classic dead-letter queue."""
+    vhost = f"ccsync-migrate-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{vhost}"
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+def _topology(url: str, *, migrate: bool) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CCSYNC_BROKER_URL": url, "CCSYNC_BROKER_CONNECT_TIMEOUT": "10"}
+    argv = [sys.executable, "-m", "worker", "topology", "--migrate" if migrate else "--apply"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_given_a_classic_dead_letter_queue_when_migrated_then_every_dead_letter_is_kept(
+    old_vhost: str,
+) -> None:
+    # Given the classic queue of earlier versions holding dead letters
+    with Connection(old_vhost) as connection:
+        channel = connection.channel()
+        channel.exchange_declare(DEAD_LETTER_EXCHANGE, "direct", durable=True, auto_delete=False)
+        channel.queue_declare(
+            DEAD_LETTER_QUEUE,
+            durable=True,
+            auto_delete=False,
+            arguments={"x-queue-type": "classic"},
+        )
+        channel.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE)
+        for i in range(LETTERS):
+            channel.basic_publish_confirm(
+                AmqpMessage(
+                    f'{{"eventId": "old-{i}"}}'.encode(),
+                    content_type="application/json",
+                    delivery_mode=2,
+                    application_headers={"x-ccsync-reason": "api-rejected", "n": i},
+                ),
+                exchange=DEAD_LETTER_EXCHANGE,
+                routing_key=DEAD_LETTER_QUEUE,
+            )
+    # When this version declares its topology, it refuses, naming the way out
+    refused = _topology(old_vhost, migrate=False)
+    assert refused.returncode != 0
+    assert "topology differs" in refused.stderr
+    # When the operator migrates
+    migrated = _topology(old_vhost, migrate=True)
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"moved {LETTERS} dead letters into the quorum" in migrated.stdout
+    # Then the queue is the quorum queue this version declares, every dead letter in it, in order
+    with Connection(old_vhost) as connection:
+        declare_topology(connection)
+        with browse(connection) as (_, records):
+            assert [record.body for record in records] == [
+                f'{{"eventId": "old-{i}"}}'.encode() for i in range(LETTERS)
+            ]
+            assert [record.headers["n"] for record in records] == list(range(LETTERS))
+            assert all(record.content_type == "application/json" for record in records)
+            # the move left the count of the migrating queue behind: this is a first delivery
+            assert {record.headers.get("x-delivery-count") for record in records} == {0}
+    # And running it again changes nothing
+    again = _topology(old_vhost, migrate=True)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to migrate" in again.stdout
