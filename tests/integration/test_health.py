@@ -100,11 +100,12 @@ def test_given_everything_up_when_probed_then_every_part_is_ok_and_it_exits_0(
     result = probe(healthy_env)
 
     assert result.status == 0, result.stdout + result.stderr
-    assert list(result.lines) == ["broker", "redis", "token", "api"]
+    assert list(result.lines) == ["broker", "redis", "token", "api", "consumption"]
     assert result.lines["broker"].startswith("broker ok")
     assert result.lines["redis"] == "redis ok"
     assert result.lines["token"] == "token ok (static token)"
     assert result.lines["api"].startswith("api ok (HTTP ")
+    assert result.lines["consumption"] == "consumption running"
     assert result.stderr == ""
 
 

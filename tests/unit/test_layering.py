@@ -8,8 +8,8 @@ inside functions, under ``if TYPE_CHECKING``. The rules:
   not even through another module of ``worker``; nor does ``worker`` itself (its ``__init__`` runs
   before any submodule).
 - Only ``worker.runtime`` imports celery.
-- ``worker.dead_letter_queue``, ``worker.sandbox``, ``worker.ingest`` and ``worker.console``
-  never reach ``worker.runtime``.
+- ``worker.dead_letter_queue``, ``worker.sandbox``, ``worker.ingest``, ``worker.console`` and
+  ``worker.ops.verify`` never reach ``worker.runtime``.
 - Only ``worker.__main__`` imports ``worker.cli`` (besides ``worker.cli`` itself).
 - No two modules of ``worker`` import each other, directly or through others.
 """
@@ -38,6 +38,7 @@ NEVER_REACHING_THE_RUNTIME = (
     "worker.sandbox",
     "worker.ingest",
     "worker.console",
+    "worker.ops.verify",
 )
 ALLOWED_TO_IMPORT_THE_CLI = ("worker.__main__", "worker.cli")
 

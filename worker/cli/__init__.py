@@ -164,3 +164,14 @@ from worker.cli.ops import health, topology  # noqa: E402 (operator commands liv
 
 main.add_command(health)
 main.add_command(topology)
+
+
+from worker.cli.pause import pause, resume  # noqa: E402 (operators' pause of the deployment)
+
+main.add_command(pause)
+main.add_command(resume)
+
+
+from worker.cli.verify import verify  # noqa: E402 (reads CloudCockpit back and compares)
+
+main.add_command(verify)

@@ -12,10 +12,11 @@ from worker.amqp.migration import migrate_dead_letter_queue
 from worker.amqp.topology import declare_topology
 from worker.cli.settings import command_settings
 from worker.constants import DEAD_LETTER_QUEUE
-from worker.exceptions import ConfigurationError
+from worker.exceptions import ConfigurationError, LedgerUnavailable
 from worker.ops.health import DEFAULT_TIMEOUT, Redactor, failing_parts, run_checks
 from worker.ops.topology_export import Topology, record_topology, topology_json
-from worker.settings import load_settings
+from worker.processing.pause import PauseStore, virtual_host
+from worker.settings import Settings, load_settings
 
 
 @click.command()
@@ -37,8 +38,27 @@ def health(timeout: float) -> None:
     for result in results:
         click.echo(result.line())
     failed = failing_parts(results)
+    if "redis" not in failed:
+        click.echo(consumption_line(settings, timeout))
     if failed:
         raise click.ClickException(f"unhealthy: {', '.join(failed)}")
+
+
+def consumption_line(settings: Settings, timeout: float) -> str:
+    """Whether the deployment is paused (``ccsync pause``): not a failure, a paused worker is
+    healthy; it says who paused it, when and why."""
+    store = PauseStore.from_url(
+        settings.redis_url, deployment=virtual_host(settings.broker_url), timeout=timeout
+    )
+    try:
+        pause = store.read()
+    except LedgerUnavailable as exc:
+        return Redactor(settings)(f"consumption unknown: {exc}")
+    finally:
+        store.close()
+    if pause is None:
+        return "consumption running"
+    return f"consumption PAUSED: {pause.describe()} (ccsync resume lifts it)"
 
 
 @click.command()

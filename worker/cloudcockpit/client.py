@@ -6,12 +6,13 @@ import ssl
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 
 from worker.cloudcockpit.answers import describe_transport_error, raise_for_answer
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken, TokenSource
-from worker.exceptions import TokenRejected, TransientFailure
+from worker.exceptions import ApiRejected, TokenRejected, TransientFailure
 from worker.settings import HttpTimeouts, Settings
 
 USER_AGENT = "ccsync/0.1"
@@ -97,6 +98,16 @@ def make_token_source(settings: Settings, client: httpx.Client) -> TokenSource:
     )
 
 
+@dataclass(frozen=True)
+class Reading:
+    """A relationship read back: ``found`` False when CloudCockpit knows no such customer (404)
+    or no such relationship of it (403); ``internal_identifier`` is then None."""
+
+    found: bool
+    internal_identifier: str | None
+    status: int
+
+
 class CloudCockpitClient:
     """Applies one change; returns when CloudCockpit accepted it, raises what to do otherwise."""
 
@@ -154,6 +165,44 @@ class CloudCockpitClient:
         except (TransientFailure, httpx.TransportError):
             return False
         return response.status_code < 500 and response.status_code not in (401, 429)
+
+    def read_internal_identifier(
+        self, *, tenant: str, customer_id: uuid.UUID, reseller_id: uuid.UUID | None
+    ) -> Reading:
+        """The relationship's internal identifier as CloudCockpit holds it:
+        ``GET /v1/Customers/{customerId}?resellerId=``.
+
+        A 404 (no such customer) or 403 (no such relationship) is a ``Reading`` not ``found``. A
+        401 renews the token once; otherwise raises as ``raise_for_answer`` classifies the answer
+        (``TransientFailure`` for a 5xx, 429 or no answer, ``ApiRejected`` for another 4xx or a
+        200 whose body holds no ``internalIdentifier``).
+        """
+        url = f"{self._base_url}/v1/Customers/{customer_id}"
+        params = {"resellerId": str(reseller_id)} if reseller_id else {}
+        token = self._tokens.token()
+        try:
+            response = self._get(url, params=params, tenant=tenant, token=token)
+            if response.status_code == 401:
+                renewed = self._tokens.renew(token)
+                response = self._get(url, params=params, tenant=tenant, token=renewed)
+                if response.status_code == 401:
+                    raise TokenRejected("HTTP 401 with a renewed token", 401)
+        except httpx.TransportError as exc:
+            raise describe_transport_error(exc) from None
+        if response.status_code in (403, 404):
+            return Reading(found=False, internal_identifier=None, status=response.status_code)
+        raise_for_answer(response)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        value = body.get("internalIdentifier", ...) if isinstance(body, dict) else ...
+        if not (value is None or isinstance(value, str)):
+            raise ApiRejected(
+                f"HTTP {response.status_code}: the customer read back has no internalIdentifier",
+                response.status_code,
+            )
+        return Reading(found=True, internal_identifier=value, status=response.status_code)
 
     def _client(self) -> httpx.Client:
         return self._http.client() if isinstance(self._http, ClientPerThread) else self._http

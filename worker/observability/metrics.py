@@ -27,6 +27,30 @@ PUBLISH_TO_APPLY_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400),
 )
 OUTAGE_ACTIVE = Gauge("ccsync_outage_active", "1 while outage protection holds consumption")
+VERIFY_CHECKED = Counter(
+    "ccsync_verify_checked",
+    "Relationships ccsync verify read back, by status (in-sync, drift, missing, unknown, error)",
+    ["status"],
+)
+VERIFY_REPAIRS = Counter(
+    "ccsync_verify_repairs",
+    "Repairs by ccsync verify --repair, by outcome (repaired, superseded, busy, failed)",
+    ["outcome"],
+)
+PAUSED = Gauge(
+    "ccsync_paused",
+    "1 while an operator's ccsync pause holds consumption, labelled with its reason and who paused",
+    ["reason", "by"],
+)
+
+
+def set_paused(reason: str | None, by: str = "") -> None:
+    """``ccsync_paused``: one series, 1 with the pause's reason and author, or 0 unlabelled."""
+    PAUSED.clear()
+    if reason is None:
+        PAUSED.labels("", "").set(0)
+    else:
+        PAUSED.labels(reason, by).set(1)
 
 
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:

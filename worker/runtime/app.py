@@ -41,8 +41,10 @@ from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_le
 from worker.processing.ledger import Ledger
 from worker.processing.mandatory import refused_if_returned
 from worker.processing.outage import OutageGuard
-from worker.runtime.consumer_switch import ConsumerSwitch
+from worker.processing.pause import PauseStore, virtual_host
+from worker.runtime.consumer_switch import ConsumerSwitch, SwitchedAMQP
 from worker.runtime.intake import EventIntake
+from worker.runtime.pause_watch import PauseWatcher
 from worker.runtime.task_messages import (
     dead_letter_task_message,
     unknown_task_error,
@@ -200,6 +202,9 @@ class CcsyncCelery(Celery):  # type: ignore[misc]
     It provides the intake's ``IntakeServices``.
     """
 
+    # Its task consumer starts consuming only while nobody holds the consumer switch.
+    amqp_cls = SwitchedAMQP
+
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__("ccsync", **kwargs)
         self.ccsync_settings = settings
@@ -299,6 +304,11 @@ def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
         print(READY_MESSAGE, file=sys.stderr, flush=True)
 
     worker_ready.connect(announce_ready, weak=False)
+    # Read before anything is consumed: a worker of a paused deployment starts paused.
+    PauseWatcher(
+        PauseStore.from_url(settings.redis_url, deployment=virtual_host(settings.broker_url)),
+        switch=app.consumer_switch,
+    ).start()
     # ccsync configured logging itself (JSON or text); Celery must not replace it.
     setup_logging.connect(lambda **_: None, weak=False)
     app.Worker(

@@ -121,8 +121,9 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         # The body exactly as published: py-amqp would otherwise decode it to text when the
         # producer set a content encoding, and a dead letter must keep the original bytes.
         channel.auto_decode = False
+        # Made by the switch: it does not consume while an outage or a pause holds consumption.
         return [
-            Consumer(
+            self._services.consumer_switch.consumer(
                 channel,
                 queues=[events_queue],
                 on_message=self.on_message,
