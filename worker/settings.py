@@ -10,10 +10,10 @@ import base64
 import binascii
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from pydantic import (
     Field,
@@ -47,12 +47,19 @@ DEFAULT_MAX_CLOCK_SKEW_SECONDS: Final = 300.0
 DEFAULT_LOCK_TTL_SECONDS: Final = 60.0
 #: Seconds a relationship stays held after a call that may still be applied (no answer, or a 5xx).
 DEFAULT_UNANSWERED_HOLD_SECONDS: Final = 30.0
+#: Calls to CloudCockpit a worker keeps in flight at once (``ccsync worker --concurrency``): enough
+#: to hide a slow API's latency; the worker's CPU, not this number, bounds a fast API's throughput.
+DEFAULT_CONCURRENCY: Final = 256
 
 #: Broker URL schemes accepted: kombu's AMQP 0-9-1 transports. ccsync needs RabbitMQ (quorum
 #: queues, publisher confirms, mandatory publishing), so kombu's other transports are refused.
 BROKER_SCHEMES: Final = ("amqp", "amqps")
-#: Redis URL schemes redis-py's ``from_url`` accepts.
-REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+#: Separates the URLs of several brokers (a cluster's nodes) in one setting, as Celery and kombu do.
+BROKER_URL_SEPARATOR: Final = ";"
+#: Redis URL schemes redis-py's ``from_url`` accepts, and Sentinel's (``redis_sentinel_url``).
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel")
+#: The scheme of a Redis reached through Sentinel: the Sentinels' addresses and the service name.
+SENTINEL_SCHEME: Final = "redis+sentinel"
 #: Schemes of CloudCockpit's API and token URLs.
 HTTP_SCHEMES: Final = ("http", "https")
 
@@ -140,17 +147,24 @@ class Settings(BaseSettings):
     # ``ccsync ingest``: who may post events (a bearer token, a Standard Webhooks secret, or both).
     ingest_token: SecretStr | None = Field(None, validation_alias="CCSYNC_INGEST_TOKEN")
     ingest_secret: SecretStr | None = Field(None, validation_alias="CCSYNC_INGEST_SECRET")
+    # Replicas every ledger write must reach (Redis WAIT) before it counts as done: 0 for none.
+    redis_wait_replicas: int = Field(0, ge=0, validation_alias="CCSYNC_REDIS_WAIT_REPLICAS")
 
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, value: str) -> str:
-        _check_url(value, BROKER_SCHEMES)
+        schemes = {_check_url(url, BROKER_SCHEMES).scheme for url in split_broker_urls(value)}
+        if len(schemes) > 1:
+            raise ValueError("every URL of the list must use the same scheme, amqp:// or amqps://")
         return value
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        _check_url(value, REDIS_SCHEMES)
+        if value.lower().startswith(f"{SENTINEL_SCHEME}://"):
+            redis_sentinel_url(value)  # raises ValueError naming the expected form
+        else:
+            _check_url(value, REDIS_SCHEMES)
         return value
 
     @field_validator("base_url", "token_url")
@@ -197,6 +211,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """Each broker URL of ``broker_url``: one, or the nodes of a cluster, in order."""
+        return split_broker_urls(self.broker_url)
+
+    @property
     def timeouts(self) -> HttpTimeouts:
         return HttpTimeouts(read=self.http_timeout)
 
@@ -232,6 +251,64 @@ def webhook_secret_key(secret: SecretStr) -> bytes:
     if len(key) < MIN_WEBHOOK_KEY_BYTES:
         raise ValueError(f"the key must be at least {MIN_WEBHOOK_KEY_BYTES} bytes")
     return key
+
+
+def split_broker_urls(value: str) -> tuple[str, ...]:
+    """The URLs of a ``;``-separated broker list (kombu's failover form); raises ValueError on an
+    empty item, quoting nothing of the URLs (they may hold passwords)."""
+    urls = tuple(url.strip() for url in value.split(BROKER_URL_SEPARATOR))
+    if not all(urls):
+        raise ValueError("an empty item: give broker URLs separated by ';'")
+    return urls
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """What ``redis+sentinel://[[user]:password@]host:port[,host:port…]/service_name[/db]`` says:
+    the Sentinels to ask, the service they monitor, and the database and credentials of the
+    Redis servers they name."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+#: The port of a Sentinel named without one.
+DEFAULT_SENTINEL_PORT: Final = 26379
+
+
+def redis_sentinel_url(value: str) -> SentinelUrl:
+    """Parses a ``redis+sentinel://`` URL; raises ValueError saying the expected form, quoting
+    nothing of the URL (it may hold a password)."""
+    form = f"expected {SENTINEL_SCHEME}://[:password@]host:port[,host:port]/service_name[/db]"
+    scheme, separator, rest = value.partition("://")
+    if not separator or scheme.lower() != SENTINEL_SCHEME:
+        raise ValueError(form)
+    location, _, path = rest.partition("/")
+    credentials, at, hosts = location.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = credentials.partition(":")
+        username, password = unquote(user) or None, unquote(secret) if colon else None
+    sentinels = []
+    for host in hosts.split(","):
+        name, colon, port = host.strip().rpartition(":")
+        if not colon:
+            name, port = host.strip(), ""
+        name = name.strip("[]")
+        if not name or (colon and not port.isdigit()):
+            raise ValueError(
+                f"a Sentinel without a host or with a port that is not a number; {form}"
+            )
+        sentinels.append((name, int(port) if port else DEFAULT_SENTINEL_PORT))
+    service, _, db = path.strip("/").partition("/")
+    if not service or (db and not db.isdigit()):
+        raise ValueError(f"no service name, or a database that is not a number; {form}")
+    return SentinelUrl(
+        tuple(sentinels), unquote(service), int(db or 0), username=username, password=password
+    )
 
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> SplitResult:

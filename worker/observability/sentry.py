@@ -53,7 +53,7 @@ def _secret_values(settings: Settings) -> list[str]:
         for secret in (settings.token, settings.client_secret)
         if secret is not None
     ]
-    for url in (settings.broker_url, settings.redis_url):
+    for url in (*settings.broker_urls, settings.redis_url):
         password = _url_password(url)
         if password:
             # Clients use the decoded password; the URL holds its percent-encoded form.

@@ -16,13 +16,13 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import httpx
-import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker.amqp.connection import broker_connection
 from worker.cloudcockpit.client import make_http_client, make_token_source
 from worker.exceptions import CcsyncError
+from worker.processing.ledger.client import redis_client
 from worker.settings import Settings
 
 PARTS: Final = ("broker", "redis", "token", "api")
@@ -55,8 +55,8 @@ class Redactor:
             settings.token.get_secret_value() if settings.token else None,
             settings.client_secret.get_secret_value() if settings.client_secret else None,
             settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None,
-            _password(settings.broker_url),
             _password(settings.redis_url),
+            *(_password(url) for url in settings.broker_urls),
         ]
         # Longest first, so a secret containing another is removed whole.
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
@@ -105,12 +105,7 @@ def check_broker(settings: Settings, timeout: float) -> CheckResult:
 
 
 def check_redis(settings: Settings, timeout: float) -> CheckResult:
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
+    client = redis_client(settings.redis_url, timeout=timeout, retry=Retry(NoBackoff(), 0))
     try:
         client.ping()
     except Exception as exc:

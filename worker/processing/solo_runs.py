@@ -17,6 +17,7 @@ import redis
 
 from worker.exceptions import LedgerUnavailable
 from worker.processing.ledger import KEY_PREFIX
+from worker.processing.ledger.client import redis_client
 
 #: Seconds a count outlives the last run it counted: a redelivery comes long before.
 SOLO_RUNS_TTL_SECONDS = 7 * 24 * 3600
@@ -48,11 +49,7 @@ class SoloRuns:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = KEY_PREFIX) -> SoloRuns:
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=SOLO_RUNS_TIMEOUT_SECONDS,
-            socket_connect_timeout=SOLO_RUNS_TIMEOUT_SECONDS,
-        )
+        client = redis_client(url, timeout=SOLO_RUNS_TIMEOUT_SECONDS)
         return cls(client, prefix=prefix)
 
     def _key(self, message: str) -> str:

@@ -14,7 +14,12 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
 from vine import promise  # type: ignore[import-untyped]
 
-from worker.amqp.connection import broker_connection, broker_ssl_options, connect_within
+from worker.amqp.connection import (
+    FailoverConnection,
+    broker_connection,
+    broker_ssl_options,
+    connect_within,
+)
 from worker.amqp.topology import (
     delay_entry_exchange,
     delay_routing_key,
@@ -115,7 +120,9 @@ class Runtime:
             tokens=make_token_source(settings, token_http),
         )
         self.ledger = Ledger.from_url(
-            settings.redis_url, lock_ttl_seconds=settings.lock_ttl_seconds
+            settings.redis_url,
+            lock_ttl_seconds=settings.lock_ttl_seconds,
+            wait_replicas=settings.redis_wait_replicas,
         )
 
         def on_open() -> None:
@@ -226,6 +233,8 @@ class CcsyncCelery(Celery):  # type: ignore[misc]
 
 def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
     app = CcsyncCelery(settings, broker=settings.broker_url, set_as_current=False)
+    # Every connection Celery opens fails over like ccsync's own (each node's TLS host name).
+    app.amqp.Connection = FailoverConnection
     ssl_options = broker_ssl_options(settings)
     if ssl_options is not None:
         app.conf.broker_use_ssl = ssl_options

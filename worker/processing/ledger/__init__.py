@@ -14,11 +14,12 @@ waiting in one script call.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from redis.commands.core import Script
 
 from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
+from worker.processing.ledger.client import redis_client
 from worker.processing.ledger.records import (
     AppliedRecord,
     format_record,
@@ -59,6 +61,9 @@ LOCK_WAIT_SECONDS = 5.0
 REDIS_TIMEOUT_SECONDS = 3
 #: Seconds after which an idle Redis connection is checked before it is used again.
 REDIS_HEALTH_CHECK_SECONDS = 30
+#: Milliseconds a write waits for its replicas (Redis WAIT) before it counts as failed; well
+#: under ``REDIS_TIMEOUT_SECONDS``, so that the command itself does not time out first.
+REPLICA_WAIT_TIMEOUT_MS = 1000
 #: Keys asked for per SCAN call when the records are read in full (``Ledger.records``).
 SCAN_BATCH = 1000
 
@@ -171,8 +176,15 @@ class Ledger:
         prefix: str = KEY_PREFIX,
         lock_wait_seconds: float = LOCK_WAIT_SECONDS,
         lock_ttl_seconds: float | None = None,
+        wait_replicas: int = 0,
+        connect: Callable[[], redis.Redis] | None = None,
     ) -> None:
+        """``wait_replicas``: replicas each script call must reach (Redis WAIT) before it counts
+        as done, else ``LedgerUnavailable``. ``connect`` makes each thread's own client (one
+        connection); without it, a copy of ``client``'s pool limited to one connection."""
         self._redis = client
+        self._wait_replicas = wait_replicas
+        self._connect = connect
         self._prefix = prefix
         self._lock_wait = lock_wait_seconds
         # Read at construction, not definition: tests shorten the module's default.
@@ -187,18 +199,33 @@ class Ledger:
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = KEY_PREFIX, lock_ttl_seconds: float | None = None
+        cls,
+        url: str,
+        *,
+        prefix: str = KEY_PREFIX,
+        lock_ttl_seconds: float | None = None,
+        wait_replicas: int = 0,
     ) -> Ledger:
-        client = redis.Redis.from_url(
+        """A ledger on the Redis ``url`` names: one server, or Sentinel's primary
+        (``worker.processing.ledger.client``)."""
+        connect = functools.partial(
+            redis_client,
             url,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            timeout=REDIS_TIMEOUT_SECONDS,
             health_check_interval=REDIS_HEALTH_CHECK_SECONDS,
         )
-        return cls(client, prefix=prefix, lock_ttl_seconds=lock_ttl_seconds)
+        return cls(
+            connect(),
+            prefix=prefix,
+            lock_ttl_seconds=lock_ttl_seconds,
+            wait_replicas=wait_replicas,
+            connect=functools.partial(connect, max_connections=1),
+        )
 
     def _connection(self) -> redis.Redis:
         connection: redis.Redis | None = getattr(self._local, "connection", None)
+        if connection is None and self._connect is not None:
+            connection = self._local.connection = self._connect()
         if connection is None:
             pool = self._redis.connection_pool
             # A pool of the thread's own, uncontended.
@@ -340,8 +367,24 @@ class Ledger:
 
     def _run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         with self._round_trip():
+            connection = self._connection()
             # redis-py loads the script again if Redis restarted and forgot it.
-            return script(keys=keys, args=args, client=self._connection())
+            reply = script(keys=keys, args=args, client=connection)
+            if self._wait_replicas:
+                self._replicated(connection)
+            return reply
+
+    def _replicated(self, connection: redis.Redis) -> None:
+        """Waits until ``wait_replicas`` replicas have every write of ``connection`` so far: a
+        write only the primary holds is lost if Sentinel promotes a replica that missed it.
+        ``LedgerUnavailable`` when too few confirm in time: the caller treats the write as failed
+        (the event is tried again; what it recorded may still stand)."""
+        acknowledged = int(connection.wait(self._wait_replicas, REPLICA_WAIT_TIMEOUT_MS))
+        if acknowledged < self._wait_replicas:
+            raise LedgerUnavailable(
+                f"ledger unavailable: a write reached {acknowledged} of "
+                f"{self._wait_replicas} replicas in time"
+            )
 
     @contextmanager
     def _round_trip(self) -> Iterator[None]:
