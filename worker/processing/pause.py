@@ -23,6 +23,7 @@ import redis
 
 from worker.exceptions import LedgerUnavailable
 from worker.processing.ledger import KEY_PREFIX
+from worker.processing.ledger.client import redis_client
 
 #: Seconds one Redis round trip of the pause may take before Redis counts as unreachable.
 PAUSE_TIMEOUT_SECONDS = 3.0
@@ -101,7 +102,7 @@ class PauseStore:
     def from_url(
         cls, url: str, *, deployment: str, timeout: float = PAUSE_TIMEOUT_SECONDS
     ) -> PauseStore:
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = redis_client(url, timeout=timeout)
         return cls(client, deployment=deployment)
 
     def read(self) -> Pause | None:
