@@ -51,7 +51,7 @@ def measure(count: int, *, with_values: bool) -> tuple[float, float]:
     try:
         for start in range(0, count, BATCH):
             events = [_event(i) for i in range(start, min(count, start + BATCH))]
-            wanted = [(Relationship.of(e), e.event_id) for e in events]
+            wanted = [(Relationship.of(e), e.event_id, None) for e in events]
             holds = [hold for hold in ledger.try_acquire_all(wanted) if hold is not None]
             for hold, event in zip(holds, events, strict=True):
                 if with_values:
@@ -59,7 +59,7 @@ def measure(count: int, *, with_values: bool) -> tuple[float, float]:
                 else:
                     hold.record = order_key(event)
             ledger.leave_all(holds)
-            keys += [ledger.applied_key(relationship) for relationship, _ in wanted]
+            keys += [ledger.applied_key(relationship) for relationship, _, _ in wanted]
         after = int(client.info("memory")["used_memory"])
         usage = sum(int(client.memory_usage(key, samples=0) or 0) for key in keys)
         return usage / count, (after - before) / count

@@ -405,4 +405,4 @@ def test_given_a_repair_without_an_answer_then_the_relationship_stays_held(
     sandbox.add_faults(customer, {"status": 502})
     assert verifier.repair(check).outcome is RepairOutcome.FAILED
     # A newer event cannot take it now: a late write of the repair could land after it
-    assert ledger.try_acquire_all([(relationship, "evt-newer")]) == [None]
+    assert ledger.try_acquire_all([(relationship, "evt-newer", None)]) == [None]

@@ -497,7 +497,7 @@ def test_given_a_held_lock_when_fenced_then_it_lasts_the_lease_and_the_verdict_s
 ) -> None:
     ledger, other = make_ledger(), make_ledger()
     # Given an event holding its relationship, and a newer event recorded since it was taken
-    held = ledger.try_acquire_all([(RELATIONSHIP, "evt-1")])[0]
+    held = ledger.try_acquire_all([(RELATIONSHIP, "evt-1", None)])[0]
     assert held is not None and held.verdict(event("evt-1", T1)) is Verdict.NEW
     held.stored = None
     client = redis.Redis.from_url(REDIS_URL)
@@ -509,7 +509,7 @@ def test_given_a_held_lock_when_fenced_then_it_lasts_the_lease_and_the_verdict_s
     # Then the lock is kept for the lease, and the verdict sees the newer event
     assert client.pttl(held.keys[0]) > 120_000
     assert held.verdict(event("evt-1", T1)) is Verdict.STALE
-    assert other.try_acquire_all([(RELATIONSHIP, "evt-3")]) == [None]
+    assert other.try_acquire_all([(RELATIONSHIP, "evt-3", None)]) == [None]
 
 
 def test_given_a_lock_that_expired_and_was_taken_by_another_when_fenced_then_relationship_busy(
@@ -517,10 +517,10 @@ def test_given_a_lock_that_expired_and_was_taken_by_another_when_fenced_then_rel
 ) -> None:
     ledger, other = make_ledger(), make_ledger()
     # Given an event whose lock expired while it waited, and another event that took it since
-    held = ledger.try_acquire_all([(RELATIONSHIP, "evt-1")])[0]
+    held = ledger.try_acquire_all([(RELATIONSHIP, "evt-1", None)])[0]
     assert held is not None
     redis.Redis.from_url(REDIS_URL).delete(held.keys[0])
-    taken = other.try_acquire_all([(RELATIONSHIP, "evt-2")])[0]
+    taken = other.try_acquire_all([(RELATIONSHIP, "evt-2", None)])[0]
     assert taken is not None
 
     # When the first is fenced before its call, then it must not call
@@ -528,7 +528,7 @@ def test_given_a_lock_that_expired_and_was_taken_by_another_when_fenced_then_rel
         ledger.fence(held, lease_seconds=120)
 
     # And the other keeps the relationship
-    assert ledger.try_acquire_all([(RELATIONSHIP, "evt-3")]) == [None]
+    assert ledger.try_acquire_all([(RELATIONSHIP, "evt-3", None)]) == [None]
 
 
 def test_given_a_lock_that_expired_and_was_not_taken_when_fenced_then_it_is_taken_anew(
@@ -536,7 +536,7 @@ def test_given_a_lock_that_expired_and_was_not_taken_when_fenced_then_it_is_take
 ) -> None:
     ledger, other = make_ledger(), make_ledger()
     # Given an event whose lock expired while it waited, and a newer event recorded meanwhile
-    held = ledger.try_acquire_all([(RELATIONSHIP, "evt-1")])[0]
+    held = ledger.try_acquire_all([(RELATIONSHIP, "evt-1", None)])[0]
     assert held is not None
     client = redis.Redis.from_url(REDIS_URL)
     client.delete(held.keys[0])
@@ -545,7 +545,7 @@ def test_given_a_lock_that_expired_and_was_not_taken_when_fenced_then_it_is_take
     # When it is fenced, then it holds the relationship again, judged by the ledger as it is now
     ledger.fence(held, lease_seconds=120)
     assert client.pttl(held.keys[0]) > 120_000
-    assert other.try_acquire_all([(RELATIONSHIP, "evt-3")]) == [None]
+    assert other.try_acquire_all([(RELATIONSHIP, "evt-3", None)]) == [None]
     assert held.verdict(event("evt-1", T1)) is Verdict.STALE
 
 
@@ -555,11 +555,11 @@ def test_given_a_lock_lost_after_the_call_when_left_then_nothing_is_recorded_and
     ledger, other = make_ledger(), make_ledger()
     # Given a newer event applied, whose lock expired before it was left, and an older event that
     # took the relationship meanwhile (its call will land after the newer one)
-    newer = ledger.try_acquire_all([(RELATIONSHIP, "evt-2")])[0]
+    newer = ledger.try_acquire_all([(RELATIONSHIP, "evt-2", None)])[0]
     assert newer is not None
     newer.applied(event("evt-2", T2))
     redis.Redis.from_url(REDIS_URL).delete(newer.keys[0])
-    older = other.try_acquire_all([(RELATIONSHIP, "evt-1")])[0]
+    older = other.try_acquire_all([(RELATIONSHIP, "evt-1", None)])[0]
     assert older is not None and older.verdict(event("evt-1", T1)) is Verdict.NEW
 
     # When the newer one is left, then it is not recorded (its retry must send it again) ...
@@ -578,7 +578,7 @@ def test_given_free_and_held_relationships_then_one_batch_holds_the_free_and_rep
     record_in(ledger, other, event("evt-0", T0, customer_id=OTHER_CUSTOMER))
     busy = elsewhere.acquire(RELATIONSHIP, "elsewhere")
 
-    holds = ledger.try_acquire_all([(RELATIONSHIP, "evt-1"), (other, "evt-2")])
+    holds = ledger.try_acquire_all([(RELATIONSHIP, "evt-1", None), (other, "evt-2", None)])
 
     assert holds[0] is None
     taken = holds[1]
@@ -593,7 +593,7 @@ def test_given_many_holds_when_left_together_then_each_is_recorded_and_released(
     ledger = make_ledger()
     customers = [f"00000000-0000-4000-8000-{n:012d}" for n in range(10)]
     applied = [event(f"evt-{n}", T1, customer_id=customer) for n, customer in enumerate(customers)]
-    holds = ledger.try_acquire_all([(Relationship.of(e), e.event_id) for e in applied])
+    holds = ledger.try_acquire_all([(Relationship.of(e), e.event_id, None) for e in applied])
     for hold, applied_event in zip(holds, applied, strict=True):
         assert hold is not None
         hold.applied(applied_event)
@@ -618,3 +618,23 @@ def test_given_redis_forgot_the_scripts_then_taking_and_leaving_still_work(
         redis.Redis.from_url(REDIS_URL).script_flush()
 
     assert verdict_in(ledger, RELATIONSHIP, event("evt-1", T1)) is Verdict.DUPLICATE
+
+
+def test_given_a_lock_its_event_could_not_leave_when_the_retry_inherits_it_then_it_is_taken_over(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    ledger, other = make_ledger(), make_ledger()
+    # Given a lock that an attempt of evt-1 took, fenced for a long lease, and never left
+    # (Redis went away before it could)
+    orphan = ledger.try_acquire_all([(RELATIONSHIP, "evt-1", None)])[0]
+    assert orphan is not None
+    ledger.fence(orphan, lease_seconds=180)
+
+    # When another event, or the retry without the token, tries to take it: busy
+    assert other.try_acquire_all([(RELATIONSHIP, "evt-2", None)]) == [None]
+    assert other.try_acquire_all([(RELATIONSHIP, "evt-1", "another-token")]) == [None]
+
+    # Then the retry that inherited the orphan's token takes the relationship over at once
+    retry = other.try_acquire_all([(RELATIONSHIP, "evt-1", orphan.token)])[0]
+    assert retry is not None and retry.token != orphan.token
+    assert ledger.try_acquire_all([(RELATIONSHIP, "evt-3", None)]) == [None]

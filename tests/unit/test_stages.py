@@ -292,7 +292,7 @@ def test_given_redis_lost_after_the_relationship_was_taken_then_the_call_is_not_
     # The same call meets a ledger whose last round trip failed (Redis went away meanwhile).
     ledger = unreachable_ledger()
     with pytest.raises(LedgerUnavailable):
-        ledger.try_acquire_all([(call.relationship, "another-event")])
+        ledger.try_acquire_all([(call.relationship, "another-event", None)])
     applier, forwarder = make_applier(ledger, api)
 
     applier.send(call)

@@ -148,7 +148,9 @@ class Applier:
         call = self.prepare(attempt, delivery_count)
         if call.needs_relationship:
             try:
-                call.hold = self.ledger.acquire(call.relationship, attempt.event.event_id)
+                call.hold = self.ledger.acquire(
+                    call.relationship, attempt.event.event_id, attempt.inherited_lock
+                )
             except (RelationshipBusy, LedgerUnavailable) as exc:
                 call.failure = exc
         self.send(call)
@@ -222,8 +224,10 @@ class Applier:
         try:
             kept = self.ledger.leave_all([hold for _, hold in held])
         except LedgerUnavailable as exc:
-            for call, _ in held:
+            for call, hold in held:
                 call.failure = exc
+                # The lock may outlive the outage by a whole lease: the retry takes it over.
+                call.attempt = call.attempt.inheriting(hold.token)
             kept = [True] * len(held)
         for (call, hold), own in zip(held, kept, strict=True):
             call.hold = None

@@ -8,7 +8,7 @@ an outcome.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
@@ -28,6 +28,9 @@ class Attempt:
     envelope: Envelope
     number: int
     first_attempt_at: str
+    #: The token of a lock an earlier attempt of this event took and could not release (Redis
+    #: went away before it could leave): this attempt may take that lock over as its own.
+    inherited_lock: str | None = None
 
     @cached_property
     def correlation_id(self) -> uuid.UUID:
@@ -38,7 +41,11 @@ class Attempt:
         return (datetime.now(UTC) - datetime.fromisoformat(self.first_attempt_at)).total_seconds()
 
     def next(self) -> Attempt:
-        return Attempt(self.event, self.envelope, self.number + 1, self.first_attempt_at)
+        return replace(self, number=self.number + 1)
+
+    def inheriting(self, lock_token: str) -> Attempt:
+        """This attempt, entitled to take over the lock ``lock_token`` of its own event."""
+        return replace(self, inherited_lock=lock_token)
 
     @property
     def tenant(self) -> str:
@@ -47,22 +54,33 @@ class Attempt:
         return self.event.tenant
 
     def to_task_kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs: dict[str, Any] = {
             "event": self.event.to_wire(),
             "envelope": self.envelope.to_wire(),
             "attempt": self.number,
             "first_attempt_at": self.first_attempt_at,
         }
+        # Only when set: a worker of an earlier version can still run every other retry.
+        if self.inherited_lock is not None:
+            kwargs["inherited_lock"] = self.inherited_lock
+        return kwargs
 
     @classmethod
     def from_task_kwargs(
-        cls, *, event: dict[str, Any], envelope: dict[str, Any], attempt: int, first_attempt_at: str
+        cls,
+        *,
+        event: dict[str, Any],
+        envelope: dict[str, Any],
+        attempt: int,
+        first_attempt_at: str,
+        inherited_lock: str | None = None,
     ) -> Attempt:
         return cls(
             IdentifierChanged.model_validate(event),
             Envelope.from_wire(envelope),
             attempt,
             first_attempt_at,
+            inherited_lock,
         )
 
     @classmethod

@@ -268,6 +268,7 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
         envelope: dict[str, Any],
         attempt: int,
         first_attempt_at: str,
+        inherited_lock: str | None = None,
     ) -> str:
         try:
             outcome: Outcome = app.applier.apply(
@@ -276,6 +277,7 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
                     envelope=envelope,
                     attempt=attempt,
                     first_attempt_at=first_attempt_at,
+                    inherited_lock=inherited_lock,
                 ),
                 delivery_count=int(task.request.get("x-delivery-count") or 0),
             )

@@ -122,7 +122,14 @@ class Gate:
             return []
         try:
             holds = self._ledger.try_acquire_all(
-                [(claim.call.relationship, claim.call.attempt.event.event_id) for claim in wanting]
+                [
+                    (
+                        claim.call.relationship,
+                        claim.call.attempt.event.event_id,
+                        claim.call.attempt.inherited_lock,
+                    )
+                    for claim in wanting
+                ]
             )
         except LedgerUnavailable as exc:
             for claim in wanting:

@@ -25,8 +25,10 @@ from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_le
 
 log = logging.getLogger(__name__)
 
-#: The keyword arguments of ``apply_event`` (``Attempt.to_task_kwargs``), all required.
+#: The keyword arguments ``apply_event`` requires (``Attempt.to_task_kwargs``).
 APPLY_EVENT_ARGUMENTS = frozenset({"event", "envelope", "attempt", "first_attempt_at"})
+#: The keyword arguments ``apply_event`` takes when they are given.
+OPTIONAL_APPLY_EVENT_ARGUMENTS = frozenset({"inherited_lock"})
 
 
 def why_apply_event_cannot_run(message: Message) -> str | None:
@@ -46,7 +48,7 @@ def why_apply_event_cannot_run(message: Message) -> str | None:
         return f"arguments {APPLY_EVENT_TASK!r} does not accept: {len(args)} positional"
     if not isinstance(kwargs, dict):
         return f"arguments {APPLY_EVENT_TASK!r} does not accept: kwargs is not an object"
-    unexpected = sorted(set(kwargs) - APPLY_EVENT_ARGUMENTS)
+    unexpected = sorted(set(kwargs) - APPLY_EVENT_ARGUMENTS - OPTIONAL_APPLY_EVENT_ARGUMENTS)
     missing = sorted(APPLY_EVENT_ARGUMENTS - set(kwargs))
     if unexpected or missing:
         return (

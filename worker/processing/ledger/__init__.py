@@ -243,15 +243,18 @@ class Ledger:
     def lock_wait_seconds(self) -> float:
         return self._lock_wait
 
-    def try_acquire_all(self, wanted: Sequence[tuple[Relationship, str]]) -> list[Hold | None]:
+    def try_acquire_all(
+        self, wanted: Sequence[tuple[Relationship, str, str | None]]
+    ) -> list[Hold | None]:
         """Tries to take each relationship for its event (id), all in one round trip: a hold for
-        each one taken, None for each one held by another event."""
+        each one taken, None for each one held by another event. The third item of each is the
+        token of a lock the event may take over as its own (``Attempt.inherited_lock``)."""
         keys: list[str] = []
         args: list[str | int] = [self._lock_ttl_ms]
-        for relationship, event_id in wanted:
+        for relationship, event_id, inherited in wanted:
             token = secrets.token_hex(16)
             # Without an event id no later hold can claim the linger as its own.
-            args += [token, f"{LINGER_PREFIX}{event_id or token}"]
+            args += [token, f"{LINGER_PREFIX}{event_id or token}", inherited or ""]
             keys += [self.lock_key(relationship), self.applied_key(relationship)]
         replies = self._run(self._acquire, keys, args)
         now = time.monotonic()
@@ -264,8 +267,8 @@ class Ledger:
             holds.append(
                 Hold(
                     keys[2 * i : 2 * i + 2],
-                    token=str(args[2 * i + 1]),
-                    linger_value=str(args[2 * i + 2]),
+                    token=str(args[3 * i + 1]),
+                    linger_value=str(args[3 * i + 2]),
                     stored=stored,
                     lingering_until=now + max(0, int(lingering_ms)) / 1000,
                 )
@@ -316,12 +319,15 @@ class Ledger:
             if int(cursor) == 0:
                 return
 
-    def acquire(self, relationship: Relationship, event_id: str = "") -> Hold:
+    def acquire(
+        self, relationship: Relationship, event_id: str = "", inherited_lock: str | None = None
+    ) -> Hold:
         """Exclusive use of the relationship by one event until it leaves; ``RelationshipBusy``
         if another holds it longer than the lock wait."""
         deadline = time.monotonic() + self._lock_wait
         pause = BUSY_FIRST_PAUSE_SECONDS
-        while (hold := self.try_acquire_all([(relationship, event_id)])[0]) is None:
+        wanted = [(relationship, event_id, inherited_lock)]
+        while (hold := self.try_acquire_all(wanted)[0]) is None:
             if time.monotonic() > deadline:
                 raise RelationshipBusy(f"relationship {relationship.name} is busy")
             time.sleep(pause)

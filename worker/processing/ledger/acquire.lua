@@ -1,14 +1,17 @@
 -- Takes the locks of many events at once: KEYS holds (lock, applied) per event, in order.
--- ARGV: lock ttl ms, then (token, this event's linger value) per event.
--- A lock lingering for this very event may be taken over: its retry cannot overtake itself.
+-- ARGV: lock ttl ms, then (token, this event's linger value, inherited lock token or '') per
+-- event. A lock lingering for this very event may be taken over: its retry cannot overtake
+-- itself. So may the lock an earlier attempt of this event could not release (Redis went away
+-- before it left): that attempt's call has ended, and only this event could be harmed by it.
 -- Returns per event 0 when busy, else {remaining linger ms, the applied order key or false}.
 local taken = {}
 for i = 1, #KEYS / 2 do
-  local lock, token, linger_value = KEYS[2 * i - 1], ARGV[2 * i], ARGV[2 * i + 1]
+  local lock, token = KEYS[2 * i - 1], ARGV[3 * i - 1]
+  local linger_value, inherited = ARGV[3 * i], ARGV[3 * i + 1]
   local holder = redis.call('get', lock)
   local lingering = 0
   if holder and holder == linger_value then lingering = redis.call('pttl', lock) end
-  if holder and holder ~= linger_value then
+  if holder and holder ~= linger_value and holder ~= inherited then
     taken[i] = 0
   else
     redis.call('set', lock, token, 'PX', ARGV[1])
