@@ -8,23 +8,8 @@ exceptions. Those names keep their meaning from one release to the next; every o
   or raises ``ConfigurationError`` naming the variable at fault.
 - ``IdentifierChanged`` is the one event of the contract; ``correlation_id(tenant, event_id)`` is
   the ``X-Correlation-Id`` CloudCockpit receives for it, the same on every attempt and replay.
-- Every failure ccsync raises on purpose is a ``CcsyncError``, named by what to do about it::
-
-    CcsyncError
-    ├── ConfigurationError      stop at start: a setting is missing or contradictory
-    ├── BrokerUnreachable       stop: RabbitMQ could not be reached in time, or refused us
-    ├── InputError              stop: a file or value given to a command cannot be used
-    ├── NoQueueBound            stop: a published event would be dropped (nothing consumes it)
-    ├── InvalidEvent            dead-letter at once as ``invalid-event``
-    ├── RelationshipBusy        another worker holds the customer: try again soon, no attempt used
-    └── ApiError                ``status``: the HTTP status, when there was one
-        ├── ApiRejected         dead-letter at once as ``api-rejected`` (the API said no: 4xx)
-        └── TransientFailure    retry with backoff; dead-letter as ``retries-exhausted`` at last
-            ├── ApiUnavailable      5xx, timeouts, refused or dropped connections
-            ├── RateLimited         429: wait at least ``retry_after`` seconds
-            ├── TokenRejected       401 even with a freshly renewed token
-            ├── TokenUnavailable    the token endpoint did not give a token
-            └── LedgerUnavailable   Redis (the ledger of applied events) cannot be reached
+- Every failure ccsync raises on purpose is a ``CcsyncError``, named by what to do about it: the
+  hierarchy is drawn in ``worker.exceptions``.
 
 Importing ``worker`` loads neither celery nor kombu: the event, the settings and the processing
 layer can be used without the broker's libraries. Modules of ``worker`` import each other by
