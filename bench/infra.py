@@ -9,7 +9,6 @@ import contextlib
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 from urllib.parse import quote
+
+from worker.testing import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VHOST_PREFIX = "ccsync-bench-"
@@ -178,15 +179,8 @@ class ChildProcess:
                     self._lines.append(line)
 
     def stop(self, timeout: float = 30.0) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        if self._process is not None:
+            stop_process(self._process, timeout)
 
 
 class SandboxProcess(ChildProcess):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
+from typing import Any
 
 REDIS_HOST = os.environ.get("CCSYNC_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("CCSYNC_TEST_REDIS_PORT", "6379"))
@@ -25,3 +28,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, *, timeout: float, process: subprocess.Popen[Any] | None = None, pause: float = 0.05
+) -> bool:
+    """Until something accepts a connection on ``127.0.0.1:port``: True then; False once
+    ``timeout`` seconds pass, or at once if ``process`` (the one meant to listen) has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(pause)
+    return False

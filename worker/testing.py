@@ -10,9 +10,25 @@ import threading
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from worker.runtime.app import READY_MESSAGE
+
+#: Seconds a process may take to go once SIGKILLed.
+KILL_WAIT_SECONDS = 30.0
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 30.0) -> int | None:
+    """SIGTERM, then SIGKILL if it overstays ``timeout``; returns its exit status. A process
+    already gone is left as it is."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=KILL_WAIT_SECONDS)
+    return process.returncode
 
 
 class LocalWorker:
@@ -83,21 +99,16 @@ class LocalWorker:
         """SIGKILL: the harshest crash, nothing acknowledged, nothing cleaned up."""
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGKILL)
-            self._process.wait(timeout=30)
+            self._process.wait(timeout=KILL_WAIT_SECONDS)
         self._release_pipe()
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (warm shutdown), then SIGKILL if it overstays ``timeout``."""
         if self._process is None:
             return None
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        returncode = stop_process(self._process, timeout)
         self._release_pipe()
-        return self._process.returncode
+        return returncode
 
     def _release_pipe(self) -> None:
         # The collector reads to end of file, which comes once the process is gone.

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,8 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Self
 
-from tests.support import free_port
+from tests.support import free_port, wait_for_port
+from worker.testing import stop_process
 
 TOKEN = "ingest-test-token-" + "x" * 16
 #: A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64.
@@ -66,14 +66,8 @@ class IngestProcess:
         )
         self._collector = threading.Thread(target=self._collect, daemon=True)
         self._collector.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                break
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            time.sleep(0.1)
+        if wait_for_port(self.port, timeout=30, process=self._process, pause=0.1):
+            return self
         self.stop()
         raise RuntimeError(f"ccsync ingest did not start listening; its output:\n{self.log}")
 
@@ -83,13 +77,8 @@ class IngestProcess:
             self._lines.append(line)
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=15)
+        if self._process is not None:
+            stop_process(self._process, timeout=15)
         if self._collector is not None:
             self._collector.join(timeout=5)
         if self._process is not None and self._process.stdout is not None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.support import free_port
+from tests.support import free_port, wait_for_port
+from worker.testing import stop_process
 
 
 class RedisProcess:
@@ -47,19 +46,13 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not listen on {self.port}")
+        if not wait_for_port(self.port, timeout=10):
+            raise RuntimeError(f"redis-server did not listen on {self.port}")
+        return self
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
+            stop_process(self._process, timeout=10)
             self._process = None
 
     def __enter__(self) -> Self:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,7 +17,7 @@ from typing import Self
 
 import redis
 
-from tests.support import free_port
+from tests.support import free_port, wait_for_port
 
 #: The service name the Sentinels monitor.
 SERVICE = "ccsync"
@@ -41,14 +40,8 @@ class _Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{self.argv[0]} did not listen on {port}")
+        if not wait_for_port(port, timeout=10):
+            raise RuntimeError(f"{self.argv[0]} did not listen on {port}")
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
