@@ -47,6 +47,9 @@ DEFAULT_MAX_CLOCK_SKEW_SECONDS: Final = 300.0
 DEFAULT_LOCK_TTL_SECONDS: Final = 60.0
 #: Seconds a relationship stays held after a call that may still be applied (no answer, or a 5xx).
 DEFAULT_UNANSWERED_HOLD_SECONDS: Final = 30.0
+#: Seconds the worker's event loop may go without running before /livez fails: longer than
+#: any pause of a healthy loop, short enough that a hung worker is restarted within minutes.
+DEFAULT_LIVENESS_SECONDS: Final = 60.0
 #: Calls to CloudCockpit a worker keeps in flight at once (``ccsync worker --concurrency``): enough
 #: to hide a slow API's latency; the worker's CPU, not this number, bounds a fast API's throughput.
 DEFAULT_CONCURRENCY: Final = 256
@@ -141,6 +144,13 @@ class Settings(BaseSettings):
     # start without it.
     console_token: SecretStr | None = Field(None, validation_alias="CCSYNC_CONSOLE_TOKEN")
     metrics_port: int | None = Field(None, ge=1, le=65535, validation_alias="CCSYNC_METRICS_PORT")
+    # /livez fails once the worker's event loop has not run for this long (a hung worker).
+    liveness_seconds: float = Field(
+        DEFAULT_LIVENESS_SECONDS,
+        gt=0,
+        allow_inf_nan=False,
+        validation_alias="CCSYNC_LIVENESS_SECONDS",
+    )
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", validation_alias="CCSYNC_LOG_FORMAT"
     )

@@ -25,6 +25,13 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+_QUEUE_DEAD = ("ccsync_queue_messages", (("queue", "ccsync.dead-letter"),))
+
+
+def _metrics(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
 def test_given_a_run_then_the_metrics_count_exactly_what_happened(
     broker_url: str,
     redis_url: str,
@@ -54,20 +61,34 @@ def test_given_a_run_then_the_metrics_count_exactly_what_happened(
         producer.publish(b"{not json", "application/json")
         producer.publish(json.dumps(native(customer_id="nope")).encode(), "application/json")
         wait_until(lambda: len(final_outcomes(worker)) >= 12, 30, "12 final outcomes")
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        # The queue depths are polled: the 3 dead letters show once a reading saw them.
+        wait_until(
+            lambda: _samples(_metrics(port)).get(_QUEUE_DEAD) == 3, 40, "dead-letter depth read"
+        )
+        text = _metrics(port)
         log = worker.log
 
     # Then the counters say what happened
     samples = _samples(text)
     assert samples[("ccsync_events_received_total", ())] == 14
     assert samples[("ccsync_events_applied_total", ())] == 11
-    assert samples[("ccsync_events_retried_total", ())] == 1
+    assert samples[("ccsync_events_retried_total", (("reason", "api-error"),))] == 1
     assert samples[("ccsync_events_stale_total", ())] == 0
     assert samples[("ccsync_events_duplicate_total", ())] == 0
     dead = "ccsync_events_dead_lettered_total"
     assert samples[(dead, (("reason", "invalid-event"),))] == 2
     assert samples[(dead, (("reason", "api-rejected"),))] == 1
-    assert samples[("ccsync_api_request_duration_seconds_count", ())] == 11
+    calls = "ccsync_api_request_duration_seconds_count"
+    by_status = {
+        dict(labels)["status"]: n for (name, labels), n in samples.items() if name == calls
+    }
+    assert sum(n for status, n in by_status.items() if status.startswith("2")) == 11, by_status
+    assert samples[(calls, (("status", "500"),))] == 1
+    assert samples[(calls, (("status", "404"),))] == 1
+    assert samples[_QUEUE_DEAD] == 3
+    assert samples[("ccsync_queue_messages", (("queue", "ccsync.events"),))] == 0
+    assert samples[("ccsync_queue_messages", (("queue", "ccsync.tasks"),))] == 0
+    assert samples[("ccsync_delay_ladder_messages", ())] == 0
     assert samples[("ccsync_publish_to_apply_seconds_count", ())] == 11
     assert samples[("ccsync_outage_active", ())] == 0
 

@@ -7,7 +7,8 @@ inside functions, under ``if TYPE_CHECKING``. The rules:
 - ``worker.processing`` and ``worker.cloudcockpit`` load no broker library (celery, kombu, py-amqp),
   not even through another module of ``worker``; nor does ``worker`` itself (its ``__init__`` runs
   before any submodule).
-- Only ``worker.runtime`` imports celery.
+- Only ``worker.runtime`` and ``worker.celery`` (the app Celery's own tools look for) import
+  celery.
 - ``worker.dead_letter_queue``, ``worker.sandbox``, ``worker.ingest``, ``worker.console`` and
   ``worker.ops.verify`` never reach ``worker.runtime``.
 - Only ``worker.__main__`` imports ``worker.cli`` (besides ``worker.cli`` itself).
@@ -32,7 +33,7 @@ PACKAGE = "worker"
 ROOT = Path(worker.__file__).resolve().parent
 BROKER_LIBRARIES = frozenset({"celery", "kombu", "amqp"})
 FREE_OF_BROKER_LIBRARIES = ("worker.processing", "worker.cloudcockpit")
-ALLOWED_TO_IMPORT_CELERY = ("worker.runtime",)
+ALLOWED_TO_IMPORT_CELERY = ("worker.runtime", "worker.celery")
 NEVER_REACHING_THE_RUNTIME = (
     "worker.dead_letter_queue",
     "worker.sandbox",
@@ -320,3 +321,20 @@ def test_given_each_kind_of_violation_then_its_rule_finds_it(tmp_path: Path) -> 
     ]
     assert cli_importers(graph, ALLOWED_TO_IMPORT_THE_CLI) == ["worker.ops imports worker.cli"]
     assert import_cycles(graph) == [["worker.runtime.app", "worker.runtime.intake"]]
+
+
+def test_importing_worker_celery_builds_no_app_until_asked() -> None:
+    """``celery -A worker`` reads ``worker.celery.app``; importing the module alone reads no
+    setting (a bad URL in the environment does not fail the import) and loads no celery."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        os.environ["CCSYNC_BROKER_URL"] = "not a url"
+        import worker.celery as module
+        print("celery" in sys.modules, module._app is None)
+        """
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.split() == ["False", "True"]

@@ -93,7 +93,7 @@ def test_given_a_service_then_it_has_a_health_check(compose: dict[str, Any], nam
         assert key in check
 
 
-def test_given_the_worker_then_it_starts_after_healthy_dependencies_and_probes_with_health(
+def test_given_the_worker_then_it_starts_after_healthy_dependencies_and_probes_liveness(
     compose: dict[str, Any],
 ) -> None:
     worker = compose["services"]["worker"]
@@ -106,7 +106,9 @@ def test_given_the_worker_then_it_starts_after_healthy_dependencies_and_probes_w
         "redis": "service_healthy",
         "sandbox": "service_healthy",
     }
-    assert probe[1:3] == ["ccsync", "health"]
+    # Liveness (the event loop runs), not readiness: an API outage must not fail the container.
+    assert "http://127.0.0.1:9100/livez" in probe[-1]
+    assert worker["environment"]["CCSYNC_METRICS_PORT"] == "9100"
     assert isinstance(main, Group) and "health" in main.commands
 
 

@@ -24,7 +24,12 @@ COUNTERS = {
     "ccsync_events_dead_lettered_total",
 }
 HISTOGRAMS = {"ccsync_api_request_duration_seconds", "ccsync_publish_to_apply_seconds"}
-GAUGES = {"ccsync_outage_active"}
+GAUGES = {
+    "ccsync_outage_active",
+    "ccsync_queue_messages",
+    "ccsync_delay_ladder_messages",
+    "ccsync_paused",
+}
 CCSYNC_SERIES = (
     COUNTERS
     | GAUGES
@@ -32,9 +37,11 @@ CCSYNC_SERIES = (
 )
 # RabbitMQ's per-queue series (rabbitmq_prometheus, /metrics/per-object).
 RABBITMQ_SERIES = {"rabbitmq_queue_messages_ready", "rabbitmq_queue_messages"}
-ALLOWED = CCSYNC_SERIES | RABBITMQ_SERIES
+# Prometheus's own series per target: whether the worker's scrape succeeded.
+PROMETHEUS_SERIES = {"up"}
+ALLOWED = CCSYNC_SERIES | RABBITMQ_SERIES | PROMETHEUS_SERIES
 
-_NAME = re.compile(r"\b(?:ccsync|rabbitmq)_[a-z0-9_]+\b")
+_NAME = re.compile(r"\b(?:(?:ccsync|rabbitmq)_[a-z0-9_]+|up(?=\{))")
 
 
 def metric_names(expr: str) -> set[str]:
@@ -79,6 +86,7 @@ def test_given_the_alert_rules_then_each_is_complete_and_uniquely_named(
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert rule["annotations"]["runbook_url"], rule["alert"]
         assert re.fullmatch(r"\d+[smh]", rule.get("for", "0m")), rule["alert"]
 
 
@@ -99,7 +107,8 @@ def test_given_the_alert_rules_then_they_cover_dead_letters_outage_and_lag(
 
     outage = by_name["CcsyncOutage"]
     lag = by_name["CcsyncConsumerLag"]
-    dead = by_name["CcsyncDeadLettersGrowing"]
+    dead = by_name["CcsyncEventsGivenUp"]
+    rejected = by_name["CcsyncApiRejectingEvents"]
 
     assert re.search(r"ccsync_outage_active\)?\s*==\s*1", outage["expr"])
     assert outage["for"] == "5m"
@@ -107,6 +116,12 @@ def test_given_the_alert_rules_then_they_cover_dead_letters_outage_and_lag(
     assert "ccsync\\\\.events" in lag["expr"]
     assert "ccsync_events_dead_lettered_total" in dead["expr"]
     assert "reason" in dead["expr"], "operators need the reason to act"
+    assert "retries-exhausted|delivery-limit" in dead["expr"]
+    # Not every single 404: a rate above a threshold, held for a while.
+    assert 'reason="api-rejected"' in rejected["expr"] and "rate(" in rejected["expr"]
+    assert not rejected["expr"].rstrip().endswith("> 0") and rejected["for"] == "15m"
+    for name in ("CcsyncDelayLadderGrowing", "CcsyncWorkerAbsent", "CcsyncPausedTooLong"):
+        assert by_name[name]["for"], name
 
 
 # --- dashboard ---------------------------------------------------------------------------------

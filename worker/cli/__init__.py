@@ -34,11 +34,20 @@ def main() -> None:
     default="INFO",
     show_default=True,
 )
-def worker(concurrency: int, loglevel: str) -> None:
+@click.option("-E", "--task-events", is_flag=True, help="Send Celery task events (Flower).")
+@click.option("--heartbeat", is_flag=True, help="Send Celery worker heartbeats (events).")
+@click.option("--gossip", is_flag=True, help="Celery gossip with other workers.")
+@click.option("--mingle", is_flag=True, help="Celery mingle with other workers at start.")
+def worker(
+    concurrency: int, loglevel: str, task_events: bool, heartbeat: bool, gossip: bool, mingle: bool
+) -> None:
     """Run the consumer (a Celery worker with a pool of threads)."""
-    from worker.runtime.app import run_worker
+    from worker.runtime.app import CeleryExtras, run_worker
 
-    run_worker(command_settings(), concurrency, loglevel)
+    extras = CeleryExtras(
+        task_events=task_events, heartbeat=heartbeat, gossip=gossip, mingle=mingle
+    )
+    run_worker(command_settings(), concurrency, loglevel, extras=extras)
 
 
 @main.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import httpx
 from worker.cloudcockpit.answers import describe_transport_error, raise_for_answer
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken, TokenSource
 from worker.exceptions import ApiRejected, TokenRejected, TransientFailure
+from worker.observability import metrics
 from worker.settings import HttpTimeouts, Settings
 
 USER_AGENT = "ccsync/0.1"
@@ -229,8 +231,17 @@ class CloudCockpitClient:
             "X-Tenant": tenant,
             "X-Correlation-Id": str(correlation_id),
         }
+        started = time.monotonic()
         try:
             response = self._client().patch(url, json=body, headers=headers)
         except httpx.TransportError as exc:
+            _observe_call(started, None)
             raise describe_transport_error(exc) from None
+        _observe_call(started, response.status_code)
         return response
+
+
+def _observe_call(started: float, status: int | None) -> None:
+    """``ccsync_api_request_duration_seconds{status}`` of one PATCH, answered or not."""
+    label = metrics.NO_ANSWER if status is None else str(status)
+    metrics.API_REQUEST_SECONDS.labels(label).observe(time.monotonic() - started)

@@ -12,21 +12,34 @@ EVENTS_RECEIVED = Counter("ccsync_events_received", "Messages taken from ccsync.
 EVENTS_APPLIED = Counter("ccsync_events_applied", "Events applied in CloudCockpit")
 EVENTS_STALE = Counter("ccsync_events_stale", "Events skipped: a newer one was applied")
 EVENTS_DUPLICATE = Counter("ccsync_events_duplicate", "Events skipped: already applied")
-EVENTS_RETRIED = Counter("ccsync_events_retried", "Failed attempts sent back for a retry")
+EVENTS_RETRIED = Counter(
+    "ccsync_events_retried", "Failed attempts sent back for a retry, by reason", ["reason"]
+)
 EVENTS_DEAD_LETTERED = Counter(
     "ccsync_events_dead_lettered", "Events dead-lettered, by reason", ["reason"]
 )
 API_REQUEST_SECONDS = Histogram(
     "ccsync_api_request_duration_seconds",
-    "Duration of calls to CloudCockpit, whatever their answer",
+    "Duration of each PATCH to CloudCockpit, by HTTP status ('none': no answer)",
+    ["status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+#: The ``status`` of a call that got no HTTP answer (timeout, refused, reset).
+NO_ANSWER = "none"
 PUBLISH_TO_APPLY_SECONDS = Histogram(
     "ccsync_publish_to_apply_seconds",
     "From the intake taking an event to CloudCockpit accepting it, retries included",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400),
 )
 OUTAGE_ACTIVE = Gauge("ccsync_outage_active", "1 while outage protection holds consumption")
+QUEUE_MESSAGES = Gauge(
+    "ccsync_queue_messages",
+    "Messages ready in a work queue (ccsync.events, ccsync.tasks, ccsync.dead-letter), polled",
+    ["queue"],
+)
+DELAY_LADDER_MESSAGES = Gauge(
+    "ccsync_delay_ladder_messages", "Attempts waiting in the delay ladder (all rungs), polled"
+)
 VERIFY_CHECKED = Counter(
     "ccsync_verify_checked",
     "Relationships ccsync verify read back, by status (in-sync, drift, missing, unknown, error)",

@@ -32,6 +32,7 @@ from worker.exceptions import (
     ApiRejected,
     ApiUnavailable,
     LedgerUnavailable,
+    RateLimited,
     RelationshipBusy,
     TokenRejected,
     TokenUnavailable,
@@ -76,8 +77,20 @@ _COUNTERS = {
     Outcome.APPLIED: metrics.EVENTS_APPLIED.inc,
     Outcome.STALE: metrics.EVENTS_STALE.inc,
     Outcome.DUPLICATE: metrics.EVENTS_DUPLICATE.inc,
-    Outcome.RETRYING: metrics.EVENTS_RETRIED.inc,
 }
+
+
+def retry_reason(failure: TransientFailure) -> str:
+    """The ``reason`` label of ``ccsync_events_retried_total``: what failed, in a few words."""
+    if isinstance(failure, RateLimited):
+        return "rate-limited"
+    if isinstance(failure, TokenRejected | TokenUnavailable):
+        return "token"
+    if isinstance(failure, LedgerUnavailable):
+        return "ledger-unavailable"
+    if failure.status is None:
+        return "api-no-answer"
+    return "api-error"
 
 
 class Forwarder(Protocol):
@@ -281,7 +294,6 @@ class Applier:
             return self._report(attempt, Outcome.DUPLICATE, "already applied")
         assert call.duration is not None
         self._healthy()
-        metrics.API_REQUEST_SECONDS.observe(call.duration)
         metrics.PUBLISH_TO_APPLY_SECONDS.observe(attempt.age_seconds())
         return self._report(
             attempt,
@@ -304,6 +316,7 @@ class Applier:
                 attempt, reason=REASON_RETRIES_EXHAUSTED, error=failure.error, status=failure.status
             )
         self.forwarder.retry_later(attempt.next(), delay)
+        metrics.EVENTS_RETRIED.labels(retry_reason(failure)).inc()
         return self._report(attempt, Outcome.RETRYING, f"{failure.error}; retry in {delay:.1f}s")
 
     def _defer(self, attempt: Attempt, delay: float, why: str) -> Outcome:

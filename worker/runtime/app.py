@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_ready
+from celery.utils.nodenames import default_nodename
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
 from vine import promise  # type: ignore[import-untyped]
@@ -34,10 +36,10 @@ from worker.cloudcockpit.client import (
     make_token_source,
     tls_context,
 )
-from worker.constants import APPLY_EVENT_TASK, TASKS_EXCHANGE, TASKS_QUEUE
+from worker.constants import APPLY_EVENT_TASK, EVENTS_QUEUE, TASKS_EXCHANGE, TASKS_QUEUE
 from worker.observability import metrics
+from worker.observability.endpoints import LoopHeartbeat
 from worker.observability.logs import configure_logging
-from worker.observability.metrics import serve_metrics
 from worker.observability.sentry import init_error_reporting
 from worker.processing.applier import Applier, Outcome
 from worker.processing.attempts import Attempt
@@ -50,6 +52,7 @@ from worker.processing.pause import PauseStore, virtual_host
 from worker.runtime.consumer_switch import ConsumerSwitch, SwitchedAMQP
 from worker.runtime.intake import EventIntake
 from worker.runtime.pause_watch import PauseWatcher
+from worker.runtime.probes import LoopBeat, poll_queue_depths, serve_worker_endpoints
 from worker.runtime.task_messages import (
     dead_letter_task_message,
     unknown_task_error,
@@ -66,6 +69,9 @@ HTTP_CONNECTIONS_PER_CLIENT = 2
 TASK_PREFETCH_PER_THREAD = 2
 #: Producer connections in the app's pool beyond one per pool thread.
 SPARE_PRODUCER_CONNECTIONS = 4
+#: The name half of the node name `celery inspect` and Flower show: ccsync@<host name>.
+WORKER_NODE_NAME = "ccsync"
+_OWN_QUEUES = f"{EVENTS_QUEUE} and {TASKS_QUEUE}"
 
 
 class BrokerForwarder:
@@ -110,6 +116,7 @@ class Runtime:
         token_http = make_http_client(
             settings, max_connections=HTTP_CONNECTIONS_PER_CLIENT, tls=tls
         )
+        self.tokens = make_token_source(settings, token_http)
         api = CloudCockpitClient(
             ClientPerThread(
                 lambda: make_http_client(
@@ -117,7 +124,7 @@ class Runtime:
                 )
             ),
             base_url=settings.base_url,
-            tokens=make_token_source(settings, token_http),
+            tokens=self.tokens,
         )
         self.ledger = Ledger.from_url(
             settings.redis_url,
@@ -202,6 +209,42 @@ class CcsyncConsumer(CeleryConsumer):  # type: ignore[misc]
             self.app, message, f"task message does not decode: {type(exc).__name__}: {exc}"
         )
 
+    # `celery control add_consumer|cancel_consumer` (remote control, run in the event loop):
+    # ccsync.tasks is Celery's; ccsync.events is the intake's; any other queue is refused, since
+    # a Celery task consumer on it would dead-letter every message that is not a task.
+
+    def add_task_queue(self, queue: str, *args: Any, **options: Any) -> None:
+        if queue == EVENTS_QUEUE:
+            self._switch_intake(consume=True)
+        elif queue == TASKS_QUEUE:
+            super().add_task_queue(queue, *args, **options)
+        else:
+            log.warning("add_consumer %s refused: ccsync consumes only %s", queue, _OWN_QUEUES)
+
+    def cancel_task_queue(self, queue: str) -> None:
+        if queue == EVENTS_QUEUE:
+            self._switch_intake(consume=False)
+        elif queue == TASKS_QUEUE:
+            super().cancel_task_queue(queue)
+        else:
+            log.warning("cancel_consumer %s refused: ccsync consumes only %s", queue, _OWN_QUEUES)
+
+    def _switch_intake(self, *, consume: bool) -> None:
+        if consume and self.app.consumer_switch.paused:
+            log.warning(
+                "add_consumer %s: held (outage protection or ccsync pause); it resumes after",
+                EVENTS_QUEUE,
+            )
+            return
+        for step in self.steps:
+            if isinstance(step, EventIntake):
+                for consumer in step.consumers or []:
+                    if consume:
+                        consumer.consume()
+                    else:
+                        consumer.cancel()
+        log.warning("%s consuming from %s", "started" if consume else "stopped", EVENTS_QUEUE)
+
 
 class CcsyncCelery(Celery):  # type: ignore[misc]
     """A Celery app that carries ccsync's settings and builds its runtime lazily.
@@ -218,6 +261,8 @@ class CcsyncCelery(Celery):  # type: ignore[misc]
         self._runtime: Runtime | None = None
         self._runtime_lock = threading.Lock()
         self.consumer_switch = ConsumerSwitch()
+        self.loop_heartbeat = LoopHeartbeat(settings.liveness_seconds)
+        self.broker_consumer: Any = None  # set by LoopBeat, read by the readiness probe
 
     @property
     def runtime(self) -> Runtime:
@@ -255,11 +300,14 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
         broker_connection_retry_on_startup=True,
         broker_pool_limit=concurrency + SPARE_PRODUCER_CONNECTIONS,
         broker_transport_options={"confirm_publish": True},
+        # Per-task events stay off unless asked for (CeleryExtras); remote control is on, for
+        # `celery -A worker inspect|status|control` and Flower.
         worker_send_task_events=False,
-        worker_enable_remote_control=False,
+        worker_enable_remote_control=True,
         worker_consumer="worker.runtime.app:CcsyncConsumer",
     )
     app.steps["consumer"].add(EventIntake)  # it finds its IntakeServices in its parent's app
+    app.steps["consumer"].add(LoopBeat)
 
     @app.task(name=APPLY_EVENT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
     def apply_event_task(
@@ -291,7 +339,21 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
     return app
 
 
-def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
+@dataclass(frozen=True)
+class CeleryExtras:
+    """Celery features ``ccsync worker`` leaves off unless asked (README, Operations, says what
+    each costs): per-task events, worker heartbeats, gossip and mingle. Remote control is always
+    on."""
+
+    task_events: bool = False
+    heartbeat: bool = False
+    gossip: bool = False
+    mingle: bool = False
+
+
+def run_worker(
+    settings: Settings, concurrency: int, loglevel: str, *, extras: CeleryExtras | None = None
+) -> None:
     """Declare the topology, then consume until told to stop (blocks).
 
     Raises ``ConfigurationError`` without API credentials, and ``BrokerUnreachable`` when the
@@ -303,12 +365,16 @@ def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
     settings.require_api_credentials()
     configure_logging(loglevel, settings.log_format)
     init_error_reporting(settings)
+    app = make_app(settings, concurrency)
     if settings.metrics_port is not None:
-        serve_metrics(settings.metrics_port)
+        serve_worker_endpoints(app, settings.metrics_port)
     with broker_connection(settings) as connection:
         connect_within(connection, settings.broker_connect_timeout)
         declare_topology(connection)
-    app = make_app(settings, concurrency)
+    if settings.metrics_port is not None:
+        poll_queue_depths(app)
+    extras = extras or CeleryExtras()
+    app.conf.worker_send_task_events = extras.task_events
 
     def announce_ready(**_: Any) -> None:
         # Printed whatever the log level: supervisors and tests wait for this line.
@@ -326,7 +392,8 @@ def run_worker(settings: Settings, concurrency: int, loglevel: str) -> None:
         pool="threads",
         concurrency=concurrency,
         loglevel=loglevel,
-        without_gossip=True,
-        without_mingle=True,
-        without_heartbeat=True,
+        hostname=default_nodename("", WORKER_NODE_NAME),
+        without_gossip=not extras.gossip,
+        without_mingle=not extras.mingle,
+        without_heartbeat=not extras.heartbeat,
     ).start()
