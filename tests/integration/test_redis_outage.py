@@ -15,7 +15,7 @@ from tests.integration.redis_process import RedisProcess
 from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import final_outcomes, outcome_counts
 from worker.events import correlation_id
-from worker.runtime.intake import PREFETCH_PER_THREAD
+from worker.runtime.intake import PREFETCH_PER_CALL
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 
@@ -76,4 +76,4 @@ def test_given_redis_stopped_for_10s_mid_run_then_every_event_reaches_an_outcome
     sent = [e["headers"]["x-correlation-id"] for e in sandbox.journal() if e["method"] == "PATCH"]
     tenant = env["CLOUDCOCKPIT_TENANT"]
     assert {str(correlation_id(tenant, event_id)) for event_id in applied} <= set(sent)
-    assert len(sent) - len(applied) <= 4 + PREFETCH_PER_THREAD * 4
+    assert len(sent) - len(applied) <= 4 + PREFETCH_PER_CALL * 4

@@ -15,6 +15,7 @@ from worker.amqp.connection import broker_connection, connect_within
 from worker.amqp.event_publishing import Encoding, new_event, publish_events, read_event_file
 from worker.cli.failures import OneLineFailures
 from worker.cli.settings import command_settings
+from worker.settings import DEFAULT_CONCURRENCY
 
 #: The names ``--loglevel`` accepts, in any case.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -27,7 +28,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--concurrency", default=32, show_default=True, help="Calls in flight at once.")
+@click.option(
+    "--concurrency", default=DEFAULT_CONCURRENCY, show_default=True, help="Calls in flight at once."
+)
 @click.option(
     "--loglevel",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),

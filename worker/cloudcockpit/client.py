@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import httpx
 
 from worker.cloudcockpit.answers import describe_transport_error, raise_for_answer
+from worker.cloudcockpit.streams import AsyncioTransport
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken, TokenSource
 from worker.exceptions import ApiRejected, TokenRejected, TransientFailure
 from worker.observability import metrics
@@ -65,6 +67,38 @@ def make_http_client(
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
         verify=tls or tls_context(settings),
+    )
+
+
+def make_async_http_client(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    max_connections: int = 1,
+    tls: ssl.SSLContext | None = None,
+) -> httpx.AsyncClient:
+    """``make_http_client`` for an event loop: the same timeouts, headers and TLS, its sockets
+    on asyncio directly (``streams``).
+
+    Keep its pool small: httpcore looks at every connection of a pool on each request, so one
+    client with hundreds of connections spends more CPU on its pool than on its calls; the
+    worker gives each of its calls in flight a client of its own instead (README, "Concurrency
+    model").
+    """
+    timeouts = settings.timeouts
+    tls = tls or tls_context(settings)
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    return httpx.AsyncClient(
+        transport=transport or AsyncioTransport(verify=tls, limits=limits),
+        timeout=httpx.Timeout(
+            connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
+        ),
+        limits=limits,
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,
+        verify=tls,
     )
 
 
@@ -144,6 +178,38 @@ class CloudCockpitClient:
             response = self._patch(
                 url, body=body, tenant=tenant, correlation_id=correlation_id, token=renewed
             )
+            if response.status_code == 401:
+                raise TokenRejected("HTTP 401 with a renewed token", 401)
+        raise_for_answer(response)
+
+    async def set_internal_identifier_async(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        tenant: str,
+        customer_id: uuid.UUID,
+        reseller_id: uuid.UUID | None,
+        internal_identifier: str | None,
+        correlation_id: uuid.UUID,
+    ) -> None:
+        """``set_internal_identifier`` in an event loop, through ``http``: the same request, the
+        same renewal once after a 401, the same answers. A token fetch or renewal runs in a
+        thread of the loop's executor, so the loop never waits on the token endpoint; the token
+        source still lets one fetch run at a time and keeps a valid token in use meanwhile."""
+        url = f"{self._base_url}/v1/Customers/{customer_id}/internal-identifier"
+        body = {
+            "internalIdentifier": internal_identifier,
+            "resellerId": str(reseller_id) if reseller_id else None,
+        }
+        token = self._tokens.cached()
+        if token is None:
+            token = await asyncio.to_thread(self._tokens.token)
+        headers = _change_headers(tenant=tenant, correlation_id=correlation_id, token=token)
+        response = await _patch_async(http, url, body=body, headers=headers)
+        if response.status_code == 401:
+            renewed = await asyncio.to_thread(self._tokens.renew, token)
+            headers = _change_headers(tenant=tenant, correlation_id=correlation_id, token=renewed)
+            response = await _patch_async(http, url, body=body, headers=headers)
             if response.status_code == 401:
                 raise TokenRejected("HTTP 401 with a renewed token", 401)
         raise_for_answer(response)
@@ -245,3 +311,24 @@ def _observe_call(started: float, status: int | None) -> None:
     """``ccsync_api_request_duration_seconds{status}`` of one PATCH, answered or not."""
     label = metrics.NO_ANSWER if status is None else str(status)
     metrics.API_REQUEST_SECONDS.labels(label).observe(time.monotonic() - started)
+
+
+def _change_headers(*, tenant: str, correlation_id: uuid.UUID, token: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {token}",
+        "X-Tenant": tenant,
+        "X-Correlation-Id": str(correlation_id),
+    }
+
+
+async def _patch_async(
+    http: httpx.AsyncClient, url: str, *, body: dict[str, str | None], headers: dict[str, str]
+) -> httpx.Response:
+    started = time.monotonic()
+    try:
+        response = await http.patch(url, json=body, headers=headers)
+    except httpx.TransportError as exc:
+        _observe_call(started, None)
+        raise describe_transport_error(exc) from None
+    _observe_call(started, response.status_code)
+    return response

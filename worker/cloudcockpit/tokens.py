@@ -32,6 +32,10 @@ class TokenSource(Protocol):
     def renew(self, rejected: str) -> str:
         """A token other than ``rejected`` (answered 401 by CloudCockpit), if one can be had."""
 
+    def cached(self) -> str | None:
+        """The token ``token`` would return now without a request or a wait, else None: an event
+        loop takes it from here and calls ``token`` from a thread only when this is None."""
+
 
 class StaticToken:
     """``CLOUDCOCKPIT_TOKEN``: nothing to renew; a 401 stays a 401."""
@@ -43,6 +47,9 @@ class StaticToken:
         return self._value
 
     def renew(self, rejected: str) -> str:
+        return self._value
+
+    def cached(self) -> str | None:
         return self._value
 
 
@@ -93,6 +100,15 @@ class ClientCredentialsToken:
 
     def renew(self, rejected: str) -> str:
         return self._obtain(rejected=rejected)
+
+    def cached(self) -> str | None:
+        with self._changed:
+            now = time.monotonic()
+            if self._value is None or now >= self._expires_at:
+                return None
+            if now < self._renew_at or self._fetching or now < self._next_fetch_at:
+                return self._value
+            return None  # due for renewal: ``token`` makes this caller the one that renews
 
     def _obtain(self, *, rejected: str | None) -> str:
         with self._changed:

@@ -14,10 +14,10 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import sentry_sdk
 
@@ -42,11 +42,17 @@ from worker.observability import metrics
 from worker.processing.attempts import Attempt, Call
 from worker.processing.backoff import RetryPolicy
 from worker.processing.dead_letters import DeadLetter, Envelope
-from worker.processing.ledger import Ledger, Relationship, Verdict
+from worker.processing.ledger import Hold, Ledger, Relationship, Verdict
 from worker.processing.outage import Admission, OutageGuard
 from worker.settings import HttpTimeouts
 
+if TYPE_CHECKING:
+    import httpx
+
 log = logging.getLogger(__name__)
+
+#: Fences one hold right before its call, for that many seconds (``Ledger.fence``'s contract).
+Fence = Callable[[Hold, float], Awaitable[None]]
 
 
 class Outcome(StrEnum):
@@ -187,28 +193,17 @@ class Applier:
         hold = call.hold
         if hold is None:
             return
-        event = call.attempt.event
         try:
-            call.verdict = hold.verdict(event)
-            if call.verdict is not Verdict.NEW:
-                return
-            if not self.ledger.reachable:
-                # Taken before Redis went away: a call now could not be recorded, and would
-                # only have to be made again.
-                call.failure = LedgerUnavailable("ledger unavailable: the call was not made")
-                return
-            if not call.trial and self.guard is not None and self.guard.is_open:
-                # Admitted before the guard opened: it waits out the outage like the others.
-                call.outage = True
+            if not self._may_call(call):
                 return
             # The lock was taken ahead, and may have expired while the event waited for this
             # thread: another event could hold it now. Checked and extended in one script, and
             # the verdict judged again by what was applied meanwhile.
             self.ledger.fence(hold, lease_seconds=self.call_lease_seconds)
-            call.verdict = hold.verdict(event)
-            if call.verdict is not Verdict.NEW:
+            if not self._still_new(call):
                 return
             started = time.monotonic()
+            event = call.attempt.event
             self.api.set_internal_identifier(
                 tenant=call.attempt.tenant,
                 customer_id=event.customer_id,
@@ -216,19 +211,82 @@ class Applier:
                 internal_identifier=event.internal_identifier,
                 correlation_id=call.attempt.correlation_id,
             )
-            call.duration = time.monotonic() - started
-            hold.applied(event)
-        except ApiUnavailable as exc:
-            if exc.unsettled:
-                # A late write of this event must not land after a newer one.
-                hold.linger(self.unsettled_linger_seconds)
-            call.failure = exc
+            self._called(call, started)
         except (ApiRejected, TransientFailure, RelationshipBusy) as exc:
-            call.failure = exc
+            self._call_failed(call, exc)
         except BaseException:
             # A bug: the message is redelivered, and the relationship must not stay locked.
             self.leave_all([call])
             raise
+
+    async def send_async(self, call: Call, *, http: httpx.AsyncClient, fence: Fence) -> None:
+        """``send`` in an event loop: the call through ``http``, and ``fence`` (the ledger's
+        ``fence_all`` for every call the loop is about to make, in one round trip) in place of
+        ``Ledger.fence``, right before it. Same verdicts, same failures, same lease."""
+        hold = call.hold
+        if hold is None:
+            return
+        try:
+            if not self._may_call(call):
+                return
+            await fence(hold, self.call_lease_seconds)
+            if not self._still_new(call):
+                return
+            started = time.monotonic()
+            event = call.attempt.event
+            await self.api.set_internal_identifier_async(
+                http,
+                tenant=call.attempt.tenant,
+                customer_id=event.customer_id,
+                reseller_id=event.reseller_id,
+                internal_identifier=event.internal_identifier,
+                correlation_id=call.attempt.correlation_id,
+            )
+            self._called(call, started)
+        except (ApiRejected, TransientFailure, RelationshipBusy) as exc:
+            self._call_failed(call, exc)
+        except BaseException:
+            # A bug, or the loop cancelling the call: the relationship must not stay locked.
+            self.leave_all([call])
+            raise
+
+    def _may_call(self, call: Call) -> bool:
+        """Before the fence: whether the held event is new and may be sent now."""
+        assert call.hold is not None
+        call.verdict = call.hold.verdict(call.attempt.event)
+        if call.verdict is not Verdict.NEW:
+            return False
+        if not self.ledger.reachable:
+            # Taken before Redis went away: a call now could not be recorded, and would
+            # only have to be made again.
+            call.failure = LedgerUnavailable("ledger unavailable: the call was not made")
+            return False
+        if not call.trial and self.guard is not None and self.guard.is_open:
+            # Admitted before the guard opened: it waits out the outage like the others.
+            call.outage = True
+            return False
+        return True
+
+    @staticmethod
+    def _still_new(call: Call) -> bool:
+        """After the fence: the verdict again, by what the ledger holds now."""
+        assert call.hold is not None
+        call.verdict = call.hold.verdict(call.attempt.event)
+        return call.verdict is Verdict.NEW
+
+    @staticmethod
+    def _called(call: Call, started: float) -> None:
+        assert call.hold is not None
+        call.duration = time.monotonic() - started
+        call.hold.applied(call.attempt.event)
+
+    def _call_failed(
+        self, call: Call, exc: ApiRejected | TransientFailure | RelationshipBusy
+    ) -> None:
+        if isinstance(exc, ApiUnavailable) and exc.unsettled and call.hold is not None:
+            # A late write of this event must not land after a newer one.
+            call.hold.linger(self.unsettled_linger_seconds)
+        call.failure = exc
 
     def leave_all(self, calls: Sequence[Call]) -> None:
         """Releases what the calls hold (recording what they applied) in one round trip. If

@@ -58,7 +58,7 @@ from worker.runtime.task_messages import (
     unknown_task_error,
     why_apply_event_cannot_run,
 )
-from worker.settings import Settings
+from worker.settings import DEFAULT_CONCURRENCY, Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ HTTP_CONNECTIONS_PER_CLIENT = 2
 TASK_PREFETCH_PER_THREAD = 2
 #: Producer connections in the app's pool beyond one per pool thread.
 SPARE_PRODUCER_CONNECTIONS = 4
+#: Most threads in Celery's pool, which runs retries (``apply_event`` tasks) only: first attempts
+#: are called from the caller's event loop, however many are in flight.
+MAX_POOL_THREADS = 32
 #: The name half of the node name `celery inspect` and Flower show: ccsync@<host name>.
 WORKER_NODE_NAME = "ccsync"
 _OWN_QUEUES = f"{EVENTS_QUEUE} and {TASKS_QUEUE}"
@@ -263,6 +266,7 @@ class CcsyncCelery(Celery):  # type: ignore[misc]
         self.consumer_switch = ConsumerSwitch()
         self.loop_heartbeat = LoopHeartbeat(settings.liveness_seconds)
         self.broker_consumer: Any = None  # set by LoopBeat, read by the readiness probe
+        self.calls_in_flight = DEFAULT_CONCURRENCY
 
     @property
     def runtime(self) -> Runtime:
@@ -276,8 +280,11 @@ class CcsyncCelery(Celery):  # type: ignore[misc]
         return self.runtime.applier
 
 
-def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
+def make_app(settings: Settings, concurrency: int = DEFAULT_CONCURRENCY) -> CcsyncCelery:
+    """``concurrency``: first attempts' calls in flight; Celery's pool (retries) gets as many
+    threads, up to ``MAX_POOL_THREADS``."""
     app = CcsyncCelery(settings, broker=settings.broker_url, set_as_current=False)
+    app.calls_in_flight = concurrency
     # Every connection Celery opens fails over like ccsync's own (each node's TLS host name).
     app.amqp.Connection = FailoverConnection
     ssl_options = broker_ssl_options(settings)
@@ -298,7 +305,7 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
         worker_prefetch_multiplier=TASK_PREFETCH_PER_THREAD,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_pool_limit=concurrency + SPARE_PRODUCER_CONNECTIONS,
+        broker_pool_limit=pool_threads(concurrency) + SPARE_PRODUCER_CONNECTIONS,
         broker_transport_options={"confirm_publish": True},
         # Per-task events stay off unless asked for (CeleryExtras); remote control is on, for
         # `celery -A worker inspect|status|control` and Flower.
@@ -337,6 +344,11 @@ def make_app(settings: Settings, concurrency: int = 32) -> CcsyncCelery:
         return outcome.value
 
     return app
+
+
+def pool_threads(concurrency: int) -> int:
+    """Threads of Celery's pool for ``concurrency`` calls in flight."""
+    return max(1, min(concurrency, MAX_POOL_THREADS))
 
 
 @dataclass(frozen=True)
@@ -390,7 +402,7 @@ def run_worker(
     setup_logging.connect(lambda **_: None, weak=False)
     app.Worker(
         pool="threads",
-        concurrency=concurrency,
+        concurrency=pool_threads(concurrency),
         loglevel=loglevel,
         hostname=default_nodename("", WORKER_NODE_NAME),
         without_gossip=not extras.gossip,

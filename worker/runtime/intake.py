@@ -1,10 +1,10 @@
-"""Event in: consume producers' plain messages, validate them, apply each in the worker's pool.
+"""Event in: consume producers' plain messages, validate them, apply each first attempt.
 
 A Celery ``ConsumerStep``: its callback runs in the worker's event loop, so it only validates the
 event and hands its first attempt on: the gate (``gate``) takes its relationship in the ledger,
-a thread of the worker's pool calls CloudCockpit, and the settler (``settle``) leaves the
-relationship and concludes. The first attempt needs no second trip through the broker; retries
-travel as ``apply_event`` task messages through the delay ladder.
+the caller (``caller``) makes the call, one of many in flight in its event loop, and the settler
+(``settle``) leaves the relationship and concludes. The first attempt needs no second trip
+through the broker; retries travel as ``apply_event`` task messages through the delay ladder.
 
 The raw message is acknowledged only once its outcome is settled: applied or skipped, or its
 retry message or dead letter confirmed by the broker. A crash at any point loses nothing: the
@@ -27,6 +27,7 @@ from kombu.common import ignore_errors
 from kombu.message import Message
 
 from worker.amqp.topology import events_queue, publish_declaring_topology
+from worker.cloudcockpit.client import make_async_http_client, tls_context
 from worker.constants import (
     DELIVERY_LIMIT,
     REASON_DELIVERY_LIMIT,
@@ -39,6 +40,7 @@ from worker.processing.applier import Applier
 from worker.processing.attempts import Attempt, Call
 from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_letter
 from worker.processing.solo_runs import SoloRuns, message_key
+from worker.runtime.caller import Caller
 from worker.runtime.consumer_switch import ConsumerSwitch
 from worker.runtime.gate import Gate
 from worker.runtime.settler import InFlightMessages, Settler
@@ -46,8 +48,9 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Events in hand per pool thread: each finds its next one held and ready; a crash redelivers few.
-PREFETCH_PER_THREAD = 4
+#: Events in hand per call in flight: each call's lane finds its next event held and ready while
+#: the settler still concludes the last; a crash redelivers few.
+PREFETCH_PER_CALL = 2
 #: Seconds between two wake-ups of the event loop, so that it notices a shutdown signal.
 SHUTDOWN_CHECK_SECONDS = 0.5
 #: Seconds a warm shutdown waits beyond the call timeout, to publish and record the outcomes.
@@ -74,6 +77,10 @@ class IntakeServices(Protocol):
     def applier(self) -> Applier:
         """The same applier on every read, made on the first, in the worker process."""
 
+    @property
+    def calls_in_flight(self) -> int:
+        """First attempts' calls to CloudCockpit in flight at once (``--concurrency``)."""
+
     def connection_for_write(self) -> Connection:
         """A broker connection of the intake's own, for dead letters; the intake releases it."""
 
@@ -91,10 +98,11 @@ class _AloneRun:
 
 @dataclass(frozen=True)
 class _Stages:
-    """Where a first attempt goes after the intake: gate, pool, settler."""
+    """Where a first attempt goes after the intake: gate, caller, settler."""
 
     applier: Applier
     gate: Gate
+    caller: Caller
     settler: Settler
 
 
@@ -128,7 +136,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
                 queues=[events_queue],
                 on_message=self.on_message,
                 on_decode_error=self.on_undecodable,
-                prefetch_count=PREFETCH_PER_THREAD * self._celery_consumer.pool.limit,
+                prefetch_count=PREFETCH_PER_CALL * self._services.calls_in_flight,
                 no_ack=False,
             )
         ]
@@ -321,24 +329,23 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
                 on_decided=settler.put,
                 on_lost=self._requeue,
             )
-            self._made_stages = _Stages(applier, gate, settler)
+            settings = self._services.ccsync_settings
+            tls = tls_context(settings)
+            caller = Caller(
+                applier=applier,
+                lanes=self._services.calls_in_flight,
+                make_http=lambda: make_async_http_client(settings, tls=tls),
+                on_taken=gate.decrement_backlog,
+                on_called=settler.put,
+                on_lost=self._requeue,
+            )
+            self._made_stages = _Stages(applier, gate, caller, settler)
         return self._made_stages
 
     def _send(self, call: Call, message: Message) -> None:
-        """From the gate: the relationship is held; a pool thread makes the call."""
-        self._celery_consumer.pool.apply_async(self._call_in_pool, args=(call, message))
-
-    def _call_in_pool(self, call: Call, message: Message) -> None:
-        """In a pool thread: the call and nothing else. The settler concludes it."""
-        stages = self._stages()
-        stages.gate.decrement_backlog()
-        try:
-            stages.applier.send(call)
-        except Exception:
-            log.exception("event %s: no outcome could be recorded", call.attempt.event.event_id)
-            self._requeue(message)
-            return
-        stages.settler.put(call, message)
+        """From the gate: the relationship is held; the caller makes the call, and the settler
+        concludes it."""
+        self._stages().caller.put(call, message)
 
     def _requeue(self, message: Message) -> None:
         self._in_flight.finished(message, ack=False)

@@ -344,15 +344,40 @@ class Ledger:
         event waited and another event took it (and may be calling), or Redis answered too late
         for the lease to surely cover the call. ``LedgerUnavailable`` if Redis cannot say.
         """
+        refused = self.fence_all([hold], lease_seconds=lease_seconds)[0]
+        if refused is not None:
+            raise refused
+
+    def fence_all(
+        self, holds: Sequence[Hold], *, lease_seconds: float
+    ) -> list[RelationshipBusy | None]:
+        """``fence`` for many holds in one round trip, each right before its call: per hold, None
+        when its call may be made, else why not. ``LedgerUnavailable`` (for all) if Redis cannot
+        say."""
+        if not holds:
+            return []
         asked = time.monotonic()
         lease_ms = int((lease_seconds + FENCE_MARGIN_SECONDS) * 1000)
-        reply = self._run(self._fence, hold.keys, [hold.token, lease_ms])
-        name = hold.keys[0].removeprefix(f"{self._prefix}:lock:")
-        if not reply:
-            raise RelationshipBusy(f"relationship {name} was lost before the call")
-        hold.refresh(reply[1])
-        if time.monotonic() - asked > FENCE_MARGIN_SECONDS:
-            raise RelationshipBusy(f"relationship {name}: the ledger answered too late to call")
+        keys: list[str] = []
+        args: list[str | int] = []
+        for hold in holds:
+            keys += hold.keys
+            args += [hold.token, lease_ms]
+        replies = self._run(self._fence, keys, args)
+        late = time.monotonic() - asked > FENCE_MARGIN_SECONDS
+        refusals: list[RelationshipBusy | None] = []
+        for hold, reply in zip(holds, replies, strict=True):
+            name = hold.keys[0].removeprefix(f"{self._prefix}:lock:")
+            if not reply:
+                refusals.append(RelationshipBusy(f"relationship {name} was lost before the call"))
+                continue
+            hold.refresh(reply[1])
+            refusals.append(
+                RelationshipBusy(f"relationship {name}: the ledger answered too late to call")
+                if late
+                else None
+            )
+        return refusals
 
     def leave_all(self, holds: Sequence[Hold]) -> list[bool]:
         """Records what each hold applied (if newer than the stored event) and releases it, all

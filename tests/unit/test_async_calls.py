@@ -1,0 +1,328 @@
+"""First attempts' calls in an event loop: httpx on asyncio (``streams``), the async PATCH with
+its token handling, and the caller's batched fences."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from worker.cloudcockpit.client import CloudCockpitClient, make_async_http_client
+from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken
+from worker.exceptions import RelationshipBusy, TokenRejected
+from worker.processing.ledger import Hold
+from worker.runtime.caller import Caller
+from worker.settings import Settings
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
+
+CUSTOMER = uuid.UUID("3f0e6f43-3b0d-4b1c-9a56-0a7a2b1c1d11")
+ANSWER = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(base_url="http://127.0.0.1", token="t", **overrides)
+
+
+@asynccontextmanager
+async def server(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+) -> AsyncIterator[str]:
+    """A plain TCP server on 127.0.0.1 for the test's own HTTP/1.1 answers."""
+
+    async def handled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handle(reader, writer)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            writer.transport.abort()
+
+    listening = await asyncio.start_server(handled, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        listening.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + await reader.readexactly(length)
+
+
+def test_given_keep_alive_then_one_connection_serves_many_calls() -> None:
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(ANSWER)
+
+    async def main() -> list[int]:
+        async with server(handle) as url, make_async_http_client(settings()) as http:
+            return [(await http.patch(f"{url}/x", json={"a": 1})).status_code for _ in range(5)]
+
+    assert asyncio.run(main()) == [204] * 5
+    assert connections == 1
+
+
+def test_given_the_server_closed_an_idle_connection_then_the_next_call_takes_a_new_one() -> None:
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        writer.write(ANSWER)
+        await writer.drain()
+        writer.close()  # keep-alive refused after the answer
+
+    async def main() -> list[int]:
+        async with server(handle) as url, make_async_http_client(settings()) as http:
+            first = await http.patch(f"{url}/x", json={})
+            await asyncio.sleep(0.05)  # the close reaches the client before its next call
+            second = await http.patch(f"{url}/x", json={})
+            return [first.status_code, second.status_code]
+
+    assert asyncio.run(main()) == [204, 204]
+    assert connections == 2
+
+
+def test_given_no_answer_within_the_read_timeout_then_read_timeout() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async def main() -> None:
+        async with (
+            server(handle) as url,
+            make_async_http_client(settings(http_timeout=0.2)) as http,
+        ):
+            await http.patch(f"{url}/x", json={})
+
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        asyncio.run(main())
+    assert time.monotonic() - started < 2
+
+
+def test_given_the_server_drops_the_connection_before_answering_then_no_answer() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.transport.abort()
+
+    async def main() -> None:
+        async with server(handle) as url, make_async_http_client(settings()) as http:
+            await http.patch(f"{url}/x", json={})
+
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        asyncio.run(main())
+
+
+def test_given_nothing_listens_then_connect_error_the_call_never_left() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def main() -> None:
+        async with make_async_http_client(settings()) as http:
+            await http.patch(f"http://127.0.0.1:{port}/x", json={})
+
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(main())
+
+
+def test_the_async_patch_is_the_sync_one_and_a_401_renews_the_token_once() -> None:
+    seen: list[httpx.Request] = []
+    tokens: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(401 if request.headers["Authorization"] == "Bearer old" else 204)
+
+    def token_endpoint(request: httpx.Request) -> httpx.Response:
+        tokens.append(threading.current_thread().name)
+        return httpx.Response(200, json={"access_token": "old" if len(tokens) == 1 else "new"})
+
+    source = ClientCredentialsToken(
+        httpx.Client(transport=httpx.MockTransport(token_endpoint)),
+        token_url="https://login.example.test/token",
+        client_id="id",
+        client_secret="secret",
+        scope="scope",
+    )
+    api = CloudCockpitClient(httpx.Client(), base_url="https://cc.example.test/", tokens=source)
+    correlation = uuid.uuid4()
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            await api.set_internal_identifier_async(
+                http,
+                tenant="portal.example.com",
+                customer_id=CUSTOMER,
+                reseller_id=None,
+                internal_identifier="ERP-1",
+                correlation_id=correlation,
+            )
+
+    asyncio.run(main())
+    assert [r.headers["Authorization"] for r in seen] == ["Bearer old", "Bearer new"]
+    last = seen[-1]
+    assert last.method == "PATCH"
+    assert str(last.url) == f"https://cc.example.test/v1/Customers/{CUSTOMER}/internal-identifier"
+    assert last.headers["X-Tenant"] == "portal.example.com"
+    assert last.headers["X-Correlation-Id"] == str(correlation)
+    assert last.read() == b'{"internalIdentifier":"ERP-1","resellerId":null}'
+    # Both fetches ran off the event loop's thread.
+    assert len(tokens) == 2 and "MainThread" not in tokens
+
+
+def test_given_a_401_after_renewal_too_then_token_rejected() -> None:
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401)
+
+    api = CloudCockpitClient(httpx.Client(), base_url="https://x.test", tokens=StaticToken("s"))
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            await api.set_internal_identifier_async(
+                http,
+                tenant="t",
+                customer_id=CUSTOMER,
+                reseller_id=None,
+                internal_identifier=None,
+                correlation_id=uuid.uuid4(),
+            )
+
+    with pytest.raises(TokenRejected):
+        asyncio.run(main())
+
+
+def test_cached_gives_the_token_only_while_no_fetch_is_due() -> None:
+    answers = iter([{"access_token": "a", "expires_in": 3599}])
+    source = ClientCredentialsToken(
+        httpx.Client(
+            transport=httpx.MockTransport(lambda r: httpx.Response(200, json=next(answers)))
+        ),
+        token_url="https://login.example.test/token",
+        client_id="id",
+        client_secret="secret",
+        scope="scope",
+    )
+    assert source.cached() is None  # none yet: ``token`` must fetch
+    assert source.token() == "a"
+    assert source.cached() == "a"
+    assert StaticToken("s").cached() == "s"
+
+
+class FencingLedger:
+    """Counts ``fence_all`` round trips; refuses the holds named in ``lost``."""
+
+    def __init__(self, lost: set[str]) -> None:
+        self.batches: list[int] = []
+        self.lost = lost
+        self.reachable = True
+
+    def fence_all(self, holds: list[Hold], *, lease_seconds: float) -> list[Any]:
+        time.sleep(0.02)  # a round trip, during which more lanes ask
+        self.batches.append(len(holds))
+        return [RelationshipBusy("lost") if hold.token in self.lost else None for hold in holds]
+
+
+class FencingApplier:
+    def __init__(self, ledger: FencingLedger) -> None:
+        self.ledger = ledger
+        self.fenced: dict[str, str] = {}
+
+    async def send_async(self, call: Any, *, http: Any, fence: Any) -> None:
+        try:
+            await fence(call.hold, 10.0)
+            self.fenced[call.hold.token] = "fenced"
+        except RelationshipBusy:
+            self.fenced[call.hold.token] = "refused"
+
+
+def test_the_caller_fences_many_calls_in_few_round_trips_each_with_its_own_verdict() -> None:
+    ledger = FencingLedger(lost={"hold-3"})
+    applier = FencingApplier(ledger)
+    called: list[str] = []
+    done = threading.Event()
+
+    def on_called(call: Any, message: Any) -> None:
+        called.append(call.hold.token)
+        if len(called) == 40:
+            done.set()
+
+    caller = Caller(
+        applier=applier,  # type: ignore[arg-type]
+        lanes=16,
+        make_http=lambda: None,  # type: ignore[arg-type, return-value]
+        on_taken=lambda: None,
+        on_called=on_called,
+        on_lost=lambda message: None,
+    )
+
+    class FakeCall:
+        def __init__(self, token: str) -> None:
+            self.hold = Hold(
+                ["l", "a"], token=token, linger_value="", stored=None, lingering_until=0
+            )
+
+    for number in range(40):
+        caller.put(FakeCall(f"hold-{number}"), object())  # type: ignore[arg-type]
+    assert done.wait(10)
+    assert sorted(called) == sorted(f"hold-{n}" for n in range(40))
+    assert applier.fenced["hold-3"] == "refused"
+    assert sum(value == "fenced" for value in applier.fenced.values()) == 39
+    assert sum(ledger.batches) == 40
+    assert len(ledger.batches) < 10  # 16 lanes at a time: a round trip serves many
+
+
+def test_under_a_light_load_the_last_lane_to_finish_takes_the_next_call() -> None:
+    # Given 16 lanes and one event at a time
+    made: list[object] = []
+    called = threading.Semaphore(0)
+
+    class Sending:
+        ledger = FencingLedger(lost=set())
+
+        async def send_async(self, call: Any, *, http: Any, fence: Any) -> None:
+            pass
+
+    def make_http() -> Any:
+        made.append(object())
+        return made[-1]
+
+    caller = Caller(
+        applier=Sending(),  # type: ignore[arg-type]
+        lanes=16,
+        make_http=make_http,
+        on_taken=lambda: None,
+        on_called=lambda call, message: called.release(),
+        on_lost=lambda message: None,
+    )
+    for _ in range(10):
+        caller.put(object(), object())  # type: ignore[arg-type]
+        assert called.acquire(timeout=5)
+        time.sleep(0.01)
+
+    # Then one lane made every call, over one client (one kept-alive connection)
+    assert len(made) == 1
