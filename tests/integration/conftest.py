@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 import pytest
 from kombu import Connection
 
-from tests.integration.producer import Producer, purge
+from tests.integration.events import native
+from tests.integration.producer import Letter, Producer, purge, read_dead_letters
 from tests.support import REDIS_URL
 from worker.amqp.topology import declare_topology
 from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE
-from worker.sandbox import SandboxServer
+from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 
 TENANT = "tests.cloudcockpit.local"
@@ -34,6 +37,38 @@ def worker_env(
         "CCSYNC_RETRY_JITTER": "0.1",
     }
     env.update(overrides)
+    return env
+
+
+def dead_letter_after_retries(
+    sandbox: SandboxControl,
+    producer: Producer,
+    broker_url: str,
+    headers: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], Letter]:
+    """An event the API answers 500 every time, published (with ``headers``) to a running
+    worker: the event, and its dead letter once every retry failed."""
+    event = native()
+    sandbox.add_faults(event["customerId"], {"status": 500, "times": 100})
+    producer.publish(json.dumps(event).encode(), "application/json", headers=headers)
+    [letter] = read_dead_letters(broker_url, expected=1, timeout=30)
+    return event, letter
+
+
+class WorkerEnv(Protocol):
+    def __call__(self, **overrides: str) -> dict[str, str]: ...
+
+
+@pytest.fixture
+def own_worker_env(
+    broker_url: str, redis_url: str, sandbox_server: SandboxServer, clean_queues: None
+) -> WorkerEnv:
+    """Given empty queues, the session's vhost, Redis and sandbox: the environment of a worker the
+    test starts itself (``worker_env``), with the test's overrides by name."""
+
+    def env(**overrides: str) -> dict[str, str]:
+        return worker_env(broker_url, sandbox_server.url, redis_url, **overrides)
+
     return env
 
 

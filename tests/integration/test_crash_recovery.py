@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.integration.conftest import worker_env
+from tests.integration.conftest import WorkerEnv, worker_env
 from tests.integration.events import native
 from tests.integration.journal import patches, wait_applied
 from tests.integration.producer import Producer
@@ -41,15 +41,12 @@ def test_given_an_event_in_backoff_when_the_worker_is_killed_then_it_is_applied_
 
 
 def test_given_a_long_wait_then_a_shorter_one_behind_it_is_not_held_back(
-    broker_url: str,
-    redis_url: str,
-    sandbox_server: SandboxServer,
+    own_worker_env: WorkerEnv,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given an event told to come back in 20 s, then one that retries after 1 s
-    env = worker_env(broker_url, sandbox_server.url, redis_url, CCSYNC_RETRY_DELAYS="1")
+    env = own_worker_env(CCSYNC_RETRY_DELAYS="1")
     slow, quick = native(), native()
     sandbox.add_faults(slow["customerId"], {"status": 429, "retryAfter": 20})
     sandbox.add_faults(quick["customerId"], {"status": 503})

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import dead_letter_after_retries
 from tests.integration.events import native
 from tests.integration.journal import patches, wait_applied
 from tests.integration.producer import Producer, read_dead_letters
@@ -44,10 +45,7 @@ def test_given_always_500_then_dead_lettered_after_4_attempts(
     producer: Producer,
     broker_url: str,
 ) -> None:
-    event = native()
-    sandbox.add_faults(event["customerId"], {"status": 500, "times": 100})
-    _publish(producer, event)
-    [letter] = read_dead_letters(broker_url, expected=1, timeout=30)
+    event, letter = dead_letter_after_retries(sandbox, producer, broker_url)
     headers = letter.headers
     assert headers["x-ccsync-reason"] == "retries-exhausted"
     assert headers["x-ccsync-attempts"] == 4

@@ -13,12 +13,12 @@ import json
 
 import pytest
 
-from tests.integration.conftest import worker_env
+from tests.integration.conftest import WorkerEnv
 from tests.integration.events import later, native
 from tests.integration.producer import Producer
 from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import final_outcomes
-from worker.sandbox import SandboxControl, SandboxServer
+from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
 
 #: The lock's life, scaled down from 60 s.
@@ -36,11 +36,8 @@ SLOW_OTHERS = 8
 
 @pytest.mark.timeout(110)
 def test_given_a_brownout_when_a_newer_then_an_older_event_arrive_then_the_newer_value_stays(
-    broker_url: str,
-    redis_url: str,
-    sandbox_server: SandboxServer,
+    own_worker_env: WorkerEnv,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given a brownout: every call is slow, and the calls of one customer (and of the events just
@@ -53,10 +50,7 @@ def test_given_a_brownout_when_a_newer_then_an_older_event_arrive_then_the_newer
     others = [native(identifier=f"OTHER-{i}") for i in range(OTHERS)]
     for other in others[-SLOW_OTHERS:]:
         sandbox.add_faults(other["customerId"], {"delayMs": SLOW_CALL_MS})
-    env = worker_env(
-        broker_url,
-        sandbox_server.url,
-        redis_url,
+    env = own_worker_env(
         CCSYNC_HTTP_TIMEOUT="10",
         CCSYNC_LOCK_TTL_SECONDS=str(LOCK_TTL_SECONDS),
     )

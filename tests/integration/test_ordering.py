@@ -10,7 +10,7 @@ from typing import Any
 
 from kombu import Connection
 
-from tests.integration.conftest import worker_env
+from tests.integration.conftest import WorkerEnv
 from tests.integration.events import native
 from tests.integration.producer import Producer, queue_depth
 from tests.integration.waiting import wait_until
@@ -18,7 +18,7 @@ from tests.integration.worker_logs import final_outcomes, outcome_counts
 from worker.constants import DEAD_LETTER_QUEUE
 from worker.dead_letter_queue.filters import DeadLetterFilter
 from worker.dead_letter_queue.replay import replay
-from worker.sandbox import SandboxControl, SandboxServer
+from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
 
 
@@ -39,11 +39,8 @@ def _identifiers(sandbox: SandboxControl) -> dict[str, Any]:
 
 
 def test_given_shuffled_duplicated_events_and_two_workers_then_the_newest_wins_once(
-    broker_url: str,
-    redis_url: str,
-    sandbox_server: SandboxServer,
+    own_worker_env: WorkerEnv,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given 50 customers with 5 versions each, every event published twice, in shuffled order
@@ -51,7 +48,7 @@ def test_given_shuffled_duplicated_events_and_two_workers_then_the_newest_wins_o
     messages = [event for events in history.values() for event in events] * 2
     random.Random(4).shuffle(messages)
     sandbox.configure(latency_ms=5)
-    env = worker_env(broker_url, sandbox_server.url, redis_url)
+    env = own_worker_env()
 
     # When two worker processes with concurrency 4 consume them
     with LocalWorker(env, concurrency=4) as first, LocalWorker(env, concurrency=4) as second:
@@ -81,11 +78,9 @@ def test_given_shuffled_duplicated_events_and_two_workers_then_the_newest_wins_o
 
 
 def test_given_a_stale_dead_letter_when_replayed_then_it_is_skipped(
+    own_worker_env: WorkerEnv,
     broker_url: str,
-    redis_url: str,
-    sandbox_server: SandboxServer,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given an older event that was dead-lettered, and a newer one that was applied since
@@ -96,7 +91,7 @@ def test_given_a_stale_dead_letter_when_replayed_then_it_is_skipped(
         occurred_at=datetime.fromisoformat(older["occurredAt"]) + timedelta(minutes=1),
     )
     sandbox.add_faults(older["customerId"], {"status": 404})
-    env = worker_env(broker_url, sandbox_server.url, redis_url)
+    env = own_worker_env()
     with LocalWorker(env, concurrency=4) as worker:
         producer.publish(json.dumps(older).encode(), "application/json")
         wait_until(lambda: queue_depth(broker_url, DEAD_LETTER_QUEUE) == 1, 30, "the dead letter")
@@ -120,16 +115,13 @@ def test_given_a_stale_dead_letter_when_replayed_then_it_is_skipped(
 
 
 def test_given_a_call_that_timed_out_and_lands_late_then_a_newer_event_still_wins(
-    broker_url: str,
-    redis_url: str,
-    sandbox_server: SandboxServer,
+    own_worker_env: WorkerEnv,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given an older event whose call the client gives up on after 1 s, but which the API
     # applies 3 s after receiving it
-    env = worker_env(broker_url, sandbox_server.url, redis_url, CCSYNC_HTTP_TIMEOUT="1")
+    env = own_worker_env(CCSYNC_HTTP_TIMEOUT="1")
     older = native(identifier="OLDER")
     newer = native(
         older["customerId"],

@@ -11,14 +11,14 @@ from typing import Any
 
 import redis
 
-from tests.integration.conftest import TENANT, worker_env
+from tests.integration.conftest import TENANT, WorkerEnv
 from tests.integration.events import native
 from tests.integration.journal import patches
 from tests.integration.producer import Letter, Producer, connect
 from tests.integration.waiting import wait_until
 from worker.constants import DEAD_LETTER_QUEUE, DELIVERY_LIMIT
 from worker.processing.ledger import KEY_PREFIX, Relationship
-from worker.sandbox import SandboxControl, SandboxServer
+from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
 
 #: The poison's every call hangs this long: the worker is killed while it waits.
@@ -83,15 +83,14 @@ def _applied(sandbox: SandboxControl, event: dict[str, Any]) -> bool:
 
 
 def test_given_a_message_that_kills_the_worker_then_only_it_ends_as_delivery_limit(
+    own_worker_env: WorkerEnv,
     broker_url: str,
     redis_url: str,
-    sandbox_server: SandboxServer,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given a poison event whose call hangs, published with healthy events of other customers
-    env = worker_env(broker_url, sandbox_server.url, redis_url, CCSYNC_HTTP_TIMEOUT="300")
+    env = own_worker_env(CCSYNC_HTTP_TIMEOUT="300")
     poison = native()
     sandbox.add_faults(poison["customerId"], {"delayMs": POISON_HANG_MS, "times": SCRIPTED_CALLS})
     producer.publish(json.dumps(poison).encode(), "application/json")

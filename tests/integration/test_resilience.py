@@ -6,28 +6,26 @@ import json
 import threading
 import time
 
-from tests.integration.conftest import worker_env
+from tests.integration.conftest import WorkerEnv
 from tests.integration.events import native
 from tests.integration.producer import Producer, queue_depth, read_dead_letters
 from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import outcome_counts
 from worker.constants import DELIVERY_LIMIT, EVENTS_QUEUE
-from worker.sandbox import SandboxControl, SandboxServer
+from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
 
 OUTAGE_SECONDS = 60
 
 
 def test_given_an_event_that_hangs_the_worker_every_time_then_it_ends_as_delivery_limit(
+    own_worker_env: WorkerEnv,
     broker_url: str,
-    redis_url: str,
-    sandbox_server: SandboxServer,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given an event whose call hangs, and a worker that dies each time it holds it
-    env = worker_env(broker_url, sandbox_server.url, redis_url, CCSYNC_HTTP_TIMEOUT="300")
+    env = own_worker_env(CCSYNC_HTTP_TIMEOUT="300")
     event = native()
     sandbox.add_faults(event["customerId"], {"delayMs": 120_000, "times": 20})
     producer.publish(json.dumps(event).encode(), "application/json")
@@ -58,15 +56,13 @@ def test_given_an_event_that_hangs_the_worker_every_time_then_it_ends_as_deliver
 
 
 def test_given_a_60s_api_outage_then_events_wait_and_are_applied_after_it(
+    own_worker_env: WorkerEnv,
     broker_url: str,
-    redis_url: str,
-    sandbox_server: SandboxServer,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given a worker whose retries alone (1, 2, 3 s) would not outlast a minute-long outage
-    env = worker_env(broker_url, sandbox_server.url, redis_url)
+    env = own_worker_env()
     events = [native() for _ in range(300)]
     sandbox.configure(latency_ms=20)
     with LocalWorker(env, concurrency=8) as worker:

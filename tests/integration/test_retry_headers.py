@@ -6,12 +6,11 @@ them as it went in: a timestamp stays a timestamp, bytes stay bytes.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from decimal import Decimal
 
-from tests.integration.events import native
-from tests.integration.producer import Producer, read_dead_letters
+from tests.integration.conftest import dead_letter_after_retries
+from tests.integration.producer import Producer
 from worker.constants import HEADER_PREFIX
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
@@ -38,11 +37,8 @@ def test_given_retries_exhausted_then_the_dead_letter_keeps_the_header_types(
     broker_url: str,
 ) -> None:
     # Given an event with headers of several AMQP types, which the API refuses with 500 each time
-    event = native()
-    sandbox.add_faults(event["customerId"], {"status": 500, "times": 100})
     # When it is published and every retry fails
-    producer.publish(json.dumps(event).encode(), "application/json", headers=TYPED_HEADERS)
-    [letter] = read_dead_letters(broker_url, expected=1, timeout=30)
+    _, letter = dead_letter_after_retries(sandbox, producer, broker_url, headers=TYPED_HEADERS)
     # Then it is dead-lettered after retries
     assert letter.headers["x-ccsync-reason"] == "retries-exhausted"
     # And its producer's headers have the same values and the same types as those sent

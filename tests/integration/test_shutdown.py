@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import worker_env
+from tests.integration.conftest import WorkerEnv
 from tests.integration.events import native
 from tests.integration.producer import Producer, queue_depth
 from tests.integration.waiting import wait_until
 from worker.constants import EVENTS_QUEUE, TASKS_QUEUE
-from worker.sandbox import SandboxControl, SandboxServer
+from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
 
 LATENCY_MS = 2000
@@ -27,15 +27,13 @@ def _patches(sandbox: SandboxControl) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(180)
 def test_given_calls_in_flight_when_sigterm_then_they_finish_are_acked_and_the_worker_exits(
+    own_worker_env: WorkerEnv,
     broker_url: str,
-    redis_url: str,
-    sandbox_server: SandboxServer,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given a worker that holds a token already (the token endpoint is slow too)
-    env = worker_env(broker_url, sandbox_server.url, redis_url, CCSYNC_LOG_FORMAT="json")
+    env = own_worker_env(CCSYNC_LOG_FORMAT="json")
     first = LocalWorker(env, concurrency=8).start()
     try:
         warm_up = native(identifier="WARM-UP")

@@ -21,7 +21,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from tests.integration.conftest import worker_env
+from tests.integration.conftest import WorkerEnv, worker_env
 from tests.integration.events import native
 from tests.integration.producer import Producer
 from tests.integration.waiting import wait_until
@@ -29,7 +29,7 @@ from tests.support import REDIS_URL
 from worker.cli import main
 from worker.cloudcockpit.client import CloudCockpitClient
 from worker.cloudcockpit.tokens import StaticToken
-from worker.ops.verify import Filters, Pace, RepairOutcome, Status, Verifier
+from worker.ops.verify import Check, Filters, Pace, RepairOutcome, Status, Verifier
 from worker.processing.ledger import Ledger, Relationship
 from worker.processing.ledger.records import format_record
 from worker.sandbox import SandboxControl, SandboxServer
@@ -64,11 +64,8 @@ def identifier(sandbox: SandboxControl, customer: str, reseller: str = "self") -
 
 
 def test_given_a_value_changed_behind_ccsyncs_back_then_verify_finds_it_and_repair_puts_it_back(
-    broker_url: str,
-    redis_url: str,
-    sandbox_server: SandboxServer,
+    own_worker_env: WorkerEnv,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
     worker: LocalWorker,
 ) -> None:
@@ -95,7 +92,7 @@ def test_given_a_value_changed_behind_ccsyncs_back_then_verify_finds_it_and_repa
         timeout=60,
         what="the newest value of each customer in the sandbox",
     )
-    env = worker_env(broker_url, sandbox_server.url, redis_url)
+    env = own_worker_env()
     first = ccsync_verify(env, "--tenant", tenant)
     assert first.exit_code == 0, first.output
     assert "checked 3: 3 in-sync, 0 drift" in first.output
@@ -238,6 +235,20 @@ def record(
     client.close()
 
 
+def checked(
+    ledger: Ledger, api: CloudCockpitClient, value: str, sandbox: SandboxControl | None = None
+) -> tuple[Relationship, Verifier, Check]:
+    """A customer of a new tenant, ``value`` recorded as applied to it, checked once: a drift
+    (with ``sandbox``, the sandbox knows the customer, without that value)."""
+    relationship = Relationship(unique_tenant(), str(uuid.uuid4()), None)
+    if sandbox is not None:
+        sandbox.add_customer(relationship.customer_id, tenant=relationship.tenant)
+    record(ledger, relationship, value)
+    verifier = make_verifier(ledger, api)
+    [check] = verifier.checks(Filters(tenant=relationship.tenant))
+    return relationship, verifier, check
+
+
 def test_given_each_case_then_in_sync_drift_missing_and_unknown_are_told_apart(
     ledger: Ledger, api: CloudCockpitClient, sandbox: SandboxControl
 ) -> None:
@@ -352,12 +363,8 @@ def test_given_a_newer_event_applied_after_the_check_then_the_repair_writes_noth
     ledger: Ledger, api: CloudCockpitClient, sandbox: SandboxControl
 ) -> None:
     # Given a drift found
-    tenant, customer = unique_tenant(), str(uuid.uuid4())
-    relationship = Relationship(tenant, customer, None)
-    sandbox.add_customer(customer, tenant=tenant)
-    record(ledger, relationship, "OLD-NEWEST")
-    verifier = make_verifier(ledger, api)
-    [check] = verifier.checks(Filters(tenant=tenant))
+    relationship, verifier, check = checked(ledger, api, "OLD-NEWEST", sandbox)
+    tenant, customer = relationship.tenant, relationship.customer_id
     assert check.status is Status.DRIFT
     # When a newer event is applied before the repair (the worker records it)
     sandbox.set_identifier(customer, "NEWER", tenant=tenant)
@@ -375,11 +382,8 @@ def test_given_an_event_holding_the_relationship_then_the_repair_waits_for_it(
     ledger: Ledger, api: CloudCockpitClient, sandbox: SandboxControl
 ) -> None:
     # Given a drift, and an event of the relationship in flight (its lock held)
-    tenant, customer = unique_tenant(), str(uuid.uuid4())
-    relationship = Relationship(tenant, customer, None)
-    record(ledger, relationship, "V1")
-    verifier = make_verifier(ledger, api)
-    [check] = verifier.checks(Filters(tenant=tenant))
+    relationship, verifier, check = checked(ledger, api, "V1")
+    customer = relationship.customer_id
     hold = ledger.acquire(relationship, "evt-in-flight")
     outcomes: list[RepairOutcome] = []
     repairing = threading.Thread(target=lambda: outcomes.append(verifier.repair(check).outcome))
@@ -397,12 +401,8 @@ def test_given_an_event_holding_the_relationship_then_the_repair_waits_for_it(
 def test_given_a_repair_without_an_answer_then_the_relationship_stays_held(
     ledger: Ledger, api: CloudCockpitClient, sandbox: SandboxControl
 ) -> None:
-    tenant, customer = unique_tenant(), str(uuid.uuid4())
-    relationship = Relationship(tenant, customer, None)
-    record(ledger, relationship, "V1")
-    verifier = make_verifier(ledger, api)
-    [check] = verifier.checks(Filters(tenant=tenant))
-    sandbox.add_faults(customer, {"status": 502})
+    relationship, verifier, check = checked(ledger, api, "V1")
+    sandbox.add_faults(relationship.customer_id, {"status": 502})
     assert verifier.repair(check).outcome is RepairOutcome.FAILED
     # A newer event cannot take it now: a late write of the repair could land after it
     assert ledger.try_acquire_all([(relationship, "evt-newer", None)]) == [None]

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from tests.integration.conftest import worker_env
+from tests.integration.conftest import WorkerEnv
 from tests.integration.events import native
 from tests.integration.producer import Producer
 from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import outcome_counts
-from worker.sandbox import SandboxControl, SandboxServer
+from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
 
 pytestmark = pytest.mark.timeout(240)
@@ -27,16 +27,13 @@ APPLIED = re.compile(r"event (\S+) applied attempt (\d+)")
 
 
 def test_given_an_outage_of_writes_only_then_the_guard_holds_and_no_attempt_is_spent(
-    broker_url: str,
-    redis_url: str,
-    sandbox_server: SandboxServer,
+    own_worker_env: WorkerEnv,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given a worker with three retries (1, 2, 3 s), and CloudCockpit answering every PATCH with
     # 503 while every GET (the probe's read) still answers
-    env = worker_env(broker_url, sandbox_server.url, redis_url)
+    env = own_worker_env()
     events = [native() for _ in range(EVENTS)]
     with LocalWorker(env, concurrency=CONCURRENCY) as worker:
         sandbox.add_faults("*", {"status": 503, "times": 1_000_000})
