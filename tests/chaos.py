@@ -23,41 +23,30 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import worker_env
-from tests.integration.events import native
 from tests.integration.producer import Producer, read_dead_letters
 from tests.integration.redis_process import RedisProcess
+from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import final_outcomes
+from tests.run_accounting import RunCounts, history, holds_newest, skipped_events
 from worker.events import correlation_id
 from worker.sandbox import RandomFaults, SandboxControl, SandboxOptions, SandboxServer
 from worker.testing import LocalWorker
 
 TENANT = "chaos.cloudcockpit.local"
-VERSIONS = 5
 
 
 @dataclass
-class ChaosReport:
-    published: int = 0
-    applied: int = 0
-    skipped: int = 0
-    dead_lettered: dict[str, int] = field(default_factory=dict)
-    lost: list[str] = field(default_factory=list)
+class ChaosReport(RunCounts):
     wrong_final: list[str] = field(default_factory=list)
-    disruptions: list[str] = field(default_factory=list)
-    seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        dead = sum(self.dead_lettered.values())
         return [
             f"disruptions: {', '.join(self.disruptions)}",
-            f"published {self.published} = applied {self.applied} + skipped (stale or duplicate) "
-            f"{self.skipped} + dead-lettered {dead} {self.dead_lettered}; "
-            f"lost {len(self.lost)}",
+            f"published {self.published} = {self.balance()}",
             f"customers not holding their newest value: {len(self.wrong_final)}",
             f"took {self.seconds:.0f}s",
         ]
@@ -83,18 +72,6 @@ def _messages_left(vhost: str) -> int:
         if waiting and parts[0] != "ccsync.dead-letter":
             total += int(parts[1])
     return total
-
-
-def _history(events: int, rng: random.Random) -> dict[str, list[dict[str, Any]]]:
-    base = datetime(2026, 6, 1, tzinfo=UTC)
-    history = {}
-    for c in range(max(1, events // VERSIONS)):
-        customer = str(uuid.uuid4())
-        history[customer] = [
-            native(customer, f"X{c:05d}-V{v}", occurred_at=base + timedelta(seconds=v))
-            for v in range(VERSIONS)
-        ]
-    return history
 
 
 def run_chaos(
@@ -134,8 +111,8 @@ def run_chaos(
                 workers.append(worker)
                 return worker
 
-            history = _history(events, rng)
-            messages = [event for versions in history.values() for event in versions]
+            customers = history(events, "X")
+            messages = [event for versions in customers.values() for event in versions]
             rng.shuffle(messages)
             report.published = len(messages)
             worker = start_worker()
@@ -153,7 +130,9 @@ def run_chaos(
             ]
             steps += [(0.3, "rabbitmq"), (0.5, "redis")]
             for threshold, disruption in sorted(steps):
-                _wait(functools.partial(_reached, progress, threshold), timeout=900)
+                wait_until(
+                    functools.partial(_reached, progress, threshold), 900, f"{threshold:.0%}", 0.5
+                )
                 log(f"{progress():.0%} done: disrupting {disruption}")
                 report.disruptions.append(disruption)
                 if disruption == "kill":
@@ -168,11 +147,11 @@ def run_chaos(
                     redis.stop()
                     time.sleep(5)
                     redis.start()
-            _wait(lambda: _messages_left(vhost) == 0, timeout=1800, interval=2.0)
+            wait_until(lambda: _messages_left(vhost) == 0, 1800, "the queues to drain", 2.0)
             time.sleep(3)
-            _wait(lambda: _messages_left(vhost) == 0, timeout=600, interval=2.0)
+            wait_until(lambda: _messages_left(vhost) == 0, 600, "the queues to drain", 2.0)
             worker.stop(timeout=30)
-            _account(report, history, sandbox, broker_url, workers)
+            _account(report, customers, sandbox, broker_url, workers)
     finally:
         for worker in workers:
             worker.kill()
@@ -194,41 +173,24 @@ def _account(
         for entry in journal
         if entry["method"] == "PATCH" and entry["status"] == 204
     }
-    skipped = {
-        event_id
-        for event_id, outcome in final_outcomes(*workers)
-        if outcome in ("is stale", "is a duplicate")
-    }
+    skipped = skipped_events(workers)
     letters = read_dead_letters(broker_url, expected=10**9, timeout=3)
-    dead = {str(letter.headers.get("x-ccsync-event-id")): letter for letter in letters}
+    dead = {
+        str(letter.headers.get("x-ccsync-event-id")): str(letter.headers.get("x-ccsync-reason"))
+        for letter in letters
+    }
     final = {c["id"]: c["relationships"].get("self") for c in sandbox.state()}
     for customer, versions in history.items():
         for event in versions:
             event_id = event["eventId"]
-            if str(correlation_id(TENANT, event_id)) in succeeded:
-                report.applied += 1
-            elif event_id in dead:
-                reason = str(dead[event_id].headers.get("x-ccsync-reason"))
-                report.dead_lettered[reason] = report.dead_lettered.get(reason, 0) + 1
-            elif event_id in skipped:
-                report.skipped += 1
-            else:
-                report.lost.append(event_id)
-        alive = [e for e in versions if e["eventId"] not in dead]
-        if alive and final.get(customer) != alive[-1]["internalIdentifier"]:
+            applied = str(correlation_id(TENANT, event_id)) in succeeded
+            report.count(event_id, applied=applied, dead=dead, skipped=skipped)
+        if holds_newest(versions, dead, final.get(customer)) is False:
             report.wrong_final.append(customer)
 
 
 def _reached(progress: Callable[[], float], threshold: float) -> bool:
     return progress() >= threshold
-
-
-def _wait(check: Callable[[], bool], *, timeout: float, interval: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"chaos run stuck for {timeout:.0f}s")
-        time.sleep(interval)
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from kombu import Connection, Exchange, Producer
@@ -42,14 +42,15 @@ from tests.integration.conftest import worker_env
 from tests.integration.events import native
 from tests.integration.rabbitmq_cluster import ClusterNode, RabbitCluster
 from tests.integration.redis_sentinel import SentinelRedis
+from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import final_outcomes
+from tests.run_accounting import RunCounts, history, holds_newest, skipped_events
 from worker.constants import EVENT_ROUTING_KEY, EVENTS_EXCHANGE, EVENTS_QUEUE
 from worker.events import correlation_id
 from worker.sandbox import FaultStep, SandboxControl, SandboxOptions, SandboxServer
 from worker.testing import LocalWorker
 
 TENANT = "cluster.cloudcockpit.local"
-VERSIONS = 5
 WORKERS = 3
 #: Seconds before the end of a disruption within which a first PATCH may be repeated.
 WINDOW_SECONDS = 20.0
@@ -58,29 +59,20 @@ CONCURRENCY = 8
 
 
 @dataclass
-class ClusterReport:
-    published: int = 0
+class ClusterReport(RunCounts):
     messages: int = 0
-    applied: int = 0
-    skipped: int = 0
-    dead_lettered: dict[str, int] = field(default_factory=dict)
-    lost: list[str] = field(default_factory=list)
     newest: int = 0
     customers: int = 0
     double_patches: int = 0
     unexplained_doubles: list[str] = field(default_factory=list)
-    disruptions: list[str] = field(default_factory=list)
     early_dead_letter_listed: bool = False
     early_dead_letter_replayed: bool = False
-    seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        dead = sum(self.dead_lettered.values())
         return [
             f"disruptions: {', '.join(self.disruptions)}",
             f"published {self.published} events ({self.messages} messages, each twice) = "
-            f"applied {self.applied} + skipped (stale or duplicate) {self.skipped} + "
-            f"dead-lettered {dead} {self.dead_lettered}; lost {len(self.lost)}",
+            f"{self.balance()}",
             f"newest value held by {self.newest} of {self.customers} customers",
             f"double PATCHes {self.double_patches}, unexplained "
             f"{len(self.unexplained_doubles)} (window {WINDOW_SECONDS:g} s before a "
@@ -99,18 +91,6 @@ class _NamedWorker(LocalWorker):
         super().__init__(env, concurrency=CONCURRENCY)
         self._argv = ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" "$@"']
         self._argv += LocalWorker(env)._argv
-
-
-def _history(events: int) -> dict[str, list[dict[str, Any]]]:
-    base = datetime(2026, 6, 1, tzinfo=UTC)
-    history = {}
-    for c in range(max(1, events // VERSIONS)):
-        customer = str(uuid.uuid4())
-        history[customer] = [
-            native(customer, f"C{c:05d}-V{v}", occurred_at=base + timedelta(seconds=v))
-            for v in range(VERSIONS)
-        ]
-    return history
 
 
 class _Publisher(threading.Thread):
@@ -201,8 +181,8 @@ def run_cluster(
             _wait(lambda: _listed(env, early["eventId"]), timeout=60, what="the early dead letter")
             log("early dead letter made")
 
-            history = _history(events)
-            bodies = [json.dumps(e).encode() for v in history.values() for e in v] * 2
+            customers = history(events, "C")
+            bodies = [json.dumps(e).encode() for v in customers.values() for e in v] * 2
             rng.shuffle(bodies)
             report.published, report.messages = len(bodies) // 2, len(bodies)
             publisher = _Publisher(urls, bodies, rate)
@@ -248,7 +228,7 @@ def run_cluster(
             if replay.returncode == 0:
                 _wait(lambda: _holds(sandbox, early_customer, "EARLY"), 60, "the replay")
                 report.early_dead_letter_replayed = True
-            _account(report, history, sandbox, env, workers, ends)
+            _account(report, customers, sandbox, env, workers, ends)
         finally:
             for worker in workers:
                 worker.kill()
@@ -307,11 +287,7 @@ def _account(
             key = entry["headers"].get("x-correlation-id", "")
             successes[key] += 1
             first_success.setdefault(key, entry["respondedAt"])
-    skipped = {
-        event_id
-        for event_id, outcome in final_outcomes(*workers)
-        if outcome in ("is stale", "is a duplicate")
-    }
+    skipped = skipped_events(workers)
     listing = _ccsync(env, "dlq", "list", "--json")
     dead = {}
     for line in listing.stdout.splitlines():
@@ -323,31 +299,19 @@ def _account(
         for event in versions:
             event_id = event["eventId"]
             key = str(correlation_id(TENANT, event_id))
-            if successes.get(key):
-                report.applied += 1
-                if successes[key] > 1:
-                    report.double_patches += successes[key] - 1
-                    at = first_success[key]
-                    if not any(end - WINDOW_SECONDS <= at <= end for end in ends):
-                        report.unexplained_doubles.append(event_id)
-            elif event_id in dead:
-                reason = dead[event_id]
-                report.dead_lettered[reason] = report.dead_lettered.get(reason, 0) + 1
-            elif event_id in skipped:
-                report.skipped += 1
-            else:
-                report.lost.append(event_id)
-        alive = [e for e in versions if e["eventId"] not in dead]
-        if not alive or final.get(customer) == alive[-1]["internalIdentifier"]:
+            applied = bool(successes.get(key))
+            report.count(event_id, applied=applied, dead=dead, skipped=skipped)
+            if applied and successes[key] > 1:
+                report.double_patches += successes[key] - 1
+                at = first_success[key]
+                if not any(end - WINDOW_SECONDS <= at <= end for end in ends):
+                    report.unexplained_doubles.append(event_id)
+        if holds_newest(versions, dead, final.get(customer)) is not False:
             report.newest += 1
 
 
-def _wait(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"cluster run: waited {timeout:.0f}s for {what}")
-        time.sleep(interval)
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    wait_until(check, timeout, what, interval=0.5)
 
 
 def main() -> None:
