@@ -44,6 +44,7 @@ from worker.dead_letter_queue.stats import dead_letter_stats
 from worker.dead_letter_queue.transfer import export_dead_letters, import_dead_letters, read_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 REASONS = (
     REASON_INVALID_EVENT,
@@ -148,15 +149,14 @@ def list_command(filters: DeadLetterFilter, limit: int | None, as_json: bool) ->
     """List dead letters (nothing is removed)."""
     with _broker() as connection, hold(connection) as held:
         records = list(select(held.records, filters, limit=limit))
-    if as_json:
-        for record in records:
-            click.echo(json.dumps(record.summary(), ensure_ascii=False))
-        return
-    if not records:
-        click.echo("no dead letters match")
-        return
-    click.echo(table(DEAD_LETTER_COLUMNS, [dead_letter_row(record) for record in records]))
-    click.echo(f"{len(records)} dead letter(s)")
+    _echo_listing(
+        records,
+        as_json=as_json,
+        to_json=lambda record: record.summary(),
+        columns=DEAD_LETTER_COLUMNS,
+        row=dead_letter_row,
+        footer=f"{len(records)} dead letter(s)",
+    )
 
 
 @dlq.command()
@@ -166,15 +166,34 @@ def stats(filters: DeadLetterFilter, limit: int | None, as_json: bool) -> None:
     """Count dead letters by reason, HTTP status and API error type, oldest and newest."""
     with _broker() as connection:
         groups = dead_letter_stats(connection, filters, limit=limit)
+    _echo_listing(
+        groups,
+        as_json=as_json,
+        to_json=lambda group: group.to_json(),
+        columns=STATS_COLUMNS,
+        row=stats_row,
+        footer=f"{sum(group.count for group in groups)} dead letter(s) in {len(groups)} group(s)",
+    )
+
+
+def _echo_listing(
+    items: list[T],
+    *,
+    as_json: bool,
+    to_json: Callable[[T], object],
+    columns: list[str],
+    row: Callable[[T], list[str]],
+    footer: str,
+) -> None:
+    """One JSON object a line, or a table and its footer (a line saying so when none match)."""
     if as_json:
-        for group in groups:
-            click.echo(json.dumps(group.to_json(), ensure_ascii=False))
-        return
-    if not groups:
+        for item in items:
+            click.echo(json.dumps(to_json(item), ensure_ascii=False))
+    elif not items:
         click.echo("no dead letters match")
-        return
-    click.echo(table(STATS_COLUMNS, [stats_row(group) for group in groups]))
-    click.echo(f"{sum(group.count for group in groups)} dead letter(s) in {len(groups)} group(s)")
+    else:
+        click.echo(table(columns, [row(item) for item in items]))
+        click.echo(footer)
 
 
 @dlq.command()

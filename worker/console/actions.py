@@ -13,21 +13,35 @@ from worker.console.config import ConsoleConfig
 from worker.console.jobs import Job, Outcome, Work
 from worker.dead_letter_queue.filters import DeadLetterFilter
 from worker.dead_letter_queue.purge import purge
-from worker.dead_letter_queue.replay import replay
+from worker.dead_letter_queue.replay import ReplayReport, replay
 from worker.dead_letter_queue.transfer import export_dead_letters
+
+
+def _replay(
+    config: ConsoleConfig,
+    job: Job,
+    filters: DeadLetterFilter,
+    *,
+    limit: int | None = None,
+    edits: Mapping[str, str | None] | None = None,
+) -> tuple[ReplayReport, dict[str, int]]:
+    """One replay pass reporting its progress to ``job``: its report, and the job's counts."""
+    with connected(config) as connection:
+        report = replay(
+            connection,
+            filters,
+            limit=limit,
+            edits=edits,
+            on_total=job.on_total,
+            on_examined=job.on_examined,
+        )
+    counts = {"matched": report.matched, "replayed": report.replayed, "failed": report.failed}
+    return report, counts
 
 
 def replay_work(config: ConsoleConfig, filters: DeadLetterFilter, limit: int | None) -> Work:
     def work(job: Job) -> Outcome:
-        with connected(config) as connection:
-            report = replay(
-                connection,
-                filters,
-                limit=limit,
-                on_total=job.on_total,
-                on_examined=job.on_examined,
-            )
-        counts = {"matched": report.matched, "replayed": report.replayed, "failed": report.failed}
+        report, counts = _replay(config, job, filters, limit=limit)
         message = (
             f"replayed {report.replayed} of {report.matched} matching dead letter(s) "
             f"in {report.seconds:.1f}s"
@@ -44,15 +58,7 @@ def edit_replay_work(config: ConsoleConfig, event_id: str, edits: Mapping[str, s
     filters = DeadLetterFilter.build(event_ids=[event_id])
 
     def work(job: Job) -> Outcome:
-        with connected(config) as connection:
-            report = replay(
-                connection,
-                filters,
-                edits=dict(edits),
-                on_total=job.on_total,
-                on_examined=job.on_examined,
-            )
-        counts = {"matched": report.matched, "replayed": report.replayed, "failed": report.failed}
+        report, counts = _replay(config, job, filters, edits=dict(edits))
         if not report.matched:
             return Outcome(f"no dead letter with eventId {event_id} is left", counts, failed=True)
         fields = ", ".join(sorted(edits))
