@@ -114,6 +114,6 @@ def test_given_celerys_tools_then_they_see_and_control_the_worker(
     wait_until(lambda: "started consuming from ccsync.events" in worker.log, 10, "intake on")
 
     assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
-    assert "ccsync@" in ping.stdout
+    assert "ccsync." in ping.stdout and "@" in ping.stdout
     assert "'name': 'ccsync.tasks'" in queues.stdout
     assert cancelled.returncode == 0 and added.returncode == 0

@@ -41,8 +41,20 @@ def main() -> None:
 @click.option("--heartbeat", is_flag=True, help="Send Celery worker heartbeats (events).")
 @click.option("--gossip", is_flag=True, help="Celery gossip with other workers.")
 @click.option("--mingle", is_flag=True, help="Celery mingle with other workers at start.")
+@click.option(
+    "-n",
+    "--hostname",
+    default=None,
+    help="Celery node name, NAME@HOST (default: ccsync.<pid>@<host name>).",
+)
 def worker(
-    concurrency: int, loglevel: str, task_events: bool, heartbeat: bool, gossip: bool, mingle: bool
+    concurrency: int,
+    loglevel: str,
+    task_events: bool,
+    heartbeat: bool,
+    gossip: bool,
+    mingle: bool,
+    hostname: str | None,
 ) -> None:
     """Run the consumer (a Celery worker with a pool of threads)."""
     from worker.runtime.app import CeleryExtras, run_worker
@@ -50,7 +62,7 @@ def worker(
     extras = CeleryExtras(
         task_events=task_events, heartbeat=heartbeat, gossip=gossip, mingle=mingle
     )
-    run_worker(command_settings(), concurrency, loglevel, extras=extras)
+    run_worker(command_settings(), concurrency, loglevel, extras=extras, node_name=hostname)
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -72,7 +73,8 @@ SPARE_PRODUCER_CONNECTIONS = 4
 #: Most threads in Celery's pool, which runs retries (``apply_event`` tasks) only: first attempts
 #: are called from the caller's event loop, however many are in flight.
 MAX_POOL_THREADS = 32
-#: The name half of the node name `celery inspect` and Flower show: ccsync@<host name>.
+#: The name half of the node name `celery inspect` and Flower show, ``ccsync.<pid>@<host>`` by
+#: default: one per process, since each node name has one remote-control queue of its own.
 WORKER_NODE_NAME = "ccsync"
 _OWN_QUEUES = f"{EVENTS_QUEUE} and {TASKS_QUEUE}"
 
@@ -364,9 +366,15 @@ class CeleryExtras:
 
 
 def run_worker(
-    settings: Settings, concurrency: int, loglevel: str, *, extras: CeleryExtras | None = None
+    settings: Settings,
+    concurrency: int,
+    loglevel: str,
+    *,
+    extras: CeleryExtras | None = None,
+    node_name: str | None = None,
 ) -> None:
-    """Declare the topology, then consume until told to stop (blocks).
+    """Declare the topology, then consume until told to stop (blocks). ``node_name`` is Celery's
+    ``NAME@HOST``; by default ``ccsync.<pid>@<host name>``, so workers can share a host.
 
     Raises ``ConfigurationError`` without API credentials, and ``BrokerUnreachable`` when the
     broker does not answer within ``settings.broker_connect_timeout`` seconds.
@@ -404,7 +412,7 @@ def run_worker(
         pool="threads",
         concurrency=pool_threads(concurrency),
         loglevel=loglevel,
-        hostname=default_nodename("", WORKER_NODE_NAME),
+        hostname=default_nodename(node_name or "", f"{WORKER_NODE_NAME}.{os.getpid()}"),
         without_gossip=not extras.gossip,
         without_mingle=not extras.mingle,
         without_heartbeat=not extras.heartbeat,
