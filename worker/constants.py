@@ -40,6 +40,24 @@ HEADER_DEAD_LETTERED_AT: Final = "x-ccsync-dead-lettered-at"
 HEADER_REPLAYED_AT: Final = "x-ccsync-replayed-at"
 HEADER_REPLAY_COUNT: Final = "x-ccsync-replay-count"
 
+#: Set by the queue on each delivery (quorum queues): differs between deliveries of one message.
+HEADER_DELIVERY_COUNT: Final = "x-delivery-count"
+#: The broker's records of a message's previous life in a queue; dropped whenever ccsync moves a
+#: message on (retry, dead letter, replay): x-death would confuse RabbitMQ's cycle detection, and
+#: a delivery count would count the old message's deliveries against the new one.
+BROKER_HEADERS: Final = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        HEADER_DELIVERY_COUNT,
+    }
+)
+
 #: The longest error text ccsync keeps, in ``x-ccsync-error`` and in logs (contract section 7).
 MAX_ERROR_CHARS: Final = 1000
 

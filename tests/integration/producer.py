@@ -12,6 +12,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import amqp
+from kombu import Connection as KombuConnection
+
+from worker.constants import DEAD_LETTER_QUEUE
+from worker.dead_letter_queue.reading import hold
 
 EXCHANGE = "customer-events"
 ROUTING_KEY = "customer.internal-identifier.changed"
@@ -87,6 +91,12 @@ def read_dead_letters(broker_url: str, expected: int, timeout: float = 30.0) -> 
 
 
 def queue_depth(broker_url: str, queue: str) -> int:
+    """Ready messages in ``queue``. The dead-letter queue is counted exactly, by a pass that hands
+    every dead letter back: a quorum queue's declared count lags behind messages just requeued,
+    and every listing of the dead letters requeues them."""
+    if queue == DEAD_LETTER_QUEUE:
+        with KombuConnection(broker_url) as dead_letters, hold(dead_letters) as held:
+            return held.total
     connection = connect(broker_url)
     try:
         _, count, _ = connection.channel().queue_declare(queue, passive=True)

@@ -52,10 +52,11 @@ def test_replay_limit_and_rate(broker_url: str) -> None:
     # And the pass looked at no more dead letters than it needed (the 15th match is the 23rd)
     assert totals == [30] and sum(examined) == report.examined == 23
     assert [e.event_id for e in take_all(broker_url, EVENTS_QUEUE)] == chosen
-    # And the other 15 are still there, in their order
-    assert [r.event_id for r in dead_letters(broker_url)] == [
+    # And the other 15 are still there (in any order: the quorum queue requeues what a pass
+    # handed back as it sees fit)
+    assert sorted(r.event_id or "" for r in dead_letters(broker_url)) == sorted(
         s.event_id for s in seeds if s.event_id not in set(chosen)
-    ]
+    )
 
 
 def test_an_unroutable_publish_counts_as_failed_not_confirmed(broker_url: str) -> None:

@@ -188,7 +188,9 @@ def test_purge_asks_first_and_removes_only_what_matches(broker_url: str, seeds: 
     # Then exactly those two are gone; the others are untouched, bytes and all
     assert done.exit_code == 0 and "purged 2 dead letter(s)" in done.stdout
     left = dead_letters(broker_url)
-    assert [record.body for record in left] == [seeds[0].body, seeds[3].body]
+    # (in either order: each pass over a quorum queue hands its dead letters back, and the
+    # broker may requeue them in another order)
+    assert sorted(record.body for record in left) == sorted([seeds[0].body, seeds[3].body])
 
 
 def test_export_remove_and_import_round_trip(

@@ -17,6 +17,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 from kombu import Connection
 
+from tests.integration.producer import queue_depth
 from worker.amqp.event_publishing import Encoding, encode, new_event
 from worker.amqp.topology import declare_topology
 from worker.cli import main
@@ -101,11 +102,8 @@ def dead_letters(broker_url: str) -> list[DeadLetterRecord]:
 
 
 def depth(broker_url: str, queue: str) -> int:
-    with Connection(broker_url) as connection:
-        channel = connection.channel()
-        _, count, _ = channel.queue_declare(queue=queue, passive=True)
-        channel.close()
-        return int(count)
+    """Ready messages in ``queue`` (``producer.queue_depth``; the dead-letter queue exactly)."""
+    return queue_depth(broker_url, queue)
 
 
 @dataclass(frozen=True)

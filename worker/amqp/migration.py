@@ -30,7 +30,7 @@ from amqp.exceptions import NotFound, PreconditionFailed
 from kombu import Connection
 
 from worker.amqp.topology import dead_letter_exchange, dead_letter_queue
-from worker.constants import DEAD_LETTER_QUEUE
+from worker.constants import DEAD_LETTER_QUEUE, HEADER_DELIVERY_COUNT
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 MIGRATION_QUEUE = f"{DEAD_LETTER_QUEUE}.migrating"
 #: Moves of what arrived meanwhile before the classic queue is given up as never empty.
 MAX_DRAIN_ROUNDS = 20
-#: Headers a queue sets on delivery, dropped when a message moves: the new queue counts anew.
-_DELIVERY_HEADERS = ("x-delivery-count",)
 
 
 @dataclass
@@ -130,8 +128,8 @@ def _move(channel: Any, source: str, destination: str) -> int:
     while (message := channel.basic_get(queue=source, no_ack=False)) is not None:
         properties = dict(message.properties)
         headers = dict(properties.pop("application_headers", None) or {})
-        for name in _DELIVERY_HEADERS:
-            headers.pop(name, None)
+        # The new queue counts its deliveries anew.
+        headers.pop(HEADER_DELIVERY_COUNT, None)
         properties["delivery_mode"] = 2
         copy = AmqpMessage(message.body, application_headers=headers, **properties)
         # Returns once the broker confirmed it; raises (the original stays) if it refused.

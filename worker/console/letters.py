@@ -18,7 +18,12 @@ from typing import Any, Final
 
 from kombu import Connection
 
-from worker.constants import HEADER_FIRST_ATTEMPT_AT, HEADER_PREFIX, HEADER_REPLAYED_AT
+from worker.constants import (
+    HEADER_DELIVERY_COUNT,
+    HEADER_FIRST_ATTEMPT_AT,
+    HEADER_PREFIX,
+    HEADER_REPLAYED_AT,
+)
 from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
 from worker.dead_letter_queue.reading import DeadLetterRecord, hold
 from worker.dead_letter_queue.stats import error_type
@@ -33,7 +38,9 @@ _HTTP_STATUS: Final = re.compile(r"HTTP \d{3}(;|$)")
 
 def letter_key(record: DeadLetterRecord) -> str:
     digest = hashlib.sha256(record.body)
-    digest.update(json.dumps(dict(record.headers), sort_keys=True, default=str).encode())
+    # Without the delivery count: the dead-letter queue raises it each time it is listed.
+    headers = {k: v for k, v in record.headers.items() if k != HEADER_DELIVERY_COUNT}
+    digest.update(json.dumps(headers, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:KEY_CHARS]
 
 

@@ -19,6 +19,7 @@ from kombu import Connection
 
 from worker.amqp.topology import declare_topology
 from worker.constants import (
+    BROKER_HEADERS,
     EVENT_ROUTING_KEY,
     EVENTS_EXCHANGE,
     HEADER_PREFIX,
@@ -37,21 +38,6 @@ WINDOW = 256
 #: Seconds a stopped replay waits for the confirms of what it already published.
 STOP_SETTLE_TIMEOUT = 2.0
 
-# The broker's records of a previous life: x-death would confuse RabbitMQ's cycle detection,
-# and x-delivery-count would make the intake count deliveries of the old message against the new.
-_BROKER_HEADERS = frozenset(
-    {
-        "x-death",
-        "x-first-death-exchange",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-last-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-        "x-delivery-count",
-    }
-)
-
 
 def replay_headers(
     headers: Mapping[str, Any], *, previous_replays: int, now: datetime
@@ -60,7 +46,7 @@ def replay_headers(
     kept = {
         key: value
         for key, value in headers.items()
-        if not key.startswith(HEADER_PREFIX) and key not in _BROKER_HEADERS
+        if not key.startswith(HEADER_PREFIX) and key not in BROKER_HEADERS
     }
     kept[HEADER_REPLAYED_AT] = now.astimezone(UTC).isoformat()
     kept[HEADER_REPLAY_COUNT] = previous_replays + 1

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from worker.constants import (
+    BROKER_HEADERS,
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
     HEADER_ATTEMPTS,
@@ -149,22 +150,14 @@ def publish_dead_letter(channel: Any, *, envelope: Envelope, letter: DeadLetter)
 
 
 def _without_ccsync_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    # A replayed event that fails again gets fresh ccsync headers, not two generations mixed;
-    # x-death is the broker's record of a previous life and would confuse its cycle detection.
+    # A replayed event that fails again gets fresh ccsync headers, not two generations mixed.
     return {
         key: value
         for key, value in headers.items()
         if not isinstance(key, str)
         or not key.startswith(HEADER_PREFIX)
         or key in (HEADER_REPLAYED_AT, HEADER_REPLAY_COUNT)
-        if key
-        not in (
-            "x-death",
-            "x-first-death-exchange",
-            "x-first-death-queue",
-            "x-first-death-reason",
-            "x-delivery-count",
-        )
+        if key not in BROKER_HEADERS
     }
 
 

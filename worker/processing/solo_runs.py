@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from worker.constants import HEADER_DELIVERY_COUNT
 from worker.exceptions import LedgerUnavailable
 from worker.processing.ledger import KEY_PREFIX
 from worker.processing.ledger.client import redis_client
@@ -23,8 +24,6 @@ from worker.processing.ledger.client import redis_client
 SOLO_RUNS_TTL_SECONDS = 7 * 24 * 3600
 #: Seconds one Redis round trip may take: the intake waits for it in the worker's event loop.
 SOLO_RUNS_TIMEOUT_SECONDS = 1.0
-#: Headers that differ between deliveries of one message: the broker's own.
-_DELIVERY_HEADERS = frozenset({"x-delivery-count"})
 
 
 def message_key(body: bytes, headers: Mapping[str, Any]) -> str:
@@ -32,7 +31,7 @@ def message_key(body: bytes, headers: Mapping[str, Any]) -> str:
     (the broker's delivery count left out)."""
     digest = hashlib.sha256(body)
     kept = sorted((name, repr(value)) for name, value in headers.items())
-    digest.update(repr([item for item in kept if item[0] not in _DELIVERY_HEADERS]).encode())
+    digest.update(repr([item for item in kept if item[0] != HEADER_DELIVERY_COUNT]).encode())
     return digest.hexdigest()
 
 

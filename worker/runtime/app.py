@@ -37,7 +37,13 @@ from worker.cloudcockpit.client import (
     make_token_source,
     tls_context,
 )
-from worker.constants import APPLY_EVENT_TASK, EVENTS_QUEUE, TASKS_EXCHANGE, TASKS_QUEUE
+from worker.constants import (
+    APPLY_EVENT_TASK,
+    EVENTS_QUEUE,
+    HEADER_DELIVERY_COUNT,
+    TASKS_EXCHANGE,
+    TASKS_QUEUE,
+)
 from worker.observability import metrics
 from worker.observability.endpoints import LoopHeartbeat
 from worker.observability.logs import configure_logging
@@ -336,7 +342,7 @@ def make_app(settings: Settings, concurrency: int = DEFAULT_CONCURRENCY) -> Ccsy
                     first_attempt_at=first_attempt_at,
                     inherited_lock=inherited_lock,
                 ),
-                delivery_count=int(task.request.get("x-delivery-count") or 0),
+                delivery_count=int(task.request.get(HEADER_DELIVERY_COUNT) or 0),
             )
         except Exception as exc:
             # A bug or a broker failure while publishing the outcome: hand the message back.

@@ -30,6 +30,7 @@ from worker.amqp.topology import events_queue, publish_declaring_topology
 from worker.cloudcockpit.client import make_async_http_client, tls_context
 from worker.constants import (
     DELIVERY_LIMIT,
+    HEADER_DELIVERY_COUNT,
     REASON_DELIVERY_LIMIT,
     REASON_INVALID_EVENT,
 )
@@ -410,7 +411,7 @@ def delivery_count(message: Message) -> int:
     redelivery: on a first delivery it can only be the producer's, and counts for nothing."""
     if not (message.delivery_info or {}).get("redelivered"):
         return 0
-    count = (message.headers or {}).get("x-delivery-count")
+    count = (message.headers or {}).get(HEADER_DELIVERY_COUNT)
     return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
