@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,8 @@ from bench.harness import (
     Bare,
     BareGevent,
     Ccsync,
+    CcsyncPair,
+    FairCelery,
     NaiveCelery,
     RunResult,
     System,
@@ -47,6 +49,7 @@ from bench.ingest import INGEST_RESULTS, ingest_markdown, run_ingest_bench
 from bench.profile import py_spy, start_profile, summarise
 from bench.report import markdown, ratio_lines, text_table, write_plot
 from worker.sandbox import SandboxControl
+from worker.settings import DEFAULT_CONCURRENCY
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results.json"
@@ -57,8 +60,15 @@ MARKDOWN = REPO_ROOT / "BENCHMARKS.md"
 PUBLISHING = (
     "all N published back to back as fast as the publisher goes, each persistent; plain "
     "JSON to `customer-events` with confirms batched (window 1,000) for ccsync and bare, "
-    "`send_task` for naive Celery"
+    "`send_task` for the Celery baselines"
 )
+#: Calls in flight of the baselines (bare's threads) and of ``ccsync-32`` and each worker of
+#: ``ccsync-2x32``: the concurrency every system had before calls in flight grew.
+BASELINE_CONCURRENCY = 32
+#: Systems too slow to repeat: they run in the first round only.
+ONCE = ("naive",)
+#: Headings of BENCHMARKS.md sections other runs write (the cluster run): kept, at the end.
+KEPT_SECTIONS = ("## Scale-out (issue 18)",)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -79,7 +89,18 @@ def write_markdown() -> None:
     text = markdown(results, soak, plot, profile)
     if INGEST_RESULTS.exists():  # the ingest figures survive a run of the other benchmarks
         text = text.rstrip("\n") + "\n\n" + ingest_markdown(json.loads(INGEST_RESULTS.read_text()))
+    kept = _kept_sections(MARKDOWN.read_text() if MARKDOWN.exists() else "")
+    if kept:
+        text = text.rstrip("\n") + "\n\n" + kept
     MARKDOWN.write_text(text)
+
+
+def _kept_sections(text: str) -> str:
+    """The sections of BENCHMARKS.md written by other runs than this module's (``KEPT_SECTIONS``),
+    from the first of them to the end, as they are."""
+    starts = [text.find(f"\n{heading}\n") for heading in KEPT_SECTIONS]
+    found = [start for start in starts if start >= 0]
+    return text[min(found) + 1 :].rstrip("\n") + "\n" if found else ""
 
 
 def _profiler(pid: int, raw: Path, mode: str) -> Callable[[], None]:
@@ -111,17 +132,23 @@ def profile_ccsync(sandbox_url: str, *, concurrency: int, events: int) -> str:
 
 
 def schedule(
-    latencies: Sequence[int], rounds: int, names: Sequence[str]
+    latencies: Sequence[int],
+    rounds: int,
+    names: Sequence[str],
+    *,
+    only_at: Mapping[str, Sequence[int]] | None = None,
 ) -> list[tuple[int, int, str]]:
     """(latency, round, system) in the order they run: at each latency, round after round of
     every system in turn, so that each round's runs share the machine's conditions. Naive Celery
-    is too slow to repeat: it runs in the first round only."""
+    is too slow to repeat: it runs in the first round only. ``only_at`` limits a system to some
+    latencies (the scale-out pair)."""
+    limits = only_at or {}
     return [
         (latency, number, name)
         for latency in latencies
         for number in range(1, rounds + 1)
         for name in names
-        if number == 1 or name != "naive"
+        if (number == 1 or name not in ONCE) and latency in limits.get(name, [latency])
     ]
 
 
@@ -130,15 +157,31 @@ def run_benchmark(argv: Sequence[str]) -> int:
         prog="python -m bench", description="ccsync beside bare and naive Celery."
     )
     parser.add_argument("--events", type=int, default=5000, help="events per run")
-    parser.add_argument("--latencies", default="0,100", help="sandbox latencies, ms")
+    parser.add_argument("--latencies", default="0,100,300", help="sandbox latencies, ms")
     parser.add_argument("--quick", action="store_true", help="500 events (naive: 200 at >0 ms)")
-    parser.add_argument("--concurrency", type=int, default=32, help="ccsync and bare")
-    parser.add_argument("--systems", default="ccsync,bare,naive")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help="calls in flight of the system named ccsync (default: the CLI's)",
+    )
+    parser.add_argument(
+        "--baseline-concurrency",
+        type=int,
+        default=BASELINE_CONCURRENCY,
+        help="calls in flight of bare, ccsync-32 and each worker of ccsync-2x32",
+    )
+    parser.add_argument("--systems", default="ccsync,ccsync-32,bare,celery,naive,ccsync-2x32")
+    parser.add_argument(
+        "--scale-out-latencies",
+        default="100",
+        help="latencies (ms) at which ccsync-2x32 runs",
+    )
     parser.add_argument(
         "--naive-cap",
         type=int,
         default=1000,
-        help="events for naive Celery at latencies above 0 ms (it does ~20/s at 100 ms)",
+        help="events for naive Celery at 100 ms (it does ~20/s); fewer in proportion above",
     )
     parser.add_argument(
         "--profile",
@@ -157,12 +200,16 @@ def run_benchmark(argv: Sequence[str]) -> int:
     events: int = 500 if args.quick else args.events
     naive_cap: int = min(args.naive_cap, 200) if args.quick else args.naive_cap
     concurrency: int = args.concurrency
+    baseline: int = args.baseline_concurrency
     latencies = _latencies(args.latencies)
     factories: dict[str, Callable[[], System]] = {
         "ccsync": lambda: Ccsync(concurrency),
-        "bare": lambda: Bare(concurrency),
+        f"ccsync-{baseline}": lambda: Ccsync(baseline, name=f"ccsync-{baseline}"),
+        f"ccsync-2x{baseline}": lambda: CcsyncPair(baseline, name=f"ccsync-2x{baseline}"),
+        "bare": lambda: Bare(baseline),
+        "celery": FairCelery,
         "naive": NaiveCelery,
-        "bare-gevent": lambda: BareGevent(concurrency),
+        "bare-gevent": lambda: BareGevent(baseline),
     }
     names = [name.strip() for name in args.systems.split(",") if name.strip()]
     unknown = set(names) - set(factories)
@@ -180,12 +227,18 @@ def run_benchmark(argv: Sequence[str]) -> int:
     sandbox = SandboxProcess()
     try:
         sandbox.start()
-        for latency, round_number, name in schedule(latencies, rounds, list(systems)):
+        only_at = {f"ccsync-2x{baseline}": _latencies(args.scale_out_latencies)}
+        for latency, round_number, name in schedule(
+            latencies, rounds, list(systems), only_at=only_at
+        ):
             system = systems[name]
             count, note = events, ""
-            if name == "naive" and latency > 0 and naive_cap < events:
-                count, note = naive_cap, f"{naive_cap} events only (slow)"
+            cap = naive_cap * 100 // max(latency, 100)
+            if name == "naive" and latency > 0 and cap < events:
+                count, note = cap, f"{cap} events only (slow)"
             label = str(getattr(system, "concurrency", machine["nproc"]))
+            if isinstance(system, CcsyncPair):
+                label = str(2 * system.concurrency)
             print(f"{name} at {latency} ms, round {round_number}: {count} events ...", flush=True)
             result = run_once(
                 system, label, sandbox.url, latency, count, sandbox_pid=sandbox.pid, note=note
@@ -240,7 +293,7 @@ def run_soak(argv: Sequence[str]) -> int:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--warmup", type=int, default=2_000, help="events before 'start' RSS")
     parser.add_argument("--latency-ms", type=int, default=0)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -340,7 +393,7 @@ def run_profile(argv: Sequence[str]) -> int:
         prog="python -m bench profile", description="Where ccsync spends its time at 0 ms."
     )
     parser.add_argument("--events", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     args = parser.parse_args(argv)
     if py_spy() is None:
         parser.error("needs py-spy (pip install py-spy)")

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from kombu import Connection, Exchange
 
-from bench import bare, naive_celery
+from bench import bare, fair_celery, naive_celery, pair
 from bench.infra import (
     ChildProcess,
     TreeSampler,
@@ -34,6 +34,7 @@ from bench.infra import (
 )
 from worker.constants import EVENT_ROUTING_KEY, EVENT_TYPE, EVENTS_EXCHANGE
 from worker.sandbox import SandboxControl
+from worker.settings import DEFAULT_CONCURRENCY
 from worker.testing import LocalWorker
 
 TENANT = "bench.example"
@@ -132,16 +133,20 @@ def publish_plain(broker_url: str, events: Sequence[dict[str, Any]], *, tag: str
         raise RuntimeError(f"the broker refused {nacked} publish(es)")
 
 
-def publish_celery_tasks(broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
-    """Each event as a Celery task message, the way a naive implementation routes them."""
+def publish_celery_tasks(
+    broker_url: str,
+    events: Sequence[dict[str, Any]],
+    *,
+    tag: str,
+    task_name: str = naive_celery.TASK_NAME,
+) -> None:
+    """Each event as a Celery task message, the way a Celery implementation routes them."""
     from celery import Celery
 
     producer_app = Celery("bench-producer", broker=broker_url, set_as_current=False)
     with producer_app.producer_or_acquire() as producer:
         for index, event in enumerate(events):
-            producer_app.send_task(
-                naive_celery.TASK_NAME, args=[stamp(event, tag, index)], producer=producer
-            )
+            producer_app.send_task(task_name, args=[stamp(event, tag, index)], producer=producer)
     producer_app.close()
 
 
@@ -164,12 +169,14 @@ class System(Protocol):
 class Ccsync:
     name = "ccsync"
 
-    def __init__(self, concurrency: int, loglevel: str = "INFO") -> None:
+    def __init__(self, concurrency: int, loglevel: str = "INFO", *, name: str = "ccsync") -> None:
+        self.name = name
         self.concurrency = concurrency
         self.loglevel = loglevel
+        default = " (the CLI default)" if concurrency == DEFAULT_CONCURRENCY else ""
         self.description = (
-            f"`ccsync worker --concurrency={concurrency}` (the CLI default), log level "
-            f"{loglevel}, as shipped"
+            f"`ccsync worker --concurrency={concurrency}`{default}: {concurrency} calls in "
+            f"flight, log level {loglevel}, as shipped"
         )
         self._worker: LocalWorker | None = None
 
@@ -199,6 +206,32 @@ class Ccsync:
 
     def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
         publish_plain(broker_url, events, tag=tag)
+
+
+class CcsyncPair(Ccsync):
+    """Two ``ccsync worker`` processes on this machine (``bench/pair.py``): scale-out."""
+
+    def __init__(self, concurrency: int, *, name: str = "ccsync-2x32") -> None:
+        super().__init__(concurrency, name=name)
+        self.description = (
+            f"two `ccsync worker --concurrency={concurrency}` processes on this machine, "
+            "consuming the same queue (scale-out); memory and CPU of both"
+        )
+        self._child: ChildProcess | None = None
+
+    def start(self, broker_url: str, sandbox_url: str) -> int:
+        flush_redis_db(REDIS_DB)
+        argv = [sys.executable, "-m", "bench.pair", f"--concurrency={self.concurrency}"]
+        self._child = ChildProcess(
+            argv, self.env(broker_url, sandbox_url), ready_marker=pair.READY, name="the pair"
+        ).start(timeout=180)
+        return self._child.pid
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.stop(timeout=60)
+            self._child = None
+        flush_redis_db(REDIS_DB)
 
 
 class Bare:
@@ -245,6 +278,56 @@ class BareGevent(Bare):
     name = "bare-gevent"
     module = "bench.bare_gevent"
     threads = "greenlets (gevent)"
+
+
+class FairCelery:
+    """``bench/fair_celery.py``: threads pool, 32 threads, one shared httpx client, acks_late."""
+
+    name = "celery"
+
+    def __init__(self) -> None:
+        self.concurrency = fair_celery.THREADS
+        self.description = (
+            f"Celery task per event, `-P threads -c {fair_celery.THREADS}`, `acks_late`, one "
+            "httpx client shared by the threads (a connection each), default prefetch"
+        )
+        self._child: ChildProcess | None = None
+
+    def start(self, broker_url: str, sandbox_url: str) -> int:
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.fair_celery",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            str(fair_celery.THREADS),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+        env = {
+            "BENCH_BROKER_URL": broker_url,
+            "BENCH_BASE_URL": sandbox_url,
+            "BENCH_TOKEN": TOKEN,
+            "BENCH_TENANT": TENANT,
+        }
+        self._child = ChildProcess(
+            argv, env, ready_marker=fair_celery.READY, name="the fair Celery worker"
+        )
+        self._child.start(timeout=90)
+        return self._child.pid
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
+
+    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
+        publish_celery_tasks(broker_url, events, tag=tag, task_name=fair_celery.TASK_NAME)
 
 
 class NaiveCelery:

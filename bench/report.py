@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-SYSTEM_ORDER = ("ccsync", "bare", "bare-gevent", "naive")
+SYSTEM_ORDER = ("ccsync", "ccsync-32", "ccsync-2x32", "bare", "bare-gevent", "celery", "naive")
+#: What ccsync is compared with in the ratio lines, in this order.
+OTHERS = ("ccsync-32", "bare", "bare-gevent", "celery", "naive")
 COLUMNS = (
     ("system", "system", "{}"),
     ("latency_ms", "latency ms", "{}"),
@@ -90,12 +92,19 @@ def _find(runs: Sequence[Run], *, system: str, latency: int) -> Run | None:
 
 
 def round_ratios(
-    runs: Sequence[Run], *, other: str, latency: int, key: str = "throughput"
+    runs: Sequence[Run],
+    *,
+    other: str,
+    latency: int,
+    key: str = "throughput",
+    system: str = "ccsync",
+    other_latency: int | None = None,
 ) -> list[float]:
-    """ccsync/other of ``key``, round by round: each round ran both, one after the other."""
+    """system/other of ``key``, round by round: each round ran both, one after the other.
+    ``other_latency``: the other's runs at that latency (the same system at 0 ms, say)."""
     ours, theirs = (
-        _rounds(runs, system="ccsync", latency=latency),
-        _rounds(runs, system=other, latency=latency),
+        _rounds(runs, system=system, latency=latency),
+        _rounds(runs, system=other, latency=latency if other_latency is None else other_latency),
     )
     if len(theirs) == 1:
         # Measured once (naive Celery): every round of ccsync is compared with it.
@@ -109,9 +118,19 @@ def round_ratios(
 
 
 def median_ratio(
-    runs: Sequence[Run], *, other: str, latency: int, key: str = "throughput"
+    runs: Sequence[Run],
+    *,
+    other: str,
+    latency: int,
+    key: str = "throughput",
+    system: str = "ccsync",
+    other_latency: int | None = None,
 ) -> float | None:
-    return _median(round_ratios(runs, other=other, latency=latency, key=key))
+    return _median(
+        round_ratios(
+            runs, other=other, latency=latency, key=key, system=system, other_latency=other_latency
+        )
+    )
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -134,7 +153,7 @@ def ratio_lines(runs: Sequence[Run]) -> list[str]:
         ours = _find(runs, system="ccsync", latency=latency)
         if ours is None:
             continue
-        for other_name in ("bare", "bare-gevent", "naive"):
+        for other_name in OTHERS:
             other = _find(runs, system=other_name, latency=latency)
             if other is None:
                 continue
@@ -156,24 +175,77 @@ def ratio_lines(runs: Sequence[Run]) -> list[str]:
                 f"p50 latency {ratio(ours['p50_ms'], other['p50_ms']):.2f}x, "
                 f"peak RSS {ratio(ours['peak_rss_mb'], other['peak_rss_mb']):.2f}x"
             )
+        pair = _find(runs, system="ccsync-2x32", latency=latency)
+        single = _find(runs, system="ccsync-32", latency=latency)
+        if pair is not None and single is not None:
+            ratios = round_ratios(runs, system="ccsync-2x32", other="ccsync-32", latency=latency)
+            lines.append(
+                f"ccsync-2x32/ccsync-32 at {latency} ms (two processes against one): throughput "
+                f"{_median(ratios) or math.nan:.2f}x (rounds "
+                f"{', '.join(f'{r:.3f}' for r in ratios)})"
+            )
+        if latency > 0 and _find(runs, system="ccsync", latency=0) is not None:
+            ratios = round_ratios(runs, other="ccsync", latency=latency, other_latency=0)
+            lines.append(
+                f"ccsync at {latency} ms / ccsync at 0 ms: throughput "
+                f"{_median(ratios) or math.nan:.2f}x (rounds "
+                f"{', '.join(f'{r:.3f}' for r in ratios)})"
+            )
     return lines
 
 
+def median_of(runs: Sequence[Run], *, system: str, latency: int, key: str) -> float | None:
+    """The median of ``key`` over the system's rounds at that latency."""
+    rounds = _rounds(runs, system=system, latency=latency).values()
+    return _median([float(run[key]) for run in rounds if key in run])
+
+
 def checks(runs: Sequence[Run]) -> list[tuple[str, str, bool | None]]:
-    """The targets of issue 6: (what, measured, met?); None when not measured in this run."""
+    """The targets of issue 16: (what, measured, met?); None when not measured in this run.
+    Ratios are medians of the per-round ratios."""
 
     result: list[tuple[str, str, bool | None]] = []
-    for what, other, latency, target in (
-        ("ccsync >= 1.0x bare at 100 ms", "bare", 100, 1.0),
-        ("ccsync >= 10x naive Celery at 100 ms", "naive", 100, 10.0),
-        ("ccsync >= 0.6x bare at 0 ms", "bare", 0, 0.6),
-    ):
-        value = median_ratio(runs, other=other, latency=latency)
-        if value is None:
+
+    def check(what: str, value: float | None, target: float, *, unit: str = "x") -> None:
+        if value is None or math.isnan(value):
             result.append((what, "not measured", None))
+        elif unit == "x":
+            result.append((what, f"{value:.3f}x", value >= target))
         else:
-            # Four places: at 100 ms the ratio sits within a thousandth of its target.
-            result.append((what, f"{value:.4f}x", value >= target))
+            result.append((what, f"{value:.2f} {unit}", value <= target))
+
+    check(
+        "ccsync at 100 ms >= 0.8x its own 0 ms throughput",
+        median_ratio(runs, other="ccsync", latency=100, other_latency=0),
+        0.8,
+    )
+    check(
+        "ccsync >= 2.5x bare (32 in flight) at 100 ms",
+        median_ratio(runs, other="bare", latency=100),
+        2.5,
+    )
+    check(
+        "ccsync at 300 ms >= 0.6x its own 0 ms throughput",
+        median_ratio(runs, other="ccsync", latency=300, other_latency=0),
+        0.6,
+    )
+    check("ccsync >= 1.2x bare at 0 ms", median_ratio(runs, other="bare", latency=0), 1.2)
+    check(
+        "ccsync >= 2.5x the fair Celery baseline at 100 ms",
+        median_ratio(runs, other="celery", latency=100),
+        2.5,
+    )
+    check(
+        "two ccsync processes >= 1.8x one at 100 ms, 32 in flight each",
+        median_ratio(runs, system="ccsync-2x32", other="ccsync-32", latency=100),
+        1.8,
+    )
+    check(
+        "ccsync worker CPU per event at 0 ms <= 0.85 ms",
+        median_of(runs, system="ccsync", latency=0, key="worker_cpu_ms_per_event"),
+        0.85,
+        unit="ms",
+    )
     peaks = [run["peak_rss_mb"] for run in runs if run["system"] == "ccsync"]
     if peaks:
         result.append(("ccsync peak memory < 250 MB", f"{max(peaks):.1f} MB", max(peaks) < 250.0))
@@ -193,6 +265,9 @@ def write_plot(runs: Sequence[Run], path: Path) -> bool:
     systems = [name for name in SYSTEM_ORDER if any(run["system"] == name for run in runs)]
     colors = {
         "ccsync": "#1f77b4",
+        "ccsync-32": "#aec7e8",
+        "ccsync-2x32": "#9467bd",
+        "celery": "#ff7f0e",
         "bare": "#7f7f7f",
         "bare-gevent": "#bcbd22",
         "naive": "#d62728",
@@ -275,7 +350,7 @@ def markdown(
         "",
     ]
     out += [f"- {line}" for line in ratio_lines(runs)]
-    out += ["", "## Targets (issue 6)", "", "| target | measured | met |", "|---|---|---|"]
+    out += ["", "## Targets (issue 16)", "", "| target | measured | met |", "|---|---|---|"]
     for what, measured, met in checks(runs):
         out.append(f"| {what} | {measured} | {'-' if met is None else 'yes' if met else 'NO'} |")
     if plot is not None:

@@ -48,8 +48,34 @@ def test_each_round_is_compared_with_its_own_bare_run_and_the_median_decides() -
 
     assert round_ratios(runs, other="bare", latency=100) == [300 / 310, 309 / 300, 305 / 304]
     assert median_ratio(runs, other="bare", latency=100) == 305 / 304
-    (bare_check,) = [check for check in checks(runs) if "bare at 100" in check[0]]
-    assert bare_check[2] is True
+    (bare_check,) = [check for check in checks(runs) if "bare (32 in flight) at 100" in check[0]]
+    assert bare_check[2] is False  # the target is 2.5x
+
+
+def test_a_latency_is_compared_with_0_ms_round_by_round_and_two_processes_with_one() -> None:
+    runs = [
+        run("ccsync", 0, 1, 1000.0),
+        run("ccsync", 100, 1, 850.0),
+        run("ccsync", 0, 2, 900.0),
+        run("ccsync", 100, 2, 810.0),
+        run("ccsync-32", 100, 1, 300.0),
+        run("ccsync-2x32", 100, 1, 590.0),
+    ]
+
+    assert round_ratios(runs, other="ccsync", latency=100, other_latency=0) == [0.85, 0.9]
+    assert median_ratio(runs, system="ccsync-2x32", other="ccsync-32", latency=100) == 590 / 300
+    met = {what: ok for what, _, ok in checks(runs)}
+    assert met["ccsync at 100 ms >= 0.8x its own 0 ms throughput"] is True
+    assert met["two ccsync processes >= 1.8x one at 100 ms, 32 in flight each"] is True
+    assert met["ccsync at 300 ms >= 0.6x its own 0 ms throughput"] is None
+
+
+def test_the_scale_out_pair_runs_only_at_its_latencies() -> None:
+    assert schedule([0, 100], 1, ["ccsync", "ccsync-2x32"], only_at={"ccsync-2x32": [100]}) == [
+        (0, 1, "ccsync"),
+        (100, 1, "ccsync"),
+        (100, 1, "ccsync-2x32"),
+    ]
 
 
 def test_a_system_measured_once_is_compared_with_every_round_of_ccsync() -> None:
