@@ -59,10 +59,13 @@ DEFAULT_CONCURRENCY: Final = 256
 BROKER_SCHEMES: Final = ("amqp", "amqps")
 #: Separates the URLs of several brokers (a cluster's nodes) in one setting, as Celery and kombu do.
 BROKER_URL_SEPARATOR: Final = ";"
-#: Redis URL schemes redis-py's ``from_url`` accepts, and Sentinel's (``redis_sentinel_url``).
-REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel")
+#: Redis URL schemes redis-py's ``from_url`` accepts, Sentinel's (``redis_sentinel_url``) and
+#: Redis Cluster's (``redis_cluster_url``).
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 #: The scheme of a Redis reached through Sentinel: the Sentinels' addresses and the service name.
 SENTINEL_SCHEME: Final = "redis+sentinel"
+#: The scheme of a Redis Cluster: some of its nodes' addresses, from which the client learns all.
+CLUSTER_SCHEME: Final = "redis+cluster"
 #: Schemes of CloudCockpit's API and token URLs.
 HTTP_SCHEMES: Final = ("http", "https")
 
@@ -173,6 +176,8 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str) -> str:
         if value.lower().startswith(f"{SENTINEL_SCHEME}://"):
             redis_sentinel_url(value)  # raises ValueError naming the expected form
+        elif value.lower().startswith(f"{CLUSTER_SCHEME}://"):
+            redis_cluster_url(value)  # raises ValueError naming the expected form
         else:
             _check_url(value, REDIS_SCHEMES)
         return value
@@ -293,8 +298,47 @@ def redis_sentinel_url(value: str) -> SentinelUrl:
     """Parses a ``redis+sentinel://`` URL; raises ValueError saying the expected form, quoting
     nothing of the URL (it may hold a password)."""
     form = f"expected {SENTINEL_SCHEME}://[:password@]host:port[,host:port]/service_name[/db]"
-    scheme, separator, rest = value.partition("://")
-    if not separator or scheme.lower() != SENTINEL_SCHEME:
+    hosts, path, username, password = _split_hosts_url(value, SENTINEL_SCHEME, form)
+    sentinels = _host_list(hosts, DEFAULT_SENTINEL_PORT, what="a Sentinel", form=form)
+    service, _, db = path.strip("/").partition("/")
+    if not service or (db and not db.isdigit()):
+        raise ValueError(f"no service name, or a database that is not a number; {form}")
+    return SentinelUrl(
+        tuple(sentinels), unquote(service), int(db or 0), username=username, password=password
+    )
+
+
+@dataclass(frozen=True)
+class ClusterUrl:
+    """What ``redis+cluster://[[user]:password@]host:port[,host:port…][/0]`` says: nodes of the
+    cluster to start from (the client learns the rest from them), and the nodes' credentials."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+#: The port of a Redis Cluster node named without one.
+DEFAULT_REDIS_PORT: Final = 6379
+
+
+def redis_cluster_url(value: str) -> ClusterUrl:
+    """Parses a ``redis+cluster://`` URL; raises ValueError saying the expected form, quoting
+    nothing of the URL (it may hold a password). A cluster has database 0 only: ``/0`` may be
+    given, no other."""
+    form = f"expected {CLUSTER_SCHEME}://[:password@]host:port[,host:port][/0]"
+    hosts, path, username, password = _split_hosts_url(value, CLUSTER_SCHEME, form)
+    nodes = _host_list(hosts, DEFAULT_REDIS_PORT, what="a node", form=form)
+    if path.strip("/") not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has database 0 only; {form}")
+    return ClusterUrl(tuple(nodes), username=username, password=password)
+
+
+def _split_hosts_url(value: str, scheme: str, form: str) -> tuple[str, str, str | None, str | None]:
+    """The host list, the path, the user name and the password of a ``scheme://`` URL that names
+    several hosts (which ``urlsplit`` cannot read)."""
+    given, separator, rest = value.partition("://")
+    if not separator or given.lower() != scheme:
         raise ValueError(form)
     location, _, path = rest.partition("/")
     credentials, at, hosts = location.rpartition("@")
@@ -302,23 +346,21 @@ def redis_sentinel_url(value: str) -> SentinelUrl:
     if at:
         user, colon, secret = credentials.partition(":")
         username, password = unquote(user) or None, unquote(secret) if colon else None
-    sentinels = []
+    return hosts, path, username, password
+
+
+def _host_list(hosts: str, default_port: int, *, what: str, form: str) -> list[tuple[str, int]]:
+    """``host:port,host:port…`` as (host, port) pairs; ValueError naming ``what`` is wrong."""
+    found = []
     for host in hosts.split(","):
         name, colon, port = host.strip().rpartition(":")
         if not colon:
             name, port = host.strip(), ""
         name = name.strip("[]")
         if not name or (colon and not port.isdigit()):
-            raise ValueError(
-                f"a Sentinel without a host or with a port that is not a number; {form}"
-            )
-        sentinels.append((name, int(port) if port else DEFAULT_SENTINEL_PORT))
-    service, _, db = path.strip("/").partition("/")
-    if not service or (db and not db.isdigit()):
-        raise ValueError(f"no service name, or a database that is not a number; {form}")
-    return SentinelUrl(
-        tuple(sentinels), unquote(service), int(db or 0), username=username, password=password
-    )
+            raise ValueError(f"{what} without a host or with a port that is not a number; {form}")
+        found.append((name, int(port) if port else default_port))
+    return found
 
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> SplitResult:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.exceptions import ConfigurationError
-from worker.settings import Settings, load_settings
+from worker.settings import Settings, load_settings, redis_cluster_url
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 API_DOC = DOCS / "cloudcockpit-api.md"
@@ -205,6 +205,8 @@ URL_PASSWORD = "url-pw-4c3b2a"
         ("CCSYNC_BROKER_URL", "amqps://rabbit.example.com//"),
         ("CCSYNC_REDIS_URL", "rediss://:pw@redis:6380/1"),
         ("CCSYNC_REDIS_URL", "unix:///run/redis.sock?db=2"),
+        ("CCSYNC_REDIS_URL", "redis+cluster://:pw@node1:7000,node2:7001,node3"),
+        ("CCSYNC_REDIS_URL", "redis+cluster://node1:7000/0"),
         ("CLOUDCOCKPIT_BASE_URL", "https://api.example.com"),
         ("CLOUDCOCKPIT_TOKEN_URL", "http://127.0.0.1:8080/oauth2/v2.0/token"),
     ],
@@ -226,6 +228,9 @@ def test_given_a_url_of_a_supported_scheme_then_it_is_read(
         ("CCSYNC_BROKER_URL", f"amqp://u:{URL_PASSWORD}@rabbit:56x2//", "port"),
         ("CCSYNC_BROKER_URL", f"u:{URL_PASSWORD}@rabbit", "amqp://"),
         ("CCSYNC_REDIS_URL", f"http://:{URL_PASSWORD}@redis:6379/0", "redis://"),
+        ("CCSYNC_REDIS_URL", f"redis+cluster://:{URL_PASSWORD}@n1:7000/3", "database 0 only"),
+        ("CCSYNC_REDIS_URL", f"redis+cluster://:{URL_PASSWORD}@n1:70x0,n2", "a node without"),
+        ("CCSYNC_REDIS_URL", f"redis+cluster://:{URL_PASSWORD}@n1:7000,,n2", "a node without"),
         ("CLOUDCOCKPIT_BASE_URL", "notaurl", "no scheme"),
         ("CLOUDCOCKPIT_BASE_URL", "https://", "host"),
         ("CLOUDCOCKPIT_BASE_URL", "ftp://api.example.com", "https://"),
@@ -411,3 +416,10 @@ def test_given_settings_built_directly_then_the_http_read_timeout_follows_the_se
 
     assert settings.timeouts.read == 7.5
     assert settings.timeouts.connect > 0
+
+
+def test_given_a_cluster_url_then_its_nodes_and_credentials_are_read() -> None:
+    parsed = redis_cluster_url("redis+cluster://ops:p%40ss@node1:7000,[::1]:7001,node3")
+
+    assert parsed.nodes == (("node1", 7000), ("::1", 7001), ("node3", 6379))
+    assert (parsed.username, parsed.password) == ("ops", "p@ss")

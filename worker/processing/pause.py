@@ -23,7 +23,7 @@ import redis
 
 from worker.exceptions import LedgerUnavailable
 from worker.processing.ledger import KEY_PREFIX
-from worker.processing.ledger.client import redis_client
+from worker.processing.ledger.client import RedisClient, redis_client
 
 #: Seconds one Redis round trip of the pause may take before Redis counts as unreachable.
 PAUSE_TIMEOUT_SECONDS = 3.0
@@ -94,7 +94,7 @@ class PauseStore:
     """The pause record of one deployment. Every method raises ``LedgerUnavailable`` when Redis
     does not answer."""
 
-    def __init__(self, client: redis.Redis, *, deployment: str, prefix: str = KEY_PREFIX) -> None:
+    def __init__(self, client: RedisClient, *, deployment: str, prefix: str = KEY_PREFIX) -> None:
         self._redis = client
         self.key = f"{prefix}:pause:{deployment}"
 

@@ -18,7 +18,7 @@ import redis
 from worker.constants import HEADER_DELIVERY_COUNT
 from worker.exceptions import LedgerUnavailable
 from worker.processing.ledger import KEY_PREFIX
-from worker.processing.ledger.client import redis_client
+from worker.processing.ledger.client import RedisClient, redis_client
 
 #: Seconds a count outlives the last run it counted: a redelivery comes long before.
 SOLO_RUNS_TTL_SECONDS = 7 * 24 * 3600
@@ -42,7 +42,7 @@ class SoloRuns:
     when Redis does not answer.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = KEY_PREFIX) -> None:
+    def __init__(self, client: RedisClient, *, prefix: str = KEY_PREFIX) -> None:
         self._redis = client
         self._prefix = prefix
 

@@ -10,12 +10,19 @@ its call, fencing checks that the lock is still the event's and extends it to co
 call; leaving records the event (when it was applied) and releases the lock. Taking and leaving
 handle many events at once: the worker takes, and later leaves, the relationships of every event
 waiting in one script call.
+
+On a Redis Cluster (``redis+cluster://``) a script may only touch keys of one hash slot. Each
+relationship's two keys share a slot through a hash tag, a digest of its name (``cluster_tag``):
+``{prefix}:lock:{<tag>}<name>``. A batch is cut into one script call per slot, and those calls go
+out in one pipeline (one round trip to each primary holding some of them). On one server or
+Sentinel the keys keep their form, ``{prefix}:lock:<name>``, so existing ledgers need nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import secrets
 import threading
 import time
@@ -28,11 +35,13 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError, RedisClusterException
 
 from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
-from worker.processing.ledger.client import redis_client
+from worker.processing.ledger.client import RedisClient, redis_client
 from worker.processing.ledger.records import (
     AppliedRecord,
     format_record,
@@ -64,6 +73,9 @@ REDIS_HEALTH_CHECK_SECONDS = 30
 #: Milliseconds a write waits for its replicas (Redis WAIT) before it counts as failed; well
 #: under ``REDIS_TIMEOUT_SECONDS``, so that the command itself does not time out first.
 REPLICA_WAIT_TIMEOUT_MS = 1000
+#: Bytes of the name's digest that make a relationship's hash tag on a cluster: 8 hex digits
+#: spread relationships over all 16,384 slots; which ones share a slot does not matter.
+CLUSTER_TAG_BYTES = 4
 #: Keys asked for per SCAN call when the records are read in full (``Ledger.records``).
 SCAN_BATCH = 1000
 
@@ -171,17 +183,25 @@ class Ledger:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         prefix: str = KEY_PREFIX,
         lock_wait_seconds: float = LOCK_WAIT_SECONDS,
         lock_ttl_seconds: float | None = None,
         wait_replicas: int = 0,
-        connect: Callable[[], redis.Redis] | None = None,
+        connect: Callable[[], RedisClient] | None = None,
     ) -> None:
         """``wait_replicas``: replicas each script call must reach (Redis WAIT) before it counts
-        as done, else ``LedgerUnavailable``. ``connect`` makes each thread's own client (one
-        connection); without it, a copy of ``client``'s pool limited to one connection."""
+        as done, else ``LedgerUnavailable``; on a cluster, each primary the call wrote to waits
+        for that many of its own. ``connect`` makes each thread's own client (one connection,
+        one per node on a cluster); without it, a copy of ``client``'s pool limited to one
+        connection (a cluster's ``client`` is shared as it is).
+
+        On a cluster the keys carry a hash tag after the prefix, so ``prefix`` must hold no
+        brace (ValueError)."""
+        self._cluster = isinstance(client, RedisCluster)
+        if self._cluster and ("{" in prefix or "}" in prefix):
+            raise ValueError("a ledger on a Redis Cluster needs a key prefix without braces")
         self._redis = client
         self._wait_replicas = wait_replicas
         self._connect = connect
@@ -222,11 +242,16 @@ class Ledger:
             connect=functools.partial(connect, max_connections=1),
         )
 
-    def _connection(self) -> redis.Redis:
-        connection: redis.Redis | None = getattr(self._local, "connection", None)
+    def _connection(self) -> RedisClient:
+        connection: RedisClient | None = getattr(self._local, "connection", None)
         if connection is None and self._connect is not None:
             connection = self._local.connection = self._connect()
-        if connection is None:
+        if connection is not None:
+            return connection
+        if isinstance(self._redis, RedisCluster):
+            # Thread-safe already: a pool per node.
+            connection = self._local.connection = self._redis
+        else:
             pool = self._redis.connection_pool
             # A pool of the thread's own, uncontended.
             connection = redis.Redis(
@@ -256,7 +281,7 @@ class Ledger:
             # Without an event id no later hold can claim the linger as its own.
             args += [token, f"{LINGER_PREFIX}{event_id or token}", inherited or ""]
             keys += [self.lock_key(relationship), self.applied_key(relationship)]
-        replies = self._run(self._acquire, keys, args)
+        replies = self._run(self._acquire, keys, args, head=1)
         now = time.monotonic()
         holds: list[Hold | None] = []
         for i, reply in enumerate(replies):
@@ -276,11 +301,16 @@ class Ledger:
         return holds
 
     def lock_key(self, relationship: Relationship) -> str:
-        return f"{self._prefix}:lock:{relationship.name}"
+        return f"{self._prefix}:lock:{self._key_name(relationship)}"
 
     def applied_key(self, relationship: Relationship) -> str:
         """Where the relationship's record lives: ``records`` finds every one by this form."""
-        return f"{self._prefix}:applied:{relationship.name}"
+        return f"{self._prefix}:applied:{self._key_name(relationship)}"
+
+    def _key_name(self, relationship: Relationship) -> str:
+        """The relationship's part of its keys: its name, after its hash tag on a cluster."""
+        name = relationship.name
+        return f"{{{cluster_tag(name)}}}{name}" if self._cluster else name
 
     def read(self, relationship: Relationship) -> AppliedRecord | None:
         """The relationship's record, None if nothing was applied (or it expired)."""
@@ -301,11 +331,12 @@ class Ledger:
         pattern = _glob_escape(prefix) + "*"
         seen: set[bytes] = set()
         connection = self._connection()
-        cursor = 0
+        # On a cluster, redis-py's scan_iter scans every primary in turn, each to its cursor's end.
+        keys = connection.scan_iter(match=pattern, count=batch)
         while True:
             with self._round_trip():
-                cursor, keys = connection.scan(cursor=cursor, match=pattern, count=batch)
-                fresh = [key for key in keys if _digest(key) not in seen]
+                chunk = list(itertools.islice(keys, batch))
+                fresh = [key for key in chunk if _digest(key) not in seen]
                 pipeline = connection.pipeline(transaction=False)
                 for key in fresh:
                     pipeline.get(key)
@@ -313,10 +344,13 @@ class Ledger:
             for key, raw in zip(fresh, values, strict=True):
                 seen.add(_digest(key))
                 name = (key.decode() if isinstance(key, bytes) else key).removeprefix(prefix)
+                if self._cluster:
+                    # The hash tag: hex digits in braces, never a brace within.
+                    name = name.partition("}")[2] if name.startswith("{") else ""
                 relationship = relationship_named(name)
                 if raw is not None and relationship is not None:
                     yield relationship, parse_record(raw)
-            if int(cursor) == 0:
+            if not chunk:
                 return
 
     def acquire(
@@ -363,11 +397,13 @@ class Ledger:
         for hold in holds:
             keys += hold.keys
             args += [hold.token, lease_ms]
-        replies = self._run(self._fence, keys, args)
+        replies = self._run(self._fence, keys, args, head=0)
         late = time.monotonic() - asked > FENCE_MARGIN_SECONDS
         refusals: list[RelationshipBusy | None] = []
         for hold, reply in zip(holds, replies, strict=True):
             name = hold.keys[0].removeprefix(f"{self._prefix}:lock:")
+            if self._cluster:
+                name = name.partition("}")[2]
             if not reply:
                 refusals.append(RelationshipBusy(f"relationship {name} was lost before the call"))
                 continue
@@ -394,23 +430,94 @@ class Ledger:
         for hold in holds:
             keys += hold.keys
             args += hold.leave_args()
-        return [bool(kept) for kept in self._run(self._leave, keys, args)]
+        return [bool(kept) for kept in self._run(self._leave, keys, args, head=1)]
 
-    def _run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+    def _run(self, script: Script, keys: list[str], args: list[str | int], *, head: int) -> Any:
+        """One batched call of ``script``: two keys per relationship (lock, applied) and, after
+        ``head`` arguments for all, the same number of arguments for each; its reply, one item
+        per relationship in their order."""
         with self._round_trip():
             connection = self._connection()
+            if isinstance(connection, RedisCluster):
+                return self._run_per_slot(connection, script, keys, args, head=head)
             # redis-py loads the script again if Redis restarted and forgot it.
             reply = script(keys=keys, args=args, client=connection)
             if self._wait_replicas:
                 self._replicated(connection)
             return reply
 
-    def _replicated(self, connection: redis.Redis) -> None:
+    def _run_per_slot(
+        self,
+        cluster: RedisCluster,
+        script: Script,
+        keys: list[str],
+        args: list[str | int],
+        *,
+        head: int,
+    ) -> list[Any]:
+        """``_run`` on a cluster: one script call per hash slot, each with its relationships' keys
+        and arguments, all sent in one pipeline; the replies put back in the batch's order."""
+        count = len(keys) // 2
+        width = (len(args) - head) // count if count else 0
+        groups: dict[int, list[int]] = {}
+        for i in range(count):
+            slot = cluster.keyslot(keys[2 * i])  # type: ignore[no-untyped-call]
+            groups.setdefault(slot, []).append(i)
+        calls = list(groups.values())
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        # A primary that restarted (or was promoted) has forgotten the script: load it on every
+        # primary and run again only the calls it refused, which did nothing.
+        for loaded in (False, True):
+            pipeline = cluster.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+            for c in pending:
+                members = calls[c]
+                call_keys = [key for i in members for key in keys[2 * i : 2 * i + 2]]
+                call_args = args[:head] + [
+                    arg for i in members for arg in args[head + width * i : head + width * (i + 1)]
+                ]
+                # redis-py blocks its pipeline's evalsha(), not the command. The call is sent to
+                # its slot's primary as the client knows it: left to find the keys itself, the
+                # pipeline would ask the server (COMMAND GETKEYS) for every call.
+                node = cluster.get_node_from_key(call_keys[0])  # type: ignore[no-untyped-call]
+                pipeline.execute_command(
+                    "EVALSHA",
+                    script.sha,
+                    len(call_keys),
+                    *call_keys,
+                    *call_args,
+                    target_nodes=node,
+                )
+            for c, reply in zip(pending, pipeline.execute(raise_on_error=False), strict=True):
+                results[c] = reply
+            pending = [c for c in pending if isinstance(results[c], NoScriptError)]
+            if not pending or loaded:
+                break
+            cluster.script_load(script.script)
+        for reply in results:
+            if isinstance(reply, Exception):
+                raise reply
+        if self._wait_replicas:
+            nodes = {
+                cluster.get_node_from_key(keys[2 * members[0]])  # type: ignore[no-untyped-call]
+                for members in calls
+            }
+            for node in nodes:
+                self._replicated(cluster, target_nodes=node)
+        replies: list[Any] = [None] * count
+        for members, reply in zip(calls, results, strict=True):
+            for i, item in zip(members, reply, strict=True):
+                replies[i] = item
+        return replies
+
+    def _replicated(self, connection: RedisClient, **target: Any) -> None:
         """Waits until ``wait_replicas`` replicas have every write of ``connection`` so far: a
         write only the primary holds is lost if Sentinel promotes a replica that missed it.
         ``LedgerUnavailable`` when too few confirm in time: the caller treats the write as failed
         (the event is tried again; what it recorded may still stand)."""
-        acknowledged = int(connection.wait(self._wait_replicas, REPLICA_WAIT_TIMEOUT_MS))
+        # WAIT counts this connection's writes; on a cluster, ``target`` names the node (the
+        # thread's client keeps one connection to it, the one that wrote).
+        acknowledged = int(connection.wait(self._wait_replicas, REPLICA_WAIT_TIMEOUT_MS, **target))
         if acknowledged < self._wait_replicas:
             raise LedgerUnavailable(
                 f"ledger unavailable: a write reached {acknowledged} of "
@@ -449,7 +556,7 @@ def _translated() -> Iterator[None]:
     """Redis failures become a transient failure: events wait, nothing is applied blindly."""
     try:
         yield
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         raise LedgerUnavailable(f"ledger unavailable: {type(exc).__name__}") from None
 
 
@@ -464,6 +571,12 @@ def relationship_named(name: str) -> Relationship | None:
         return None
     tenant, customer_id, reseller = parts
     return Relationship(tenant, customer_id, None if reseller == "self" else reseller)
+
+
+def cluster_tag(name: str) -> str:
+    """The hash tag of a relationship's keys on a cluster: hex digits of a digest of its name,
+    which keeps both keys in one slot whatever the name holds (braces included)."""
+    return hashlib.blake2b(name.encode(), digest_size=CLUSTER_TAG_BYTES).hexdigest()
 
 
 def _glob_escape(text: str) -> str:

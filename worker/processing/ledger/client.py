@@ -1,9 +1,14 @@
-"""Redis clients from ``CCSYNC_REDIS_URL``: one server (``redis://``, ``rediss://``, ``unix://``)
-or the primary that Redis Sentinel names (``redis+sentinel://…/service_name``).
+"""Redis clients from ``CCSYNC_REDIS_URL``: one server (``redis://``, ``rediss://``, ``unix://``),
+the primary that Redis Sentinel names (``redis+sentinel://…/service_name``), or a Redis Cluster
+(``redis+cluster://host:port,…``).
 
 A Sentinel client asks the Sentinels for the primary when it connects, and again after a failover
 (a connection refused, or a replica answering READONLY): the ledger follows a promotion without a
 restart. Commands in flight when the primary dies fail, like any Redis failure, and are retried.
+
+A cluster client (redis-py's ``RedisCluster``) learns every node and slot from the nodes the URL
+names, when it is made: unlike the others, making one fails when no node answers. It sends each
+command to the primary of its key's slot and follows MOVED and ASK when slots move.
 """
 
 from __future__ import annotations
@@ -11,13 +16,21 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
-from worker.settings import SENTINEL_SCHEME, redis_sentinel_url
+from worker.settings import CLUSTER_SCHEME, SENTINEL_SCHEME, redis_cluster_url, redis_sentinel_url
+
+#: What ``redis_client`` gives: a client of one server (perhaps Sentinel's primary) or a cluster's.
+RedisClient = redis.Redis | RedisCluster
 
 
 def is_sentinel_url(url: str) -> bool:
     return url.lower().startswith(f"{SENTINEL_SCHEME}://")
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.lower().startswith(f"{CLUSTER_SCHEME}://")
 
 
 def redis_client(
@@ -27,10 +40,12 @@ def redis_client(
     health_check_interval: float = 0,
     max_connections: int | None = None,
     **extra: Any,
-) -> redis.Redis:
-    """A client of the Redis ``url`` names (its primary, through Sentinel), whose connects and
-    commands each give up after ``timeout`` seconds; ``max_connections`` bounds its pool, and
-    ``extra`` goes to redis-py's connection pool as it is (``retry``, say)."""
+) -> RedisClient:
+    """A client of the Redis ``url`` names (its primary, through Sentinel; or the cluster), whose
+    connects and commands each give up after ``timeout`` seconds; ``max_connections`` bounds its
+    pool (a cluster's: each node's), and ``extra`` goes to redis-py's connection pool as it is
+    (``retry``, say). A cluster client raises ``redis.exceptions.RedisClusterException`` when
+    none of the URL's nodes answers."""
     options: dict[str, Any] = {
         **extra,
         "socket_timeout": timeout,
@@ -39,6 +54,8 @@ def redis_client(
     }
     if max_connections is not None:
         options["max_connections"] = max_connections
+    if is_cluster_url(url):
+        return _cluster_client(url, options)
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **options)
     parsed = redis_sentinel_url(url)
@@ -55,3 +72,16 @@ def redis_client(
         **options,
     )
     return primary
+
+
+def _cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
+    parsed = redis_cluster_url(url)
+    return RedisCluster(
+        startup_nodes=[
+            ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in parsed.nodes
+        ],
+        username=parsed.username,
+        password=parsed.password,
+        **options,
+    )
