@@ -16,7 +16,7 @@ from worker.cloudcockpit.answers import describe_transport_error, raise_for_answ
 from worker.cloudcockpit.streams import AsyncioTransport
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken, TokenSource
 from worker.exceptions import ApiRejected, TokenRejected, TransientFailure
-from worker.observability import metrics
+from worker.observability import metrics, tracing
 from worker.settings import HttpTimeouts, Settings
 
 USER_AGENT = "ccsync/0.1"
@@ -292,11 +292,7 @@ class CloudCockpitClient:
         correlation_id: uuid.UUID,
         token: str,
     ) -> httpx.Response:
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "X-Tenant": tenant,
-            "X-Correlation-Id": str(correlation_id),
-        }
+        headers = _change_headers(tenant=tenant, correlation_id=correlation_id, token=token)
         started = time.monotonic()
         try:
             response = self._client().patch(url, json=body, headers=headers)
@@ -314,11 +310,15 @@ def _observe_call(started: float, status: int | None) -> None:
 
 
 def _change_headers(*, tenant: str, correlation_id: uuid.UUID, token: str) -> dict[str, str]:
-    return {
+    """The PATCH's headers; ``traceparent``/``tracestate`` of the current trace context, if any
+    (the httpx instrumentation, when on, replaces them with its client span's)."""
+    headers = {
         "Authorization": f"Bearer {token}",
         "X-Tenant": tenant,
         "X-Correlation-Id": str(correlation_id),
     }
+    tracing.inject(headers)
+    return headers
 
 
 async def _patch_async(

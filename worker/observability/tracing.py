@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Final
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from worker.constants import CLOUDEVENTS_CONTENT_TYPE, CLOUDEVENTS_HEADER_PREFIXES
@@ -34,6 +38,9 @@ EXPORTERS: Final = ("otlp", "console", "none")
 TRACER_NAME: Final = "ccsync"
 
 _W3C: Final = TraceContextTextMapPropagator()
+#: The tracer of ccsync's spans once a provider records them (``record_with``); None: nothing is
+#: recorded, the producer's context is only propagated.
+_tracer: Tracer | None = None
 
 
 def producer_trace_headers(
@@ -85,6 +92,86 @@ def inject(headers: dict[str, str], context: Context | None = None) -> None:
     """Writes ``traceparent``/``tracestate`` of ``context`` (the current one by default) into
     ``headers``; writes nothing when there is no valid span in it."""
     _W3C.inject(headers, context=context)
+
+
+def record_with(provider: trace.TracerProvider | None) -> None:
+    """Spans are recorded by ``provider`` from now on; None: no more spans, propagation only."""
+    global _tracer
+    _tracer = None if provider is None else provider.get_tracer(TRACER_NAME)
+
+
+def recording() -> bool:
+    """Whether spans are recorded (a provider was set up by ``configure_tracing``)."""
+    return _tracer is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Traced:
+    """The context an attempt's calls run in, and its span when spans are recorded (then the
+    context holds it); without spans the context is the producer's own, so the PATCH carries
+    the producer's ``traceparent`` as sent."""
+
+    context: Context
+    span: Span | None = None
+
+
+@contextmanager
+def consuming(
+    headers: Mapping[str, Any], body: bytes, content_type: str | None, *, queue: str
+) -> Iterator[Context | None]:
+    """Around the intake of one message: a CONSUMER span ``<queue> process`` in the producer's
+    trace when spans are recorded. Yields the context its attempt is to continue: the span's,
+    or the producer's (None when it sent none)."""
+    parent = producer_context(headers, body, content_type)
+    if _tracer is None:
+        yield parent
+        return
+    with _tracer.start_as_current_span(
+        f"{queue} process",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": queue,
+        },
+    ) as span:
+        yield trace.set_span_in_context(span)
+
+
+def start_attempt(
+    parent: Context | None, *, name: str, attributes: Mapping[str, str | int]
+) -> Traced | None:
+    """The span of one attempt, a child of ``parent``, left open until ``end_attempt``; None
+    when there is neither a span to record nor a context to propagate."""
+    if _tracer is None:
+        return None if parent is None else Traced(parent)
+    span = _tracer.start_span(name, context=parent, attributes=attributes)
+    return Traced(trace.set_span_in_context(span), span)
+
+
+def end_attempt(traced: Traced | None, outcome: str, *, failed: bool = False) -> None:
+    """Ends the attempt's span with its ``outcome``; ``failed`` marks it an error."""
+    if traced is None or traced.span is None:
+        return
+    traced.span.set_attribute("outcome", outcome)
+    if failed:
+        traced.span.set_status(StatusCode.ERROR, outcome)
+    traced.span.end()
+
+
+@contextmanager
+def calling(traced: Traced | None) -> Iterator[None]:
+    """The attempt's context made current around its call: the httpx instrumentation makes its
+    client span a child of it, and ``inject`` writes it into the request."""
+    if traced is None:
+        yield
+        return
+    token = otel_context.attach(traced.context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def exporter_asked(environ: Mapping[str, str]) -> str | None:
@@ -149,5 +236,6 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> Any:
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    record_with(provider)
     HTTPXClientInstrumentor().instrument(tracer_provider=provider)
     return provider

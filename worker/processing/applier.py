@@ -38,7 +38,7 @@ from worker.exceptions import (
     TokenUnavailable,
     TransientFailure,
 )
-from worker.observability import metrics
+from worker.observability import metrics, tracing
 from worker.processing.attempts import Attempt, Call
 from worker.processing.backoff import RetryPolicy
 from worker.processing.dead_letters import DeadLetter, Envelope
@@ -48,8 +48,14 @@ from worker.settings import HttpTimeouts
 
 if TYPE_CHECKING:
     import httpx
+    from opentelemetry.context import Context
 
 log = logging.getLogger(__name__)
+
+#: The name of each attempt's span.
+ATTEMPT_SPAN = "ccsync attempt"
+#: Outcomes whose attempt span is marked an error: the event was not applied by this attempt.
+_FAILED_OUTCOMES: frozenset[str] = frozenset({"retrying", "dead-lettered"})
 
 #: Fences one hold right before its call, for that many seconds (``Ledger.fence``'s contract).
 Fence = Callable[[Hold, float], Awaitable[None]]
@@ -155,16 +161,20 @@ class Applier:
         self.unsettled_linger_seconds = unsettled_linger_seconds
         self.call_lease_seconds = call_lease_seconds
 
-    def apply(self, attempt: Attempt, delivery_count: int = 0) -> Outcome:
+    def apply(
+        self, attempt: Attempt, delivery_count: int = 0, *, consumed: Context | None = None
+    ) -> Outcome:
         """The whole attempt in this thread: ``call``, leave the relationship, ``conclude``."""
-        call = self.call(attempt, delivery_count)
+        call = self.call(attempt, delivery_count, consumed=consumed)
         self.leave_all([call])
         return self.conclude(call)
 
-    def call(self, attempt: Attempt, delivery_count: int = 0) -> Call:
+    def call(
+        self, attempt: Attempt, delivery_count: int = 0, *, consumed: Context | None = None
+    ) -> Call:
         """Takes the relationship (waiting for it if another event holds it) and, if the event
         is new, calls CloudCockpit. Publishes and logs nothing: see ``conclude``."""
-        call = self.prepare(attempt, delivery_count)
+        call = self.prepare(attempt, delivery_count, consumed=consumed)
         if call.needs_relationship:
             try:
                 call.hold = self.ledger.acquire(
@@ -175,9 +185,33 @@ class Applier:
         self.send(call)
         return call
 
-    def prepare(self, attempt: Attempt, delivery_count: int = 0) -> Call:
-        """The call, before its relationship is taken; taken already if no call is to be made."""
+    def prepare(
+        self, attempt: Attempt, delivery_count: int = 0, *, consumed: Context | None = None
+    ) -> Call:
+        """The call, before its relationship is taken; taken already if no call is to be made.
+
+        Its trace continues ``consumed`` (the span of the message's intake), or else the
+        producer's context as the envelope carries it, on every attempt alike: the span of the
+        attempt, ended by ``conclude``, and the ``traceparent`` of its PATCH.
+        """
         call = Call(attempt, Relationship.of(attempt.event), delivery_count)
+        envelope = attempt.envelope
+        parent = consumed or tracing.producer_context(
+            envelope.headers, envelope.body, envelope.content_type
+        )
+        if parent is not None or tracing.recording():
+            event = attempt.event
+            call.trace = tracing.start_attempt(
+                parent,
+                name=ATTEMPT_SPAN,
+                attributes={
+                    "eventId": event.event_id,
+                    "correlationId": str(attempt.correlation_id),
+                    "tenant": attempt.tenant,
+                    "customerId": str(event.customer_id),
+                    "attempt": attempt.number,
+                },
+            )
         if delivery_count < DELIVERY_LIMIT and self.guard is not None:
             admission = self.guard.admit()
             call.outage = admission is Admission.HOLD
@@ -204,13 +238,14 @@ class Applier:
                 return
             started = time.monotonic()
             event = call.attempt.event
-            self.api.set_internal_identifier(
-                tenant=call.attempt.tenant,
-                customer_id=event.customer_id,
-                reseller_id=event.reseller_id,
-                internal_identifier=event.internal_identifier,
-                correlation_id=call.attempt.correlation_id,
-            )
+            with tracing.calling(call.trace):
+                self.api.set_internal_identifier(
+                    tenant=call.attempt.tenant,
+                    customer_id=event.customer_id,
+                    reseller_id=event.reseller_id,
+                    internal_identifier=event.internal_identifier,
+                    correlation_id=call.attempt.correlation_id,
+                )
             self._called(call, started)
         except (ApiRejected, TransientFailure, RelationshipBusy) as exc:
             self._call_failed(call, exc)
@@ -234,14 +269,15 @@ class Applier:
                 return
             started = time.monotonic()
             event = call.attempt.event
-            await self.api.set_internal_identifier_async(
-                http,
-                tenant=call.attempt.tenant,
-                customer_id=event.customer_id,
-                reseller_id=event.reseller_id,
-                internal_identifier=event.internal_identifier,
-                correlation_id=call.attempt.correlation_id,
-            )
+            with tracing.calling(call.trace):
+                await self.api.set_internal_identifier_async(
+                    http,
+                    tenant=call.attempt.tenant,
+                    customer_id=event.customer_id,
+                    reseller_id=event.reseller_id,
+                    internal_identifier=event.internal_identifier,
+                    correlation_id=call.attempt.correlation_id,
+                )
             self._called(call, started)
         except (ApiRejected, TransientFailure, RelationshipBusy) as exc:
             self._call_failed(call, exc)
@@ -316,13 +352,22 @@ class Applier:
 
         The trial of a half-open guard reports to it: its write answered closes the guard, a
         systemic failure opens it again (the event waits, its attempt unspent), anything else
-        (no write made) passes the trial to the next call.
+        (no write made) passes the trial to the next call. Ends the attempt's span with the
+        outcome.
         """
+        outcome: Outcome | None = None
         try:
-            return self._conclude(call)
+            outcome = self._conclude(call)
+            return outcome
         finally:
             if call.trial and self.guard is not None:
                 self.guard.end_trial()
+            if call.trace is not None:
+                tracing.end_attempt(
+                    call.trace,
+                    "no-outcome" if outcome is None else outcome.value,
+                    failed=outcome is None or outcome in _FAILED_OUTCOMES,
+                )
 
     def _conclude(self, call: Call) -> Outcome:
         attempt = call.attempt

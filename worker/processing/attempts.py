@@ -16,6 +16,7 @@ from typing import Any
 from worker.constants import DELIVERY_LIMIT
 from worker.events import IdentifierChanged, correlation_id
 from worker.exceptions import CcsyncError
+from worker.observability.tracing import Traced
 from worker.processing.dead_letters import Envelope
 from worker.processing.ledger import Hold, Relationship, Verdict
 
@@ -94,7 +95,8 @@ class Call:
 
     ``hold`` is the relationship while held; ``outage`` says the call was not made because
     outage protection was on; ``trial`` that it is the one call a half-open outage guard let
-    through; ``failure`` is what went wrong, if anything did.
+    through; ``failure`` is what went wrong, if anything did; ``trace`` is the attempt's span
+    and the trace context its call carries, if any.
     """
 
     attempt: Attempt
@@ -106,6 +108,7 @@ class Call:
     verdict: Verdict | None = None
     failure: CcsyncError | None = None
     duration: float | None = None
+    trace: Traced | None = None
 
     @property
     def needs_relationship(self) -> bool:

@@ -44,10 +44,11 @@ from worker.constants import (
     TASKS_EXCHANGE,
     TASKS_QUEUE,
 )
-from worker.observability import metrics
+from worker.observability import metrics, tracing
 from worker.observability.endpoints import LoopHeartbeat
 from worker.observability.logs import configure_logging
 from worker.observability.sentry import init_error_reporting
+from worker.observability.tracing import configure_tracing
 from worker.processing.applier import Applier, Outcome
 from worker.processing.attempts import Attempt
 from worker.processing.backoff import RetryPolicy
@@ -334,16 +335,22 @@ def make_app(settings: Settings, concurrency: int = DEFAULT_CONCURRENCY) -> Ccsy
         inherited_lock: str | None = None,
     ) -> str:
         try:
-            outcome: Outcome = app.applier.apply(
-                Attempt.from_task_kwargs(
-                    event=event,
-                    envelope=envelope,
-                    attempt=attempt,
-                    first_attempt_at=first_attempt_at,
-                    inherited_lock=inherited_lock,
-                ),
-                delivery_count=int(task.request.get(HEADER_DELIVERY_COUNT) or 0),
+            this = Attempt.from_task_kwargs(
+                event=event,
+                envelope=envelope,
+                attempt=attempt,
+                first_attempt_at=first_attempt_at,
+                inherited_lock=inherited_lock,
             )
+            sent = this.envelope
+            with tracing.consuming(
+                sent.headers, sent.body, sent.content_type, queue=TASKS_QUEUE
+            ) as consumed:
+                outcome: Outcome = app.applier.apply(
+                    this,
+                    delivery_count=int(task.request.get(HEADER_DELIVERY_COUNT) or 0),
+                    consumed=consumed,
+                )
         except Exception as exc:
             # A bug or a broker failure while publishing the outcome: hand the message back.
             # The queue counts deliveries, so a message that always fails ends as delivery-limit.
@@ -391,6 +398,7 @@ def run_worker(
     settings.require_api_credentials()
     configure_logging(loglevel, settings.log_format)
     init_error_reporting(settings)
+    configure_tracing()
     app = make_app(settings, concurrency)
     if settings.metrics_port is not None:
         serve_worker_endpoints(app, settings.metrics_port)

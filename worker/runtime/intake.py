@@ -30,13 +30,14 @@ from worker.amqp.topology import events_queue, publish_declaring_topology
 from worker.cloudcockpit.client import make_async_http_client, tls_context
 from worker.constants import (
     DELIVERY_LIMIT,
+    EVENTS_QUEUE,
     HEADER_DELIVERY_COUNT,
     REASON_DELIVERY_LIMIT,
     REASON_INVALID_EVENT,
 )
 from worker.events import IdentifierChanged, decode_event, reject_if_ahead
 from worker.exceptions import InvalidEvent, LedgerUnavailable
-from worker.observability import metrics
+from worker.observability import metrics, tracing
 from worker.processing.applier import Applier
 from worker.processing.attempts import Attempt, Call
 from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_letter
@@ -297,25 +298,30 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             )
             message.ack()
             return True
-        try:
-            event = self._validate(envelope)
-        except InvalidEvent as exc:
-            log.warning("invalid event dead-lettered: %s", exc)
-            self._dead_letter(
-                envelope,
-                DeadLetter(
-                    REASON_INVALID_EVENT,
-                    str(exc),
-                    attempts=0,
-                    event_id=guess_event_id(envelope.body),
-                ),
+        with tracing.consuming(
+            envelope.headers, envelope.body, envelope.content_type, queue=EVENTS_QUEUE
+        ) as consumed:
+            try:
+                event = self._validate(envelope)
+            except InvalidEvent as exc:
+                log.warning("invalid event dead-lettered: %s", exc)
+                self._dead_letter(
+                    envelope,
+                    DeadLetter(
+                        REASON_INVALID_EVENT,
+                        str(exc),
+                        attempts=0,
+                        event_id=guess_event_id(envelope.body),
+                    ),
+                )
+                message.ack()
+                return True
+            self._in_flight.started()
+            stages = self._stages()
+            stages.gate.put(
+                stages.applier.prepare(Attempt.first(event, envelope), consumed=consumed), message
             )
-            message.ack()
-            return True
-        self._in_flight.started()
-        stages = self._stages()
-        stages.gate.put(stages.applier.prepare(Attempt.first(event, envelope)), message)
-        return False
+            return False
 
     def _stages(self) -> _Stages:
         # Made once the worker runs, never at import: the runtime holds clients and threads.
