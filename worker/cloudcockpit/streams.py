@@ -19,7 +19,7 @@ import asyncio
 import select
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import httpcore
@@ -200,22 +200,14 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[SocketOption] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         loop = asyncio.get_running_loop()
-        protocol = _Protocol()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_connection(
-                    lambda: protocol,
-                    host,
-                    port,
-                    local_addr=None if local_address is None else (local_address, 0),
-                )
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(str(exc) or "connect timed out") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        _apply(transport, socket_options)
-        assert isinstance(transport, asyncio.Transport)
-        return _Stream(transport, protocol)
+        local_addr = None if local_address is None else (local_address, 0)
+        return await _connected(
+            lambda protocol: loop.create_connection(
+                lambda: protocol, host, port, local_addr=local_addr
+            ),
+            timeout,
+            socket_options,
+        )
 
     async def connect_unix_socket(
         self,
@@ -224,20 +216,34 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[SocketOption] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         loop = asyncio.get_running_loop()
-        protocol = _Protocol()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_unix_connection(lambda: protocol, path)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(str(exc) or "connect timed out") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        _apply(transport, socket_options)
-        assert isinstance(transport, asyncio.Transport)
-        return _Stream(transport, protocol)
+        return await _connected(
+            lambda protocol: loop.create_unix_connection(lambda: protocol, path),
+            timeout,
+            socket_options,
+        )
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def _connected(
+    opening: Callable[[_Protocol], Awaitable[tuple[asyncio.BaseTransport, Any]]],
+    timeout: float | None,
+    socket_options: Iterable[SocketOption] | None,
+) -> _Stream:
+    """The stream of the connection ``opening`` makes for a new protocol within ``timeout``; one
+    that could not be made raises httpcore's ``ConnectTimeout`` or ``ConnectError``."""
+    protocol = _Protocol()
+    try:
+        async with asyncio.timeout(timeout):
+            transport, _ = await opening(protocol)
+    except TimeoutError as exc:
+        raise httpcore.ConnectTimeout(str(exc) or "connect timed out") from exc
+    except OSError as exc:
+        raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+    _apply(transport, socket_options)
+    assert isinstance(transport, asyncio.Transport)
+    return _Stream(transport, protocol)
 
 
 def _apply(transport: asyncio.BaseTransport, options: Iterable[SocketOption] | None) -> None:
