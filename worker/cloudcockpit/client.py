@@ -55,15 +55,10 @@ def make_http_client(
     tls: ssl.SSLContext | None = None,
 ) -> httpx.Client:
     """The one way ccsync makes an httpx client: explicit timeouts, bounded pool, TLS verified."""
-    timeouts = settings.timeouts
     return httpx.Client(
         transport=transport,
-        timeout=httpx.Timeout(
-            connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
-        ),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
+        timeout=_timeout(settings),
+        limits=_limits(max_connections),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
         verify=tls or tls_context(settings),
@@ -85,21 +80,28 @@ def make_async_http_client(
     worker gives each of its calls in flight a client of its own instead (README, "Concurrency
     model").
     """
-    timeouts = settings.timeouts
     tls = tls or tls_context(settings)
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
+    limits = _limits(max_connections)
     return httpx.AsyncClient(
         transport=transport or AsyncioTransport(verify=tls, limits=limits),
-        timeout=httpx.Timeout(
-            connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
-        ),
+        timeout=_timeout(settings),
         limits=limits,
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
         verify=tls,
     )
+
+
+def _timeout(settings: Settings) -> httpx.Timeout:
+    timeouts = settings.timeouts
+    return httpx.Timeout(
+        connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
+    )
+
+
+def _limits(max_connections: int) -> httpx.Limits:
+    """A pool of ``max_connections``, each of them kept alive between calls."""
+    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
 
 
 class ClientPerThread:
