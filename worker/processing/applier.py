@@ -10,11 +10,12 @@ Free of Celery so that every branch can be tested by calling ``Applier.apply`` d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
@@ -227,7 +228,7 @@ class Applier:
         hold = call.hold
         if hold is None:
             return
-        try:
+        with self._settling(call):
             if not self._may_call(call):
                 return
             # The lock was taken ahead, and may have expired while the event waited for this
@@ -247,12 +248,6 @@ class Applier:
                     correlation_id=call.attempt.correlation_id,
                 )
             self._called(call, started)
-        except (ApiRejected, TransientFailure, RelationshipBusy) as exc:
-            self._call_failed(call, exc)
-        except BaseException:
-            # A bug: the message is redelivered, and the relationship must not stay locked.
-            self.leave_all([call])
-            raise
 
     async def send_async(self, call: Call, *, http: httpx.AsyncClient, fence: Fence) -> None:
         """``send`` in an event loop: the call through ``http``, and ``fence`` (the ledger's
@@ -261,7 +256,7 @@ class Applier:
         hold = call.hold
         if hold is None:
             return
-        try:
+        with self._settling(call):
             if not self._may_call(call):
                 return
             await fence(hold, self.call_lease_seconds)
@@ -279,10 +274,18 @@ class Applier:
                     correlation_id=call.attempt.correlation_id,
                 )
             self._called(call, started)
+
+    @contextlib.contextmanager
+    def _settling(self, call: Call) -> Iterator[None]:
+        """Around ``send`` and ``send_async``: a rejection, a transient failure or a busy
+        relationship is the call's outcome (``_call_failed``); anything else (a bug, or the
+        event loop cancelling the call) leaves the relationship unlocked and goes on, so that
+        the message is redelivered."""
+        try:
+            yield
         except (ApiRejected, TransientFailure, RelationshipBusy) as exc:
             self._call_failed(call, exc)
         except BaseException:
-            # A bug, or the loop cancelling the call: the relationship must not stay locked.
             self.leave_all([call])
             raise
 
