@@ -36,10 +36,7 @@ class FaultsRequest(BaseModel):
     def _uuid_or_any(cls, value: str) -> str:
         if value == ANY_CUSTOMER:
             return value
-        canonical = canonical_uuid(value)
-        if canonical is None:
-            raise ValueError(f"{value!r} is neither a UUID nor '*'")
-        return canonical
+        return _canonical(value, "is neither a UUID nor '*'")
 
 
 class IdentifierRequest(BaseModel):
@@ -57,10 +54,15 @@ class IdentifierRequest(BaseModel):
     def _uuid(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        canonical = canonical_uuid(value)
-        if canonical is None:
-            raise ValueError(f"{value!r} is not a UUID")
-        return canonical
+        return _canonical(value, "is not a UUID")
+
+
+def _canonical(value: str, otherwise: str) -> str:
+    """``value`` as a canonical UUID; a ValueError saying it ``otherwise`` if it is not one."""
+    canonical = canonical_uuid(value)
+    if canonical is None:
+        raise ValueError(f"{value!r} {otherwise}")
+    return canonical
 
 
 class ControlError(Exception):
