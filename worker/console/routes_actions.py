@@ -24,6 +24,7 @@ from worker.console.sessions import Session
 from worker.console.state import checked_session, client_address, console_state
 from worker.dead_letter_queue.edit import EDITABLE_FIELDS
 from worker.dead_letter_queue.filters import DeadLetterFilter
+from worker.dead_letter_queue.reading import DeadLetterRecord
 
 #: The bulk actions and the verb each preview shows.
 ACTIONS: Final = {"replay": "Replay", "purge": "Purge", "export": "Export"}
@@ -35,6 +36,13 @@ Checked = Annotated[Session, Depends(checked_session)]
 async def _form(request: Request) -> list[tuple[str, str]]:
     form = await request.form()
     return [(key, value) for key, value in form.multi_items() if isinstance(value, str)]
+
+
+async def _edit_form(request: Request, key: str) -> tuple[dict[str, str], DeadLetterRecord | None]:
+    """The edit form posted for dead letter ``key``, and the letter (None: no longer queued)."""
+    form = dict(await _form(request))
+    with connected(console_state(request).config) as connection:
+        return form, find(connection, key)
 
 
 def _chosen(items: list[tuple[str, str]]) -> SelectionQuery:
@@ -115,9 +123,7 @@ async def run(request: Request, session: Checked) -> Response:
 async def edit(request: Request, key: str, session: Checked) -> Response:
     """The edit's diff and validation; nothing is published yet."""
     state = console_state(request)
-    form = dict(await _form(request))
-    with connected(state.config) as connection:
-        record = find(connection, key)
+    form, record = await _edit_form(request, key)
     if record is None:
         return state.render(request, "gone.html", session=session, status_code=404, key=key)
     if record.event_id is None:
@@ -140,9 +146,7 @@ async def edit(request: Request, key: str, session: Checked) -> Response:
 async def edit_and_replay(request: Request, key: str, session: Checked) -> Response:
     """Validates the edit again (the form may be forged or stale), then replays it as a job."""
     state = console_state(request)
-    form = dict(await _form(request))
-    with connected(state.config) as connection:
-        record = find(connection, key)
+    form, record = await _edit_form(request, key)
     if record is None or record.event_id is None:
         return state.render(request, "gone.html", session=session, status_code=404, key=key)
     result = preview_edit(record, changed_fields(record, form))
