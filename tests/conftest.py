@@ -7,6 +7,7 @@ and helpers the tests import are in ``tests/support.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -40,17 +41,25 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
 
 
-@pytest.fixture(scope="session")
-def broker_url() -> Iterator[str]:
-    """A fresh vhost for this test session, deleted afterwards: tests never see foreign queues."""
-    _require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT, "rabbitmq-server -detached")
-    vhost = f"ccsync-test-{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def throwaway_vhost(prefix: str) -> Iterator[str]:
+    """The URL of a new vhost named ``prefix`` and a random suffix, guest's to use; deleted on
+    leaving."""
+    vhost = f"{prefix}{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", vhost)
     try:
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{vhost}"
     finally:
         rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    """A fresh vhost for this test session, deleted afterwards: tests never see foreign queues."""
+    _require_port("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT, "rabbitmq-server -detached")
+    with throwaway_vhost("ccsync-test-") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

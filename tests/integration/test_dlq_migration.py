@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from amqp import Message as AmqpMessage
 from kombu import Connection
 
-from tests.conftest import RABBITMQ_HOST, RABBITMQ_PORT, rabbitmqctl
+from tests.conftest import throwaway_vhost
 from worker.amqp.topology import declare_topology
 from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
 from worker.dead_letter_queue.reading import browse
@@ -24,13 +23,8 @@ LETTERS = 40
 @pytest.fixture
 def old_vhost() -> Iterator[str]:
     """A vhost of its own holding the topology of earlier versions: a classic dead-letter queue."""
-    vhost = f"ccsync-migrate-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    try:
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{vhost}"
-    finally:
-        rabbitmqctl("delete_vhost", vhost)
+    with throwaway_vhost("ccsync-migrate-") as url:
+        yield url
 
 
 def _topology(url: str, *, migrate: bool) -> subprocess.CompletedProcess[str]:
