@@ -11,7 +11,7 @@ from kombu import Connection
 
 from tests.integration.events import native
 from tests.integration.producer import Letter, Producer, purge, read_dead_letters
-from tests.support import REDIS_URL
+from tests.support import REDIS_URL, free_port
 from worker.amqp.topology import declare_topology
 from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE
 from worker.sandbox import SandboxControl, SandboxServer
@@ -38,6 +38,15 @@ def worker_env(
     }
     env.update(overrides)
     return env
+
+
+def metrics_worker_env(
+    broker_url: str, sandbox_url: str, redis_url: str = REDIS_URL, **overrides: str
+) -> tuple[int, dict[str, str]]:
+    """``worker_env`` serving metrics and probes on a free port: that port, and the environment."""
+    port = free_port()
+    env = worker_env(broker_url, sandbox_url, redis_url, CCSYNC_METRICS_PORT=str(port), **overrides)
+    return port, env
 
 
 def dead_letter_after_retries(

@@ -7,12 +7,11 @@ import json
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import worker_env
+from tests.integration.conftest import metrics_worker_env
 from tests.integration.events import native
 from tests.integration.producer import Producer
 from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import final_outcomes
-from tests.support import free_port
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 
@@ -41,12 +40,10 @@ def test_given_a_run_then_the_metrics_count_exactly_what_happened(
     producer: Producer,
 ) -> None:
     # Given a worker serving metrics, and a run of 10 good events, 1 retried, 1 rejected, 2 invalid
-    port = free_port()
-    env = worker_env(
+    port, env = metrics_worker_env(
         broker_url,
         sandbox_server.url,
         redis_url,
-        CCSYNC_METRICS_PORT=str(port),
         CCSYNC_LOG_FORMAT="json",
         CCSYNC_RETRY_DELAYS="0.5",
     )

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.conftest import worker_env
+from tests.integration.conftest import metrics_worker_env
 from tests.integration.waiting import wait_until
-from tests.support import free_port
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 
@@ -27,12 +26,10 @@ LIVENESS_SECONDS = 2
 def probed(
     broker_url: str, redis_url: str, sandbox_server: SandboxServer
 ) -> Iterator[tuple[LocalWorker, int, dict[str, str]]]:
-    port = free_port()
-    env = worker_env(
+    port, env = metrics_worker_env(
         broker_url,
         sandbox_server.url,
         redis_url,
-        CCSYNC_METRICS_PORT=str(port),
         CCSYNC_LIVENESS_SECONDS=str(LIVENESS_SECONDS),
     )
     with LocalWorker(env, concurrency=4) as worker:
