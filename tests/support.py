@@ -7,10 +7,15 @@ may use. The fixtures (``redis_url``, ``clean_environment``...) are in ``tests/c
 
 from __future__ import annotations
 
+import abc
+import atexit
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 REDIS_HOST = os.environ.get("CCSYNC_TEST_REDIS_HOST", "127.0.0.1")
@@ -45,3 +50,21 @@ def wait_for_port(
         except OSError:
             time.sleep(pause)
     return False
+
+
+class ServerGroup(abc.ABC):
+    """Servers a test starts, their files under ``root`` (a new temporary directory): ``close``
+    stops them and removes ``root``, at the latest at interpreter exit. A subclass sets what
+    ``stop_servers`` reads before calling ``__init__``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        atexit.register(self.close)
+
+    @abc.abstractmethod
+    def stop_servers(self) -> None:
+        """Stop every server started so far (none, or some, if starting failed)."""
+
+    def close(self) -> None:
+        self.stop_servers()
+        shutil.rmtree(self.root, ignore_errors=True)

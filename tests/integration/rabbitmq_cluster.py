@@ -9,20 +9,18 @@ at the latest at interpreter exit.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.support import free_port
+from tests.support import ServerGroup, free_port
 
 #: Seconds a node may take to boot (or to rejoin after a restart).
 NODE_START_TIMEOUT = 120.0
@@ -110,17 +108,17 @@ class ClusterNode:
             self._process = None
 
 
-class RabbitCluster:
+class RabbitCluster(ServerGroup):
     """Three clustered nodes; ``urls`` is the ``;``-separated broker list of the default vhost."""
 
     def __init__(self, size: int = 3) -> None:
         if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
             raise RuntimeError("rabbitmq-server and rabbitmqctl must be on PATH")
-        self.root = Path(tempfile.mkdtemp(prefix="ccsync-cluster-"))
+        self.nodes: list[ClusterNode] = []
+        super().__init__("ccsync-cluster-")
         shutil.chown(self.root, "rabbitmq", "rabbitmq")
         tag = uuid.uuid4().hex[:6]
-        self.nodes = [ClusterNode(self.root, f"ccsync-{tag}-{i}") for i in range(size)]
-        atexit.register(self.close)
+        self.nodes += [ClusterNode(self.root, f"ccsync-{tag}-{i}") for i in range(size)]
 
     def url(self, node: ClusterNode, vhost: str = "") -> str:
         return f"amqp://guest:guest@127.0.0.1:{node.port}/{vhost}"
@@ -173,10 +171,9 @@ class RabbitCluster:
             return counts
         raise RuntimeError("no node of the cluster answers")
 
-    def close(self) -> None:
+    def stop_servers(self) -> None:
         for node in self.nodes:
             node.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -6,18 +6,15 @@ the directories.
 
 from __future__ import annotations
 
-import atexit
 import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import redis
 
-from tests.support import free_port, wait_for_port
+from tests.support import ServerGroup, free_port, wait_for_port
 from worker.testing import stop_process
 
 #: Primaries of the cluster: the slots are cut in as many ranges.
@@ -26,19 +23,18 @@ PRIMARIES = 3
 READY_SECONDS = 30
 
 
-class RedisCluster:
+class RedisCluster(ServerGroup):
     """``url`` is the ``redis+cluster://`` URL naming every primary."""
 
     def __init__(self, primaries: int = PRIMARIES) -> None:
         for program in ("redis-server", "redis-cli"):
             if shutil.which(program) is None:
                 raise RuntimeError(f"{program} is not on PATH: the Redis Cluster tests need it")
-        self.root = Path(tempfile.mkdtemp(prefix="ccsync-redis-cluster-"))
+        self._processes: list[subprocess.Popen[bytes]] = []
+        super().__init__("ccsync-redis-cluster-")
         self.ports = [free_port() for _ in range(primaries)]
         # Redis puts the bus on port + 10000 unless told: that one may be taken, or past 65535.
         self.bus_ports = [free_port() for _ in range(primaries)]
-        self._processes: list[subprocess.Popen[bytes]] = []
-        atexit.register(self.close)
 
     @property
     def url(self) -> str:
@@ -121,11 +117,10 @@ class RedisCluster:
         text = info.decode() if isinstance(info, bytes) else str(info)
         return "cluster_state:ok" in text and f"cluster_known_nodes:{len(self.ports)}" in text
 
-    def close(self) -> None:
+    def stop_servers(self) -> None:
         for process in self._processes:
             stop_process(process, timeout=10)
         self._processes.clear()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()

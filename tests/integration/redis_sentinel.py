@@ -5,11 +5,9 @@ SIGKILL; Sentinel promotes the replica; the old primary started again comes back
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -17,7 +15,7 @@ from typing import Self
 
 import redis
 
-from tests.support import free_port, wait_for_port
+from tests.support import ServerGroup, free_port, wait_for_port
 
 #: The service name the Sentinels monitor.
 SERVICE = "ccsync"
@@ -50,18 +48,17 @@ class _Server:
         self.process = None
 
 
-class SentinelRedis:
+class SentinelRedis(ServerGroup):
     """``url`` is the ``redis+sentinel://`` URL of the group (database 0)."""
 
     def __init__(self) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not on PATH")
-        self.root = Path(tempfile.mkdtemp(prefix="ccsync-sentinel-"))
-        self.data_ports = [free_port(), free_port()]
-        self.sentinel_ports = [free_port() for _ in range(3)]
         self._data: list[_Server] = []
         self._sentinels: list[_Server] = []
-        atexit.register(self.close)
+        super().__init__("ccsync-sentinel-")
+        self.data_ports = [free_port(), free_port()]
+        self.sentinel_ports = [free_port() for _ in range(3)]
 
     @property
     def url(self) -> str:
@@ -151,10 +148,9 @@ class SentinelRedis:
             time.sleep(0.2)
         raise TimeoutError("no replica caught up with the primary")
 
-    def close(self) -> None:
+    def stop_servers(self) -> None:
         for server in [*self._sentinels, *self._data]:
             server.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()
