@@ -137,7 +137,8 @@ def declare_topology(connection: Connection) -> None:
     except PreconditionFailed as exc:
         raise ConfigurationError(
             f"the broker's topology differs from this version's ({exc.reply_text}); "
-            "see 'ccsync topology' and move the messages before deleting the old queue"
+            "'ccsync topology --migrate' moves a dead-letter queue of an earlier version to this "
+            "one's form (README: Migrating an existing deployment)"
         ) from None
 
 
