@@ -62,6 +62,7 @@ def test_given_a_classic_dead_letter_queue_when_migrated_then_every_dead_letter_
     refused = _topology(old_vhost, migrate=False)
     assert refused.returncode != 0
     assert "topology differs" in refused.stderr
+    assert "ccsync topology --migrate" in refused.stderr
     # When the operator migrates
     migrated = _topology(old_vhost, migrate=True)
     assert migrated.returncode == 0, migrated.stderr
