@@ -13,26 +13,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
 import sys
-import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import FrameType
 from typing import Any
 
 import httpx
 from kombu import Connection, Consumer, Exchange, Queue
 
+from bench.children import patch_arguments, stop_on_signals
 from worker.constants import EVENT_ROUTING_KEY, EVENTS_EXCHANGE
 
 READY = "bare worker ready"
 QUEUE = "bench.bare"
-# worker.events.CORRELATION_NAMESPACE, copied so that this process imports no ccsync code path.
-CORRELATION_NAMESPACE = uuid.UUID("5b0f4f7e-2a4c-5d69-9d0e-6363737973e1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,17 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=1800.0)
     args = parser.parse_args(argv)
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
+    stop = stop_on_signals()
     concurrency: int = args.concurrency
     base_url = str(args.base_url).rstrip("/")
-    authorization = f"Bearer {args.token}"
+    token: str = args.token
     default_tenant: str = args.tenant
     http = httpx.Client(
         timeout=httpx.Timeout(15.0, connect=5.0),
@@ -67,20 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def call(message: Any, event: dict[str, Any]) -> None:
         nonlocal failures
         try:
-            tenant = event.get("tenant") or default_tenant
-            name = json.dumps([tenant, event["eventId"]], ensure_ascii=False, separators=(",", ":"))
-            response = http.patch(
-                f"{base_url}/v1/Customers/{event['customerId']}/internal-identifier",
-                json={
-                    "internalIdentifier": event.get("internalIdentifier"),
-                    "resellerId": event.get("resellerId"),
-                },
-                headers={
-                    "Authorization": authorization,
-                    "X-Tenant": tenant,
-                    "X-Correlation-Id": str(uuid.uuid5(CORRELATION_NAMESPACE, name)),
-                },
-            )
+            path, body, headers = patch_arguments(event, token=token, default_tenant=default_tenant)
+            response = http.patch(base_url + path, json=body, headers=headers)
             if response.status_code >= 300:
                 failures += 1
         except Exception as exc:

@@ -8,21 +8,20 @@ the benchmark as ``python -m celery -A bench.fair_celery worker -P threads -c 32
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import uuid
 from typing import Any
 
 import httpx
 from celery import Celery
 from celery.signals import worker_ready
 
+from bench.children import patch_arguments
+
 READY = "fair Celery worker ready"
 TASK_NAME = "bench.fair.apply_event"
 #: Threads of the pool, and connections of the shared client.
 THREADS = 32
-CORRELATION_NAMESPACE = uuid.UUID("5b0f4f7e-2a4c-5d69-9d0e-6363737973e1")
 
 app = Celery("fair", broker=os.environ.get("BENCH_BROKER_URL", "amqp://127.0.0.1:5672//"))
 app.conf.task_acks_late = True
@@ -37,20 +36,10 @@ http = httpx.Client(
 
 @app.task(name=TASK_NAME)  # type: ignore[untyped-decorator]
 def apply_event(event: dict[str, Any]) -> None:
-    tenant = event.get("tenant") or os.environ["BENCH_TENANT"]
-    name = json.dumps([tenant, event["eventId"]], ensure_ascii=False, separators=(",", ":"))
-    response = http.patch(
-        f"/v1/Customers/{event['customerId']}/internal-identifier",
-        json={
-            "internalIdentifier": event.get("internalIdentifier"),
-            "resellerId": event.get("resellerId"),
-        },
-        headers={
-            "Authorization": f"Bearer {os.environ['BENCH_TOKEN']}",
-            "X-Tenant": tenant,
-            "X-Correlation-Id": str(uuid.uuid5(CORRELATION_NAMESPACE, name)),
-        },
+    path, body, headers = patch_arguments(
+        event, token=os.environ["BENCH_TOKEN"], default_tenant=os.environ["BENCH_TENANT"]
     )
+    response = http.patch(path, json=body, headers=headers)
     response.raise_for_status()
 
 

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
@@ -63,12 +62,7 @@ class Vhost:
         rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         try:
             rabbitmqctl("delete_vhost", self.name)
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:

@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from types import FrameType
+
+from bench.children import stop_on_signals
 
 READY = "ccsync pair ready"
 #: Worker processes started.
@@ -50,13 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pair")
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     workers = [_start(args.concurrency) for _ in range(WORKERS)]
     try:
         deadline = time.monotonic() + START_SECONDS

@@ -117,23 +117,7 @@ def round_ratios(
     ]
 
 
-def median_ratio(
-    runs: Sequence[Run],
-    *,
-    other: str,
-    latency: int,
-    key: str = "throughput",
-    system: str = "ccsync",
-    other_latency: int | None = None,
-) -> float | None:
-    return _median(
-        round_ratios(
-            runs, other=other, latency=latency, key=key, system=system, other_latency=other_latency
-        )
-    )
-
-
-def _median(values: Sequence[float]) -> float | None:
+def median(values: Sequence[float]) -> float | None:
     ordered = sorted(values)
     if not ordered:
         return None
@@ -165,10 +149,12 @@ def ratio_lines(runs: Sequence[Run]) -> list[str]:
                 if len(ratios) > 1
                 else ""
             )
-            steady = median_ratio(runs, other=other_name, latency=latency, key="steady_throughput")
+            steady = median(
+                round_ratios(runs, other=other_name, latency=latency, key="steady_throughput")
+            )
             lines.append(
                 f"ccsync/{other_name} at {latency} ms: throughput "
-                f"{_median(ratios) or math.nan:.2f}x "
+                f"{median(ratios) or math.nan:.2f}x "
                 f"({rounds}{ours['throughput']:.1f} vs {other['throughput']:.1f} events/s), "
                 "steady-state throughput "
                 f"{steady or math.nan:.3f}x, "
@@ -181,14 +167,14 @@ def ratio_lines(runs: Sequence[Run]) -> list[str]:
             ratios = round_ratios(runs, system="ccsync-2x32", other="ccsync-32", latency=latency)
             lines.append(
                 f"ccsync-2x32/ccsync-32 at {latency} ms (two processes against one): throughput "
-                f"{_median(ratios) or math.nan:.2f}x (rounds "
+                f"{median(ratios) or math.nan:.2f}x (rounds "
                 f"{', '.join(f'{r:.3f}' for r in ratios)})"
             )
         if latency > 0 and _find(runs, system="ccsync", latency=0) is not None:
             ratios = round_ratios(runs, other="ccsync", latency=latency, other_latency=0)
             lines.append(
                 f"ccsync at {latency} ms / ccsync at 0 ms: throughput "
-                f"{_median(ratios) or math.nan:.2f}x (rounds "
+                f"{median(ratios) or math.nan:.2f}x (rounds "
                 f"{', '.join(f'{r:.3f}' for r in ratios)})"
             )
     return lines
@@ -197,7 +183,7 @@ def ratio_lines(runs: Sequence[Run]) -> list[str]:
 def median_of(runs: Sequence[Run], *, system: str, latency: int, key: str) -> float | None:
     """The median of ``key`` over the system's rounds at that latency."""
     rounds = _rounds(runs, system=system, latency=latency).values()
-    return _median([float(run[key]) for run in rounds if key in run])
+    return median([float(run[key]) for run in rounds if key in run])
 
 
 def checks(runs: Sequence[Run]) -> list[tuple[str, str, bool | None]]:
@@ -216,28 +202,28 @@ def checks(runs: Sequence[Run]) -> list[tuple[str, str, bool | None]]:
 
     check(
         "ccsync at 100 ms >= 0.8x its own 0 ms throughput",
-        median_ratio(runs, other="ccsync", latency=100, other_latency=0),
+        median(round_ratios(runs, other="ccsync", latency=100, other_latency=0)),
         0.8,
     )
     check(
         "ccsync >= 2.5x bare (32 in flight) at 100 ms",
-        median_ratio(runs, other="bare", latency=100),
+        median(round_ratios(runs, other="bare", latency=100)),
         2.5,
     )
     check(
         "ccsync at 300 ms >= 0.6x its own 0 ms throughput",
-        median_ratio(runs, other="ccsync", latency=300, other_latency=0),
+        median(round_ratios(runs, other="ccsync", latency=300, other_latency=0)),
         0.6,
     )
-    check("ccsync >= 1.2x bare at 0 ms", median_ratio(runs, other="bare", latency=0), 1.2)
+    check("ccsync >= 1.2x bare at 0 ms", median(round_ratios(runs, other="bare", latency=0)), 1.2)
     check(
         "ccsync >= 2.5x the fair Celery baseline at 100 ms",
-        median_ratio(runs, other="celery", latency=100),
+        median(round_ratios(runs, other="celery", latency=100)),
         2.5,
     )
     check(
         "two ccsync processes >= 1.8x one at 100 ms, 32 in flight each",
-        median_ratio(runs, system="ccsync-2x32", other="ccsync-32", latency=100),
+        median(round_ratios(runs, system="ccsync-2x32", other="ccsync-32", latency=100)),
         1.8,
     )
     check(

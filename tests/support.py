@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 REDIS_HOST = os.environ.get("CCSYNC_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("CCSYNC_TEST_REDIS_PORT", "6379"))
@@ -55,11 +55,15 @@ def wait_for_port(
 class ServerGroup(abc.ABC):
     """Servers a test starts, their files under ``root`` (a new temporary directory): ``close``
     stops them and removes ``root``, at the latest at interpreter exit. A subclass sets what
-    ``stop_servers`` reads before calling ``__init__``."""
+    ``stop_servers`` reads before calling ``__init__``. ``with group:`` starts and closes it."""
 
     def __init__(self, prefix: str) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=prefix))
         atexit.register(self.close)
+
+    @abc.abstractmethod
+    def start(self) -> Self:
+        """Start every server and wait until the group serves."""
 
     @abc.abstractmethod
     def stop_servers(self) -> None:
@@ -68,3 +72,9 @@ class ServerGroup(abc.ABC):
     def close(self) -> None:
         self.stop_servers()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Self
 
 from tests.support import free_port, wait_for_port
@@ -84,12 +83,7 @@ class IngestProcess:
         if self._process is not None and self._process.stdout is not None:
             self._process.stdout.close()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
@@ -151,12 +145,7 @@ class TcpProxy:
     def restore(self) -> None:
         self._open.set()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._closed = True
         self.cut()
         self._listener.close()

@@ -17,7 +17,6 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from tests.support import ServerGroup, free_port
@@ -174,14 +173,3 @@ class RabbitCluster(ServerGroup):
     def stop_servers(self) -> None:
         for node in self.nodes:
             node.kill()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from types import TracebackType
 from typing import Self
 
 import redis
@@ -121,14 +120,3 @@ class RedisCluster(ServerGroup):
         for process in self._processes:
             stop_process(process, timeout=10)
         self._processes.clear()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import redis
@@ -151,14 +150,3 @@ class SentinelRedis(ServerGroup):
     def stop_servers(self) -> None:
         for server in [*self._sentinels, *self._data]:
             server.kill()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -8,7 +8,6 @@ import ssl
 import subprocess
 import threading
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 
@@ -84,12 +83,7 @@ class TlsProxy:
         threading.Thread(target=self._accept, daemon=True).start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._stopped.set()
         self._listener.close()
 

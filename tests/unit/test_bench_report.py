@@ -6,8 +6,10 @@ import math
 from typing import Any
 
 from bench.__main__ import schedule
+from bench.children import patch_arguments
 from bench.harness import arrival_shape
-from bench.report import checks, median_ratio, ratio_lines, round_ratios
+from bench.report import checks, median, ratio_lines, round_ratios
+from worker import correlation_id
 
 
 def run(system: str, latency: int, number: int, throughput: float) -> dict[str, Any]:
@@ -47,7 +49,7 @@ def test_each_round_is_compared_with_its_own_bare_run_and_the_median_decides() -
     ]
 
     assert round_ratios(runs, other="bare", latency=100) == [300 / 310, 309 / 300, 305 / 304]
-    assert median_ratio(runs, other="bare", latency=100) == 305 / 304
+    assert median(round_ratios(runs, other="bare", latency=100)) == 305 / 304
     (bare_check,) = [check for check in checks(runs) if "bare (32 in flight) at 100" in check[0]]
     assert bare_check[2] is False  # the target is 2.5x
 
@@ -63,7 +65,10 @@ def test_a_latency_is_compared_with_0_ms_round_by_round_and_two_processes_with_o
     ]
 
     assert round_ratios(runs, other="ccsync", latency=100, other_latency=0) == [0.85, 0.9]
-    assert median_ratio(runs, system="ccsync-2x32", other="ccsync-32", latency=100) == 590 / 300
+    assert (
+        median(round_ratios(runs, system="ccsync-2x32", other="ccsync-32", latency=100))
+        == 590 / 300
+    )
     met = {what: ok for what, _, ok in checks(runs)}
     assert met["ccsync at 100 ms >= 0.8x its own 0 ms throughput"] is True
     assert met["two ccsync processes >= 1.8x one at 100 ms, 32 in flight each"] is True
@@ -87,7 +92,7 @@ def test_a_system_measured_once_is_compared_with_every_round_of_ccsync() -> None
     ]
 
     assert round_ratios(runs, other="naive", latency=100) == [15.0, 14.0, 14.5]
-    assert median_ratio(runs, other="naive", latency=100) == 14.5
+    assert median(round_ratios(runs, other="naive", latency=100)) == 14.5
 
 
 def test_an_even_number_of_rounds_takes_the_mean_of_the_middle_two() -> None:
@@ -98,7 +103,7 @@ def test_an_even_number_of_rounds_takes_the_mean_of_the_middle_two() -> None:
         run("bare", 0, 2, 200.0),
     ]
 
-    assert median_ratio(runs, other="bare", latency=0) == 1.0
+    assert median(round_ratios(runs, other="bare", latency=0)) == 1.0
 
     (line,) = ratio_lines(runs)
     # The runs printed beside it are the lower of the two middle ones, and it says so.
@@ -135,3 +140,13 @@ def test_a_run_too_short_to_have_a_shape_has_none() -> None:
 
     assert math.isnan(ramp_ms)
     assert math.isnan(steady)
+
+
+def test_the_baselines_send_the_correlation_id_ccsync_sends() -> None:
+    event = {"eventId": "e-1", "customerId": "c-1", "internalIdentifier": "X", "resellerId": None}
+
+    path, body, headers = patch_arguments(event, token="t", default_tenant="tenant-a")
+
+    assert path == "/v1/Customers/c-1/internal-identifier"
+    assert body == {"internalIdentifier": "X", "resellerId": None}
+    assert headers["X-Correlation-Id"] == str(correlation_id("tenant-a", "e-1"))

@@ -6,7 +6,6 @@ For tests, the demo and benchmarks; it never touches the CloudCockpit endpoints 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Self, cast
 
 import httpx
@@ -32,12 +31,7 @@ class SandboxControl:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _call(
