@@ -27,6 +27,7 @@ from bench.infra import (
     ChildProcess,
     TreeSampler,
     Vhost,
+    child_process,
     cpu_seconds,
     flush_redis_db,
     machine_cpu,
@@ -138,7 +139,7 @@ def publish_celery_tasks(
     events: Sequence[dict[str, Any]],
     *,
     tag: str,
-    task_name: str = naive_celery.TASK_NAME,
+    task_name: str,
 ) -> None:
     """Each event as a Celery task message, the way a Celery implementation routes them."""
     from celery import Celery
@@ -222,8 +223,8 @@ class CcsyncPair(Ccsync):
     def start(self, broker_url: str, sandbox_url: str) -> int:
         flush_redis_db(REDIS_DB)
         argv = [sys.executable, "-m", "bench.pair", f"--concurrency={self.concurrency}"]
-        self._child = ChildProcess(
-            argv, self.env(broker_url, sandbox_url), ready_marker=pair.READY, name="the pair"
+        self._child = child_process(
+            argv, env=self.env(broker_url, sandbox_url), ready_marker=pair.READY, name="the pair"
         ).start(timeout=180)
         return self._child.pid
 
@@ -258,8 +259,8 @@ class Bare:
             f"--tenant={TENANT}",
             f"--concurrency={self.concurrency}",
         ]
-        self._child = ChildProcess(
-            argv, {}, ready_marker=bare.READY, name="the bare worker"
+        self._child = child_process(
+            argv, env={}, ready_marker=bare.READY, name="the bare worker"
         ).start()
         return self._child.pid
 
@@ -280,87 +281,75 @@ class BareGevent(Bare):
     threads = "greenlets (gevent)"
 
 
-class FairCelery:
+class _CeleryBaseline:
+    """A Celery worker of ``bench/<module>.py``, fed one task message per event."""
+
+    name: str
+    module: str
+    task_name: str
+    ready: str
+    pool: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._child: ChildProcess | None = None
+
+    def start(self, broker_url: str, sandbox_url: str) -> int:
+        argv = [sys.executable, "-m", "celery", "-A", f"bench.{self.module}", "worker", *self.pool]
+        env = {
+            "BENCH_BROKER_URL": broker_url,
+            "BENCH_BASE_URL": sandbox_url,
+            "BENCH_TOKEN": TOKEN,
+            "BENCH_TENANT": TENANT,
+        }
+        self._child = child_process(
+            argv, env=env, ready_marker=self.ready, name=f"the {self.module} worker"
+        )
+        self._child.start(timeout=90)
+        return self._child.pid
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
+
+    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
+        publish_celery_tasks(broker_url, events, tag=tag, task_name=self.task_name)
+
+
+class FairCelery(_CeleryBaseline):
     """``bench/fair_celery.py``: threads pool, 32 threads, one shared httpx client, acks_late."""
 
     name = "celery"
-
-    def __init__(self) -> None:
-        self.concurrency = fair_celery.THREADS
-        self.description = (
-            f"Celery task per event, `-P threads -c {fair_celery.THREADS}`, `acks_late`, one "
-            "httpx client shared by the threads (a connection each), default prefetch"
-        )
-        self._child: ChildProcess | None = None
-
-    def start(self, broker_url: str, sandbox_url: str) -> int:
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bench.fair_celery",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            str(fair_celery.THREADS),
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
-        env = {
-            "BENCH_BROKER_URL": broker_url,
-            "BENCH_BASE_URL": sandbox_url,
-            "BENCH_TOKEN": TOKEN,
-            "BENCH_TENANT": TENANT,
-        }
-        self._child = ChildProcess(
-            argv, env, ready_marker=fair_celery.READY, name="the fair Celery worker"
-        )
-        self._child.start(timeout=90)
-        return self._child.pid
-
-    def stop(self) -> None:
-        if self._child is not None:
-            self._child.stop()
-            self._child = None
-
-    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
-        publish_celery_tasks(broker_url, events, tag=tag, task_name=fair_celery.TASK_NAME)
+    module = "fair_celery"
+    task_name = fair_celery.TASK_NAME
+    ready = fair_celery.READY
+    pool = (
+        "-P",
+        "threads",
+        "-c",
+        str(fair_celery.THREADS),
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    )
+    concurrency = fair_celery.THREADS
+    description = (
+        f"Celery task per event, `-P threads -c {fair_celery.THREADS}`, `acks_late`, one "
+        "httpx client shared by the threads (a connection each), default prefetch"
+    )
 
 
-class NaiveCelery:
+class NaiveCelery(_CeleryBaseline):
+    """``bench/naive_celery.py``: prefork at its defaults, a new httpx client per call."""
+
     name = "naive"
-
-    def __init__(self) -> None:
-        self.description = (
-            f"Celery task per event, prefork pool, default concurrency ({os.cpu_count()} here), "
-            "new httpx client per call"
-        )
-        self._child: ChildProcess | None = None
-
-    def start(self, broker_url: str, sandbox_url: str) -> int:
-        argv = [sys.executable, "-m", "celery", "-A", "bench.naive_celery", "worker"]
-        env = {
-            "BENCH_BROKER_URL": broker_url,
-            "BENCH_BASE_URL": sandbox_url,
-            "BENCH_TOKEN": TOKEN,
-            "BENCH_TENANT": TENANT,
-        }
-        self._child = ChildProcess(
-            argv, env, ready_marker=naive_celery.READY, name="the naive Celery worker"
-        )
-        self._child.start(timeout=90)
-        return self._child.pid
-
-    def stop(self) -> None:
-        if self._child is not None:
-            self._child.stop()
-            self._child = None
-
-    def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
-        publish_celery_tasks(broker_url, events, tag=tag)
+    module = "naive_celery"
+    task_name = naive_celery.TASK_NAME
+    ready = naive_celery.READY
+    description = (
+        f"Celery task per event, prefork pool, default concurrency ({os.cpu_count()} here), "
+        "new httpx client per call"
+    )
 
 
 # --- reading the journal ----------------------------------------------------------------------

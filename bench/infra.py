@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import quote
 
-from worker.testing import stop_process
+from worker.testing import ChildProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VHOST_PREFIX = "ccsync-bench-"
@@ -107,74 +107,17 @@ def flush_redis_db(db: int, port: int = 6379) -> bool:
 # --- child processes --------------------------------------------------------------------------
 
 
-class ChildProcess:
-    """A process started by the benchmark: output collected, ready when a line appears."""
+#: Lines of a child's output kept: a chatty child cannot fill the benchmark's memory.
+KEEP_LINES = 20_000
 
-    def __init__(
-        self,
-        argv: Sequence[str],
-        env: Mapping[str, str],
-        *,
-        ready_marker: str,
-        name: str,
-    ) -> None:
-        self.argv = list(argv)
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        self.ready_marker = ready_marker
-        self.name = name
-        self._process: subprocess.Popen[str] | None = None
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
 
-    @property
-    def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
-
-    @property
-    def log(self) -> str:
-        with self._lock:
-            return "".join(self._lines)
-
-    def start(self, timeout: float = 60.0) -> Self:
-        self._process = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-        )
-        threading.Thread(target=self._collect, args=(self._process,), daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.find(self.ready_marker) is not None:
-                return self
-            if self._process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not become ready; its output:\n{self.log[-3000:]}")
-
-    def find(self, marker: str) -> str | None:
-        with self._lock:
-            for line in self._lines:
-                if marker in line:
-                    return line
-        return None
-
-    def _collect(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            with self._lock:
-                if len(self._lines) < 20_000:  # bounded: a chatty child cannot fill our memory
-                    self._lines.append(line)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self._process is not None:
-            stop_process(self._process, timeout)
+def child_process(
+    argv: Sequence[str], *, env: Mapping[str, str], ready_marker: str, name: str
+) -> ChildProcess:
+    """A process of the benchmark, run from the repository's root."""
+    return ChildProcess(
+        argv, env=env, ready_marker=ready_marker, name=name, cwd=REPO_ROOT, keep_lines=KEEP_LINES
+    )
 
 
 class SandboxProcess(ChildProcess):
@@ -182,7 +125,14 @@ class SandboxProcess(ChildProcess):
 
     def __init__(self) -> None:
         argv = [sys.executable, "-m", "worker", "sandbox", "--host", "127.0.0.1", "--port", "0"]
-        super().__init__(argv, {}, ready_marker="listening on http://", name="the sandbox")
+        super().__init__(
+            argv,
+            env={},
+            ready_marker="listening on http://",
+            name="the sandbox",
+            cwd=REPO_ROOT,
+            keep_lines=KEEP_LINES,
+        )
 
     @property
     def url(self) -> str:

@@ -28,6 +28,7 @@ from bench.infra import (
     ChildProcess,
     Vhost,
     ccsync_revision,
+    child_process,
     cpu_seconds,
     delete_stale_vhosts,
     machine_info,
@@ -111,9 +112,9 @@ def run_ingest_bench(argv: Sequence[str]) -> int:
     with Vhost("ingest") as vhost:
         with Connection(vhost.url) as connection:
             declare_topology(connection)  # a bound queue: mandatory publishing needs one
-        ingest = ChildProcess(
+        ingest = child_process(
             [sys.executable, "-m", "worker", "ingest", "--port", str(PORT)],
-            {"CCSYNC_BROKER_URL": vhost.url, "CCSYNC_INGEST_TOKEN": TOKEN},
+            env={"CCSYNC_BROKER_URL": vhost.url, "CCSYNC_INGEST_TOKEN": TOKEN},
             ready_marker="Uvicorn running on",
             name="ccsync ingest",
         ).start()

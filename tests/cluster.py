@@ -89,8 +89,14 @@ class _NamedWorker(LocalWorker):
 
     def __init__(self, env: dict[str, str], *, host: str) -> None:
         super().__init__(env, concurrency=CONCURRENCY)
-        self._argv = ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" "$@"']
-        self._argv += LocalWorker(env)._argv
+        self.argv = [
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            f'hostname {host} && exec "$0" "$@"',
+            *self.argv,
+        ]
 
 
 class _Publisher(threading.Thread):

@@ -1,4 +1,5 @@
-"""A real ``ccsync worker`` as a child process: for the demo, the tests and the benchmarks."""
+"""Child processes with their output collected, a real ``ccsync worker`` among them: for the
+demo, the tests and the benchmarks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from worker.runtime.app import READY_MESSAGE
@@ -30,21 +31,27 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 30.0) -> int |
     return process.returncode
 
 
-class LocalWorker:
-    """A ``ccsync worker`` subprocess: its log collected, it can be killed and restarted."""
+class ChildProcess:
+    """A subprocess whose output (stdout and stderr, as text) is collected line by line, ready
+    once a line holding ``ready_marker`` appears after it starts; it can be killed and started
+    again. ``keep_lines`` bounds what is kept, so a chatty child cannot fill our memory."""
 
     def __init__(
-        self, env: Mapping[str, str], *, concurrency: int = 16, loglevel: str = "INFO"
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        ready_marker: str,
+        name: str,
+        cwd: str | os.PathLike[str] | None = None,
+        keep_lines: int | None = None,
     ) -> None:
-        self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        self._argv = [
-            sys.executable,
-            "-m",
-            "worker",
-            "worker",
-            f"--concurrency={concurrency}",
-            f"--loglevel={loglevel}",
-        ]
+        self.argv = list(argv)
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.ready_marker = ready_marker
+        self.name = name
+        self._cwd = cwd
+        self._keep_lines = keep_lines
         self._process: subprocess.Popen[str] | None = None
         self._collector: threading.Thread | None = None
         self._lines: list[str] = []
@@ -65,13 +72,15 @@ class LocalWorker:
             return "".join(self._lines)
 
     def start(self, timeout: float = 60.0) -> Self:
-        """Start and wait until Celery says the worker is ready to consume."""
+        """Start, and wait until the ready line appears; stop it and raise if it does not."""
         mark = len(self._lines)
         self._process = subprocess.Popen(
-            self._argv,
-            env=self._env,
+            self.argv,
+            env=self.env,
+            cwd=self._cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             text=True,
             errors="replace",
         )
@@ -79,20 +88,28 @@ class LocalWorker:
         self._collector.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self._lock:
-                if any(READY_MESSAGE in line for line in self._lines[mark:]):
-                    return self
+            if self.find(self.ready_marker, since=mark) is not None:
+                return self
             if self._process.poll() is not None:
                 break
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"ccsync worker did not become ready; its log:\n{self.log[-4000:]}")
+        raise RuntimeError(f"{self.name} did not become ready; its output:\n{self.log[-4000:]}")
+
+    def find(self, marker: str, *, since: int = 0) -> str | None:
+        """The first line from line ``since`` on that holds ``marker``."""
+        with self._lock:
+            for line in self._lines[since:]:
+                if marker in line:
+                    return line
+        return None
 
     def _collect(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
         for line in process.stdout:
             with self._lock:
-                self._lines.append(line)
+                if self._keep_lines is None or len(self._lines) < self._keep_lines:
+                    self._lines.append(line)
 
     def kill(self) -> None:
         """SIGKILL: the harshest crash, nothing acknowledged, nothing cleaned up."""
@@ -102,7 +119,7 @@ class LocalWorker:
         self._release_pipe()
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (warm shutdown), then SIGKILL if it overstays ``timeout``."""
+        """SIGTERM (a warm shutdown), then SIGKILL if it overstays ``timeout``."""
         if self._process is None:
             return None
         returncode = stop_process(self._process, timeout)
@@ -121,3 +138,20 @@ class LocalWorker:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class LocalWorker(ChildProcess):
+    """A ``ccsync worker`` subprocess, ready once Celery says it consumes."""
+
+    def __init__(
+        self, env: Mapping[str, str], *, concurrency: int = 16, loglevel: str = "INFO"
+    ) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "worker",
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--loglevel={loglevel}",
+        ]
+        super().__init__(argv, env=env, ready_marker=READY_MESSAGE, name="ccsync worker")

@@ -6,18 +6,16 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from typing import Self
 
-from tests.support import free_port, wait_for_port
-from worker.testing import stop_process
+from tests.support import free_port
+from worker.testing import ChildProcess
 
 TOKEN = "ingest-test-token-" + "x" * 16
 #: A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64.
@@ -39,52 +37,18 @@ def signed_headers(
     }
 
 
-class IngestProcess:
+class IngestProcess(ChildProcess):
     """``python -m worker ingest`` on a free port; its output kept for failure messages."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        self._process: subprocess.Popen[str] | None = None
-        self._lines: list[str] = []
-        self._collector: threading.Thread | None = None
-
-    @property
-    def log(self) -> str:
-        return "".join(self._lines)
-
-    def __enter__(self) -> Self:
-        self._process = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "worker", "ingest", "--port", str(self.port)],
-            env=self._env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
+            env=env,
+            ready_marker="Uvicorn running on",
+            name="ccsync ingest",
         )
-        self._collector = threading.Thread(target=self._collect, daemon=True)
-        self._collector.start()
-        if wait_for_port(self.port, timeout=30, process=self._process, pause=0.1):
-            return self
-        self.stop()
-        raise RuntimeError(f"ccsync ingest did not start listening; its output:\n{self.log}")
-
-    def _collect(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        for line in self._process.stdout:
-            self._lines.append(line)
-
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process, timeout=15)
-        if self._collector is not None:
-            self._collector.join(timeout=5)
-        if self._process is not None and self._process.stdout is not None:
-            self._process.stdout.close()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 class TcpProxy:

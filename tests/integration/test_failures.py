@@ -15,6 +15,8 @@ from tests.integration.producer import Producer, read_dead_letters
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
 
+pytestmark = pytest.mark.usefixtures("clean_queues")
+
 
 def _publish(producer: Producer, event: dict[str, Any]) -> None:
     producer.publish(json.dumps(event).encode(), "application/json")
@@ -39,11 +41,7 @@ def test_given_500_500_204_then_applied_on_attempt_3_after_backoff(
 
 
 def test_given_always_500_then_dead_lettered_after_4_attempts(
-    worker: LocalWorker,
-    clean_queues: None,
-    sandbox: SandboxControl,
-    producer: Producer,
-    broker_url: str,
+    worker: LocalWorker, sandbox: SandboxControl, producer: Producer, broker_url: str
 ) -> None:
     event, letter = dead_letter_after_retries(sandbox, producer, broker_url)
     headers = letter.headers
@@ -61,12 +59,7 @@ def test_given_always_500_then_dead_lettered_after_4_attempts(
 
 @pytest.mark.parametrize("status", [400, 404])
 def test_given_a_rejection_then_dead_lettered_after_one_attempt_with_the_api_error(
-    status: int,
-    worker: LocalWorker,
-    clean_queues: None,
-    sandbox: SandboxControl,
-    producer: Producer,
-    broker_url: str,
+    status: int, worker: LocalWorker, sandbox: SandboxControl, producer: Producer, broker_url: str
 ) -> None:
     event = native()
     sandbox.add_faults(event["customerId"], {"status": status})

@@ -42,6 +42,8 @@ from tests.integration.waiting import wait_until
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 
+pytestmark = pytest.mark.usefixtures("clean_queues")
+
 GENERATED = 600
 MINIMUM_CASES = 500
 SETTLE_SECONDS = 70
@@ -143,7 +145,6 @@ def test_given_hundreds_of_hostile_messages_then_each_is_dead_lettered_and_the_w
     redis_url: str,
     sandbox_server: SandboxServer,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given hostile messages drawn by hypothesis, and a few 10 MB bodies
@@ -301,7 +302,6 @@ def test_given_a_message_that_once_broke_the_worker_then_it_is_decided_on_first_
     redis_url: str,
     sandbox_server: SandboxServer,
     sandbox: SandboxControl,
-    clean_queues: None,
 ) -> None:
     message, expected = REPLAYED[name]
     candidates = Published.of(0, message).candidate_event_ids

@@ -6,11 +6,15 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.integration.events import native
 from tests.integration.producer import Producer, read_dead_letters
 from tests.integration.waiting import wait_until
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
+
+pytestmark = pytest.mark.usefixtures("clean_queues")
 
 
 def _invalid_messages() -> dict[str, bytes]:
@@ -33,11 +37,7 @@ def _invalid_messages() -> dict[str, bytes]:
 
 
 def test_given_six_kinds_of_invalid_message_then_each_is_dead_lettered_and_none_is_sent(
-    worker: LocalWorker,
-    clean_queues: None,
-    sandbox: SandboxControl,
-    producer: Producer,
-    broker_url: str,
+    worker: LocalWorker, sandbox: SandboxControl, producer: Producer, broker_url: str
 ) -> None:
     # Given six invalid messages, each marked so that its dead letter can be recognised
     messages = _invalid_messages()
@@ -74,11 +74,7 @@ def test_given_six_kinds_of_invalid_message_then_each_is_dead_lettered_and_none_
 
 
 def test_given_an_event_from_a_clock_years_ahead_then_it_is_dead_lettered_and_later_updates_apply(
-    worker: LocalWorker,
-    clean_queues: None,
-    sandbox: SandboxControl,
-    producer: Producer,
-    broker_url: str,
+    worker: LocalWorker, sandbox: SandboxControl, producer: Producer, broker_url: str
 ) -> None:
     # Given a producer whose clock runs years ahead, and a customer
     customer = str(uuid.uuid4())
@@ -108,10 +104,7 @@ def test_given_an_event_from_a_clock_years_ahead_then_it_is_dead_lettered_and_la
 
 
 def test_given_an_event_a_little_ahead_of_the_worker_clock_then_it_is_applied(
-    worker: LocalWorker,
-    clean_queues: None,
-    sandbox: SandboxControl,
-    producer: Producer,
+    worker: LocalWorker, sandbox: SandboxControl, producer: Producer
 ) -> None:
     # Given a producer whose clock is a minute ahead: within the tolerated skew (default 300 s)
     event = native(

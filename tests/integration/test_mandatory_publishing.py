@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import amqp
+import pytest
 
 from tests.integration.events import native
 from tests.integration.producer import Producer, connect, queue_depth, read_dead_letters
@@ -18,6 +19,8 @@ from worker.amqp.topology import delay_routing_key
 from worker.constants import DEAD_LETTER_QUEUE, DELAY_LEVELS, DELAY_QUEUE_PREFIX
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
+
+pytestmark = pytest.mark.usefixtures("clean_queues")
 
 # The ladder's level of 8 ticks (800 ms): the highest one a delay of 1.0 to 1.1 s passes through.
 RETRY_LEVEL = 3
@@ -40,10 +43,7 @@ def _exists(broker_url: str, queue: str) -> bool:
 
 
 def test_given_the_dead_letter_queue_deleted_then_an_invalid_event_still_ends_in_it(
-    worker: LocalWorker,
-    clean_queues: None,
-    producer: Producer,
-    broker_url: str,
+    worker: LocalWorker, producer: Producer, broker_url: str
 ) -> None:
     # Given an operator deleted ccsync.dead-letter while the worker runs
     _delete_queue(broker_url, DEAD_LETTER_QUEUE)
@@ -61,11 +61,7 @@ def test_given_the_dead_letter_queue_deleted_then_an_invalid_event_still_ends_in
 
 
 def test_given_a_delay_queue_deleted_then_a_retry_still_comes_back(
-    worker: LocalWorker,
-    clean_queues: None,
-    sandbox: SandboxControl,
-    producer: Producer,
-    broker_url: str,
+    worker: LocalWorker, sandbox: SandboxControl, producer: Producer, broker_url: str
 ) -> None:
     # Given an event whose first call fails, retried after 1 s (1.0 to 1.1 s with the tests'
     # jitter: 10 or 11 ticks, so its retry enters the ladder at the queue of 8 ticks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import metrics_worker_env
@@ -14,6 +15,8 @@ from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import final_outcomes
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
+
+pytestmark = pytest.mark.usefixtures("clean_queues")
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -36,7 +39,6 @@ def test_given_a_run_then_the_metrics_count_exactly_what_happened(
     redis_url: str,
     sandbox_server: SandboxServer,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
 ) -> None:
     # Given a worker serving metrics, and a run of 10 good events, 1 retried, 1 rejected, 2 invalid

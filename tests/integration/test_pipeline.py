@@ -8,6 +8,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
+import pytest
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from tests.integration.conftest import TENANT
@@ -17,6 +18,8 @@ from tests.integration.waiting import wait_until
 from worker.events import correlation_id
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
+
+pytestmark = pytest.mark.usefixtures("clean_queues")
 
 PATCH_PATH = "/v1/Customers/{customerId}/internal-identifier"
 PATH_PATTERN = re.compile(r"^/v1/Customers/([^/]+)/internal-identifier$")
@@ -49,7 +52,6 @@ def _patches_by_customer(sandbox: SandboxControl) -> dict[str, list[dict[str, An
 
 def test_given_140_events_in_three_encodings_when_published_then_each_reaches_the_api(
     worker: LocalWorker,
-    clean_queues: None,
     sandbox: SandboxControl,
     producer: Producer,
     openapi_document: dict[str, Any],

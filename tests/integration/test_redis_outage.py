@@ -8,6 +8,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import worker_env
 from tests.integration.events import native
 from tests.integration.producer import Producer
@@ -19,12 +21,13 @@ from worker.runtime.intake import PREFETCH_PER_CALL
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 
+pytestmark = pytest.mark.usefixtures("clean_queues")
+
 
 def test_given_redis_stopped_for_10s_mid_run_then_every_event_reaches_an_outcome(
     broker_url: str,
     sandbox_server: SandboxServer,
     sandbox: SandboxControl,
-    clean_queues: None,
     producer: Producer,
     tmp_path: Path,
 ) -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
+import pytest
+
 from tests.integration.conftest import dead_letter_after_retries
 from tests.integration.producer import Producer
 from worker.constants import HEADER_PREFIX
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
+
+pytestmark = pytest.mark.usefixtures("clean_queues")
 
 #: Application headers of every AMQP type a producer may send that JSON cannot hold as is. Bytes
 #: are not UTF-8: py-amqp reads bytes that are as text, on every path.
@@ -30,11 +34,7 @@ TYPED_HEADERS = {
 
 
 def test_given_retries_exhausted_then_the_dead_letter_keeps_the_header_types(
-    worker: LocalWorker,
-    clean_queues: None,
-    sandbox: SandboxControl,
-    producer: Producer,
-    broker_url: str,
+    worker: LocalWorker, sandbox: SandboxControl, producer: Producer, broker_url: str
 ) -> None:
     # Given an event with headers of several AMQP types, which the API refuses with 500 each time
     # When it is published and every retry fails

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import amqp
+import pytest
 
 from tests.integration.events import native
 from tests.integration.producer import Letter, connect, queue_depth
@@ -20,6 +21,8 @@ from tests.integration.waiting import wait_until
 from worker.constants import APPLY_EVENT_TASK, DEAD_LETTER_QUEUE, TASKS_EXCHANGE, TASKS_QUEUE
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
+
+pytestmark = pytest.mark.usefixtures("clean_queues")
 
 KIND = "x-test-kind"
 
@@ -134,10 +137,7 @@ def _read_letters(broker_url: str, expected: int, timeout: float = 30.0) -> list
 
 
 def test_given_task_messages_this_version_cannot_run_then_each_is_dead_lettered_with_why(
-    worker: LocalWorker,
-    clean_queues: None,
-    sandbox: SandboxControl,
-    broker_url: str,
+    worker: LocalWorker, sandbox: SandboxControl, broker_url: str
 ) -> None:
     # Given task messages another version left in ccsync.tasks, each marked to be recognised
     messages = _unrunnable_messages()
@@ -171,10 +171,7 @@ def test_given_task_messages_this_version_cannot_run_then_each_is_dead_lettered_
 
 
 def test_given_a_retry_message_this_version_can_run_then_it_is_applied(
-    worker: LocalWorker,
-    clean_queues: None,
-    sandbox: SandboxControl,
-    broker_url: str,
+    worker: LocalWorker, sandbox: SandboxControl, broker_url: str
 ) -> None:
     # Given a retry as this version writes it
     kwargs = _good_kwargs()

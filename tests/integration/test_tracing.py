@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.integration.events import binary, native
 from tests.integration.journal import wait_applied
 from tests.integration.producer import Producer
@@ -16,6 +18,8 @@ from tests.integration.test_dlq_support import ccsync
 from tests.integration.waiting import wait_until
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
+
+pytestmark = pytest.mark.usefixtures("clean_queues")
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
@@ -61,11 +65,7 @@ def test_given_500_then_204_then_the_retry_carries_the_same_trace(
 
 
 def test_given_a_dead_letter_replayed_then_the_patch_carries_the_producers_trace(
-    worker: LocalWorker,
-    clean_queues: None,
-    sandbox: SandboxControl,
-    producer: Producer,
-    broker_url: str,
+    worker: LocalWorker, sandbox: SandboxControl, producer: Producer, broker_url: str
 ) -> None:
     event = native()
     sandbox.add_faults(event["customerId"], {"status": 500, "times": 4})

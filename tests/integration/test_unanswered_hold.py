@@ -20,6 +20,8 @@ from tests.integration.worker_logs import final_outcomes
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 
+pytestmark = pytest.mark.usefixtures("clean_queues")
+
 #: Short enough for a test, long enough to tell apart from the busy pause and the first retry.
 HOLD_SECONDS = 4.0
 #: What the hold may fall short by: the journal's clock against the worker's, rounding.
@@ -42,11 +44,7 @@ def held_worker(
 
 @pytest.mark.parametrize("status", [502, 503, 504])
 def test_given_a_gateway_error_when_a_newer_event_follows_then_it_waits_out_the_hold(
-    status: int,
-    held_worker: LocalWorker,
-    sandbox: SandboxControl,
-    clean_queues: None,
-    producer: Producer,
+    status: int, held_worker: LocalWorker, sandbox: SandboxControl, producer: Producer
 ) -> None:
     # Given an older event whose call a gateway answers with a 5xx
     older = native(identifier="OLDER")
