@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -55,14 +56,8 @@ def make_http_client(
     tls: ssl.SSLContext | None = None,
 ) -> httpx.Client:
     """The one way ccsync makes an httpx client: explicit timeouts, bounded pool, TLS verified."""
-    return httpx.Client(
-        transport=transport,
-        timeout=_timeout(settings),
-        limits=_limits(max_connections),
-        headers={"User-Agent": USER_AGENT},
-        follow_redirects=False,
-        verify=tls or tls_context(settings),
-    )
+    tls = tls or tls_context(settings)
+    return httpx.Client(transport=transport, **_client_options(settings, tls, max_connections))
 
 
 def make_async_http_client(
@@ -81,22 +76,24 @@ def make_async_http_client(
     model").
     """
     tls = tls or tls_context(settings)
-    limits = _limits(max_connections)
-    return httpx.AsyncClient(
-        transport=transport or AsyncioTransport(verify=tls, limits=limits),
-        timeout=_timeout(settings),
-        limits=limits,
-        headers={"User-Agent": USER_AGENT},
-        follow_redirects=False,
-        verify=tls,
-    )
+    transport = transport or AsyncioTransport(verify=tls, limits=_limits(max_connections))
+    return httpx.AsyncClient(transport=transport, **_client_options(settings, tls, max_connections))
 
 
-def _timeout(settings: Settings) -> httpx.Timeout:
+def _client_options(
+    settings: Settings, tls: ssl.SSLContext, max_connections: int
+) -> dict[str, Any]:
+    """What every client of ccsync is made with, sync or async."""
     timeouts = settings.timeouts
-    return httpx.Timeout(
-        connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
-    )
+    return {
+        "timeout": httpx.Timeout(
+            connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
+        ),
+        "limits": _limits(max_connections),
+        "headers": {"User-Agent": USER_AGENT},
+        "follow_redirects": False,
+        "verify": tls,
+    }
 
 
 def _limits(max_connections: int) -> httpx.Limits:
