@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -150,6 +150,29 @@ def test_given_nothing_listens_then_connect_error_the_call_never_left() -> None:
         asyncio.run(main())
 
 
+def _change_through(
+    api: CloudCockpitClient,
+    answer: Callable[[httpx.Request], Awaitable[httpx.Response]],
+    *,
+    internal_identifier: str | None,
+    correlation_id: uuid.UUID,
+) -> None:
+    """One change of ``CUSTOMER`` under tenant portal.example.com, ``answer`` answering it."""
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            await api.set_internal_identifier_async(
+                http,
+                tenant="portal.example.com",
+                customer_id=CUSTOMER,
+                reseller_id=None,
+                internal_identifier=internal_identifier,
+                correlation_id=correlation_id,
+            )
+
+    asyncio.run(main())
+
+
 def test_the_async_patch_is_the_sync_one_and_a_401_renews_the_token_once() -> None:
     seen: list[httpx.Request] = []
     tokens: list[str] = []
@@ -172,18 +195,8 @@ def test_the_async_patch_is_the_sync_one_and_a_401_renews_the_token_once() -> No
     api = CloudCockpitClient(httpx.Client(), base_url="https://cc.example.test/", tokens=source)
     correlation = uuid.uuid4()
 
-    async def main() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
-            await api.set_internal_identifier_async(
-                http,
-                tenant="portal.example.com",
-                customer_id=CUSTOMER,
-                reseller_id=None,
-                internal_identifier="ERP-1",
-                correlation_id=correlation,
-            )
+    _change_through(api, answer, internal_identifier="ERP-1", correlation_id=correlation)
 
-    asyncio.run(main())
     assert [r.headers["Authorization"] for r in seen] == ["Bearer old", "Bearer new"]
     last = seen[-1]
     assert last.method == "PATCH"
@@ -201,19 +214,8 @@ def test_given_a_401_after_renewal_too_then_token_rejected() -> None:
 
     api = CloudCockpitClient(httpx.Client(), base_url="https://x.test", tokens=StaticToken("s"))
 
-    async def main() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
-            await api.set_internal_identifier_async(
-                http,
-                tenant="t",
-                customer_id=CUSTOMER,
-                reseller_id=None,
-                internal_identifier=None,
-                correlation_id=uuid.uuid4(),
-            )
-
     with pytest.raises(TokenRejected):
-        asyncio.run(main())
+        _change_through(api, answer, internal_identifier=None, correlation_id=uuid.uuid4())
 
 
 def test_cached_gives_the_token_only_while_no_fetch_is_due() -> None:
