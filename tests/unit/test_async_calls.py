@@ -106,6 +106,43 @@ def test_given_the_server_closed_an_idle_connection_then_the_next_call_takes_a_n
     assert connections == 2
 
 
+def test_given_a_second_call_during_one_then_it_fails_and_the_first_is_answered() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(0.1)
+        writer.write(ANSWER)
+        await writer.drain()
+
+    async def main() -> list[object]:
+        async with server(handle) as url, make_async_http_client(settings()) as http:
+            first = asyncio.create_task(http.patch(f"{url}/x", json={}))
+            await asyncio.sleep(0.02)  # the first request is on the wire
+            second = await asyncio.gather(http.patch(f"{url}/x", json={}), return_exceptions=True)
+            return [(await first).status_code, type(second[0])]
+
+    assert asyncio.run(main()) == [204, RuntimeError]
+
+
+def test_given_a_failed_connect_then_the_next_call_connects_anew() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(ANSWER)
+        await writer.drain()
+
+    async def main() -> int:
+        async with make_async_http_client(settings()) as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.patch(f"http://127.0.0.1:{port}/x", json={})
+            async with server(handle) as url:
+                return (await http.patch(f"{url}/x", json={})).status_code
+
+    assert asyncio.run(main()) == 204
+
+
 def test_given_no_answer_within_the_read_timeout_then_read_timeout() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

@@ -57,31 +57,33 @@ def make_http_client(
 ) -> httpx.Client:
     """The one way ccsync makes an httpx client: explicit timeouts, bounded pool, TLS verified."""
     tls = tls or tls_context(settings)
-    return httpx.Client(transport=transport, **_client_options(settings, tls, max_connections))
+    return httpx.Client(
+        transport=transport, **_client_options(settings, tls, max_connections=max_connections)
+    )
 
 
 def make_async_http_client(
     settings: Settings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
-    max_connections: int = 1,
     tls: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
-    """``make_http_client`` for an event loop: the same timeouts, headers and TLS, its sockets
-    on asyncio directly (``streams``).
+    """``make_http_client`` for an event loop, for one request at a time: the same timeouts,
+    headers and TLS, one connection, its socket on asyncio directly (``streams``).
 
-    Keep its pool small: httpcore looks at every connection of a pool on each request, so one
-    client with hundreds of connections spends more CPU on its pool than on its calls; the
-    worker gives each of its calls in flight a client of its own instead (README, "Concurrency
-    model").
+    The worker gives each of its calls in flight a client of its own (README, "Concurrency
+    model"): a pool shared by hundreds of calls looks at every connection on each request.
     """
     tls = tls or tls_context(settings)
-    transport = transport or AsyncioTransport(verify=tls, limits=_limits(max_connections))
-    return httpx.AsyncClient(transport=transport, **_client_options(settings, tls, max_connections))
+    options = _client_options(settings, tls, max_connections=1)
+    transport = transport or AsyncioTransport(
+        verify=tls, keepalive_expiry=options["limits"].keepalive_expiry
+    )
+    return httpx.AsyncClient(transport=transport, **options)
 
 
 def _client_options(
-    settings: Settings, tls: ssl.SSLContext, max_connections: int
+    settings: Settings, tls: ssl.SSLContext, *, max_connections: int
 ) -> dict[str, Any]:
     """What every client of ccsync is made with, sync or async."""
     timeouts = settings.timeouts

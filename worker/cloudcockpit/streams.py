@@ -253,22 +253,79 @@ def _apply(transport: asyncio.BaseTransport, options: Iterable[SocketOption] | N
             sock.setsockopt(*option)
 
 
-class AsyncioTransport(httpx.AsyncHTTPTransport):
-    """httpx's async transport, its connection pool on ``AsyncioBackend``.
+class _OneConnection:
+    """The pool of a client that makes one request at a time: a single connection, made anew
+    once closed, expired or for another origin.
 
-    httpx builds its pool itself and takes no network backend, so the pool is built again here,
-    with the same arguments httpx gives it for a direct connection (ccsync sets no proxy on this
-    transport; a proxy from the environment gets httpx's own transport).
+    httpcore's pool serves many requests over many connections, and pays for it on every
+    request (a lock, an event per request, a shielded release); a lane of the worker sends its
+    requests one after another, so a connection of its own is all it needs. A request made
+    while another is under way raises ``RuntimeError`` and leaves the other alone.
     """
 
-    def __init__(self, *, verify: ssl.SSLContext, limits: httpx.Limits) -> None:
-        super().__init__(verify=verify, limits=limits)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=verify,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=AsyncioBackend(),
+    def __init__(self, *, ssl_context: ssl.SSLContext, keepalive_expiry: float | None) -> None:
+        self._ssl_context = ssl_context
+        self._keepalive_expiry = keepalive_expiry
+        self._backend = AsyncioBackend()
+        self._connection: httpcore.AsyncHTTPConnection | None = None
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        origin = request.url.origin
+        connection = self._connection
+        if connection is None or not self._reusable(connection, origin):
+            connection = await self._replace(origin)
+        try:
+            return await connection.handle_async_request(request)
+        except httpcore.ConnectionNotAvailable:
+            raise RuntimeError(
+                "a request was made while another was under way on the same client: make "
+                "one client per concurrent caller (make_async_http_client)"
+            ) from None
+
+    @staticmethod
+    def _reusable(connection: httpcore.AsyncHTTPConnection, origin: httpcore.Origin) -> bool:
+        return (
+            connection.can_handle_request(origin)
+            and not connection.is_closed()
+            and not connection.has_expired()
+        )
+
+    async def _replace(self, origin: httpcore.Origin) -> httpcore.AsyncHTTPConnection:
+        if self._connection is not None:
+            await self._connection.aclose()
+        self._connection = httpcore.AsyncHTTPConnection(
+            origin=origin,
+            ssl_context=self._ssl_context,
+            keepalive_expiry=self._keepalive_expiry,
+            network_backend=self._backend,
+        )
+        return self._connection
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            await self._connection.aclose()
+            self._connection = None
+
+    async def __aenter__(self) -> _OneConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class AsyncioTransport(httpx.AsyncHTTPTransport):
+    """httpx's async transport for a client that makes one request at a time, over one
+    connection on ``AsyncioBackend``.
+
+    httpx builds its connection pool itself and takes no network backend, so what serves its
+    requests is replaced here (``_OneConnection``); httpx's own request and response handling,
+    and the tracing that wraps it, stay. ccsync sets no proxy on this transport; a proxy from
+    the environment gets httpx's own transport.
+    """
+
+    def __init__(self, *, verify: ssl.SSLContext, keepalive_expiry: float | None) -> None:
+        super().__init__(verify=verify)
+        # httpx types its pool as one of httpcore's; _OneConnection has the same methods.
+        self._pool = _OneConnection(  # type: ignore[assignment]
+            ssl_context=verify, keepalive_expiry=keepalive_expiry
         )
