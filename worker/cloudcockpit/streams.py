@@ -268,12 +268,22 @@ class _OneConnection:
         self._keepalive_expiry = keepalive_expiry
         self._backend = AsyncioBackend()
         self._connection: httpcore.AsyncHTTPConnection | None = None
+        # The connection's (scheme, host, port) as the request's URL gives them: comparing them
+        # costs less than building the request's httpcore.Origin on every request.
+        self._address: tuple[bytes, bytes, int | None] | None = None
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        origin = request.url.origin
+        url = request.url
+        address = (url.scheme, url.host, url.port)
         connection = self._connection
-        if connection is None or not self._reusable(connection, origin):
-            connection = await self._replace(origin)
+        if (
+            connection is None
+            or address != self._address
+            or connection.is_closed()
+            or connection.has_expired()
+        ):
+            connection = await self._replace(url.origin)
+            self._address = address
         try:
             return await connection.handle_async_request(request)
         except httpcore.ConnectionNotAvailable:
@@ -281,14 +291,6 @@ class _OneConnection:
                 "a request was made while another was under way on the same client: make "
                 "one client per concurrent caller (make_async_http_client)"
             ) from None
-
-    @staticmethod
-    def _reusable(connection: httpcore.AsyncHTTPConnection, origin: httpcore.Origin) -> bool:
-        return (
-            connection.can_handle_request(origin)
-            and not connection.is_closed()
-            and not connection.has_expired()
-        )
 
     async def _replace(self, origin: httpcore.Origin) -> httpcore.AsyncHTTPConnection:
         if self._connection is not None:
