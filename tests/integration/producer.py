@@ -97,10 +97,20 @@ def queue_depth(broker_url: str, queue: str) -> int:
     if queue == DEAD_LETTER_QUEUE:
         with KombuConnection(broker_url) as dead_letters, hold(dead_letters) as held:
             return held.total
+    return _declared(broker_url, queue)[0]
+
+
+def consumer_count(broker_url: str, queue: str) -> int:
+    """Consumers of ``queue``, as RabbitMQ counts them."""
+    return _declared(broker_url, queue)[1]
+
+
+def _declared(broker_url: str, queue: str) -> tuple[int, int]:
+    """(ready messages, consumers) of ``queue``, by a passive declare."""
     connection = connect(broker_url)
     try:
-        _, count, _ = connection.channel().queue_declare(queue, passive=True)
-        return int(count)
+        _, messages, consumers = connection.channel().queue_declare(queue, passive=True)
+        return int(messages), int(consumers)
     finally:
         connection.close()
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.conftest import worker_env
 from tests.integration.events import native
-from tests.integration.producer import Producer, connect, queue_depth
+from tests.integration.producer import Producer, consumer_count, queue_depth
 from tests.integration.waiting import wait_until
 from tests.support import free_port
 from worker.constants import EVENTS_QUEUE, TASKS_QUEUE
@@ -41,15 +41,6 @@ def ccsync(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
-
-
-def consumers(broker_url: str, queue: str) -> int:
-    connection = connect(broker_url)
-    try:
-        _, _, count = connection.channel().queue_declare(queue, passive=True)
-        return int(count)
-    finally:
-        connection.close()
 
 
 def patched(sandbox: SandboxControl, customers: set[str]) -> list[str]:
@@ -82,7 +73,9 @@ def test_given_two_workers_when_paused_then_none_takes_an_event_until_resumed_an
     first = LocalWorker({**env, "CCSYNC_METRICS_PORT": str(metrics_port)}, concurrency=4)
     second = LocalWorker(env, concurrency=4)
     with first, second:
-        wait_until(lambda: consumers(broker_url, EVENTS_QUEUE) == 2, 10, "both workers consuming")
+        wait_until(
+            lambda: consumer_count(broker_url, EVENTS_QUEUE) == 2, 10, "both workers consuming"
+        )
 
         # When an operator pauses the deployment
         paused = ccsync(env, "pause", "--reason", "deploy of v2")
@@ -96,7 +89,11 @@ def test_given_two_workers_when_paused_then_none_takes_an_event_until_resumed_an
             line = next(line for line in process.log.splitlines() if OBEYED in line)
             assert who_am_i() in line and "deploy of v2" in line
         wait_until(
-            lambda: consumers(broker_url, EVENTS_QUEUE) == consumers(broker_url, TASKS_QUEUE) == 0,
+            lambda: (
+                consumer_count(broker_url, EVENTS_QUEUE)
+                == consumer_count(broker_url, TASKS_QUEUE)
+                == 0
+            ),
             5,
             "no consumer left on ccsync.events and ccsync.tasks",
         )
@@ -121,7 +118,7 @@ def test_given_two_workers_when_paused_then_none_takes_an_event_until_resumed_an
         wait_until(lambda: second.log.count(OBEYED) == 2, 5, "the restarted worker paused")
         time.sleep(2)
         assert patched(sandbox, customers) == []
-        assert consumers(broker_url, EVENTS_QUEUE) == 0
+        assert consumer_count(broker_url, EVENTS_QUEUE) == 0
 
         # When the operator resumes
         resumed = ccsync(env, "resume")

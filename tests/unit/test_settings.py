@@ -166,16 +166,6 @@ def test_given_retry_delays_not_numbers_then_configuration_error_naming_the_vari
     assert "CCSYNC_RETRY_DELAYS" in configuration_error(monkeypatch, CCSYNC_RETRY_DELAYS=text)
 
 
-@pytest.mark.parametrize("text", ["-1", "1,-2,3"])
-def test_given_a_negative_retry_delay_then_configuration_error_naming_the_variable(
-    monkeypatch: pytest.MonkeyPatch, text: str
-) -> None:
-    message = configuration_error(monkeypatch, CCSYNC_RETRY_DELAYS=text)
-
-    assert "CCSYNC_RETRY_DELAYS" in message
-    assert "negative" in message
-
-
 @pytest.mark.parametrize("text", ["nan", "1,inf", "NaN,2", "-inf"])
 def test_given_a_retry_delay_that_is_not_a_finite_number_then_configuration_error(
     monkeypatch: pytest.MonkeyPatch, text: str
@@ -184,15 +174,20 @@ def test_given_a_retry_delay_that_is_not_a_finite_number_then_configuration_erro
     assert "CCSYNC_RETRY_DELAYS" in configuration_error(monkeypatch, CCSYNC_RETRY_DELAYS=text)
 
 
-@pytest.mark.parametrize("text", [",", "1,,3", "1,2,", ",5", " , "])
-def test_given_retry_delays_with_an_empty_item_then_configuration_error_naming_the_variable(
-    monkeypatch: pytest.MonkeyPatch, text: str
+@pytest.mark.parametrize(
+    ("text", "fault"),
+    [("-1", "negative"), ("1,-2,3", "negative")]
+    + [(text, "empty item") for text in [",", "1,,3", "1,2,", ",5", " , "]],
+)
+def test_given_a_negative_or_empty_retry_delay_then_configuration_error_naming_both(
+    monkeypatch: pytest.MonkeyPatch, text: str, fault: str
 ) -> None:
-    """Given "," (which once meant no retry at all), Then the worker refuses it."""
+    """Given "-1", or "," (which once meant no retry at all), Then the worker refuses it,
+    naming the variable and what is wrong."""
     message = configuration_error(monkeypatch, CCSYNC_RETRY_DELAYS=text)
 
     assert "CCSYNC_RETRY_DELAYS" in message
-    assert "empty item" in message
+    assert fault in message
 
 
 # --- URLs and timeouts -----------------------------------------------------------------------
