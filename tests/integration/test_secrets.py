@@ -28,7 +28,7 @@ from tests.integration.producer import Producer, connect
 from tests.integration.sentry_sink import SentrySink
 from tests.integration.waiting import wait_until
 from tests.support import free_port
-from worker.cloudcockpit.client import CloudCockpitClient, make_http_client
+from worker.cloudcockpit.client import Change, CloudCockpitClient, make_http_client
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken
 from worker.events import correlation_id
 from worker.exceptions import ApiUnavailable, TokenRejected, TokenUnavailable
@@ -304,11 +304,13 @@ def _client(handler: Callable[[httpx.Request], httpx.Response], token: str) -> C
 
 def _patch(client: CloudCockpitClient) -> None:
     client.set_internal_identifier(
-        tenant=TENANT,
-        customer_id=uuid.uuid4(),
-        reseller_id=None,
-        internal_identifier="ERP-1",
-        correlation_id=uuid.uuid4(),
+        Change(
+            tenant=TENANT,
+            customer_id=uuid.uuid4(),
+            reseller_id=None,
+            internal_identifier="ERP-1",
+            correlation_id=uuid.uuid4(),
+        )
     )
 
 

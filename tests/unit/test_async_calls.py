@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.cloudcockpit.client import CloudCockpitClient, make_async_http_client
+from worker.cloudcockpit.client import Change, CloudCockpitClient, make_async_http_client
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken
 from worker.exceptions import RelationshipBusy, TokenRejected
 from worker.processing.ledger import Hold
@@ -198,14 +198,14 @@ def _change_through(
 
     async def main() -> None:
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
-            await api.set_internal_identifier_async(
-                http,
+            change = Change(
                 tenant="portal.example.com",
                 customer_id=CUSTOMER,
                 reseller_id=None,
                 internal_identifier=internal_identifier,
                 correlation_id=correlation_id,
             )
+            await api.set_internal_identifier_async(http, change)
 
     asyncio.run(main())
 

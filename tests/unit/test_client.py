@@ -15,6 +15,7 @@ import yaml
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from worker.cloudcockpit.client import (
+    Change,
     ClientPerThread,
     CloudCockpitClient,
     make_http_client,
@@ -138,11 +139,13 @@ def send(
     internal_identifier: str | None = "CRM-0042",
 ) -> None:
     client.set_internal_identifier(
-        tenant=TENANT,
-        customer_id=CUSTOMER,
-        reseller_id=reseller_id,
-        internal_identifier=internal_identifier,
-        correlation_id=CORRELATION,
+        Change(
+            tenant=TENANT,
+            customer_id=CUSTOMER,
+            reseller_id=reseller_id,
+            internal_identifier=internal_identifier,
+            correlation_id=CORRELATION,
+        )
     )
 
 

@@ -135,6 +135,29 @@ def make_token_source(settings: Settings, client: httpx.Client) -> TokenSource:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Change:
+    """What one PATCH sets: a relationship's internal identifier (None clears it), under an
+    X-Correlation-Id that stays the same for every attempt of the same change."""
+
+    tenant: str
+    customer_id: uuid.UUID
+    reseller_id: uuid.UUID | None
+    internal_identifier: str | None
+    correlation_id: uuid.UUID
+
+    @property
+    def path(self) -> str:
+        return f"/v1/Customers/{self.customer_id}/internal-identifier"
+
+    @property
+    def body(self) -> dict[str, str | None]:
+        return {
+            "internalIdentifier": self.internal_identifier,
+            "resellerId": str(self.reseller_id) if self.reseller_id else None,
+        }
+
+
 @dataclass(frozen=True)
 class Reading:
     """A relationship read back: ``found`` False when CloudCockpit knows no such customer (404)
@@ -155,62 +178,32 @@ class CloudCockpitClient:
         self._base_url = base_url.rstrip("/")
         self._tokens = tokens
 
-    def set_internal_identifier(
-        self,
-        *,
-        tenant: str,
-        customer_id: uuid.UUID,
-        reseller_id: uuid.UUID | None,
-        internal_identifier: str | None,
-        correlation_id: uuid.UUID,
-    ) -> None:
-        url = f"{self._base_url}/v1/Customers/{customer_id}/internal-identifier"
-        body = {
-            "internalIdentifier": internal_identifier,
-            "resellerId": str(reseller_id) if reseller_id else None,
-        }
+    def set_internal_identifier(self, change: Change) -> None:
+        url = self._base_url + change.path
         token = self._tokens.token()
-        response = self._patch(
-            url, body=body, tenant=tenant, correlation_id=correlation_id, token=token
-        )
+        response = self._patch(url, change=change, token=token)
         if response.status_code == 401:
             # One renewal per call: a token rejected right after renewal means wrong credentials.
             renewed = self._tokens.renew(token)
-            response = self._patch(
-                url, body=body, tenant=tenant, correlation_id=correlation_id, token=renewed
-            )
+            response = self._patch(url, change=change, token=renewed)
             if response.status_code == 401:
                 raise TokenRejected("HTTP 401 with a renewed token", 401)
         raise_for_answer(response)
 
-    async def set_internal_identifier_async(
-        self,
-        http: httpx.AsyncClient,
-        *,
-        tenant: str,
-        customer_id: uuid.UUID,
-        reseller_id: uuid.UUID | None,
-        internal_identifier: str | None,
-        correlation_id: uuid.UUID,
-    ) -> None:
+    async def set_internal_identifier_async(self, http: httpx.AsyncClient, change: Change) -> None:
         """``set_internal_identifier`` in an event loop, through ``http``: the same request, the
         same renewal once after a 401, the same answers. A token fetch or renewal runs in a
         thread of the loop's executor, so the loop never waits on the token endpoint; the token
         source still lets one fetch run at a time and keeps a valid token in use meanwhile."""
-        url = f"{self._base_url}/v1/Customers/{customer_id}/internal-identifier"
-        body = {
-            "internalIdentifier": internal_identifier,
-            "resellerId": str(reseller_id) if reseller_id else None,
-        }
+        url = self._base_url + change.path
         token = self._tokens.cached()
         if token is None:
             token = await asyncio.to_thread(self._tokens.token)
-        headers = _change_headers(tenant=tenant, correlation_id=correlation_id, token=token)
-        response = await _patch_async(http, url, body=body, headers=headers)
+        response = await _patch_async(http, url, body=change.body, headers=_headers(change, token))
         if response.status_code == 401:
             renewed = await asyncio.to_thread(self._tokens.renew, token)
-            headers = _change_headers(tenant=tenant, correlation_id=correlation_id, token=renewed)
-            response = await _patch_async(http, url, body=body, headers=headers)
+            headers = _headers(change, renewed)
+            response = await _patch_async(http, url, body=change.body, headers=headers)
             if response.status_code == 401:
                 raise TokenRejected("HTTP 401 with a renewed token", 401)
         raise_for_answer(response)
@@ -284,19 +277,10 @@ class CloudCockpitClient:
         }
         return self._client().get(url, params=params, headers=headers)
 
-    def _patch(
-        self,
-        url: str,
-        *,
-        body: dict[str, str | None],
-        tenant: str,
-        correlation_id: uuid.UUID,
-        token: str,
-    ) -> httpx.Response:
-        headers = _change_headers(tenant=tenant, correlation_id=correlation_id, token=token)
+    def _patch(self, url: str, *, change: Change, token: str) -> httpx.Response:
         started = time.monotonic()
         try:
-            response = self._client().patch(url, json=body, headers=headers)
+            response = self._client().patch(url, json=change.body, headers=_headers(change, token))
         except httpx.TransportError as exc:
             _observe_call(started, None)
             raise describe_transport_error(exc) from None
@@ -310,13 +294,13 @@ def _observe_call(started: float, status: int | None) -> None:
     metrics.API_REQUEST_SECONDS.labels(label).observe(time.monotonic() - started)
 
 
-def _change_headers(*, tenant: str, correlation_id: uuid.UUID, token: str) -> dict[str, str]:
+def _headers(change: Change, token: str) -> dict[str, str]:
     """The PATCH's headers; ``traceparent``/``tracestate`` of the current trace context, if any
     (the httpx instrumentation, when on, replaces them with its client span's)."""
     headers = {
         "Authorization": f"Bearer {token}",
-        "X-Tenant": tenant,
-        "X-Correlation-Id": str(correlation_id),
+        "X-Tenant": change.tenant,
+        "X-Correlation-Id": str(change.correlation_id),
     }
     tracing.inject(headers)
     return headers

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from worker.cloudcockpit.client import CloudCockpitClient
+from worker.cloudcockpit.client import Change, CloudCockpitClient
 from worker.exceptions import (
     ApiError,
     ApiRejected,
@@ -310,12 +310,14 @@ class Verifier:
         self.pace.wait()
         try:
             self.api.set_internal_identifier(
-                tenant=relationship.tenant,
-                customer_id=uuid.UUID(relationship.customer_id),
-                reseller_id=_reseller(relationship),
-                internal_identifier=current.value,
-                # A new id: CloudCockpit may take the event's own as a call already made.
-                correlation_id=uuid.uuid4(),
+                Change(
+                    tenant=relationship.tenant,
+                    customer_id=uuid.UUID(relationship.customer_id),
+                    reseller_id=_reseller(relationship),
+                    internal_identifier=current.value,
+                    # A new id: CloudCockpit may take the event's own as a call already made.
+                    correlation_id=uuid.uuid4(),
+                )
             )
         except ApiUnavailable as exc:
             if exc.unsettled:

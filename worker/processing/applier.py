@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import sentry_sdk
 
-from worker.cloudcockpit.client import CloudCockpitClient, longest_call_seconds
+from worker.cloudcockpit.client import Change, CloudCockpitClient, longest_call_seconds
 from worker.constants import (
     DELIVERY_LIMIT,
     REASON_API_REJECTED,
@@ -238,15 +238,8 @@ class Applier:
             if not self._still_new(call):
                 return
             started = time.monotonic()
-            event = call.attempt.event
             with tracing.calling(call.trace):
-                self.api.set_internal_identifier(
-                    tenant=call.attempt.tenant,
-                    customer_id=event.customer_id,
-                    reseller_id=event.reseller_id,
-                    internal_identifier=event.internal_identifier,
-                    correlation_id=call.attempt.correlation_id,
-                )
+                self.api.set_internal_identifier(_change(call))
             self._called(call, started)
 
     async def send_async(self, call: Call, *, http: httpx.AsyncClient, fence: Fence) -> None:
@@ -263,16 +256,8 @@ class Applier:
             if not self._still_new(call):
                 return
             started = time.monotonic()
-            event = call.attempt.event
             with tracing.calling(call.trace):
-                await self.api.set_internal_identifier_async(
-                    http,
-                    tenant=call.attempt.tenant,
-                    customer_id=event.customer_id,
-                    reseller_id=event.reseller_id,
-                    internal_identifier=event.internal_identifier,
-                    correlation_id=call.attempt.correlation_id,
-                )
+                await self.api.set_internal_identifier_async(http, _change(call))
             self._called(call, started)
 
     @contextlib.contextmanager
@@ -484,3 +469,14 @@ class Applier:
                 scope.set_tag(key, fields[key])
             log.log(level, *message, extra=fields)
         return outcome
+
+
+def _change(call: Call) -> Change:
+    event = call.attempt.event
+    return Change(
+        tenant=call.attempt.tenant,
+        customer_id=event.customer_id,
+        reseller_id=event.reseller_id,
+        internal_identifier=event.internal_identifier,
+        correlation_id=call.attempt.correlation_id,
+    )
