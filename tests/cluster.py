@@ -56,6 +56,8 @@ WORKERS = 3
 WINDOW_SECONDS = 20.0
 #: Calls in flight per worker.
 CONCURRENCY = 8
+#: Lines of each worker's output a failed run shows.
+DIAGNOSIS_LINES = 40
 
 
 @dataclass
@@ -135,13 +137,15 @@ class _Publisher(threading.Thread):
             self.error = exc
 
 
-def _ccsync(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def _ccsync(
+    env: dict[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 
@@ -183,9 +187,10 @@ def run_cluster(
             early_customer = str(uuid.uuid4())
             early = native(early_customer, "EARLY", occurred_at=datetime(2026, 5, 1, tzinfo=UTC))
             sandbox.add_faults(early_customer, FaultStep(status=404))
+            published_at = time.monotonic()
             _publish_now(urls, json.dumps(early).encode())
-            _wait(lambda: _listed(env, early["eventId"]), timeout=60, what="the early dead letter")
-            log("early dead letter made")
+            _wait(lambda: _listed(env, early["eventId"]), timeout=120, what="the early dead letter")
+            log(f"early dead letter made after {time.monotonic() - published_at:.0f}s")
 
             customers = history(events, "C")
             bodies = [json.dumps(e).encode() for v in customers.values() for e in v] * 2
@@ -235,6 +240,8 @@ def run_cluster(
                 _wait(lambda: _holds(sandbox, early_customer, "EARLY"), 60, "the replay")
                 report.early_dead_letter_replayed = True
             _account(report, customers, sandbox, env, workers, ends)
+        except (AssertionError, subprocess.TimeoutExpired) as exc:  # say what the workers saw
+            raise AssertionError(f"{exc}\n{_diagnosis(env, workers)}") from None
         finally:
             for worker in workers:
                 worker.kill()
@@ -265,6 +272,18 @@ def _listed(env: dict[str, str], event_id: str) -> bool:
     return listing.returncode == 0 and any(
         json.loads(line).get("eventId") == event_id for line in listing.stdout.splitlines()
     )
+
+
+def _diagnosis(env: dict[str, str], workers: list[LocalWorker]) -> str:
+    try:
+        listing = _ccsync(env, "dlq", "list", "--json", timeout=60)
+        parts = [f"ccsync dlq list: exit {listing.returncode}\n{listing.stderr[-2000:]}"]
+    except subprocess.TimeoutExpired:
+        parts = ["ccsync dlq list: no answer within 60 s"]
+    for number, worker in enumerate(workers):
+        tail = "".join(worker.log.splitlines(keepends=True)[-DIAGNOSIS_LINES:])
+        parts.append(f"worker {number} (alive {worker.alive}), its last lines:\n{tail}")
+    return "\n".join(parts)
 
 
 def _holds(sandbox: SandboxControl, customer: str, value: str) -> bool:

@@ -76,6 +76,8 @@ class SentinelRedis(ServerGroup):
                 "appendonly yes",
                 "appendfsync always",
                 'save ""',
+                # A replica syncs at once rather than after Redis's default 5 s wait for others.
+                "repl-diskless-sync-delay 0",
                 f"dir {directory}",
             ]
             if index:
@@ -142,7 +144,10 @@ class SentinelRedis(ServerGroup):
                 primary = redis.Redis(port=self.primary_port(), socket_timeout=1)
                 info = primary.info("replication")
                 primary.close()
-                if info.get("role") == "master" and int(info.get("connected_slaves", 0)) >= 1:
+                # A replica still loading its first copy counts as connected but confirms no
+                # WAIT: the ledger's writes would fail until it is online.
+                states = [v.get("state") for k, v in info.items() if k.startswith("slave")]
+                if info.get("role") == "master" and "online" in states:
                     return
             time.sleep(0.2)
         raise TimeoutError("no replica caught up with the primary")
