@@ -8,17 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from worker.constants import (
-    HEADER_ATTEMPTS,
-    HEADER_CORRELATION_ID,
-    HEADER_DEAD_LETTERED_AT,
-    HEADER_ERROR,
-    HEADER_EVENT_ID,
-    HEADER_FIRST_ATTEMPT_AT,
-    HEADER_REASON,
-    HEADER_STATUS,
-    MAX_ERROR_CHARS,
-)
+from worker.constants import MAX_ERROR_CHARS
 from worker.processing.dead_letters import DeadLetter, Envelope, json_safe_headers
 
 NOW = datetime(2024, 5, 1, 12, 0, 5, tzinfo=UTC)
@@ -38,28 +28,6 @@ def letter(**changes: object) -> DeadLetter:
     }
     fields.update(changes)
     return DeadLetter(**fields)  # type: ignore[arg-type]
-
-
-def test_the_contract_header_names_are_the_ones_of_section_7() -> None:
-    assert [
-        HEADER_REASON,
-        HEADER_STATUS,
-        HEADER_ERROR,
-        HEADER_ATTEMPTS,
-        HEADER_EVENT_ID,
-        HEADER_CORRELATION_ID,
-        HEADER_FIRST_ATTEMPT_AT,
-        HEADER_DEAD_LETTERED_AT,
-    ] == [
-        "x-ccsync-reason",
-        "x-ccsync-status",
-        "x-ccsync-error",
-        "x-ccsync-attempts",
-        "x-ccsync-event-id",
-        "x-ccsync-correlation-id",
-        "x-ccsync-first-attempt-at",
-        "x-ccsync-dead-lettered-at",
-    ]
 
 
 def test_given_a_full_dead_letter_then_every_header_is_there_with_its_type() -> None:

@@ -15,27 +15,26 @@ import pytest
 import worker
 from worker import exceptions
 
-PUBLIC = [
-    "ApiError",
-    "ApiRejected",
-    "ApiUnavailable",
-    "BrokerUnreachable",
+#: The exceptions as ``worker.exceptions`` draws them, parents first.
+EXCEPTIONS = [
     "CcsyncError",
     "ConfigurationError",
-    "IdentifierChanged",
+    "BrokerUnreachable",
     "InputError",
-    "InvalidEvent",
-    "LedgerUnavailable",
     "NoQueueBound",
-    "RateLimited",
+    "InvalidEvent",
     "RelationshipBusy",
-    "Settings",
+    "ApiError",
+    "ApiRejected",
+    "TransientFailure",
+    "ApiUnavailable",
+    "RateLimited",
     "TokenRejected",
     "TokenUnavailable",
-    "TransientFailure",
-    "correlation_id",
-    "load_settings",
+    "LedgerUnavailable",
 ]
+#: Everything ``import worker`` offers, sorted as ``__all__`` holds it.
+PUBLIC = sorted([*EXCEPTIONS, "IdentifierChanged", "correlation_id", "Settings", "load_settings"])
 
 
 def test_all_names_exactly_the_public_surface() -> None:

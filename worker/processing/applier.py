@@ -225,40 +225,34 @@ class Applier:
         The relationship stays held until ``leave_all``, which the worker does for many calls at
         once, off the threads that wait on CloudCockpit.
         """
-        hold = call.hold
-        if hold is None:
-            return
         with self._settling(call):
-            if not self._may_call(call):
+            hold = self._hold_to_call(call)
+            if hold is None:
                 return
             # The lock was taken ahead, and may have expired while the event waited for this
             # thread: another event could hold it now. Checked and extended in one script, and
             # the verdict judged again by what was applied meanwhile.
             self.ledger.fence(hold, lease_seconds=self.call_lease_seconds)
-            if not self._still_new(call):
-                return
-            started = time.monotonic()
-            with tracing.calling(call.trace):
-                self.api.set_internal_identifier(_change(call))
-            self._called(call, started)
+            if self._still_new(call):
+                started = time.monotonic()
+                with tracing.calling(call.trace):
+                    self.api.set_internal_identifier(_change(call))
+                self._called(call, started)
 
     async def send_async(self, call: Call, *, http: httpx.AsyncClient, fence: Fence) -> None:
         """``send`` in an event loop: the call through ``http``, and ``fence`` (the ledger's
         ``fence_all`` for every call the loop is about to make, in one round trip) in place of
         ``Ledger.fence``, right before it. Same verdicts, same failures, same lease."""
-        hold = call.hold
-        if hold is None:
-            return
         with self._settling(call):
-            if not self._may_call(call):
+            hold = self._hold_to_call(call)
+            if hold is None:
                 return
             await fence(hold, self.call_lease_seconds)
-            if not self._still_new(call):
-                return
-            started = time.monotonic()
-            with tracing.calling(call.trace):
-                await self.api.set_internal_identifier_async(http, _change(call))
-            self._called(call, started)
+            if self._still_new(call):
+                started = time.monotonic()
+                with tracing.calling(call.trace):
+                    await self.api.set_internal_identifier_async(http, _change(call))
+                self._called(call, started)
 
     @contextlib.contextmanager
     def _settling(self, call: Call) -> Iterator[None]:
@@ -274,22 +268,25 @@ class Applier:
             self.leave_all([call])
             raise
 
-    def _may_call(self, call: Call) -> bool:
-        """Before the fence: whether the held event is new and may be sent now."""
-        assert call.hold is not None
-        call.verdict = call.hold.verdict(call.attempt.event)
+    def _hold_to_call(self, call: Call) -> Hold | None:
+        """Before the fence: the hold to fence when the held event is new and may be sent now;
+        None when no call is to be made (nothing held, or ``call`` says why not)."""
+        hold = call.hold
+        if hold is None:
+            return None
+        call.verdict = hold.verdict(call.attempt.event)
         if call.verdict is not Verdict.NEW:
-            return False
+            return None
         if not self.ledger.reachable:
             # Taken before Redis went away: a call now could not be recorded, and would
             # only have to be made again.
             call.failure = LedgerUnavailable("ledger unavailable: the call was not made")
-            return False
+            return None
         if not call.trial and self.guard is not None and self.guard.is_open:
             # Admitted before the guard opened: it waits out the outage like the others.
             call.outage = True
-            return False
-        return True
+            return None
+        return hold
 
     @staticmethod
     def _still_new(call: Call) -> bool:

@@ -12,6 +12,7 @@ from pydantic.alias_generators import to_camel
 from worker.sandbox.faults import ANY_CUSTOMER, FaultStep
 from worker.sandbox.protocol import Reply, canonical_uuid, json_reply
 from worker.sandbox.state import ConfigUpdate, CustomerSpec, SandboxState
+from worker.sandbox.store import IdentifierOverwrite
 
 CONTROL_PREFIX: Final = "/_sandbox/"
 _OK: Final = {"status": "ok"}
@@ -37,24 +38,6 @@ class FaultsRequest(BaseModel):
         if value == ANY_CUSTOMER:
             return value
         return _canonical(value, "is neither a UUID nor '*'")
-
-
-class IdentifierRequest(BaseModel):
-    """``PUT /_sandbox/identifiers``: a stored identifier changed behind the clients' back."""
-
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
-
-    customer_id: str
-    tenant: str | None = Field(default=None, min_length=1)
-    reseller_id: str | None = None
-    internal_identifier: str | None
-
-    @field_validator("customer_id", "reseller_id")
-    @classmethod
-    def _uuid(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return _canonical(value, "is not a UUID")
 
 
 def _canonical(value: str, otherwise: str) -> str:
@@ -127,13 +110,7 @@ def _forget_customer(state: SandboxState, query: Query, body: bytes) -> object:
 
 
 def _overwrite_identifier(state: SandboxState, query: Query, body: bytes) -> object:
-    request = _model(IdentifierRequest, body)
-    lookup = state.overwrite_identifier(
-        tenant=request.tenant,
-        customer_id=request.customer_id,
-        reseller_id=request.reseller_id,
-        internal_identifier=request.internal_identifier,
-    )
+    lookup = state.overwrite_identifier(_model(IdentifierOverwrite, body))
     if lookup != "ok":
         raise ControlError(404, f"{lookup}: nothing to change")
     return _OK

@@ -10,7 +10,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import unquote
 
 from worker.sandbox.auth import (
@@ -35,6 +35,7 @@ from worker.sandbox.faults import Fault, FaultBook, FaultStep, outage_fault
 from worker.sandbox.journal import Journal, JournalEntry, JournalRecord, pack_headers
 from worker.sandbox.protocol import (
     ApiRequest,
+    ErrorItem,
     Reply,
     canonical_uuid,
     error_reply,
@@ -44,7 +45,13 @@ from worker.sandbox.protocol import (
     request_errors,
     validation_reply,
 )
-from worker.sandbox.store import CustomerSpec, CustomerStore, CustomerView, Lookup
+from worker.sandbox.store import (
+    CustomerSpec,
+    CustomerStore,
+    CustomerView,
+    IdentifierOverwrite,
+    Lookup,
+)
 
 _PATCH_PATH = re.compile(r"/v1/Customers/([^/]+)/internal-identifier")
 _GET_PATH = re.compile(r"/v1/Customers/([^/]+)")
@@ -143,10 +150,13 @@ class SandboxState:
             return self._fault_reply(
                 fault.status, retry_after=fault.retry_after, correlation=correlation
             )
-        if plan.route == "patch" and plan.customer_raw is not None:
-            return self._patch(request, plan.customer_raw)
-        if plan.route == "get" and plan.customer_raw is not None:
-            return self._get(request, plan.customer_raw)
+        if plan.route in ("patch", "get") and plan.customer_raw is not None:
+            denied = self._authenticate(request)
+            if denied is not None:
+                return denied
+            errors, customer_id = request_errors(request.headers, plan.customer_raw)
+            serve = self._patch if plan.route == "patch" else self._get
+            return serve(request, errors, customer_id)
         if plan.route == "token":
             return self._token(request)
         if plan.route == "not-allowed":
@@ -203,12 +213,10 @@ class SandboxState:
             return None
         return _EXPIRED if status == "expired" else _UNAUTHORIZED
 
-    def _patch(self, request: ApiRequest, customer_raw: str) -> Reply:
-        denied = self._authenticate(request)
-        if denied is not None:
-            return denied
+    def _patch(
+        self, request: ApiRequest, errors: list[ErrorItem], customer_id: str | None
+    ) -> Reply:
         correlation = request.headers.get("x-correlation-id")
-        errors, customer_id = request_errors(request.headers, customer_raw)
         body, body_errors = parse_patch_body(request.body, request.headers.get("content-type"))
         errors.extend(body_errors)
         if errors or customer_id is None or body is None:
@@ -222,18 +230,12 @@ class SandboxState:
                 internal_identifier=body.internal_identifier,
                 auto_create=self._auto_create,
             )
-        if lookup == "no-customer":
-            return error_reply(
-                404, f"Customer {customer_id} was not found.", correlation_id=correlation
-            )
-        return _FORBIDDEN if lookup == "no-relationship" else _NO_CONTENT
+        if lookup in ("no-customer", "no-relationship"):
+            return _refusal(lookup, customer_id=customer_id, correlation=correlation)
+        return _NO_CONTENT
 
-    def _get(self, request: ApiRequest, customer_raw: str) -> Reply:
-        denied = self._authenticate(request)
-        if denied is not None:
-            return denied
+    def _get(self, request: ApiRequest, errors: list[ErrorItem], customer_id: str | None) -> Reply:
         correlation = request.headers.get("x-correlation-id")
-        errors, customer_id = request_errors(request.headers, customer_raw)
         reseller_raw = request.query.get("resellerId", [""])[0]
         reseller_id = canonical_uuid(reseller_raw) if reseller_raw else None
         if reseller_raw and reseller_id is None:
@@ -247,12 +249,8 @@ class SandboxState:
                 reseller_id=reseller_id,
                 auto_create=self._auto_create,
             )
-        if lookup == "no-customer":
-            return error_reply(
-                404, f"Customer {customer_id} was not found.", correlation_id=correlation
-            )
-        if lookup == "no-relationship":
-            return _FORBIDDEN
+        if lookup in ("no-customer", "no-relationship"):
+            return _refusal(lookup, customer_id=customer_id, correlation=correlation)
         payload = {"id": customer_id, "internalIdentifier": lookup[0], "resellerId": reseller_id}
         return json_reply(200, payload)
 
@@ -306,22 +304,10 @@ class SandboxState:
                 self._customers.register(spec)
         return len(specs)
 
-    def overwrite_identifier(
-        self,
-        *,
-        tenant: str | None,
-        customer_id: str,
-        reseller_id: str | None,
-        internal_identifier: str | None,
-    ) -> Lookup:
+    def overwrite_identifier(self, change: IdentifierOverwrite) -> Lookup:
         """Changes a stored identifier behind the clients' back (no request, no journal entry)."""
         with self._lock:
-            return self._customers.overwrite(
-                tenant=tenant,
-                customer_id=customer_id,
-                reseller_id=reseller_id,
-                internal_identifier=internal_identifier,
-            )
+            return self._customers.overwrite(change)
 
     def forget_customer(self, customer_id: str) -> int:
         with self._lock:
@@ -369,3 +355,15 @@ class SandboxState:
     def snapshot(self) -> list[CustomerView]:
         with self._lock:
             return self._customers.snapshot()
+
+
+def _refusal(
+    lookup: Literal["no-customer", "no-relationship"],
+    *,
+    customer_id: str | None,
+    correlation: str | None,
+) -> Reply:
+    """A customer CloudCockpit does not know (404), or not under this reseller (403)."""
+    if lookup == "no-relationship":
+        return _FORBIDDEN
+    return error_reply(404, f"Customer {customer_id} was not found.", correlation_id=correlation)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
 
 from worker.sandbox.protocol import canonical_uuid
 
@@ -25,6 +26,23 @@ def _uuid(value: str) -> str:
     if canonical is None:
         raise ValueError(f"{value!r} is not a UUID")
     return canonical
+
+
+class IdentifierOverwrite(BaseModel):
+    """``PUT /_sandbox/identifiers``: a stored identifier changed behind the clients' back, as
+    someone in CloudCockpit's portal would. ``tenant`` None: whichever tenant holds the customer."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    customer_id: str
+    tenant: str | None = Field(default=None, min_length=1)
+    reseller_id: str | None = None
+    internal_identifier: str | None
+
+    @field_validator("customer_id", "reseller_id")
+    @classmethod
+    def _ids_are_uuids(cls, value: str | None) -> str | None:
+        return None if value is None else _uuid(value)
 
 
 class CustomerSpec(BaseModel):
@@ -110,26 +128,18 @@ class CustomerStore:
             return (customer.relationships[reseller_id],)
         return (None,) if auto_create else "no-relationship"
 
-    def overwrite(
-        self,
-        *,
-        tenant: str | None,
-        customer_id: str,
-        reseller_id: str | None,
-        internal_identifier: str | None,
-    ) -> Lookup:
-        """Changes a stored identifier as someone in CloudCockpit's portal would: nothing is
-        created. ``tenant`` None: the customer under whichever tenant holds it."""
+    def overwrite(self, change: IdentifierOverwrite) -> Lookup:
+        """Changes a stored identifier; nothing is created."""
         customer = (
-            self._find(tenant, customer_id)
-            if tenant is not None
-            else next((c for c in self._by_key.values() if c.id == customer_id), None)
+            self._find(change.tenant, change.customer_id)
+            if change.tenant is not None
+            else next((c for c in self._by_key.values() if c.id == change.customer_id), None)
         )
         if customer is None:
             return "no-customer"
-        if reseller_id not in customer.relationships:
+        if change.reseller_id not in customer.relationships:
             return "no-relationship"
-        customer.relationships[reseller_id] = internal_identifier
+        customer.relationships[change.reseller_id] = change.internal_identifier
         return "ok"
 
     def forget(self, customer_id: str) -> int:
