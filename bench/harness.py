@@ -24,7 +24,6 @@ from kombu import Connection, Exchange
 
 from bench import bare, fair_celery, naive_celery, pair
 from bench.infra import (
-    ChildProcess,
     TreeSampler,
     Vhost,
     child_process,
@@ -36,7 +35,7 @@ from bench.infra import (
 from worker.constants import EVENT_ROUTING_KEY, EVENT_TYPE, EVENTS_EXCHANGE
 from worker.sandbox import SandboxControl
 from worker.settings import DEFAULT_CONCURRENCY
-from worker.testing import LocalWorker
+from worker.testing import ChildProcess, LocalWorker
 
 TENANT = "bench.example"
 TOKEN = "sandbox-token"
@@ -167,7 +166,26 @@ class System(Protocol):
     def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None: ...
 
 
-class Ccsync:
+class _ChildSystem:
+    """A system that runs as one child process: ``_launch`` starts it, ``stop`` ends it."""
+
+    #: Seconds a warm shutdown may take before the child is killed.
+    stop_timeout = 30.0
+
+    def __init__(self) -> None:
+        self._child: ChildProcess | None = None
+
+    def _launch(self, child: ChildProcess, *, timeout: float) -> int:
+        self._child = child.start(timeout=timeout)
+        return self._child.pid
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.stop(timeout=self.stop_timeout)
+            self._child = None
+
+
+class Ccsync(_ChildSystem):
     name = "ccsync"
 
     def __init__(self, concurrency: int, loglevel: str = "INFO", *, name: str = "ccsync") -> None:
@@ -179,7 +197,7 @@ class Ccsync:
             f"`ccsync worker --concurrency={concurrency}`{default}: {concurrency} calls in "
             f"flight, log level {loglevel}, as shipped"
         )
-        self._worker: LocalWorker | None = None
+        super().__init__()
 
     def env(self, broker_url: str, sandbox_url: str) -> dict[str, str]:
         return {
@@ -193,16 +211,13 @@ class Ccsync:
 
     def start(self, broker_url: str, sandbox_url: str) -> int:
         flush_redis_db(REDIS_DB)
-        self._worker = LocalWorker(
+        worker = LocalWorker(
             self.env(broker_url, sandbox_url), concurrency=self.concurrency, loglevel=self.loglevel
         )
-        self._worker.start(timeout=120)
-        return self._worker.pid
+        return self._launch(worker, timeout=120)
 
     def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
+        super().stop()
         flush_redis_db(REDIS_DB)
 
     def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
@@ -212,30 +227,25 @@ class Ccsync:
 class CcsyncPair(Ccsync):
     """Two ``ccsync worker`` processes on this machine (``bench/pair.py``): scale-out."""
 
+    stop_timeout = 60.0
+
     def __init__(self, concurrency: int, *, name: str = "ccsync-2x32") -> None:
         super().__init__(concurrency, name=name)
         self.description = (
             f"two `ccsync worker --concurrency={concurrency}` processes on this machine, "
             "consuming the same queue (scale-out); memory and CPU of both"
         )
-        self._child: ChildProcess | None = None
 
     def start(self, broker_url: str, sandbox_url: str) -> int:
         flush_redis_db(REDIS_DB)
         argv = [sys.executable, "-m", "bench.pair", f"--concurrency={self.concurrency}"]
-        self._child = child_process(
+        child = child_process(
             argv, env=self.env(broker_url, sandbox_url), ready_marker=pair.READY, name="the pair"
-        ).start(timeout=180)
-        return self._child.pid
-
-    def stop(self) -> None:
-        if self._child is not None:
-            self._child.stop(timeout=60)
-            self._child = None
-        flush_redis_db(REDIS_DB)
+        )
+        return self._launch(child, timeout=180)
 
 
-class Bare:
+class Bare(_ChildSystem):
     name = "bare"
     module = "bench.bare"
     threads = "threads"
@@ -246,7 +256,7 @@ class Bare:
             f"kombu consumer (prefetch {2 * concurrency}), {concurrency} {self.threads} sharing "
             "one httpx client, classic queue, ack after the call"
         )
-        self._child: ChildProcess | None = None
+        super().__init__()
 
     def start(self, broker_url: str, sandbox_url: str) -> int:
         argv = [
@@ -259,15 +269,8 @@ class Bare:
             f"--tenant={TENANT}",
             f"--concurrency={self.concurrency}",
         ]
-        self._child = child_process(
-            argv, env={}, ready_marker=bare.READY, name="the bare worker"
-        ).start()
-        return self._child.pid
-
-    def stop(self) -> None:
-        if self._child is not None:
-            self._child.stop()
-            self._child = None
+        child = child_process(argv, env={}, ready_marker=bare.READY, name="the bare worker")
+        return self._launch(child, timeout=60)
 
     def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
         publish_plain(broker_url, events, tag=tag)
@@ -281,7 +284,7 @@ class BareGevent(Bare):
     threads = "greenlets (gevent)"
 
 
-class _CeleryBaseline:
+class _CeleryBaseline(_ChildSystem):
     """A Celery worker of ``bench/<module>.py``, fed one task message per event."""
 
     name: str
@@ -289,9 +292,6 @@ class _CeleryBaseline:
     task_name: str
     ready: str
     pool: tuple[str, ...] = ()
-
-    def __init__(self) -> None:
-        self._child: ChildProcess | None = None
 
     def start(self, broker_url: str, sandbox_url: str) -> int:
         argv = [sys.executable, "-m", "celery", "-A", f"bench.{self.module}", "worker", *self.pool]
@@ -301,16 +301,10 @@ class _CeleryBaseline:
             "BENCH_TOKEN": TOKEN,
             "BENCH_TENANT": TENANT,
         }
-        self._child = child_process(
+        child = child_process(
             argv, env=env, ready_marker=self.ready, name=f"the {self.module} worker"
         )
-        self._child.start(timeout=90)
-        return self._child.pid
-
-    def stop(self) -> None:
-        if self._child is not None:
-            self._child.stop()
-            self._child = None
+        return self._launch(child, timeout=90)
 
     def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
         publish_celery_tasks(broker_url, events, tag=tag, task_name=self.task_name)

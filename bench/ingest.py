@@ -25,7 +25,6 @@ from kombu import Connection
 from bench.harness import make_events, percentile
 from bench.infra import (
     REPO_ROOT,
-    ChildProcess,
     Vhost,
     ccsync_revision,
     child_process,
@@ -34,6 +33,7 @@ from bench.infra import (
     machine_info,
 )
 from worker.amqp.topology import declare_topology
+from worker.testing import ChildProcess
 
 INGEST_RESULTS: Final = Path(__file__).resolve().parent / "ingest.json"
 MARKDOWN: Final = REPO_ROOT / "BENCHMARKS.md"
