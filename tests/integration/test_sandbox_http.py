@@ -174,15 +174,22 @@ def test_given_many_calls_on_one_connection_when_sent_then_keep_alive_serves_the
     port = int(server.url.rsplit(":", 1)[1])
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        for _ in range(3):
-            sent = headers(**{"Content-Type": "application/json"})
-            connection.request("PATCH", patch_path(new_id()), b"{}", sent)
-            response = connection.getresponse()
-            response.read()
-            assert response.status == 204
+        assert _patch_three_customers(connection) == [204, 204, 204]
         assert connection.sock is not None, "the server kept the connection open"
     finally:
         connection.close()
+
+
+def _patch_three_customers(connection: http.client.HTTPConnection) -> list[int]:
+    """Three PATCHes, one after the other on ``connection``: their statuses."""
+    statuses = []
+    for _ in range(3):
+        sent = headers(**{"Content-Type": "application/json"})
+        connection.request("PATCH", patch_path(new_id()), b"{}", sent)
+        response = connection.getresponse()
+        response.read()
+        statuses.append(response.status)
+    return statuses
 
 
 # --- tokens -------------------------------------------------------------------------------------
@@ -320,15 +327,11 @@ def test_given_64_connections_at_100ms_when_patching_then_they_run_in_parallel(
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
-            for _ in range(3):
-                sent = headers(**{"Content-Type": "application/json"})
-                connection.request("PATCH", patch_path(new_id()), b"{}", sent)
-                response = connection.getresponse()
-                response.read()
-                with lock:
-                    statuses.append(response.status)
+            answered = _patch_three_customers(connection)
         finally:
             connection.close()
+        with lock:
+            statuses.extend(answered)
 
     threads = [threading.Thread(target=client) for _ in range(64)]
     started = time.monotonic()
