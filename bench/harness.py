@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any, Protocol
 
 from kombu import Connection, Exchange
@@ -288,13 +289,12 @@ class _CeleryBaseline(_ChildSystem):
     """A Celery worker of ``bench/<module>.py``, fed one task message per event."""
 
     name: str
-    module: str
-    task_name: str
-    ready: str
+    #: The baseline's module: its Celery app, ``TASK_NAME`` and ``READY`` line.
+    module: ModuleType
     pool: tuple[str, ...] = ()
 
     def start(self, broker_url: str, sandbox_url: str) -> int:
-        argv = [sys.executable, "-m", "celery", "-A", f"bench.{self.module}", "worker", *self.pool]
+        argv = [sys.executable, "-m", "celery", "-A", self.module.__name__, "worker", *self.pool]
         env = {
             "BENCH_BROKER_URL": broker_url,
             "BENCH_BASE_URL": sandbox_url,
@@ -302,21 +302,19 @@ class _CeleryBaseline(_ChildSystem):
             "BENCH_TENANT": TENANT,
         }
         child = child_process(
-            argv, env=env, ready_marker=self.ready, name=f"the {self.module} worker"
+            argv, env=env, ready_marker=self.module.READY, name=f"the {self.module.__name__} worker"
         )
         return self._launch(child, timeout=90)
 
     def publish(self, broker_url: str, events: Sequence[dict[str, Any]], *, tag: str) -> None:
-        publish_celery_tasks(broker_url, events, tag=tag, task_name=self.task_name)
+        publish_celery_tasks(broker_url, events, tag=tag, task_name=self.module.TASK_NAME)
 
 
 class FairCelery(_CeleryBaseline):
     """``bench/fair_celery.py``: threads pool, 32 threads, one shared httpx client, acks_late."""
 
     name = "celery"
-    module = "fair_celery"
-    task_name = fair_celery.TASK_NAME
-    ready = fair_celery.READY
+    module = fair_celery
     pool = (
         "-P",
         "threads",
@@ -337,9 +335,7 @@ class NaiveCelery(_CeleryBaseline):
     """``bench/naive_celery.py``: prefork at its defaults, a new httpx client per call."""
 
     name = "naive"
-    module = "naive_celery"
-    task_name = naive_celery.TASK_NAME
-    ready = naive_celery.READY
+    module = naive_celery
     description = (
         f"Celery task per event, prefork pool, default concurrency ({os.cpu_count()} here), "
         "new httpx client per call"
