@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.cloudcockpit.client import Change, CloudCockpitClient, make_async_http_client
+from worker.cloudcockpit.client import Change, CloudCockpitClient, make_async_connection
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken
 from worker.exceptions import RelationshipBusy, TokenRejected
 from worker.processing.ledger import Hold
@@ -77,8 +77,10 @@ def test_given_keep_alive_then_one_connection_serves_many_calls() -> None:
             writer.write(ANSWER)
 
     async def main() -> list[int]:
-        async with server(handle) as url, make_async_http_client(settings()) as http:
-            return [(await http.patch(f"{url}/x", json={"a": 1})).status_code for _ in range(5)]
+        async with server(handle) as url, make_async_connection(settings()) as connection:
+            return [
+                (await connection.patch(f"{url}/x", body={"a": 1})).status_code for _ in range(5)
+            ]
 
     assert asyncio.run(main()) == [204] * 5
     assert connections == 1
@@ -96,10 +98,10 @@ def test_given_the_server_closed_an_idle_connection_then_the_next_call_takes_a_n
         writer.close()  # keep-alive refused after the answer
 
     async def main() -> list[int]:
-        async with server(handle) as url, make_async_http_client(settings()) as http:
-            first = await http.patch(f"{url}/x", json={})
+        async with server(handle) as url, make_async_connection(settings()) as connection:
+            first = await connection.patch(f"{url}/x", body={})
             await asyncio.sleep(0.05)  # the close reaches the client before its next call
-            second = await http.patch(f"{url}/x", json={})
+            second = await connection.patch(f"{url}/x", body={})
             return [first.status_code, second.status_code]
 
     assert asyncio.run(main()) == [204, 204]
@@ -114,10 +116,12 @@ def test_given_a_second_call_during_one_then_it_fails_and_the_first_is_answered(
         await writer.drain()
 
     async def main() -> list[object]:
-        async with server(handle) as url, make_async_http_client(settings()) as http:
-            first = asyncio.create_task(http.patch(f"{url}/x", json={}))
+        async with server(handle) as url, make_async_connection(settings()) as connection:
+            first = asyncio.create_task(connection.patch(f"{url}/x", body={}))
             await asyncio.sleep(0.02)  # the first request is on the wire
-            second = await asyncio.gather(http.patch(f"{url}/x", json={}), return_exceptions=True)
+            second = await asyncio.gather(
+                connection.patch(f"{url}/x", body={}), return_exceptions=True
+            )
             return [(await first).status_code, type(second[0])]
 
     assert asyncio.run(main()) == [204, RuntimeError]
@@ -134,11 +138,11 @@ def test_given_a_failed_connect_then_the_next_call_connects_anew() -> None:
         await writer.drain()
 
     async def main() -> int:
-        async with make_async_http_client(settings()) as http:
+        async with make_async_connection(settings()) as connection:
             with pytest.raises(httpx.ConnectError):
-                await http.patch(f"http://127.0.0.1:{port}/x", json={})
+                await connection.patch(f"http://127.0.0.1:{port}/x", body={})
             async with server(handle) as url:
-                return (await http.patch(f"{url}/x", json={})).status_code
+                return (await connection.patch(f"{url}/x", body={})).status_code
 
     assert asyncio.run(main()) == 204
 
@@ -151,9 +155,9 @@ def test_given_no_answer_within_the_read_timeout_then_read_timeout() -> None:
     async def main() -> None:
         async with (
             server(handle) as url,
-            make_async_http_client(settings(http_timeout=0.2)) as http,
+            make_async_connection(settings(http_timeout=0.2)) as connection,
         ):
-            await http.patch(f"{url}/x", json={})
+            await connection.patch(f"{url}/x", body={})
 
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
@@ -167,8 +171,8 @@ def test_given_the_server_drops_the_connection_before_answering_then_no_answer()
         writer.transport.abort()
 
     async def main() -> None:
-        async with server(handle) as url, make_async_http_client(settings()) as http:
-            await http.patch(f"{url}/x", json={})
+        async with server(handle) as url, make_async_connection(settings()) as connection:
+            await connection.patch(f"{url}/x", body={})
 
     with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
         asyncio.run(main())
@@ -180,8 +184,8 @@ def test_given_nothing_listens_then_connect_error_the_call_never_left() -> None:
         port = probe.getsockname()[1]
 
     async def main() -> None:
-        async with make_async_http_client(settings()) as http:
-            await http.patch(f"http://127.0.0.1:{port}/x", json={})
+        async with make_async_connection(settings()) as connection:
+            await connection.patch(f"http://127.0.0.1:{port}/x", body={})
 
     with pytest.raises(httpx.ConnectError):
         asyncio.run(main())
@@ -197,7 +201,8 @@ def _change_through(
     """One change of ``CUSTOMER`` under tenant portal.example.com, ``answer`` answering it."""
 
     async def main() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        transport = httpx.MockTransport(answer)
+        async with make_async_connection(settings(), transport=transport) as connection:
             change = Change(
                 tenant="portal.example.com",
                 customer_id=CUSTOMER,
@@ -205,7 +210,7 @@ def _change_through(
                 internal_identifier=internal_identifier,
                 correlation_id=correlation_id,
             )
-            await api.set_internal_identifier_async(http, change)
+            await api.set_internal_identifier_async(connection, change)
 
     asyncio.run(main())
 
@@ -291,7 +296,7 @@ class FencingApplier:
         self.ledger = ledger
         self.fenced: dict[str, str] = {}
 
-    async def send_async(self, call: Any, *, http: Any, fence: Any) -> None:
+    async def send_async(self, call: Any, *, connection: Any, fence: Any) -> None:
         try:
             await fence(call.hold, 10.0)
             self.fenced[call.hold.token] = "fenced"
@@ -313,7 +318,7 @@ def test_the_caller_fences_many_calls_in_few_round_trips_each_with_its_own_verdi
     caller = Caller(
         applier=applier,  # type: ignore[arg-type]
         lanes=16,
-        make_http=lambda: None,  # type: ignore[arg-type, return-value]
+        make_connection=lambda: None,  # type: ignore[arg-type, return-value]
         on_taken=lambda: None,
         on_called=on_called,
         on_lost=lambda message: None,
@@ -343,17 +348,17 @@ def test_under_a_light_load_the_last_lane_to_finish_takes_the_next_call() -> Non
     class Sending:
         ledger = FencingLedger(lost=set())
 
-        async def send_async(self, call: Any, *, http: Any, fence: Any) -> None:
+        async def send_async(self, call: Any, *, connection: Any, fence: Any) -> None:
             pass
 
-    def make_http() -> Any:
+    def make_connection() -> Any:
         made.append(object())
         return made[-1]
 
     caller = Caller(
         applier=Sending(),  # type: ignore[arg-type]
         lanes=16,
-        make_http=make_http,
+        make_connection=make_connection,
         on_taken=lambda: None,
         on_called=lambda call, message: called.release(),
         on_lost=lambda message: None,
@@ -363,5 +368,5 @@ def test_under_a_light_load_the_last_lane_to_finish_takes_the_next_call() -> Non
         assert called.acquire(timeout=5)
         time.sleep(0.01)
 
-    # Then one lane made every call, over one client (one kept-alive connection)
+    # Then one lane made every call, over one kept-alive connection
     assert len(made) == 1

@@ -26,7 +26,7 @@ from tests.unit.test_apply import CUSTOMER, EXPECTED_CORRELATION, RESELLER, Reco
 from tests.unit.test_apply import ENVELOPE as PLAIN_ENVELOPE
 from worker.cloudcockpit.client import (
     CloudCockpitClient,
-    make_async_http_client,
+    make_async_connection,
     make_http_client,
     make_token_source,
 )
@@ -202,8 +202,8 @@ def test_given_spans_recorded_when_called_from_the_event_loop_then_the_call_is_a
     async def first_attempt() -> Outcome:
         call = applier.prepare(_attempt(1))
         call.hold = applier.ledger.acquire(call.relationship, call.attempt.event.event_id)
-        async with make_async_http_client(settings) as http:
-            await applier.send_async(call, http=http, fence=fence)
+        async with make_async_connection(settings) as connection:
+            await applier.send_async(call, connection=connection, fence=fence)
         applier.leave_all([call])
         return applier.conclude(call)
 

@@ -9,11 +9,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
 from worker.cloudcockpit.answers import describe_transport_error, raise_for_answer
+from worker.cloudcockpit.connection import AsyncConnection, environment_proxy
 from worker.cloudcockpit.streams import AsyncioTransport
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken, TokenSource
 from worker.exceptions import ApiRejected, TokenRejected, TransientFailure
@@ -56,46 +56,48 @@ def make_http_client(
     tls: ssl.SSLContext | None = None,
 ) -> httpx.Client:
     """The one way ccsync makes an httpx client: explicit timeouts, bounded pool, TLS verified."""
-    tls = tls or tls_context(settings)
     return httpx.Client(
-        transport=transport, **_client_options(settings, tls, max_connections=max_connections)
+        transport=transport,
+        timeout=_timeout(settings),
+        limits=_limits(max_connections),
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,
+        verify=tls or tls_context(settings),
     )
 
 
-def make_async_http_client(
+def make_async_connection(
     settings: Settings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     tls: ssl.SSLContext | None = None,
-) -> httpx.AsyncClient:
+) -> AsyncConnection:
     """``make_http_client`` for an event loop, for one request at a time: the same timeouts,
-    headers and TLS, one connection, its socket on asyncio directly (``streams``).
+    headers and TLS, one connection, its socket on asyncio directly (``streams``), or through
+    the proxy the environment names for the API (``environment_proxy``).
 
-    The worker gives each of its calls in flight a client of its own (README, "Concurrency
+    The worker gives each of its calls in flight a connection of its own (README, "Concurrency
     model"): a pool shared by hundreds of calls looks at every connection on each request.
     """
-    tls = tls or tls_context(settings)
-    options = _client_options(settings, tls, max_connections=1)
-    transport = transport or AsyncioTransport(
-        verify=tls, keepalive_expiry=options["limits"].keepalive_expiry
+    if transport is None:
+        tls = tls or tls_context(settings)
+        limits = _limits(1)
+        proxy = environment_proxy(settings.base_url)
+        transport = (
+            AsyncioTransport(verify=tls, keepalive_expiry=limits.keepalive_expiry)
+            if proxy is None
+            else httpx.AsyncHTTPTransport(verify=tls, limits=limits, proxy=proxy)
+        )
+    return AsyncConnection(
+        transport=transport, timeout=_timeout(settings), headers={"User-Agent": USER_AGENT}
     )
-    return httpx.AsyncClient(transport=transport, **options)
 
 
-def _client_options(
-    settings: Settings, tls: ssl.SSLContext, *, max_connections: int
-) -> dict[str, Any]:
-    """What every client of ccsync is made with, sync or async."""
+def _timeout(settings: Settings) -> httpx.Timeout:
     timeouts = settings.timeouts
-    return {
-        "timeout": httpx.Timeout(
-            connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
-        ),
-        "limits": _limits(max_connections),
-        "headers": {"User-Agent": USER_AGENT},
-        "follow_redirects": False,
-        "verify": tls,
-    }
+    return httpx.Timeout(
+        connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
+    )
 
 
 def _limits(max_connections: int) -> httpx.Limits:
@@ -190,20 +192,24 @@ class CloudCockpitClient:
                 raise TokenRejected("HTTP 401 with a renewed token", 401)
         raise_for_answer(response)
 
-    async def set_internal_identifier_async(self, http: httpx.AsyncClient, change: Change) -> None:
-        """``set_internal_identifier`` in an event loop, through ``http``: the same request, the
-        same renewal once after a 401, the same answers. A token fetch or renewal runs in a
-        thread of the loop's executor, so the loop never waits on the token endpoint; the token
-        source still lets one fetch run at a time and keeps a valid token in use meanwhile."""
+    async def set_internal_identifier_async(
+        self, connection: AsyncConnection, change: Change
+    ) -> None:
+        """``set_internal_identifier`` in an event loop, through ``connection``: the same
+        request, the same renewal once after a 401, the same answers. A token fetch or renewal
+        runs in a thread of the loop's executor, so the loop never waits on the token endpoint;
+        the token source still lets one fetch run at a time and keeps a valid token in use
+        meanwhile."""
         url = self._base_url + change.path
         token = self._tokens.cached()
         if token is None:
             token = await asyncio.to_thread(self._tokens.token)
-        response = await _patch_async(http, url, body=change.body, headers=_headers(change, token))
+        headers = _headers(change, token)
+        response = await _patch_async(connection, url, body=change.body, headers=headers)
         if response.status_code == 401:
             renewed = await asyncio.to_thread(self._tokens.renew, token)
             headers = _headers(change, renewed)
-            response = await _patch_async(http, url, body=change.body, headers=headers)
+            response = await _patch_async(connection, url, body=change.body, headers=headers)
             if response.status_code == 401:
                 raise TokenRejected("HTTP 401 with a renewed token", 401)
         raise_for_answer(response)
@@ -307,11 +313,15 @@ def _headers(change: Change, token: str) -> dict[str, str]:
 
 
 async def _patch_async(
-    http: httpx.AsyncClient, url: str, *, body: dict[str, str | None], headers: dict[str, str]
+    connection: AsyncConnection,
+    url: str,
+    *,
+    body: dict[str, str | None],
+    headers: dict[str, str],
 ) -> httpx.Response:
     started = time.monotonic()
     try:
-        response = await http.patch(url, json=body, headers=headers)
+        response = await connection.patch(url, body=body, headers=headers)
     except httpx.TransportError as exc:
         _observe_call(started, None)
         raise describe_transport_error(exc) from None

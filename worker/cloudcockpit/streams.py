@@ -4,9 +4,9 @@ httpx's async transport reaches its sockets through anyio, which wraps every rea
 a cancel scope and a timer and asks the socket, with a system call, whether an idle connection
 is still open before each request. In a worker whose event loop makes every call, that
 bookkeeping cost about as much CPU as the rest of the request (README, "Concurrency model").
-This backend keeps httpx (client, pool, HTTP/1.1, answers, exceptions) and only replaces the
-lowest layer with an ``asyncio.Protocol``: a read waits for ``data_received``, a write hands
-the bytes to the transport, each with its timeout as one timer of the loop.
+This backend keeps httpx and httpcore (requests, HTTP/1.1, answers, exceptions) and only
+replaces the lowest layer with an ``asyncio.Protocol``: a read waits for ``data_received``, a
+write hands the bytes to the transport, each with its timeout as one timer of the loop.
 
 Failures are raised as httpcore's own exceptions, which httpx maps as usual: a connection that
 could not be made is ``ConnectError``/``ConnectTimeout`` (the request never left), one broken
@@ -289,7 +289,7 @@ class _OneConnection:
         except httpcore.ConnectionNotAvailable:
             raise RuntimeError(
                 "a request was made while another was under way on the same client: make "
-                "one client per concurrent caller (make_async_http_client)"
+                "one connection per concurrent caller (make_async_connection)"
             ) from None
 
     async def _replace(self, origin: httpcore.Origin) -> httpcore.AsyncHTTPConnection:
@@ -316,13 +316,13 @@ class _OneConnection:
 
 
 class AsyncioTransport(httpx.AsyncHTTPTransport):
-    """httpx's async transport for a client that makes one request at a time, over one
-    connection on ``AsyncioBackend``.
+    """httpx's async transport for a caller that makes one request at a time
+    (``AsyncConnection``), over one connection on ``AsyncioBackend``.
 
     httpx builds its connection pool itself and takes no network backend, so what serves its
     requests is replaced here (``_OneConnection``); httpx's own request and response handling,
     and the tracing that wraps it, stay. ccsync sets no proxy on this transport; a proxy from
-    the environment gets httpx's own transport.
+    the environment gets httpx's own transport (``make_async_connection``).
     """
 
     def __init__(self, *, verify: ssl.SSLContext, keepalive_expiry: float | None) -> None:

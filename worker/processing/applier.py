@@ -48,8 +48,9 @@ from worker.processing.outage import Admission, OutageGuard
 from worker.settings import HttpTimeouts
 
 if TYPE_CHECKING:
-    import httpx
     from opentelemetry.context import Context
+
+    from worker.cloudcockpit.connection import AsyncConnection
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +240,8 @@ class Applier:
                     self.api.set_internal_identifier(_change(call))
                 self._called(call, started)
 
-    async def send_async(self, call: Call, *, http: httpx.AsyncClient, fence: Fence) -> None:
-        """``send`` in an event loop: the call through ``http``, and ``fence`` (the ledger's
+    async def send_async(self, call: Call, *, connection: AsyncConnection, fence: Fence) -> None:
+        """``send`` in an event loop: the call through ``connection``, and ``fence`` (the ledger's
         ``fence_all`` for every call the loop is about to make, in one round trip) in place of
         ``Ledger.fence``, right before it. Same verdicts, same failures, same lease."""
         with self._settling(call):
@@ -251,7 +252,7 @@ class Applier:
             if self._still_new(call):
                 started = time.monotonic()
                 with tracing.calling(call.trace):
-                    await self.api.set_internal_identifier_async(http, _change(call))
+                    await self.api.set_internal_identifier_async(connection, _change(call))
                 self._called(call, started)
 
     @contextlib.contextmanager

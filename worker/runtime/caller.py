@@ -2,7 +2,7 @@
 
 The gate hands each event whose relationship it holds to ``Caller.put``. One thread runs an
 asyncio loop with a fixed number of lanes (the worker's calls in flight); a lane takes the next
-event, fences its lock and makes its call (``Applier.send_async``) through an httpx client of its
+event, fences its lock and makes its call (``Applier.send_async``) through a connection of its
 own, then hands it to the settler. Hundreds of calls can wait on CloudCockpit at once for the
 price of a coroutine each, where a thread per call costs a thread switch, and a turn of the GIL,
 at every step of every call (the measurements are in README.md, "Concurrency model").
@@ -23,9 +23,9 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 from kombu.message import Message
 
+from worker.cloudcockpit.connection import AsyncConnection
 from worker.exceptions import RelationshipBusy
 from worker.processing.applier import Applier
 from worker.processing.attempts import Call
@@ -48,8 +48,8 @@ class Caller:
 
     ``on_taken`` runs when a lane takes an event (the gate counts the events waiting for one),
     ``on_called`` gets each call made (or not made: verdict, failure), ``on_lost`` the message of
-    a call that failed on a bug; all three run in the caller's thread. ``make_http`` makes a
-    lane's client, in that thread, on the lane's first call.
+    a call that failed on a bug; all three run in the caller's thread. ``make_connection``
+    makes a lane's connection, in that thread, on the lane's first call.
     """
 
     def __init__(
@@ -57,13 +57,13 @@ class Caller:
         *,
         applier: Applier,
         lanes: int,
-        make_http: Callable[[], httpx.AsyncClient],
+        make_connection: Callable[[], AsyncConnection],
         on_taken: Callable[[], None],
         on_called: CallHandler,
         on_lost: Callable[[Message], None],
     ) -> None:
         self._applier = applier
-        self._make_http = make_http
+        self._make_connection = make_connection
         self._on_taken = on_taken
         self._on_called = on_called
         self._on_lost = on_lost
@@ -114,14 +114,14 @@ class Caller:
         self._loop.run_forever()
 
     async def _lane(self) -> None:
-        http: httpx.AsyncClient | None = None
+        connection: AsyncConnection | None = None
         while True:
             call, message = await self._next()
             self._on_taken()
             try:
-                if http is None:
-                    http = self._make_http()
-                await self._applier.send_async(call, http=http, fence=self._fence)
+                if connection is None:
+                    connection = self._make_connection()
+                await self._applier.send_async(call, connection=connection, fence=self._fence)
             except Exception:
                 log.exception("event %s: no outcome could be recorded", call.attempt.event.event_id)
                 self._on_lost(message)

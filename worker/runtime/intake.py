@@ -27,7 +27,7 @@ from kombu.common import ignore_errors
 from kombu.message import Message
 
 from worker.amqp.topology import events_queue, publish_declaring_topology
-from worker.cloudcockpit.client import make_async_http_client, tls_context
+from worker.cloudcockpit.client import make_async_connection, tls_context
 from worker.constants import (
     DELIVERY_LIMIT,
     EVENTS_QUEUE,
@@ -341,7 +341,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             caller = Caller(
                 applier=applier,
                 lanes=self._services.calls_in_flight,
-                make_http=lambda: make_async_http_client(settings, tls=tls),
+                make_connection=lambda: make_async_connection(settings, tls=tls),
                 on_taken=gate.decrement_backlog,
                 on_called=settler.put,
                 on_lost=self._requeue,

@@ -1,0 +1,84 @@
+"""One caller's way to CloudCockpit in an event loop: httpx's requests and responses over one
+transport, without httpx's client around them.
+
+httpx's ``AsyncClient`` merges a base URL, default headers and cookies into every request and
+runs it through its auth and redirect machinery; ccsync uses none of them (no redirects are
+followed, no cookies are kept, the token is a header), yet that bookkeeping cost about as much
+CPU as the transport itself (README, "Concurrency model"). ``AsyncConnection`` builds the
+``httpx.Request`` and hands it to the transport directly: the same request on the wire, the same
+``httpx.Response``, the same exceptions (the transport maps httpcore's), the same timeouts, and
+the OpenTelemetry httpx instrumentation still wraps the transport.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+import urllib.request
+from types import TracebackType
+
+import httpx
+
+__all__ = ["AsyncConnection", "environment_proxy"]
+
+
+class AsyncConnection:
+    """Sends one request at a time through ``transport``, with ``headers`` on each and
+    ``timeout`` bounding each phase (connect, write, read, waiting for the connection).
+
+    Answers are read whole before they are returned; a failure to read one closes it.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: httpx.AsyncBaseTransport,
+        timeout: httpx.Timeout,
+        headers: dict[str, str],
+    ) -> None:
+        self._transport = transport
+        self._extensions = {"timeout": timeout.as_dict()}
+        self._headers = headers
+
+    async def patch(
+        self, url: str, *, body: object, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """``PATCH url`` with ``body`` as JSON (encoded as httpx encodes ``json=``)."""
+        request = httpx.Request(
+            "PATCH",
+            url,
+            json=body,
+            headers=self._headers if headers is None else self._headers | headers,
+            extensions=self._extensions,
+        )
+        response = await self._transport.handle_async_request(request)
+        try:
+            await response.aread()
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> AsyncConnection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url``, as httpx's clients would use it:
+    ``HTTPS_PROXY`` (or ``HTTP_PROXY``, by the URL's scheme), else ``ALL_PROXY``; none for a
+    host that ``NO_PROXY`` lists."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
