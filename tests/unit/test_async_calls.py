@@ -4,6 +4,7 @@ its token handling, and the caller's batched fences."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from worker.cloudcockpit.client import Change, CloudCockpitClient, make_async_connection
+from worker.cloudcockpit.connection import environment_proxy
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken
 from worker.exceptions import RelationshipBusy, TokenRejected
 from worker.processing.ledger import Hold
@@ -189,6 +191,49 @@ def test_given_nothing_listens_then_connect_error_the_call_never_left() -> None:
 
     with pytest.raises(httpx.ConnectError):
         asyncio.run(main())
+
+
+def without_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+
+
+def test_the_proxy_of_the_environment_is_the_one_for_the_scheme_unless_no_proxy_lists_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_proxies(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("ALL_PROXY", "http://all.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+
+    assert environment_proxy("https://api.cloudcockpit.com") == "http://proxy.example:3128"
+    assert environment_proxy("http://api.cloudcockpit.com") == "http://all.example:3128"
+    assert environment_proxy("https://internal.example/v1") is None
+
+
+def test_given_a_proxy_in_the_environment_then_the_call_goes_through_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_proxies(monkeypatch)
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await read_request(reader))
+        writer.write(ANSWER)
+        await writer.drain()
+
+    async def main() -> int:
+        async with server(handle) as proxy:
+            monkeypatch.setenv("HTTP_PROXY", proxy)
+            api = Settings(base_url="http://cc.example.test", token="t")
+            async with make_async_connection(api) as connection:
+                answer = await connection.patch("http://cc.example.test/x", body={"a": 1})
+                return answer.status_code
+
+    assert asyncio.run(main()) == 204
+    assert received[0].startswith(b"PATCH http://cc.example.test/x HTTP/1.1\r\n")
+    assert received[0].endswith(b'{"a":1}')
 
 
 def _change_through(
