@@ -227,7 +227,8 @@ def test_given_a_proxy_in_the_environment_then_the_call_goes_through_it(
         async with server(handle) as proxy:
             monkeypatch.setenv("HTTP_PROXY", proxy)
             api = Settings(base_url="http://cc.example.test", token="t")
-            async with make_async_connection(api) as connection:
+            connection = make_async_connection(api, proxy=environment_proxy(api.base_url))
+            async with connection:
                 answer = await connection.patch("http://cc.example.test/x", body={"a": 1})
                 return answer.status_code
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import httpx
 
 from worker.cloudcockpit.answers import describe_transport_error, raise_for_answer
-from worker.cloudcockpit.connection import AsyncConnection, environment_proxy
+from worker.cloudcockpit.connection import AsyncConnection
 from worker.cloudcockpit.streams import AsyncioTransport
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken, TokenSource
 from worker.exceptions import ApiRejected, TokenRejected, TransientFailure
@@ -71,10 +71,11 @@ def make_async_connection(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     tls: ssl.SSLContext | None = None,
+    proxy: str | None = None,
 ) -> AsyncConnection:
     """``make_http_client`` for an event loop, for one request at a time: the same timeouts,
     headers and TLS, one connection, its socket on asyncio directly (``streams``), or through
-    the proxy the environment names for the API (``environment_proxy``).
+    ``proxy`` (the worker passes the one the environment names, ``environment_proxy``).
 
     The worker gives each of its calls in flight a connection of its own (README, "Concurrency
     model"): a pool shared by hundreds of calls looks at every connection on each request.
@@ -82,7 +83,6 @@ def make_async_connection(
     if transport is None:
         tls = tls or tls_context(settings)
         limits = _limits(1)
-        proxy = environment_proxy(settings.base_url)
         transport = (
             AsyncioTransport(verify=tls, keepalive_expiry=limits.keepalive_expiry)
             if proxy is None

@@ -28,6 +28,7 @@ from kombu.message import Message
 
 from worker.amqp.topology import events_queue, publish_declaring_topology
 from worker.cloudcockpit.client import make_async_connection, tls_context
+from worker.cloudcockpit.connection import environment_proxy
 from worker.constants import (
     DELIVERY_LIMIT,
     EVENTS_QUEUE,
@@ -338,10 +339,11 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             )
             settings = self._services.ccsync_settings
             tls = tls_context(settings)
+            proxy = environment_proxy(settings.base_url)
             caller = Caller(
                 applier=applier,
                 lanes=self._services.calls_in_flight,
-                make_connection=lambda: make_async_connection(settings, tls=tls),
+                make_connection=lambda: make_async_connection(settings, tls=tls, proxy=proxy),
                 on_taken=gate.decrement_backlog,
                 on_called=settler.put,
                 on_lost=self._requeue,
