@@ -18,8 +18,6 @@ from types import TracebackType
 
 import httpx
 
-__all__ = ["AsyncConnection", "environment_proxy"]
-
 
 class AsyncConnection:
     """Sends one request at a time through ``transport``, with ``headers`` on each and
