@@ -42,8 +42,8 @@ DEFAULT_BROKER_CONNECT_TIMEOUT: Final = 30.0
 #: little; an event from further ahead would win over every real update until that time comes.
 DEFAULT_MAX_CLOCK_SKEW_SECONDS: Final = 300.0
 
-#: Seconds a relationship stays taken for an event waiting for a pool thread; right before its
-#: call, the lock is checked and extended to cover the whole call (``worker.processing.ledger``).
+#: Seconds a relationship stays taken for an event waiting for a lane of the caller; right before
+#: its call, the lock is checked and extended to cover the call (``worker.processing.ledger``).
 DEFAULT_LOCK_TTL_SECONDS: Final = 60.0
 #: Seconds a relationship stays held after a call that may still be applied (no answer, or a 5xx).
 DEFAULT_UNANSWERED_HOLD_SECONDS: Final = 30.0

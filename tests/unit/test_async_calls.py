@@ -365,10 +365,10 @@ def test_the_caller_fences_many_calls_in_few_round_trips_each_with_its_own_verdi
         applier=applier,  # type: ignore[arg-type]
         lanes=16,
         make_connection=lambda: None,  # type: ignore[arg-type, return-value]
-        on_taken=lambda: None,
         on_called=on_called,
-        on_lost=lambda message: None,
+        on_lost=lambda call, message: None,
     )
+    threading.Thread(target=caller.run, args=(lambda: None,), daemon=True).start()
 
     class FakeCall:
         def __init__(self, token: str) -> None:
@@ -405,10 +405,10 @@ def test_under_a_light_load_the_last_lane_to_finish_takes_the_next_call() -> Non
         applier=Sending(),  # type: ignore[arg-type]
         lanes=16,
         make_connection=make_connection,
-        on_taken=lambda: None,
         on_called=lambda call, message: called.release(),
-        on_lost=lambda message: None,
+        on_lost=lambda call, message: None,
     )
+    threading.Thread(target=caller.run, args=(lambda: None,), daemon=True).start()
     for _ in range(10):
         caller.put(object(), object())  # type: ignore[arg-type]
         assert called.acquire(timeout=5)

@@ -87,15 +87,16 @@ def make_applier(
     return applier, forwarder
 
 
-def gate_over(ledger: Ledger) -> tuple[Gate, Handed, Handed, list[Any]]:
-    held, decided = Handed(), Handed()
-    lost: list[Any] = []
-    return (
-        Gate(ledger=ledger, on_held=held, on_decided=decided, on_lost=lost.append),
-        held,
-        decided,
-        lost,
-    )
+def running(loop: Callable[[Callable[[], None]], None]) -> None:
+    """A stage's loop in a thread of its own, as the pipeline runs it (unsupervised here)."""
+    threading.Thread(target=loop, args=(lambda: None,), daemon=True).start()
+
+
+def gate_over(ledger: Ledger) -> tuple[Gate, Handed, Handed, Handed]:
+    held, decided, lost = Handed(), Handed(), Handed()
+    gate = Gate(ledger=ledger, on_held=held, on_decided=decided, on_lost=lost, backlog=lambda: 0)
+    running(gate.run)
+    return gate, held, decided, lost
 
 
 # --- the gate --------------------------------------------------------------------------------
@@ -208,6 +209,7 @@ def settled_batch(
 ) -> tuple[InFlightMessages, Settler, list[tuple[Call, StandInMessage]]]:
     in_flight = InFlightMessages()
     settler = Settler(applier=applier, in_flight=in_flight, on_settled=on_settled)
+    running(settler.run)
     batch = []
     for number in range(count):
         call = applier.prepare(event_attempt())

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from kombu import Connection
 from kombu.utils.url import maybe_sanitize_url
 
+from worker.amqp.confirms import bounded_confirm_transport
 from worker.exceptions import BrokerUnreachable
 from worker.settings import Settings
 
@@ -51,7 +52,11 @@ def broker_ssl_options(settings: Settings) -> dict[str, Any] | None:
 
 class FailoverConnection(Connection):  # type: ignore[misc]
     """A kombu connection that, switching to another broker of its list, checks that broker's
-    certificate against its own host name (kombu would keep the first broker's)."""
+    certificate against its own host name (kombu would keep the first broker's), and whose
+    publisher confirms are bounded (``worker.amqp.confirms``)."""
+
+    def get_transport_cls(self) -> Any:
+        return bounded_confirm_transport(super().get_transport_cls())
 
     def switch(self, conn_str: str) -> None:
         super().switch(conn_str)

@@ -1,8 +1,9 @@
 """The worker's HTTP endpoints on ``CCSYNC_METRICS_PORT``: ``/metrics``, ``/livez``, ``/readyz``.
 
-``/livez`` (liveness) answers from ``LoopHeartbeat``: the worker's event loop beats it, so a loop
-that hangs (or a process stopped outright, which answers nothing) fails it, while a worker that
-consumes nothing on purpose (paused, outage protection) still passes. ``/readyz`` (readiness) asks
+``/livez`` (liveness) answers from ``Liveness``: the heartbeats of the worker's event loop and of
+each stage of its pipeline. A loop or stage that hangs (or a process stopped outright, which
+answers nothing) fails it, while a worker that consumes nothing on purpose (paused, outage
+protection) still passes. ``/readyz`` (readiness) asks
 the worker's own broker connection, ledger, token cache and CloudCockpit. Each answers 200 or 503
 with one line per part.
 """
@@ -29,15 +30,22 @@ class ProbeAnswer:
 
 
 class LoopHeartbeat:
-    """When the worker's event loop last ran a timer; thread-safe.
+    """When a loop (the worker's event loop, a stage's thread) last went round; thread-safe.
 
     Alive while the last beat is at most ``threshold`` seconds old, and while the worker
     reconnects to the broker (Celery then retries in the loop's thread, which beats nothing).
     Until the first beat, the time of creation counts as one: startup gets ``threshold`` too.
     """
 
-    def __init__(self, threshold: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        threshold: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        name: str = "event loop",
+    ) -> None:
         self.threshold = threshold
+        self.name = name
         self._clock = clock
         self._lock = threading.Lock()
         self._last = clock()
@@ -52,6 +60,11 @@ class LoopHeartbeat:
         with self._lock:
             self._reconnecting = True
 
+    def age(self) -> float:
+        """Seconds since the last beat."""
+        with self._lock:
+            return self._clock() - self._last
+
     def check(self) -> ProbeAnswer:
         with self._lock:
             age = self._clock() - self._last
@@ -60,9 +73,28 @@ class LoopHeartbeat:
             return ProbeAnswer(True, f"reconnecting to the broker (loop beat {age:.1f}s ago)")
         if age > self.threshold:
             return ProbeAnswer(
-                False, f"event loop last beat {age:.1f}s ago (threshold {self.threshold:g}s)"
+                False, f"{self.name} last beat {age:.1f}s ago (threshold {self.threshold:g}s)"
             )
-        return ProbeAnswer(True, f"event loop beat {age:.1f}s ago")
+        return ProbeAnswer(True, f"{self.name} beat {age:.1f}s ago")
+
+
+class Liveness:
+    """What /livez asks: every heartbeat watched, alive only while each of them is."""
+
+    def __init__(self, *heartbeats: LoopHeartbeat) -> None:
+        self._lock = threading.Lock()
+        self._heartbeats = list(heartbeats)
+
+    def watch(self, heartbeat: LoopHeartbeat) -> None:
+        with self._lock:
+            self._heartbeats.append(heartbeat)
+
+    def check(self) -> ProbeAnswer:
+        with self._lock:
+            answers = [heartbeat.check() for heartbeat in self._heartbeats]
+        return ProbeAnswer(
+            all(answer.ok for answer in answers), "\n".join(answer.text for answer in answers)
+        )
 
 
 def serve_endpoints(

@@ -31,6 +31,12 @@ PUBLISH_TO_APPLY_SECONDS = Histogram(
     "From the intake taking an event to CloudCockpit accepting it, retries included",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400),
 )
+STAGE_BEAT_AGE_SECONDS = Gauge(
+    "ccsync_stage_beat_age_seconds",
+    "Seconds since a stage of the first-attempt pipeline (gate, caller, settler) last went round:"
+    " above CCSYNC_LIVENESS_SECONDS, the stage is stalled and /livez fails",
+    ["stage"],
+)
 OUTAGE_ACTIVE = Gauge("ccsync_outage_active", "1 while outage protection holds consumption")
 QUEUE_MESSAGES = Gauge(
     "ccsync_queue_messages",

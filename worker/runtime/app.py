@@ -17,6 +17,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
 from vine import promise  # type: ignore[import-untyped]
 
+from worker.amqp.confirms import until_confirmed
 from worker.amqp.connection import (
     FailoverConnection,
     broker_connection,
@@ -45,7 +46,7 @@ from worker.constants import (
     TASKS_QUEUE,
 )
 from worker.observability import metrics, tracing
-from worker.observability.endpoints import LoopHeartbeat
+from worker.observability.endpoints import Liveness, LoopHeartbeat
 from worker.observability.logs import configure_logging
 from worker.observability.sentry import init_error_reporting
 from worker.observability.tracing import configure_tracing
@@ -90,34 +91,46 @@ class BrokerForwarder:
     """The applier's ``Forwarder``: through the app's pool of confirming producer connections.
 
     Both publishes are mandatory: a message no queue takes raises ``Unroutable`` after the
-    topology was declared again and the publish tried once more.
+    topology was declared again and the publish tried once more. A publish the broker does not
+    confirm in time is made again (``until_confirmed``) until it does: the event's message stays
+    unacknowledged meanwhile, and the stage that waits stops beating, which /livez reports.
     """
 
     def __init__(self, app: Celery) -> None:
         self._app = app
 
     def retry_later(self, attempt: Attempt, delay_seconds: float) -> None:
-        with self._app.producer_or_acquire() as producer:
+        what = f"the retry of event {attempt.event.event_id}"
 
-            def publish() -> None:
-                with refused_if_returned(producer.channel, f"retry of {attempt.event.event_id}"):
-                    self._app.send_task(
-                        APPLY_EVENT_TASK,
-                        kwargs=attempt.to_task_kwargs(),
-                        exchange=delay_entry_exchange().name,
-                        routing_key=delay_routing_key(delay_seconds, TASKS_QUEUE),
-                        producer=producer,
-                        mandatory=True,
-                    )
+        def publish() -> None:
+            with self._app.producer_or_acquire() as producer:
 
-            publish_declaring_topology(producer.connection, publish)
+                def send() -> None:
+                    with refused_if_returned(
+                        producer.channel, f"retry of {attempt.event.event_id}"
+                    ):
+                        self._app.send_task(
+                            APPLY_EVENT_TASK,
+                            kwargs=attempt.to_task_kwargs(),
+                            exchange=delay_entry_exchange().name,
+                            routing_key=delay_routing_key(delay_seconds, TASKS_QUEUE),
+                            producer=producer,
+                            mandatory=True,
+                        )
+
+                publish_declaring_topology(producer.connection, send)
+
+        until_confirmed(publish, what=what)
 
     def dead_letter(self, envelope: Envelope, letter: DeadLetter) -> None:
-        with self._app.producer_or_acquire() as producer:
-            publish_declaring_topology(
-                producer.connection,
-                lambda: publish_dead_letter(producer.channel, envelope=envelope, letter=letter),
-            )
+        def publish() -> None:
+            with self._app.producer_or_acquire() as producer:
+                publish_declaring_topology(
+                    producer.connection,
+                    lambda: publish_dead_letter(producer.channel, envelope=envelope, letter=letter),
+                )
+
+        until_confirmed(publish, what=f"the dead letter of event {letter.event_id}")
 
 
 class Runtime:
@@ -274,6 +287,7 @@ class CcsyncCelery(Celery):  # type: ignore[misc]
         self._runtime_lock = threading.Lock()
         self.consumer_switch = ConsumerSwitch()
         self.loop_heartbeat = LoopHeartbeat(settings.liveness_seconds)
+        self.liveness = Liveness(self.loop_heartbeat)
         self.broker_consumer: Any = None  # set by LoopBeat, read by the readiness probe
         self.calls_in_flight = DEFAULT_CONCURRENCY
 

@@ -1,11 +1,12 @@
 """The calls of first attempts: one event-loop thread keeps all of them in flight.
 
-The gate hands each event whose relationship it holds to ``Caller.put``. One thread runs an
-asyncio loop with a fixed number of lanes (the worker's calls in flight); a lane takes the next
-event, fences its lock and makes its call (``Applier.send_async``) through a connection of its
-own, then hands it to the settler. Hundreds of calls can wait on CloudCockpit at once for the
-price of a coroutine each, where a thread per call costs a thread switch, and a turn of the GIL,
-at every step of every call (the measurements are in README.md, "Concurrency model").
+A stage of the pipeline (``worker.runtime.pipeline``). The gate hands each event whose relationship
+it holds to ``Caller.put``. One thread runs an asyncio loop with a fixed number of lanes (the
+worker's calls in flight); a lane takes the next event, fences its lock and makes its call
+(``Applier.send_async``) through a connection of its own, then hands it to the settler. Hundreds of
+calls can wait on CloudCockpit at once for the price of a coroutine each, where a thread per call
+costs a thread switch, and a turn of the GIL, at every step of every call (the measurements are in
+README.md, "Concurrency model").
 
 Fences are batched: every lane about to call while a fence round trip is under way waits for the
 next one, which serves all of them in one script call (``Ledger.fence_all``). The round trip runs
@@ -18,7 +19,6 @@ import asyncio
 import importlib.util
 import logging
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,14 +42,21 @@ if importlib.util.find_spec("sniffio") is None:
 
 CallHandler = Callable[[Call, Message], None]
 
+#: Seconds between two beats of the caller's event loop.
+BEAT_SECONDS = 1.0
+
+
+class LaneEnded(RuntimeError):
+    """A lane of the caller ended, which only a bug can make it do: the worker must stop."""
+
 
 class Caller:
-    """Calls CloudCockpit for each event put here, ``lanes`` at a time, in one thread.
+    """Calls CloudCockpit for each event put here, ``lanes`` at a time, in the thread that runs
+    ``run``.
 
-    ``on_taken`` runs when a lane takes an event (the gate counts the events waiting for one),
-    ``on_called`` gets each call made (or not made: verdict, failure), ``on_lost`` the message of
-    a call that failed on a bug; all three run in the caller's thread. ``make_connection``
-    makes a lane's connection, in that thread, on the lane's first call.
+    ``on_called`` gets each call made (or not made: verdict, failure), ``on_lost`` a call that
+    failed on a bug; both run in the caller's thread. ``make_connection`` makes a lane's
+    connection, in that thread, on the lane's first call.
     """
 
     def __init__(
@@ -58,13 +65,11 @@ class Caller:
         applier: Applier,
         lanes: int,
         make_connection: Callable[[], AsyncConnection],
-        on_taken: Callable[[], None],
         on_called: CallHandler,
-        on_lost: Callable[[Message], None],
+        on_lost: CallHandler,
     ) -> None:
         self._applier = applier
         self._make_connection = make_connection
-        self._on_taken = on_taken
         self._on_called = on_called
         self._on_lost = on_lost
         self._loop = asyncio.new_event_loop()
@@ -80,8 +85,6 @@ class Caller:
         self._fencing = False
         self._fencer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccsync-fence")
         self._lanes = lanes
-        self._thread = threading.Thread(target=self._run, name="ccsync-caller", daemon=True)
-        self._thread.start()
 
     def put(self, call: Call, message: Message) -> None:
         """From any thread: the event's relationship is held; its call is to be made."""
@@ -107,24 +110,47 @@ class Caller:
         self._idle.append(waiter)
         return await waiter
 
-    def _run(self) -> None:
+    def backlog(self) -> int:
+        """From any thread: the events put here that no lane has taken yet."""
+        return len(self._arrivals) + len(self._pending)
+
+    def run(self, beat: Callable[[], None]) -> None:
+        """The caller's event loop, for ever; ``beat`` every ``BEAT_SECONDS`` while it runs.
+
+        Raises ``LaneEnded`` when a lane ends (something escaped its handling of a call): the
+        calls it would have made would wait for ever."""
         asyncio.set_event_loop(self._loop)
+        ended: list[asyncio.Task[None]] = []
+
+        def lane_ended(lane: asyncio.Task[None]) -> None:
+            ended.append(lane)
+            self._loop.stop()
+
         for _ in range(self._lanes):
-            self._loop.create_task(self._lane())
+            self._loop.create_task(self._lane()).add_done_callback(lane_ended)
+
+        def beating() -> None:
+            beat()
+            self._loop.call_later(BEAT_SECONDS, beating)
+
+        beating()
         self._loop.run_forever()
+        lane = ended[0]
+        raise LaneEnded(f"a lane of the caller ended: {lane}") from (
+            None if lane.cancelled() else lane.exception()
+        )
 
     async def _lane(self) -> None:
         connection: AsyncConnection | None = None
         while True:
             call, message = await self._next()
-            self._on_taken()
             try:
                 if connection is None:
                     connection = self._make_connection()
                 await self._applier.send_async(call, connection=connection, fence=self._fence)
             except Exception:
                 log.exception("event %s: no outcome could be recorded", call.attempt.event.event_id)
-                self._on_lost(message)
+                self._on_lost(call, message)
                 continue
             self._on_called(call, message)
 

@@ -1,17 +1,17 @@
 """Before the call: the relationships of many events taken in one Redis round trip.
 
-The intake hands each validated first attempt here. The gate thread takes every one waiting,
-tries to take their relationships in one Redis script call, and hands each event it now holds
-to the pool, whose threads then only call CloudCockpit. An event whose relationship another event
-holds is tried again, backing off, until the ledger's lock wait is over; it is then concluded as
-busy and comes back through the delay ladder.
+A stage of the pipeline (``worker.runtime.pipeline``). The intake hands each validated first
+attempt here. The gate's thread takes every one waiting, tries to take their relationships in one
+Redis script call, and hands each event it now holds to the caller, whose lanes then only call
+CloudCockpit. An event whose relationship another event holds is tried again, backing off, until
+the ledger's lock wait is over; it is then concluded as busy and comes back through the delay
+ladder.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +29,13 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256
 #: Seconds the gate gathers arrivals, so that one round trip serves several events.
 GATHER_SECONDS = 0.02
-#: Held events waiting for a pool thread from which on the gate gathers: no thread waits for it.
+#: Held events waiting for a lane from which on the gate gathers: no lane waits for it then.
 GATHER_BACKLOG = 16
+#: Seconds the gate waits for work at most before it goes round (and beats) again.
+IDLE_BEAT_SECONDS = 1.0
 
 CallHandler = Callable[[Call, Message], None]
+Beat = Callable[[], None]
 
 
 @dataclass
@@ -50,12 +53,12 @@ class _Claim:
 
 
 class Gate:
-    """One thread that takes relationships in batches.
+    """Takes relationships in batches, in the thread that runs ``run``.
 
-    ``on_held`` gets each call whose relationship is now held (to be sent), and the pool thread
-    that takes it calls ``decrement_backlog``; ``on_decided`` gets each call that is not to be
-    sent (outage, busy, ledger down): both run in the gate thread. ``on_lost`` gets the message
-    of a call the gate failed on; it goes back to the queue.
+    ``on_held`` gets each call whose relationship is now held (to be sent); ``on_decided`` gets
+    each call that is not to be sent (outage, busy, ledger down): both run in the gate's thread.
+    ``backlog`` says how many held calls wait for a lane. ``on_lost`` gets a call the gate
+    failed on; its message goes back to the queue.
     """
 
     def __init__(
@@ -64,39 +67,31 @@ class Gate:
         ledger: Ledger,
         on_held: CallHandler,
         on_decided: CallHandler,
-        on_lost: Callable[[Message], None],
+        on_lost: CallHandler,
+        backlog: Callable[[], int],
     ) -> None:
         self._ledger = ledger
         self._on_held = on_held
         self._on_decided = on_decided
         self._on_lost = on_lost
+        self._backlog = backlog
         self._arrivals: queue.SimpleQueue[tuple[Call, Message]] = queue.SimpleQueue()
-        self._backlog_lock = threading.Lock()
-        self._backlog = 0
-        self._thread = threading.Thread(target=self._run, name="ccsync-gate", daemon=True)
-        self._thread.start()
 
     def put(self, call: Call, message: Message) -> None:
         self._arrivals.put((call, message))
 
-    def decrement_backlog(self) -> None:
-        """One held call fewer waits for a pool thread: one has taken it, to send it now."""
-        with self._backlog_lock:
-            self._backlog -= 1
-
-    def _held(self, call: Call, message: Message) -> None:
-        with self._backlog_lock:
-            self._backlog += 1
-        self._on_held(call, message)
-
-    def _run(self) -> None:
+    def run(self, beat: Beat) -> None:
+        """The gate's loop, for ever; ``beat`` once a round, at least every
+        ``IDLE_BEAT_SECONDS`` while idle."""
         waiting: list[_Claim] = []
         while True:
-            timeout = None
+            beat()
+            wait = IDLE_BEAT_SECONDS
             if waiting:
-                timeout = max(0.0, min(claim.next_try for claim in waiting) - time.monotonic())
-            gather = GATHER_SECONDS if self._backlog >= GATHER_BACKLOG else 0.0
-            arrived = take_batch(self._arrivals, wait=timeout, gather=gather, most=MAX_BATCH)
+                next_try = min(claim.next_try for claim in waiting)
+                wait = min(wait, max(0.0, next_try - time.monotonic()))
+            gather = GATHER_SECONDS if self._backlog() >= GATHER_BACKLOG else 0.0
+            arrived = take_batch(self._arrivals, wait=wait, gather=gather, most=MAX_BATCH)
             now = time.monotonic()
             due = [claim for claim in waiting if claim.next_try <= now]
             waiting = [claim for claim in waiting if claim.next_try > now]
@@ -108,7 +103,7 @@ class Gate:
                 log.exception("the gate failed on %d events; they are requeued", len(claims))
                 for claim in claims:
                     if not claim.handed_over:
-                        self._on_lost(claim.message)
+                        self._on_lost(claim.call, claim.message)
 
     def claim(self, claims: list[_Claim]) -> list[_Claim]:
         """Tries each claim once; returns those to try again later."""
@@ -141,7 +136,7 @@ class Gate:
         for claim, hold in zip(wanting, holds, strict=True):
             if hold is not None:
                 claim.call.hold = hold
-                claim.hand_to(self._held)
+                claim.hand_to(self._on_held)
             elif now >= claim.give_up_at:
                 claim.call.failure = RelationshipBusy(
                     f"relationship {claim.call.relationship.name} is busy"

@@ -1,10 +1,10 @@
 """Event in: consume producers' plain messages, validate them, apply each first attempt.
 
 A Celery ``ConsumerStep``: its callback runs in the worker's event loop, so it only validates the
-event and hands its first attempt on: the gate (``gate``) takes its relationship in the ledger,
-the caller (``caller``) makes the call, one of many in flight in its event loop, and the settler
-(``settle``) leaves the relationship and concludes. The first attempt needs no second trip
-through the broker; retries travel as ``apply_event`` task messages through the delay ladder.
+event (an invalid one is dead-lettered here) and hands its first attempt to the pipeline
+(``pipeline``: gate, caller, settler, each in a thread of its own), which calls back to have the
+message acked once its outcome is settled. The first attempt needs no second trip through the
+broker; retries travel as ``apply_event`` task messages through the delay ladder.
 
 The raw message is acknowledged only once its outcome is settled: applied or skipped, or its
 retry message or dead letter confirmed by the broker. A crash at any point loses nothing: the
@@ -39,14 +39,13 @@ from worker.constants import (
 from worker.events import IdentifierChanged, decode_event, reject_if_ahead
 from worker.exceptions import InvalidEvent, LedgerUnavailable
 from worker.observability import metrics, tracing
+from worker.observability.endpoints import Liveness
 from worker.processing.applier import Applier
-from worker.processing.attempts import Attempt, Call
+from worker.processing.attempts import Attempt
 from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_letter
 from worker.processing.solo_runs import SoloRuns, message_key
-from worker.runtime.caller import Caller
 from worker.runtime.consumer_switch import ConsumerSwitch
-from worker.runtime.gate import Gate
-from worker.runtime.settler import InFlightMessages, Settler
+from worker.runtime.pipeline import Pipeline
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,6 +83,10 @@ class IntakeServices(Protocol):
     def calls_in_flight(self) -> int:
         """First attempts' calls to CloudCockpit in flight at once (``--concurrency``)."""
 
+    @property
+    def liveness(self) -> Liveness:
+        """What /livez asks: the pipeline's stages join it."""
+
     def connection_for_write(self) -> Connection:
         """A broker connection of the intake's own, for dead letters; the intake releases it."""
 
@@ -99,16 +102,6 @@ class _AloneRun:
     concluded: bool = False
 
 
-@dataclass(frozen=True)
-class _Stages:
-    """Where a first attempt goes after the intake: gate, caller, settler."""
-
-    applier: Applier
-    gate: Gate
-    caller: Caller
-    settler: Settler
-
-
 class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
     """Celery makes the step with its consumer as ``parent``; the consumer's app must provide
     ``IntakeServices``."""
@@ -120,8 +113,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         self._producer: Producer | None = None
         self._ticking_hub: Any = None
         self._celery_consumer: Any = None
-        self._in_flight = InFlightMessages()
-        self._made_stages: _Stages | None = None
+        self._made_pipeline: Pipeline | None = None
         # Taken from the broker but not started: a redelivered message waits here until nothing
         # else is in flight, and every message after it waits until its run alone has ended.
         self._held: deque[Message] = deque()
@@ -149,7 +141,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         # Held on the channel of an earlier connection: the broker delivers them again.
         self._held.clear()
         # Before the first event, which would otherwise wait while clients and threads are made.
-        self._stages()
+        self._pipeline()
         super().start(c)
         self._services.consumer_switch.attach(c, self.consumers)
         if c.hub is not None and c.hub is not self._ticking_hub:
@@ -163,10 +155,10 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         for consumer in self.consumers or []:
             ignore_errors(c.connection, consumer.cancel)
         grace = self._services.ccsync_settings.http_timeout + SHUTDOWN_GRACE_SECONDS
-        if not self._in_flight.wait_idle(grace):
+        if not self._pipeline().wait_idle(grace):
             log.warning("shutdown: calls still in flight after %.0fs are left to redelivery", grace)
         # The event loop has stopped: this thread alone uses the channel now.
-        self._in_flight.settle(c.connection_errors)
+        self._pipeline().acknowledge(c.connection_errors)
         super().stop(c)
 
     def shutdown(self, c: Any) -> None:
@@ -206,7 +198,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         while self._alone is None and self._held:
             message = self._held[0]
             if _redelivered(message):
-                if not self._in_flight.wait_idle(0):
+                if not self._pipeline().wait_idle(0):
                     return  # the settling of the last one in flight calls again
                 self._held.popleft()
                 self._run_alone(message)
@@ -237,7 +229,7 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         for message, acked in settled:
             if message is run.message:
                 run.concluded = acked
-        if not self._in_flight.wait_idle(0):
+        if not self._pipeline().wait_idle(0):
             return
         self._alone = None
         if run.counted and run.concluded:
@@ -317,55 +309,34 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
                 )
                 message.ack()
                 return True
-            self._in_flight.started()
-            stages = self._stages()
-            stages.gate.put(
-                stages.applier.prepare(Attempt.first(event, envelope), consumed=consumed), message
+            self._pipeline().put(
+                self._services.applier.prepare(Attempt.first(event, envelope), consumed=consumed),
+                message,
             )
             return False
 
-    def _stages(self) -> _Stages:
-        # Made once the worker runs, never at import: the runtime holds clients and threads.
-        if self._made_stages is None:
-            applier = self._services.applier
-            settler = Settler(
-                applier=applier, in_flight=self._in_flight, on_settled=self._ask_loop_to_settle
-            )
-            gate = Gate(
-                ledger=applier.ledger,
-                on_held=self._send,
-                on_decided=settler.put,
-                on_lost=self._requeue,
-            )
+    def _pipeline(self) -> Pipeline:
+        # Made once the worker runs, never at import: the pipeline holds clients and threads.
+        if self._made_pipeline is None:
             settings = self._services.ccsync_settings
             tls = tls_context(settings)
             proxy = environment_proxy(settings.base_url)
-            caller = Caller(
-                applier=applier,
+            self._made_pipeline = Pipeline(
+                applier=self._services.applier,
                 lanes=self._services.calls_in_flight,
                 make_connection=lambda: make_async_connection(settings, tls=tls, proxy=proxy),
-                on_taken=gate.decrement_backlog,
-                on_called=settler.put,
-                on_lost=self._requeue,
+                on_settled=self._ask_loop_to_settle,
+                liveness=self._services.liveness,
+                stall_seconds=settings.liveness_seconds,
             )
-            self._made_stages = _Stages(applier, gate, caller, settler)
-        return self._made_stages
-
-    def _send(self, call: Call, message: Message) -> None:
-        """From the gate: the relationship is held; the caller makes the call, and the settler
-        concludes it."""
-        self._stages().caller.put(call, message)
-
-    def _requeue(self, message: Message) -> None:
-        self._in_flight.finished(message, ack=False)
-        self._ask_loop_to_settle()
+        return self._made_pipeline
 
     def _ask_loop_to_settle(self) -> None:
         """From any thread: the loop, owner of the channel, acks what is settled."""
         self._celery_consumer.call_soon(self._settle_in_loop)
 
     def _settle_in_loop(self) -> None:
-        settled = self._in_flight.settle(self._celery_consumer.connection_errors)
+        settled = self._pipeline().acknowledge(self._celery_consumer.connection_errors)
         if self._alone is not None or self._held:
             self._end_alone_run(settled)
             self._start_held()

@@ -19,6 +19,7 @@ from worker.cloudcockpit.client import make_http_client
 from worker.observability import metrics
 from worker.observability.endpoints import (
     LOOP_BEAT_SECONDS,
+    Liveness,
     LoopHeartbeat,
     ProbeAnswer,
     serve_endpoints,
@@ -32,6 +33,7 @@ class CcsyncCelery(Protocol):
 
     ccsync_settings: Settings
     loop_heartbeat: LoopHeartbeat
+    liveness: Liveness
     broker_consumer: Any
 
     @property
@@ -67,7 +69,7 @@ def serve_worker_endpoints(app: CcsyncCelery, port: int) -> None:
     """/metrics, /livez and /readyz on ``port``."""
     http = make_http_client(app.ccsync_settings)
     http.timeout = httpx.Timeout(READINESS_API_TIMEOUT)
-    serve_endpoints(port, live=app.loop_heartbeat.check, ready=lambda: readiness(app, http))
+    serve_endpoints(port, live=app.liveness.check, ready=lambda: readiness(app, http))
 
 
 def poll_queue_depths(app: CcsyncCelery) -> None:

@@ -1,10 +1,11 @@
-"""After the call: first attempts are concluded in batches, off the threads that call CloudCockpit.
+"""After the call: first attempts are concluded in batches, off the thread that calls CloudCockpit.
 
-A pool thread makes the call (``Applier.call``) and hands it here. The settler thread takes every
-call waiting, leaves their relationships in one Redis round trip, concludes each (counted, logged,
-retried or dead-lettered), and only then hands the messages to the event loop to be acked. The
-pool threads go straight back to calling, so that CloudCockpit waits as little as possible
-between two calls of one thread (the figures are in README.md, "Concurrency model").
+A stage of the pipeline (``worker.runtime.pipeline``). A lane of the caller makes the call
+(``Applier.send_async``) and hands it here. The settler's thread takes every call waiting, leaves
+their relationships in one Redis round trip, concludes each (counted, logged, retried or
+dead-lettered), and only then hands the messages to the event loop to be acked. The caller's
+loop goes straight back to calling, so that CloudCockpit waits as little as possible between two
+calls of one lane (the figures are in README.md, "Concurrency model").
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 64
 #: Seconds the settler gathers ended calls for one round trip; the intake's prefetch absorbs it.
 GATHER_SECONDS = 0.02
+#: Seconds the settler waits for work at most before it goes round (and beats) again.
+IDLE_BEAT_SECONDS = 1.0
 
 
 class InFlightMessages:
     """Counts the first attempts in flight, and holds the messages whose outcome is settled,
     waiting to be acked or requeued.
 
-    Pool threads report here; the event loop thread (or ``stop``, once the loop is over) acks,
+    The stages report here; the event loop thread (or ``stop``, once the loop is over) acks,
     since a channel must only be used by one thread.
     """
 
@@ -77,10 +80,11 @@ class InFlightMessages:
 
 
 class Settler:
-    """One thread that concludes calls in batches and reports their messages as settled.
+    """Concludes calls in batches, in the thread that runs ``run``, and reports their messages as
+    settled.
 
-    ``on_settled`` is called after each batch, from the settler thread: it asks the event loop to
-    ack what ``in_flight`` now holds.
+    ``on_settled`` is called after each batch, from the settler's thread: it asks the event loop
+    to ack what ``in_flight`` now holds.
     """
 
     def __init__(
@@ -90,15 +94,20 @@ class Settler:
         self._in_flight = in_flight
         self._on_settled = on_settled
         self._calls: queue.SimpleQueue[tuple[Call, Message]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="ccsync-settler", daemon=True)
-        self._thread.start()
 
     def put(self, call: Call, message: Message) -> None:
         self._calls.put((call, message))
 
-    def _run(self) -> None:
+    def run(self, beat: Callable[[], None]) -> None:
+        """The settler's loop, for ever; ``beat`` once a round, at least every
+        ``IDLE_BEAT_SECONDS`` while idle."""
         while True:
-            self.conclude(take_batch(self._calls, wait=None, gather=GATHER_SECONDS, most=MAX_BATCH))
+            beat()
+            batch = take_batch(
+                self._calls, wait=IDLE_BEAT_SECONDS, gather=GATHER_SECONDS, most=MAX_BATCH
+            )
+            if batch:
+                self.conclude(batch)
 
     def conclude(self, batch: list[tuple[Call, Message]]) -> None:
         try:
