@@ -55,7 +55,8 @@ def test_given_a_memory_alarm_while_retries_are_published_then_livez_says_so_and
     sandbox: SandboxControl,
     sandbox_server: SandboxServer,
 ) -> None:
-    # Given a worker on a broker of its own, and 30 events whose first call fails with 500
+    # Given a worker on a broker of its own, and 30 events whose first call fails with 500 after
+    # 3 s, so that their retries are published once the alarm below is on
     cluster, node = own_broker
     broker_url = cluster.url(node)
     port, env = metrics_worker_env(
@@ -63,7 +64,7 @@ def test_given_a_memory_alarm_while_retries_are_published_then_livez_says_so_and
     )
     events = [native(identifier=f"ALARM-{n}") for n in range(30)]
     for event in events:
-        sandbox.add_faults(event["customerId"], {"status": 500, "times": 1})
+        sandbox.add_faults(event["customerId"], {"status": 500, "delayMs": 3000, "times": 1})
     with LocalWorker(env, concurrency=8) as worker:
         producer = Producer(broker_url)
         for event in events:
@@ -82,7 +83,7 @@ def test_given_a_memory_alarm_while_retries_are_published_then_livez_says_so_and
             assert stalled
             answer = _livez(port).text
             assert "stage last beat" in answer, answer
-            assert "stalled:" in worker.log
+            wait_until(lambda: "stalled:" in worker.log, 5, "the stall in the log")
             time.sleep(max(0.0, ALARM_SECONDS - LIVENESS_SECONDS))
         finally:
             # When the alarm clears
