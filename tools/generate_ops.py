@@ -21,6 +21,7 @@ from typing import Any, Final
 import yaml
 
 from worker.constants import (
+    BACKFILL_ROUTING_KEY,
     CLOUDEVENTS_CONTENT_TYPE,
     CLOUDEVENTS_HEADER_PREFIXES,
     EVENT_ROUTING_KEY,
@@ -125,6 +126,9 @@ CloudCockpit.
 
 Publish to the durable topic exchange `{EVENTS_EXCHANGE}` with the routing key
 `{EVENT_ROUTING_KEY}`, as persistent messages (delivery mode 2), UTF-8 JSON.
+Bulk traffic (an initial sync, a re-sync after a migration) goes to the routing key
+`{BACKFILL_ROUTING_KEY}` instead, with the same bodies: ccsync serves it with the capacity
+live events leave, so that live updates never queue behind it.
 The exchange exists once either side has started: the worker declares it at start, and a
 producer may declare it too (`topic`, durable, no arguments).
 
@@ -140,6 +144,43 @@ id. `occurredAt` (CloudEvents: `time`) orders the changes of one customer. Unkno
 ignored. An event that is not valid ends in the dead-letter queue `ccsync.dead-letter` with the
 reason `invalid-event`; nothing is dropped silently.
 """
+
+
+#: The AsyncAPI channels of the events exchange, live updates and bulk traffic: the routing key,
+#: the title, and the name of the operation that receives it.
+_CHANNELS: Final = {
+    "customerEvents": (EVENT_ROUTING_KEY, "Customer events", "receiveIdentifierChanged"),
+    "customerEventsBackfill": (
+        BACKFILL_ROUTING_KEY,
+        "Customer events in bulk (backfill)",
+        "receiveIdentifierChangedBackfill",
+    ),
+}
+
+
+def _events_channel(routing_key: str, title: str, messages: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "address": routing_key,
+        "title": title,
+        "description": (
+            f"The routing key `{routing_key}` on the topic exchange `{EVENTS_EXCHANGE}`."
+        ),
+        "servers": [{"$ref": "#/servers/local"}],
+        "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
+        "bindings": {
+            "amqp": {
+                "is": "routingKey",
+                "exchange": {
+                    "name": EVENTS_EXCHANGE,
+                    "type": "topic",
+                    "durable": True,
+                    "autoDelete": False,
+                    "vhost": "/",
+                },
+                "bindingVersion": AMQP_BINDING_VERSION,
+            }
+        },
+    }
 
 
 def asyncapi_document() -> dict[str, Any]:
@@ -229,43 +270,21 @@ def asyncapi_document() -> dict[str, Any]:
             }
         },
         "channels": {
-            "customerEvents": {
-                "address": EVENT_ROUTING_KEY,
-                "title": "Customer events",
-                "description": (
-                    f"The routing key `{EVENT_ROUTING_KEY}` on the topic exchange "
-                    f"`{EVENTS_EXCHANGE}`."
-                ),
-                "servers": [{"$ref": "#/servers/local"}],
-                "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
-                "bindings": {
-                    "amqp": {
-                        "is": "routingKey",
-                        "exchange": {
-                            "name": EVENTS_EXCHANGE,
-                            "type": "topic",
-                            "durable": True,
-                            "autoDelete": False,
-                            "vhost": "/",
-                        },
-                        "bindingVersion": AMQP_BINDING_VERSION,
-                    }
-                },
-            }
+            name: _events_channel(routing_key, title, messages)
+            for name, (routing_key, title, _) in _CHANNELS.items()
         },
         "operations": {
-            "receiveIdentifierChanged": {
+            operation: {
                 "action": "receive",
                 "title": "ccsync applies the change to CloudCockpit",
                 "summary": "Producers publish; ccsync consumes, validates and applies each event.",
-                "channel": {"$ref": "#/channels/customerEvents"},
-                "messages": [
-                    {"$ref": f"#/channels/customerEvents/messages/{name}"} for name in messages
-                ],
+                "channel": {"$ref": f"#/channels/{name}"},
+                "messages": [{"$ref": f"#/channels/{name}/messages/{m}"} for m in messages],
                 "bindings": {
                     "amqp": {"deliveryMode": 2, "ack": True, "bindingVersion": AMQP_BINDING_VERSION}
                 },
             }
+            for name, (_, _, operation) in _CHANNELS.items()
         },
         "components": {"messages": messages, "schemas": schemas},
     }

@@ -10,6 +10,9 @@ EVENT_ROUTING_KEY: Final = "customer.internal-identifier.changed"
 EVENT_TYPE: Final = "customer.internal-identifier.changed"
 
 EVENTS_QUEUE: Final = "ccsync.events"
+#: Bulk traffic (a CRM's initial sync, a mass replay): served with what live traffic leaves.
+BACKFILL_ROUTING_KEY: Final = "customer.internal-identifier.changed.backfill"
+BACKFILL_QUEUE: Final = "ccsync.backfill"
 TASKS_QUEUE: Final = "ccsync.tasks"
 TASKS_EXCHANGE: Final = "ccsync.tasks"
 DEAD_LETTER_QUEUE: Final = "ccsync.dead-letter"

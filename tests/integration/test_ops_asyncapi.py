@@ -10,7 +10,7 @@ import yaml
 
 from tests.integration.ops_node import ASYNCAPI_CHECK, run_node
 from tools.generate_ops import ASYNCAPI_PATH
-from worker.constants import EVENT_ROUTING_KEY
+from worker.constants import BACKFILL_ROUTING_KEY, EVENT_ROUTING_KEY
 
 
 def parse(path: Path) -> tuple[int, list[dict[str, Any]]]:
@@ -29,7 +29,7 @@ def test_given_the_asyncapi_document_when_the_parser_reads_it_then_it_is_valid()
     assert status == 0, lines
     assert summary["result"] == "valid"
     assert summary["version"] == "3.0.0"
-    assert summary["channels"] == [EVENT_ROUTING_KEY]
+    assert summary["channels"] == [EVENT_ROUTING_KEY, BACKFILL_ROUTING_KEY]
     assert sorted(summary["messages"]) == [
         "cloudEventBinary",
         "cloudEventStructured",

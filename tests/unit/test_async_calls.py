@@ -371,6 +371,8 @@ def test_the_caller_fences_many_calls_in_few_round_trips_each_with_its_own_verdi
     threading.Thread(target=caller.run, args=(lambda: None,), daemon=True).start()
 
     class FakeCall:
+        backfill = False
+
         def __init__(self, token: str) -> None:
             self.hold = Hold(
                 ["l", "a"], token=token, linger_value="", stored=None, lingering_until=0

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from tools import generate_ops as ops_generate
 from worker.amqp.topology import (
+    backfill_queue,
     dead_letter_queue,
     delay_entry_exchange,
     delay_routing_key,
@@ -23,6 +24,7 @@ from worker.amqp.topology import (
     tasks_queue,
 )
 from worker.constants import (
+    BACKFILL_QUEUE,
     CLOUDEVENTS_CONTENT_TYPE,
     DEAD_LETTER_QUEUE,
     DELAY_LEVELS,
@@ -75,10 +77,11 @@ def test_given_the_definitions_then_each_queue_has_exactly_the_arguments_the_wor
     queues = {q["name"]: q for q in definitions["queues"]}
 
     assert queues[EVENTS_QUEUE]["arguments"] == events_queue.queue_arguments
+    assert queues[BACKFILL_QUEUE]["arguments"] == backfill_queue.queue_arguments
     assert queues[TASKS_QUEUE]["arguments"] == tasks_queue.queue_arguments
     assert queues[DEAD_LETTER_QUEUE]["arguments"] == dead_letter_queue.queue_arguments
     assert all(q["durable"] and not q["auto_delete"] for q in queues.values())
-    assert len(queues) == 3 + DELAY_LEVELS
+    assert len(queues) == 4 + DELAY_LEVELS
     for level in range(DELAY_LEVELS):
         arguments = queues[f"ccsync.delay.{level}"]["arguments"]
         assert arguments["x-queue-type"] == "quorum"

@@ -3,6 +3,8 @@
     customer-events (topic) --customer.internal-identifier.changed--> ccsync.events (quorum)
         read by the intake, which validates each event and makes its first attempt in the
         worker itself, or dead-letters it; only retries travel as tasks, through the ladder
+    customer-events (topic) --customer.internal-identifier.changed.backfill--> ccsync.backfill
+        (quorum): bulk traffic, read by the same intake, whose calls serve live events first
     ccsync.tasks (topic)    --ccsync.tasks--> ccsync.tasks (quorum), the Celery task queue
     ccsync.dead-letter (direct) --> ccsync.dead-letter (quorum), read by ``ccsync dlq``
 
@@ -25,6 +27,8 @@ from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Queue, binding
 
 from worker.constants import (
+    BACKFILL_QUEUE,
+    BACKFILL_ROUTING_KEY,
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
     DELAY_EXCHANGE_PREFIX,
@@ -58,6 +62,14 @@ events_queue = Queue(
     EVENTS_QUEUE,
     exchange=events_exchange,
     routing_key=EVENT_ROUTING_KEY,
+    durable=True,
+    queue_arguments=_QUORUM,
+)
+
+backfill_queue = Queue(
+    BACKFILL_QUEUE,
+    exchange=events_exchange,
+    routing_key=BACKFILL_ROUTING_KEY,
     durable=True,
     queue_arguments=_QUORUM,
 )
@@ -162,7 +174,7 @@ def _declare(connection: Connection) -> None:
     channel = connection.default_channel
     for exchange in (events_exchange, tasks_exchange, dead_letter_exchange, delay_release_exchange):
         exchange(channel).declare()
-    for queue in (events_queue, tasks_queue, dead_letter_queue):
+    for queue in (events_queue, backfill_queue, tasks_queue, dead_letter_queue):
         queue(channel).declare()
     for level in range(DELAY_LEVELS):
         delay_queue(level)(channel).declare()

@@ -95,8 +95,9 @@ class Call:
 
     ``hold`` is the relationship while held; ``outage`` says the call was not made because
     outage protection was on; ``trial`` that it is the one call a half-open outage guard let
-    through; ``failure`` is what went wrong, if anything did; ``trace`` is the attempt's span
-    and the trace context its call carries, if any.
+    through; ``backfill`` that its event came on the backfill lane, to be called after live
+    ones; ``failure`` is what went wrong, if anything did; ``trace`` is the attempt's span and the
+    trace context its call carries, if any.
     """
 
     attempt: Attempt
@@ -104,6 +105,7 @@ class Call:
     delivery_count: int = 0
     outage: bool = False
     trial: bool = False
+    backfill: bool = False
     hold: Hold | None = None
     verdict: Verdict | None = None
     failure: CcsyncError | None = None

@@ -73,9 +73,11 @@ class Caller:
         self._on_called = on_called
         self._on_lost = on_lost
         self._loop = asyncio.new_event_loop()
-        # Events no lane has taken yet, and lanes waiting for one, the last to wait first: under
-        # a light load the same few lanes (and their connections, kept alive) do the calls.
+        # Events no lane has taken yet, live ones first, and lanes waiting for one, the last to
+        # wait first: under a light load the same few lanes (and their connections, kept alive)
+        # do the calls.
         self._pending: deque[tuple[Call, Message]] = deque()
+        self._pending_backfill: deque[tuple[Call, Message]] = deque()
         self._idle: list[asyncio.Future[tuple[Call, Message]]] = []
         # Filled by other threads; the loop is woken once per batch of arrivals, not per event.
         self._arrivals: deque[tuple[Call, Message]] = deque()
@@ -100,19 +102,23 @@ class Caller:
             item = self._arrivals.popleft()
             if self._idle:
                 self._idle.pop().set_result(item)
+            elif item[0].backfill:
+                self._pending_backfill.append(item)
             else:
                 self._pending.append(item)
 
     async def _next(self) -> tuple[Call, Message]:
         if self._pending:
             return self._pending.popleft()
+        if self._pending_backfill:
+            return self._pending_backfill.popleft()
         waiter: asyncio.Future[tuple[Call, Message]] = self._loop.create_future()
         self._idle.append(waiter)
         return await waiter
 
     def backlog(self) -> int:
         """From any thread: the events put here that no lane has taken yet."""
-        return len(self._arrivals) + len(self._pending)
+        return len(self._arrivals) + len(self._pending) + len(self._pending_backfill)
 
     def run(self, beat: Callable[[], None]) -> None:
         """The caller's event loop, for ever; ``beat`` every ``BEAT_SECONDS`` while it runs.

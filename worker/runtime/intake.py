@@ -22,14 +22,15 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from celery import bootsteps
-from kombu import Connection, Consumer, Producer
+from kombu import Connection, Consumer, Producer, Queue
 from kombu.common import ignore_errors
 from kombu.message import Message
 
-from worker.amqp.topology import events_queue, publish_declaring_topology
+from worker.amqp.topology import backfill_queue, events_queue, publish_declaring_topology
 from worker.cloudcockpit.client import make_async_connection, tls_context
 from worker.cloudcockpit.connection import environment_proxy
 from worker.constants import (
+    BACKFILL_ROUTING_KEY,
     DELIVERY_LIMIT,
     EVENTS_QUEUE,
     HEADER_DELIVERY_COUNT,
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 #: Events in hand per call in flight: each call's lane finds its next event held and ready while
 #: the settler still concludes the last; a crash redelivers few.
 PREFETCH_PER_CALL = 2
+#: Backfill events in hand per call in flight: enough to keep every lane busy, few enough that a
+#: live event finds little bulk traffic ahead of it in the pipeline.
+BACKFILL_PREFETCH_PER_CALL = 1
 #: Seconds between two wake-ups of the event loop, so that it notices a shutdown signal.
 SHUTDOWN_CHECK_SECONDS = 0.5
 #: Seconds a warm shutdown waits beyond the call timeout, to publish and record the outcomes.
@@ -121,20 +125,29 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         self._solo_runs: SoloRuns | None = None
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
+        """Live events on ``channel``, backfill on a channel of its own: a prefetch is set per
+        channel before its consumer starts, and the backfill's is the smaller, so that bulk
+        traffic never fills the pipeline ahead of live events."""
+        backfill_channel = channel.connection.channel()
+        lanes = self._services.calls_in_flight
+        return [
+            self._consumer(channel, events_queue, PREFETCH_PER_CALL * lanes),
+            self._consumer(backfill_channel, backfill_queue, BACKFILL_PREFETCH_PER_CALL * lanes),
+        ]
+
+    def _consumer(self, channel: Any, queue: Queue, prefetch_count: int) -> Consumer:
         # The body exactly as published: py-amqp would otherwise decode it to text when the
         # producer set a content encoding, and a dead letter must keep the original bytes.
         channel.auto_decode = False
         # Made by the switch: it does not consume while an outage or a pause holds consumption.
-        return [
-            self._services.consumer_switch.consumer(
-                channel,
-                queues=[events_queue],
-                on_message=self.on_message,
-                on_decode_error=self.on_undecodable,
-                prefetch_count=PREFETCH_PER_CALL * self._services.calls_in_flight,
-                no_ack=False,
-            )
-        ]
+        return self._services.consumer_switch.consumer(
+            channel,
+            queues=[queue],
+            on_message=self.on_message,
+            on_decode_error=self.on_undecodable,
+            prefetch_count=prefetch_count,
+            no_ack=False,
+        )
 
     def start(self, c: Any) -> None:
         self._celery_consumer = c
@@ -309,10 +322,9 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
                 )
                 message.ack()
                 return True
-            self._pipeline().put(
-                self._services.applier.prepare(Attempt.first(event, envelope), consumed=consumed),
-                message,
-            )
+            call = self._services.applier.prepare(Attempt.first(event, envelope), consumed=consumed)
+            call.backfill = _routing_key(message) == BACKFILL_ROUTING_KEY
+            self._pipeline().put(call, message)
             return False
 
     def _pipeline(self) -> Pipeline:
@@ -379,6 +391,11 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         if self._connection is not None:
             self._connection.release()
         self._connection = self._producer = None
+
+
+def _routing_key(message: Message) -> str | None:
+    key = (message.delivery_info or {}).get("routing_key")
+    return key if isinstance(key, str) else None
 
 
 def _redelivered(message: Message) -> bool:
