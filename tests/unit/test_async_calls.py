@@ -237,6 +237,32 @@ def test_given_a_proxy_in_the_environment_then_the_call_goes_through_it(
     assert received[0].endswith(b'{"a":1}')
 
 
+def test_given_a_proxy_without_a_scheme_then_it_is_read_as_httpx_reads_it_an_http_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given HTTPS_PROXY=host:port, which httpx's own clients take for http://host:port
+    without_proxies(monkeypatch)
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await read_request(reader))
+        writer.write(ANSWER)
+        await writer.drain()
+
+    async def main() -> int:
+        async with server(handle) as proxy:
+            monkeypatch.setenv("HTTP_PROXY", proxy.removeprefix("http://"))
+            through = environment_proxy("http://cc.example.test")
+            connection = make_async_connection(settings(), proxy=through)
+            async with connection:
+                answer = await connection.patch("http://cc.example.test/x", body={"a": 1})
+                return answer.status_code
+
+    # Then the lane's call goes through that proxy
+    assert asyncio.run(main()) == 204
+    assert received[0].startswith(b"PATCH http://cc.example.test/x HTTP/1.1\r\n")
+
+
 def _change_through(
     api: CloudCockpitClient,
     answer: Callable[[httpx.Request], Awaitable[httpx.Response]],

@@ -27,8 +27,7 @@ from kombu.common import ignore_errors
 from kombu.message import Message
 
 from worker.amqp.topology import events_queue, publish_declaring_topology
-from worker.cloudcockpit.client import make_async_connection, tls_context
-from worker.cloudcockpit.connection import environment_proxy
+from worker.cloudcockpit.client import lane_connections
 from worker.constants import (
     DELIVERY_LIMIT,
     EVENTS_QUEUE,
@@ -337,13 +336,10 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
                 on_decided=settler.put,
                 on_lost=self._requeue,
             )
-            settings = self._services.ccsync_settings
-            tls = tls_context(settings)
-            proxy = environment_proxy(settings.base_url)
             caller = Caller(
                 applier=applier,
                 lanes=self._services.calls_in_flight,
-                make_connection=lambda: make_async_connection(settings, tls=tls, proxy=proxy),
+                make_connection=lane_connections(self._services.ccsync_settings),
                 on_taken=gate.decrement_backlog,
                 on_called=settler.put,
                 on_lost=self._requeue,
