@@ -9,8 +9,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -191,6 +191,71 @@ def test_given_nothing_listens_then_connect_error_the_call_never_left() -> None:
 
     with pytest.raises(httpx.ConnectError):
         asyncio.run(main())
+
+
+@contextmanager
+def black_hole(host: str, port: int) -> Iterator[None]:
+    """``host:port`` answers no connection attempt: a listening socket whose queue of accepted
+    connections is full, of which Linux drops every further SYN (the client waits, as for a
+    firewall that drops)."""
+    listener = socket.socket()
+    queued: list[socket.socket] = []
+    try:
+        listener.bind((host, port))
+        listener.listen(0)
+        for _ in range(8):  # fill the queue until a connection attempt goes unanswered
+            attempt = socket.socket()
+            queued.append(attempt)
+            attempt.settimeout(0.3)
+            try:
+                attempt.connect((host, port))
+            except TimeoutError:
+                break
+        else:
+            raise AssertionError(f"{host}:{port} still accepts connections: no black hole")
+        yield
+    finally:
+        for sock in [*queued, listener]:
+            sock.close()
+
+
+class TwoAddressLoop(asyncio.SelectorEventLoop):
+    """An event loop whose resolver gives ``cc.example.test`` two addresses, as DNS does for a
+    host with several: first 127.0.0.2, then 127.0.0.1."""
+
+    async def getaddrinfo(self, host: Any, port: Any, **kwargs: Any) -> Any:
+        if host != "cc.example.test":
+            return await super().getaddrinfo(host, port, **kwargs)
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port)))
+            for address in ("127.0.0.2", "127.0.0.1")
+        ]
+
+
+def test_given_a_black_holed_first_address_then_the_next_one_is_tried_well_within_the_timeout() -> (
+    None
+):
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(ANSWER)
+        await writer.drain()
+
+    async def main() -> tuple[int, float]:
+        async with server(handle) as url:
+            port = int(url.rsplit(":", 1)[1])
+            # Given the API's first address black-holed, its second answering
+            with black_hole("127.0.0.2", port):
+                async with make_async_connection(settings()) as connection:
+                    started = time.monotonic()
+                    answer = await connection.patch(f"http://cc.example.test:{port}/x", body={})
+                    return answer.status_code, time.monotonic() - started
+
+    with asyncio.Runner(loop_factory=TwoAddressLoop) as runner:
+        status, seconds = runner.run(main())
+
+    # Then the call is answered through the second, long before the connect timeout (5 s)
+    assert status == 204
+    assert seconds < 1.5, seconds
 
 
 def without_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
