@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -37,8 +38,11 @@ def settings(**overrides: Any) -> Settings:
 @asynccontextmanager
 async def server(
     handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[str]:
-    """A plain TCP server on 127.0.0.1 for the test's own HTTP/1.1 answers."""
+    """A TCP server on 127.0.0.1 for the test's own HTTP/1.1 answers; its URL. With ``tls``,
+    an HTTPS one, named ``localhost`` (as the test certificates name it)."""
 
     async def handled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -48,10 +52,10 @@ async def server(
         finally:
             writer.transport.abort()
 
-    listening = await asyncio.start_server(handled, "127.0.0.1", 0)
+    listening = await asyncio.start_server(handled, "127.0.0.1", 0, ssl=tls)
     port = listening.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}" if tls is None else f"https://localhost:{port}"
     finally:
         listening.close()
 
