@@ -81,7 +81,7 @@ def make_async_connection(
 ) -> AsyncConnection:
     """``make_http_client`` for an event loop, for one request at a time: the same timeouts,
     headers and TLS, one connection, its socket on asyncio directly (``streams``), or through
-    ``proxy`` (the worker passes the one the environment names, ``environment_proxy``).
+    ``proxy`` (``lane_connections`` passes the one the environment names).
 
     The worker gives each of its calls in flight a connection of its own (README, "Concurrency
     model"): a pool shared by hundreds of calls looks at every connection on each request.
