@@ -17,7 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.cloudcockpit.client import Change, CloudCockpitClient, make_async_connection
+from worker.cloudcockpit.client import (
+    Change,
+    CloudCockpitClient,
+    lane_connections,
+    make_async_connection,
+)
 from worker.cloudcockpit.connection import environment_proxy
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken
 from worker.exceptions import RelationshipBusy, TokenRejected
@@ -309,7 +314,7 @@ def test_given_a_proxy_in_the_environment_then_the_call_goes_through_it(
 def test_given_a_proxy_without_a_scheme_then_it_is_read_as_httpx_reads_it_an_http_proxy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given HTTPS_PROXY=host:port, which httpx's own clients take for http://host:port
+    # Given HTTP_PROXY=host:port, which httpx's own clients take for http://host:port
     without_proxies(monkeypatch)
     received: list[bytes] = []
 
@@ -321,13 +326,12 @@ def test_given_a_proxy_without_a_scheme_then_it_is_read_as_httpx_reads_it_an_htt
     async def main() -> int:
         async with server(handle) as proxy:
             monkeypatch.setenv("HTTP_PROXY", proxy.removeprefix("http://"))
-            through = environment_proxy("http://cc.example.test")
-            connection = make_async_connection(settings(), proxy=through)
-            async with connection:
+            api = Settings.model_validate({"CLOUDCOCKPIT_BASE_URL": "http://cc.example.test"})
+            async with lane_connections(api)() as connection:
                 answer = await connection.patch("http://cc.example.test/x", body={"a": 1})
                 return answer.status_code
 
-    # Then the lane's call goes through that proxy
+    # Then a lane's call goes through that proxy
     assert asyncio.run(main()) == 204
     assert received[0].startswith(b"PATCH http://cc.example.test/x HTTP/1.1\r\n")
 
