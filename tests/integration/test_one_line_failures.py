@@ -207,6 +207,66 @@ def test_given_a_bad_setting_when_the_worker_starts_then_one_line_names_the_vari
     assert run.seconds < COMMAND_ENDS_WITHIN
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("HTTPS_PROXY", "ftp://proxy.corp:3128"),
+        ("HTTPS_PROXY", "http://proxy.corp:port"),
+        ("https_proxy", f"http://ccsync:{PASSWORD}@"),
+        ("ALL_PROXY", "socks5://proxy.corp:1080"),  # httpx's SOCKS support is not installed
+    ],
+)
+def test_given_a_proxy_the_worker_cannot_use_when_it_starts_then_one_line_names_the_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    env = {
+        "CCSYNC_BROKER_URL": unreachable_broker_url(),
+        "CCSYNC_BROKER_CONNECT_TIMEOUT": "1",
+        "CLOUDCOCKPIT_TOKEN": "tok",
+        variable: value,
+    }
+
+    run = ccsync("worker", env=env, cwd=tmp_path)
+
+    assert_failed_in_one_line(run, variable)
+    assert "cannot reach the broker" not in run.line, "refused at start, not at the first event"
+    assert run.seconds < COMMAND_ENDS_WITHIN
+
+
+def test_given_a_ca_file_that_holds_no_certificate_when_the_worker_starts_then_one_line_names_it(
+    tmp_path: Path,
+) -> None:
+    not_a_certificate = tmp_path / "ca.pem"
+    not_a_certificate.write_text("not a certificate\n", encoding="utf-8")
+    env = {
+        "CCSYNC_BROKER_URL": unreachable_broker_url(),
+        "CCSYNC_BROKER_CONNECT_TIMEOUT": "1",
+        "CLOUDCOCKPIT_TOKEN": "tok",
+        "CLOUDCOCKPIT_CA_FILE": str(not_a_certificate),
+    }
+
+    run = ccsync("worker", env=env, cwd=tmp_path)
+
+    assert_failed_in_one_line(run, "CLOUDCOCKPIT_CA_FILE", str(not_a_certificate))
+    assert "cannot reach the broker" not in run.line, "refused at start, not at the first event"
+
+
+def test_given_a_proxy_without_a_scheme_then_the_worker_starts_and_goes_on_to_the_broker(
+    tmp_path: Path,
+) -> None:
+    """Taken as httpx's clients take it, for http://proxy.corp:3128."""
+    env = {
+        "CCSYNC_BROKER_URL": unreachable_broker_url(),
+        "CCSYNC_BROKER_CONNECT_TIMEOUT": "1",
+        "CLOUDCOCKPIT_TOKEN": "tok",
+        "HTTPS_PROXY": "proxy.corp:3128",
+    }
+
+    run = ccsync("worker", env=env, cwd=tmp_path)
+
+    assert_failed_in_one_line(run, "cannot reach the broker")
+
+
 # --- version ------------------------------------------------------------------------------------
 
 

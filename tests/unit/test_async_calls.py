@@ -6,17 +6,23 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
-from worker.cloudcockpit.client import Change, CloudCockpitClient, make_async_connection
+from worker.cloudcockpit.client import (
+    Change,
+    CloudCockpitClient,
+    lane_connections,
+    make_async_connection,
+)
 from worker.cloudcockpit.connection import environment_proxy
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken
 from worker.exceptions import RelationshipBusy, TokenRejected
@@ -37,8 +43,11 @@ def settings(**overrides: Any) -> Settings:
 @asynccontextmanager
 async def server(
     handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[str]:
-    """A plain TCP server on 127.0.0.1 for the test's own HTTP/1.1 answers."""
+    """A TCP server on 127.0.0.1 for the test's own HTTP/1.1 answers; its URL. With ``tls``,
+    an HTTPS one, named ``localhost`` (as the test certificates name it)."""
 
     async def handled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -48,10 +57,10 @@ async def server(
         finally:
             writer.transport.abort()
 
-    listening = await asyncio.start_server(handled, "127.0.0.1", 0)
+    listening = await asyncio.start_server(handled, "127.0.0.1", 0, ssl=tls)
     port = listening.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}" if tls is None else f"https://localhost:{port}"
     finally:
         listening.close()
 
@@ -193,6 +202,71 @@ def test_given_nothing_listens_then_connect_error_the_call_never_left() -> None:
         asyncio.run(main())
 
 
+@contextmanager
+def black_hole(host: str, port: int) -> Iterator[None]:
+    """``host:port`` answers no connection attempt: a listening socket whose queue of accepted
+    connections is full, of which Linux drops every further SYN (the client waits, as for a
+    firewall that drops)."""
+    listener = socket.socket()
+    queued: list[socket.socket] = []
+    try:
+        listener.bind((host, port))
+        listener.listen(0)
+        for _ in range(8):  # fill the queue until a connection attempt goes unanswered
+            attempt = socket.socket()
+            queued.append(attempt)
+            attempt.settimeout(0.3)
+            try:
+                attempt.connect((host, port))
+            except TimeoutError:
+                break
+        else:
+            raise AssertionError(f"{host}:{port} still accepts connections: no black hole")
+        yield
+    finally:
+        for sock in [*queued, listener]:
+            sock.close()
+
+
+class TwoAddressLoop(asyncio.SelectorEventLoop):
+    """An event loop whose resolver gives ``cc.example.test`` two addresses, as DNS does for a
+    host with several: first 127.0.0.2, then 127.0.0.1."""
+
+    async def getaddrinfo(self, host: Any, port: Any, **kwargs: Any) -> Any:
+        if host != "cc.example.test":
+            return await super().getaddrinfo(host, port, **kwargs)
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port)))
+            for address in ("127.0.0.2", "127.0.0.1")
+        ]
+
+
+def test_given_a_black_holed_first_address_then_the_next_one_is_tried_well_within_the_timeout() -> (
+    None
+):
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(ANSWER)
+        await writer.drain()
+
+    async def main() -> tuple[int, float]:
+        async with server(handle) as url:
+            port = int(url.rsplit(":", 1)[1])
+            # Given the API's first address black-holed, its second answering
+            with black_hole("127.0.0.2", port):
+                async with make_async_connection(settings()) as connection:
+                    started = time.monotonic()
+                    answer = await connection.patch(f"http://cc.example.test:{port}/x", body={})
+                    return answer.status_code, time.monotonic() - started
+
+    with asyncio.Runner(loop_factory=TwoAddressLoop) as runner:
+        status, seconds = runner.run(main())
+
+    # Then the call is answered through the second, long before the connect timeout (5 s)
+    assert status == 204
+    assert seconds < 1.5, seconds
+
+
 def without_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.lower().endswith("_proxy"):
@@ -235,6 +309,31 @@ def test_given_a_proxy_in_the_environment_then_the_call_goes_through_it(
     assert asyncio.run(main()) == 204
     assert received[0].startswith(b"PATCH http://cc.example.test/x HTTP/1.1\r\n")
     assert received[0].endswith(b'{"a":1}')
+
+
+def test_given_a_proxy_without_a_scheme_then_it_is_read_as_httpx_reads_it_an_http_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given HTTP_PROXY=host:port, which httpx's own clients take for http://host:port
+    without_proxies(monkeypatch)
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await read_request(reader))
+        writer.write(ANSWER)
+        await writer.drain()
+
+    async def main() -> int:
+        async with server(handle) as proxy:
+            monkeypatch.setenv("HTTP_PROXY", proxy.removeprefix("http://"))
+            api = Settings.model_validate({"CLOUDCOCKPIT_BASE_URL": "http://cc.example.test"})
+            async with lane_connections(api)() as connection:
+                answer = await connection.patch("http://cc.example.test/x", body={"a": 1})
+                return answer.status_code
+
+    # Then a lane's call goes through that proxy
+    assert asyncio.run(main()) == 204
+    assert received[0].startswith(b"PATCH http://cc.example.test/x HTTP/1.1\r\n")
 
 
 def _change_through(

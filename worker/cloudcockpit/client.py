@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import httpx
 
 from worker.cloudcockpit.answers import describe_transport_error, raise_for_answer
-from worker.cloudcockpit.connection import AsyncConnection
+from worker.cloudcockpit.connection import AsyncConnection, environment_proxy, proxy_variable
 from worker.cloudcockpit.streams import AsyncioTransport
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken, TokenSource
-from worker.exceptions import ApiRejected, TokenRejected, TransientFailure
+from worker.exceptions import ApiRejected, ConfigurationError, TokenRejected, TransientFailure
 from worker.observability import metrics, tracing
 from worker.settings import HttpTimeouts, Settings
 
@@ -44,7 +44,13 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     per thread would otherwise do once per thread at startup.
     """
     if settings.api_ca_file:
-        return ssl.create_default_context(cafile=settings.api_ca_file)
+        try:
+            return ssl.create_default_context(cafile=settings.api_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigurationError(
+                f"CLOUDCOCKPIT_CA_FILE: {settings.api_ca_file} holds no certificate that can be "
+                f"read ({exc}); name a PEM file of the CA to trust, or unset it"
+            ) from None
     return httpx.create_ssl_context()
 
 
@@ -75,7 +81,7 @@ def make_async_connection(
 ) -> AsyncConnection:
     """``make_http_client`` for an event loop, for one request at a time: the same timeouts,
     headers and TLS, one connection, its socket on asyncio directly (``streams``), or through
-    ``proxy`` (the worker passes the one the environment names, ``environment_proxy``).
+    ``proxy`` (``lane_connections`` passes the one the environment names).
 
     The worker gives each of its calls in flight a connection of its own (README, "Concurrency
     model"): a pool shared by hundreds of calls looks at every connection on each request.
@@ -91,6 +97,34 @@ def make_async_connection(
     return AsyncConnection(
         transport=transport, timeout=_timeout(settings), headers={"User-Agent": USER_AGENT}
     )
+
+
+def lane_connections(settings: Settings) -> Callable[[], AsyncConnection]:
+    """What makes the connection of each of the worker's lanes: ``make_async_connection`` with
+    the API's CA and the proxy the environment names (``environment_proxy``), checked here.
+
+    Call it at start: a lane that cannot be set up is the worker's fault, and no event should
+    pay for it. Building a transport does no I/O, so the one built here shows that every lane's
+    will build. Raises ``ConfigurationError`` naming the variable (``CLOUDCOCKPIT_CA_FILE``,
+    ``HTTPS_PROXY``, ...) whose value the lanes cannot use.
+    """
+    tls = tls_context(settings)
+    proxy = environment_proxy(settings.base_url)
+
+    def make() -> AsyncConnection:
+        return make_async_connection(settings, tls=tls, proxy=proxy)
+
+    try:
+        make()
+        if proxy is not None and not httpx.URL(proxy).host:
+            raise ValueError("it names no host")
+    except (ValueError, ImportError, httpx.InvalidURL) as exc:
+        raise ConfigurationError(
+            f"{proxy_variable(settings.base_url)} names no proxy the worker can use for "
+            f"{settings.base_url} ({exc}); set it to a proxy's URL, such as "
+            "http://proxy.example:3128, or unset it"
+        ) from None
+    return make
 
 
 def _timeout(settings: Settings) -> httpx.Timeout:

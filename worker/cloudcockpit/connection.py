@@ -12,6 +12,7 @@ the OpenTelemetry httpx instrumentation still wraps the transport.
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 import urllib.request
 from types import TracebackType
@@ -72,11 +73,24 @@ class AsyncConnection:
 
 
 def environment_proxy(url: str) -> str | None:
-    """The proxy the environment names for ``url``, as httpx's clients would use it:
+    """The proxy the environment names for ``url``, read as httpx's clients read it:
     ``HTTPS_PROXY`` (or ``HTTP_PROXY``, by the URL's scheme), else ``ALL_PROXY``; none for a
-    host that ``NO_PROXY`` lists."""
+    host that ``NO_PROXY`` lists; a value without a scheme is an ``http://`` proxy
+    (``proxy.corp:3128`` is ``http://proxy.corp:3128``)."""
     parts = urllib.parse.urlsplit(url)
     if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
         return None
     proxies = urllib.request.getproxies()
-    return proxies.get(parts.scheme) or proxies.get("all")
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def proxy_variable(url: str) -> str:
+    """The variable ``environment_proxy(url)`` was read from, spelt as it is set
+    (``https_proxy`` before ``HTTPS_PROXY``, as the standard library reads them)."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    key = scheme if urllib.request.getproxies().get(scheme) else "all"
+    names = (f"{key}_proxy", f"{key.upper()}_PROXY")
+    return next((name for name in names if os.environ.get(name)), names[1])

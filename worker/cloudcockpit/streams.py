@@ -25,6 +25,11 @@ from typing import Any
 import httpcore
 import httpx
 
+#: Seconds a connection attempt to one of a host's addresses has before the next address is
+#: tried alongside it (RFC 8305's "Connection Attempt Delay"): a black-holed first address costs
+#: this, not the whole connect timeout.
+HAPPY_EYEBALLS_DELAY_SECONDS = 0.25
+
 #: Socket options as httpcore passes them: (level, option, value) or (level, option, None, size).
 SocketOption = (
     tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
@@ -189,7 +194,12 @@ def _socket_readable(sock: Any) -> bool:
 
 
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """Connections as ``asyncio.Protocol`` transports of the running loop."""
+    """Connections as ``asyncio.Protocol`` transports of the running loop.
+
+    A host of several addresses is connected to as RFC 8305 says (asyncio's happy eyeballs):
+    the next address is tried ``HAPPY_EYEBALLS_DELAY_SECONDS`` after the last, or as soon as it
+    failed, and the first connection made wins; all within the one connect timeout.
+    """
 
     async def connect_tcp(
         self,
@@ -203,7 +213,11 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         local_addr = None if local_address is None else (local_address, 0)
         return await _connected(
             lambda protocol: loop.create_connection(
-                lambda: protocol, host, port, local_addr=local_addr
+                lambda: protocol,
+                host,
+                port,
+                local_addr=local_addr,
+                happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_SECONDS,
             ),
             timeout,
             socket_options,

@@ -33,6 +33,7 @@ from worker.amqp.topology import (
 from worker.cloudcockpit.client import (
     ClientPerThread,
     CloudCockpitClient,
+    lane_connections,
     longest_call_seconds,
     make_http_client,
     make_token_source,
@@ -410,6 +411,7 @@ def run_worker(
     from worker.amqp.topology import declare_topology
 
     settings.require_api_credentials()
+    lane_connections(settings)  # a CA or proxy the lanes cannot use stops the worker here
     configure_logging(loglevel, settings.log_format)
     init_error_reporting(settings)
     configure_tracing()

@@ -150,9 +150,11 @@ class Caller:
         connection: AsyncConnection | None = None
         while True:
             call, message = await self._next()
+            if connection is None:
+                # Outside the call's handling: a lane that cannot be set up ends, which stops the
+                # worker (``LaneEnded``); it is never the message's fault.
+                connection = self._make_connection()
             try:
-                if connection is None:
-                    connection = self._make_connection()
                 await self._applier.send_async(call, connection=connection, fence=self._fence)
             except Exception:
                 log.exception("event %s: no outcome could be recorded", call.attempt.event.event_id)

@@ -27,8 +27,7 @@ from kombu.common import ignore_errors
 from kombu.message import Message
 
 from worker.amqp.topology import backfill_queue, events_queue, publish_declaring_topology
-from worker.cloudcockpit.client import make_async_connection, tls_context
-from worker.cloudcockpit.connection import environment_proxy
+from worker.cloudcockpit.client import lane_connections
 from worker.constants import (
     BACKFILL_ROUTING_KEY,
     DELIVERY_LIMIT,
@@ -331,12 +330,10 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         # Made once the worker runs, never at import: the pipeline holds clients and threads.
         if self._made_pipeline is None:
             settings = self._services.ccsync_settings
-            tls = tls_context(settings)
-            proxy = environment_proxy(settings.base_url)
             self._made_pipeline = Pipeline(
                 applier=self._services.applier,
                 lanes=self._services.calls_in_flight,
-                make_connection=lambda: make_async_connection(settings, tls=tls, proxy=proxy),
+                make_connection=lane_connections(settings),
                 on_settled=self._ask_loop_to_settle,
                 liveness=self._services.liveness,
                 stall_seconds=settings.liveness_seconds,
