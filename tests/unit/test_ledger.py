@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-import worker.processing.ledger
+import worker.processing.ledger.store
 from tests.support import REDIS_URL, free_port
 from tests.unit.redis_ledgers import unreachable_ledger
 from worker.events import IdentifierChanged
@@ -207,7 +207,7 @@ def test_given_a_record_then_it_expires_after_the_ledger_ttl(
     finally:
         client.close()
     assert len(ttls) == 1
-    assert 0 < ttls[0] <= worker.processing.ledger.LEDGER_TTL_SECONDS
+    assert 0 < ttls[0] <= worker.processing.ledger.store.LEDGER_TTL_SECONDS
 
 
 # --- relationships ---------------------------------------------------------------------------
@@ -373,7 +373,7 @@ def test_given_a_holder_that_died_then_its_lock_expires_and_a_late_release_frees
     make_ledger: Callable[..., Ledger], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Long enough that the new holder's own lock cannot expire before the checks below run.
-    monkeypatch.setattr(worker.processing.ledger, "LOCK_TTL_MS", 1500)
+    monkeypatch.setattr(worker.processing.ledger.store, "LOCK_TTL_MS", 1500)
     dead, alive, third = make_ledger(), make_ledger(lock_wait_seconds=5.0), make_ledger(0.1)
     # Given a holder that entered and never left (its process died)
     dead_hold = dead.hold(RELATIONSHIP)

@@ -32,6 +32,13 @@ PUBLISH_TO_APPLY_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400),
 )
 OUTAGE_ACTIVE = Gauge("ccsync_outage_active", "1 while outage protection holds consumption")
+LEDGER_SLOW = Gauge(
+    "ccsync_ledger_slow",
+    "1 while the ledger's Redis answers too late for calls to be made (a slow spell)",
+)
+LEDGER_UNAVAILABLE = Gauge(
+    "ccsync_ledger_unavailable", "1 while the ledger's Redis does not answer at all"
+)
 QUEUE_MESSAGES = Gauge(
     "ccsync_queue_messages",
     "Messages ready in a work queue (ccsync.events, ccsync.tasks, ccsync.dead-letter), polled",
