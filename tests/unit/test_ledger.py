@@ -15,7 +15,15 @@ from tests.support import REDIS_URL, free_port
 from tests.unit.redis_ledgers import unreachable_ledger
 from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable, RelationshipBusy, TransientFailure
-from worker.processing.ledger import Ledger, Relationship, Verdict, order_key
+from worker.processing.ledger import (
+    BUSY_FIRST_PAUSE_SECONDS,
+    BUSY_LONGEST_PAUSE_SECONDS,
+    BusyBackoff,
+    Ledger,
+    Relationship,
+    Verdict,
+    order_key,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -638,3 +646,11 @@ def test_given_a_lock_its_event_could_not_leave_when_the_retry_inherits_it_then_
     retry = other.try_acquire_all([(RELATIONSHIP, "evt-1", orphan.token)])[0]
     assert retry is not None and retry.token != orphan.token
     assert ledger.try_acquire_all([(RELATIONSHIP, "evt-3", None)]) == [None]
+
+
+def test_given_a_busy_backoff_then_its_pauses_double_up_to_the_longest() -> None:
+    backoff = BusyBackoff()
+    pauses = [backoff.next_pause() for _ in range(8)]
+    assert pauses[:3] == [BUSY_FIRST_PAUSE_SECONDS * 2**i for i in range(3)]
+    assert max(pauses) == pauses[-1] == BUSY_LONGEST_PAUSE_SECONDS
+    assert pauses == sorted(pauses)
