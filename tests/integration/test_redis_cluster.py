@@ -269,9 +269,7 @@ def test_given_the_cluster_then_runs_alone_and_the_pause_use_it(cluster: RedisCl
     store.close()
 
 
-def test_given_a_cluster_that_went_away_then_runs_alone_and_the_pause_say_redis_is_unavailable() -> (
-    None
-):
+def test_given_a_cluster_gone_then_runs_alone_and_the_pause_say_redis_is_unavailable() -> None:
     # Given runs alone and the pause on a cluster of their own, which answered once
     with RedisCluster() as lost:
         runs = SoloRuns.from_url(lost.url, prefix=f"ccsync-test-{uuid.uuid4().hex}")
