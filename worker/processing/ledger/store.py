@@ -218,7 +218,7 @@ class Ledger:
         """Releases, by their tokens, the locks acquires without a reply may have taken: at
         most one round trip every ``UNANSWERED_RELEASE_SECONDS``, none when there are none.
         A lock not found is looked for again (its acquire may still be on its way) until it
-        would have expired."""
+        would have expired. ``LedgerUnavailable`` if Redis does not answer."""
         now = time.monotonic()
         if not self._unanswered or now < self._unanswered_next_try:
             return
@@ -236,7 +236,10 @@ class Ledger:
         try:
             released = self._run(self._leave, keys, args, head=1)
         except LedgerUnavailable:
-            released = [0] * len(lost)
+            # Redis still does not answer: the acquire after this would not get through either.
+            with self._unanswered_lock:
+                self._unanswered += lost
+            raise
         with self._unanswered_lock:
             self._unanswered += [e for e, done in zip(lost, released, strict=True) if not done]
 
