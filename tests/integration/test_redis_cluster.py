@@ -267,3 +267,24 @@ def test_given_the_cluster_then_runs_alone_and_the_pause_use_it(cluster: RedisCl
     assert (paused := store.read()) is not None and paused.reason == "cluster test"
     assert store.resume() is not None and store.read() is None
     store.close()
+
+
+def test_given_a_cluster_gone_then_runs_alone_and_the_pause_say_redis_is_unavailable() -> None:
+    # Given runs alone and the pause on a cluster of their own, which answered once
+    with RedisCluster() as lost:
+        runs = SoloRuns.from_url(lost.url, prefix=f"ccsync-test-{uuid.uuid4().hex}")
+        store = PauseStore.from_url(lost.url, deployment=f"test-{uuid.uuid4().hex}")
+        assert runs.begin("message-1") == 0 and store.read() is None
+        # When every node of it is gone (redis-py then raises RedisClusterException, which is
+        # no RedisError)
+        lost.stop_servers()
+        # Then each says the ledger is unavailable, as for any Redis failure: the intake defers
+        # the message instead of stopping the worker
+        with pytest.raises(LedgerUnavailable):
+            runs.begin("message-1")
+        with pytest.raises(LedgerUnavailable):
+            runs.concluded("message-1")
+        with pytest.raises(LedgerUnavailable):
+            store.read()
+        runs.close()
+        store.close()

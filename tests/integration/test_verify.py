@@ -406,3 +406,78 @@ def test_given_a_repair_without_an_answer_then_the_relationship_stays_held(
     assert verifier.repair(check).outcome is RepairOutcome.FAILED
     # A newer event cannot take it now: a late write of the repair could land after it
     assert ledger.try_acquire_all([(relationship, "evt-newer", None)]) == [None]
+
+
+def _short_lock_ledgers() -> tuple[Ledger, Ledger]:
+    """Two ledgers on one key space: one whose locks are taken for 1 s (the repair's, so that
+    its fenced lease is what keeps it), one with the worker's locks (60 s)."""
+    prefix = f"ccsync-verify-{uuid.uuid4().hex}"
+    return (
+        Ledger.from_url(REDIS_URL, prefix=prefix, lock_ttl_seconds=1),
+        Ledger.from_url(REDIS_URL, prefix=prefix),
+    )
+
+
+def _short_lease_verifier(ledger: Ledger, api: CloudCockpitClient, pace: Pace | None) -> Verifier:
+    """A verifier whose fenced lease (0.1 s, plus the fence's margin) a wait can outlast."""
+    return Verifier(
+        ledger=ledger,
+        api=api,
+        pace=pace,
+        unanswered_hold_seconds=30,
+        call_lease_seconds=0.1,
+        read_retry_pause_seconds=0.05,
+    )
+
+
+def test_given_a_slow_rate_then_the_repair_waits_for_it_before_it_fences(
+    api: CloudCockpitClient, sandbox: SandboxControl
+) -> None:
+    # Given locks taken for 1 s, and a drift found at 0.4 calls a second (2.5 s between calls):
+    # longer than the lock and its fenced lease
+    ledger, worker_ledger = _short_lock_ledgers()
+    relationship = Relationship(unique_tenant(), str(uuid.uuid4()), None)
+    sandbox.add_customer(relationship.customer_id, tenant=relationship.tenant)
+    record(ledger, relationship, "V1")
+    verifier = _short_lease_verifier(ledger, api, Pace(0.4))
+    [check] = verifier.checks(Filters(tenant=relationship.tenant))
+    assert check.status is Status.DRIFT
+    sandbox.clear_journal()
+    outcomes: list[RepairOutcome] = []
+    repairing = threading.Thread(target=lambda: outcomes.append(verifier.repair(check).outcome))
+    repairing.start()
+    # When an event takes the relationship while the repair waits for its turn (after a fenced
+    # lease would have run out), and keeps it
+    time.sleep(2.3)
+    [taken] = worker_ledger.try_acquire_all([(relationship, "evt-newer", None)])
+    repairing.join(15)
+
+    # Then the repair never wrote while the event held the relationship
+    patches = [e for e in sandbox.journal() if e["method"] == "PATCH"]
+    if taken is not None:
+        assert patches == [], "the repair wrote while an event held the relationship"
+        assert outcomes == [RepairOutcome.BUSY]
+    else:
+        assert outcomes == [RepairOutcome.REPAIRED]
+
+
+def test_given_a_repair_whose_lease_ran_out_during_its_call_then_it_is_not_reported_repaired(
+    api: CloudCockpitClient, sandbox: SandboxControl
+) -> None:
+    # Given a drift, and CloudCockpit answering the repair's PATCH after its lease ran out
+    ledger, _ = _short_lock_ledgers()
+    relationship = Relationship(unique_tenant(), str(uuid.uuid4()), None)
+    sandbox.add_customer(relationship.customer_id, tenant=relationship.tenant)
+    record(ledger, relationship, "V1")
+    verifier = _short_lease_verifier(ledger, api, None)
+    [check] = verifier.checks(Filters(tenant=relationship.tenant))
+    sandbox.add_faults(relationship.customer_id, {"delayMs": 3000})
+
+    # When it is repaired
+    repair = verifier.repair(check)
+
+    # Then the write went out, but the repair says it cannot vouch for it: another event could
+    # have taken the relationship and written meanwhile
+    assert identifier(sandbox, relationship.customer_id) == "V1"
+    assert repair.outcome is RepairOutcome.FAILED
+    assert "lease" in repair.detail

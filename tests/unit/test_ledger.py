@@ -10,12 +10,20 @@ from typing import Any
 import pytest
 import redis
 
-import worker.processing.ledger
+import worker.processing.ledger.store
 from tests.support import REDIS_URL, free_port
 from tests.unit.redis_ledgers import unreachable_ledger
 from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable, RelationshipBusy, TransientFailure
-from worker.processing.ledger import Ledger, Relationship, Verdict, order_key
+from worker.processing.ledger import (
+    BUSY_FIRST_PAUSE_SECONDS,
+    BUSY_LONGEST_PAUSE_SECONDS,
+    BusyBackoff,
+    Ledger,
+    Relationship,
+    Verdict,
+    order_key,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -207,7 +215,7 @@ def test_given_a_record_then_it_expires_after_the_ledger_ttl(
     finally:
         client.close()
     assert len(ttls) == 1
-    assert 0 < ttls[0] <= worker.processing.ledger.LEDGER_TTL_SECONDS
+    assert 0 < ttls[0] <= worker.processing.ledger.store.LEDGER_TTL_SECONDS
 
 
 # --- relationships ---------------------------------------------------------------------------
@@ -373,7 +381,7 @@ def test_given_a_holder_that_died_then_its_lock_expires_and_a_late_release_frees
     make_ledger: Callable[..., Ledger], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Long enough that the new holder's own lock cannot expire before the checks below run.
-    monkeypatch.setattr(worker.processing.ledger, "LOCK_TTL_MS", 1500)
+    monkeypatch.setattr(worker.processing.ledger.store, "LOCK_TTL_MS", 1500)
     dead, alive, third = make_ledger(), make_ledger(lock_wait_seconds=5.0), make_ledger(0.1)
     # Given a holder that entered and never left (its process died)
     dead_hold = dead.hold(RELATIONSHIP)
@@ -638,3 +646,11 @@ def test_given_a_lock_its_event_could_not_leave_when_the_retry_inherits_it_then_
     retry = other.try_acquire_all([(RELATIONSHIP, "evt-1", orphan.token)])[0]
     assert retry is not None and retry.token != orphan.token
     assert ledger.try_acquire_all([(RELATIONSHIP, "evt-3", None)]) == [None]
+
+
+def test_given_a_busy_backoff_then_its_pauses_double_up_to_the_longest() -> None:
+    backoff = BusyBackoff()
+    pauses = [backoff.next_pause() for _ in range(8)]
+    assert pauses[:3] == [BUSY_FIRST_PAUSE_SECONDS * 2**i for i in range(3)]
+    assert max(pauses) == pauses[-1] == BUSY_LONGEST_PAUSE_SECONDS
+    assert pauses == sorted(pauses)

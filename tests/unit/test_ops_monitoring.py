@@ -29,6 +29,8 @@ GAUGES = {
     "ccsync_queue_messages",
     "ccsync_delay_ladder_messages",
     "ccsync_paused",
+    "ccsync_ledger_slow",
+    "ccsync_ledger_unavailable",
 }
 CCSYNC_SERIES = (
     COUNTERS

@@ -4,7 +4,9 @@ One confirm per message costs a round trip each; publishing a window and then wa
 confirms costs one wait per window, and is just as safe, because nothing is removed from its
 source until its own copy is confirmed (the figures are in README.md, "Dead letters"). Messages
 go out ``mandatory``: a message no queue would take comes back (basic.return) and counts as not
-published, whatever the confirm says.
+published, whatever the confirm says. A return names no delivery tag, and one confirm may cover
+many messages, so each message carries its own ``message_id`` (the window's id and its tag): a
+return is matched to its message by it, never to whichever confirm comes next.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
@@ -41,11 +44,12 @@ class ConfirmWindow(Generic[T]):
         self._channel.events["basic_ack"].add(self._on_ack)
         self._channel.events["basic_nack"].add(self._on_nack)
         self._channel.events["basic_return"].add(self._on_return)
+        self._id = uuid.uuid4().hex
         self._next_tag = 1
         self._pending: dict[int, T] = {}
+        self._returned: set[int] = set()
         self._confirmed: list[T] = []
         self._failed: list[T] = []
-        self._returns_unmatched = 0
 
     @property
     def pending(self) -> int:
@@ -65,7 +69,7 @@ class ConfirmWindow(Generic[T]):
             content_type=envelope.content_type,
             content_encoding=envelope.content_encoding,
             headers=dict(envelope.headers if headers is None else headers),
-            properties={"delivery_mode": 2},
+            properties={"delivery_mode": 2, "message_id": f"{self._id}-{self._next_tag}"},
         )
         self._pending[self._next_tag] = token
         self._next_tag += 1
@@ -106,22 +110,30 @@ class ConfirmWindow(Generic[T]):
         with contextlib.suppress(Exception):
             self._channel.close()
 
-    def _take(self, delivery_tag: int, multiple: bool) -> list[T]:
+    def _take(self, delivery_tag: int, multiple: bool) -> list[int]:
         tags = [tag for tag in self._pending if tag <= delivery_tag] if multiple else [delivery_tag]
-        return [self._pending.pop(tag) for tag in tags if tag in self._pending]
+        return [tag for tag in tags if tag in self._pending]
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        tokens = self._take(delivery_tag, multiple)
-        if self._returns_unmatched:
-            # A return comes just before the confirm of its own message, but a multiple confirm
-            # may cover several: all of them count as failed (a duplicate is harmless, a loss not).
-            self._returns_unmatched = 0
-            self._failed.extend(tokens)
-        else:
-            self._confirmed.extend(tokens)
+        # The broker returns a message before it confirms it: a returned one is known here.
+        for tag in self._take(delivery_tag, multiple):
+            token = self._pending.pop(tag)
+            if tag in self._returned:
+                self._returned.discard(tag)
+                self._failed.append(token)
+            else:
+                self._confirmed.append(token)
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        self._failed.extend(self._take(delivery_tag, multiple))
+        for tag in self._take(delivery_tag, multiple):
+            self._returned.discard(tag)
+            self._failed.append(self._pending.pop(tag))
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        self._returns_unmatched += 1
+        window, _, tag = str(message.properties.get("message_id", "")).rpartition("-")
+        if window == self._id and tag.isdigit():
+            self._returned.add(int(tag))
+        else:
+            # Not one of ours as sent: every message not confirmed yet counts as returned (a
+            # duplicate is harmless, a loss not).
+            self._returned.update(self._pending)

@@ -38,6 +38,13 @@ STAGE_BEAT_AGE_SECONDS = Gauge(
     ["stage"],
 )
 OUTAGE_ACTIVE = Gauge("ccsync_outage_active", "1 while outage protection holds consumption")
+LEDGER_SLOW = Gauge(
+    "ccsync_ledger_slow",
+    "1 while the ledger's Redis answers too late for calls to be made (a slow spell)",
+)
+LEDGER_UNAVAILABLE = Gauge(
+    "ccsync_ledger_unavailable", "1 while the ledger's Redis does not answer at all"
+)
 QUEUE_MESSAGES = Gauge(
     "ccsync_queue_messages",
     "Messages ready in a work queue (ccsync.events, ccsync.tasks, ccsync.dead-letter), polled",

@@ -17,15 +17,16 @@ held, fenced over the whole call, and only if the ledger still holds the very re
 compared. A newer event applied since then wins (the repair is ``superseded`` and writes
 nothing); one that arrives during the repair waits for the lock and lands after it. A repair
 whose call may still be applied late (a 5xx, no answer) keeps the relationship held for the
-unanswered hold, as an event's call does. The ledger is left as it was: a repair records no
-event of its own.
+unanswered hold, as an event's call does. The rate (``Pace``) is waited for before the lock is
+taken, never between the fence and the call; a repair whose lease ran out before its call ended
+is ``failed``, not ``repaired``: another event may have written meanwhile. The ledger is left as
+it was: a repair records no event of its own.
 
 Free of the runtime and the CLI: tests call ``Verifier`` directly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import uuid
@@ -279,18 +280,38 @@ class Verifier:
     def _repair(self, check: Check) -> tuple[RepairOutcome, str]:
         relationship = check.relationship
         holder = f"{REPAIR_HOLDER_PREFIX}{uuid.uuid4().hex}"
+        # Waited for before the lock is taken: a wait after the fence would eat the call's lease.
+        self.pace.wait()
         try:
             hold = self.ledger.acquire(relationship, holder)
         except RelationshipBusy as exc:
             return RepairOutcome.BUSY, str(exc)
         except LedgerUnavailable as exc:
             return RepairOutcome.FAILED, str(exc)
+        # Set before the fence is asked for, so no later than the lease it grants runs out.
+        lease_ends = time.monotonic() + self.call_lease_seconds
         try:
-            return self._write_back(check, hold)
+            outcome, detail = self._write_back(check, hold)
         finally:
-            # If Redis is gone, the lock expires by itself; the repair's outcome stands.
-            with contextlib.suppress(LedgerUnavailable):
-                self.ledger.leave_all([hold])
+            kept = self._leave(hold)
+        if outcome is RepairOutcome.REPAIRED and not (
+            kept or (kept is None and time.monotonic() <= lease_ends)
+        ):
+            return (
+                RepairOutcome.FAILED,
+                f"{detail}, but the repair's lease on the relationship ran out before its call "
+                "ended: another event may have written since; run ccsync verify again",
+            )
+        return outcome, detail
+
+    def _leave(self, hold: Hold) -> bool | None:
+        """Whether the repair's lock was still its own when it left; None if Redis could not
+        say (the lock then expires by itself)."""
+        try:
+            [kept] = self.ledger.leave_all([hold])
+        except LedgerUnavailable:
+            return None
+        return kept
 
     def _write_back(self, check: Check, hold: Hold) -> tuple[RepairOutcome, str]:
         relationship = check.relationship
@@ -307,7 +328,6 @@ class Verifier:
                 RepairOutcome.SUPERSEDED,
                 "the ledger moved on since the check: a newer event won",
             )
-        self.pace.wait()
         try:
             self.api.set_internal_identifier(
                 Change(

@@ -2,8 +2,8 @@
 
 RabbitMQ confirms a message that it routed to no queue, and drops it. Published ``mandatory``,
 the message first comes back (basic.return), before that confirm; the channel's publish, which
-waits for the confirm, has then seen the return. The dead-letter tools' ``ConfirmWindow`` counts
-returns the same way, on a channel of its own.
+waits for the confirm, has then seen the return. The dead-letter tools' ``ConfirmWindow`` sees
+returns on a channel of its own, matching each to its message.
 
 Free of broker libraries: the channel is py-amqp's, used through its ``events`` only.
 """

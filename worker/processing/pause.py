@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
-import redis
-
 from worker.exceptions import LedgerUnavailable
 from worker.processing.ledger import KEY_PREFIX
-from worker.processing.ledger.client import RedisClient, redis_client
+from worker.processing.ledger.client import REDIS_FAILURES, RedisClient, redis_client
 
 #: Seconds one Redis round trip of the pause may take before Redis counts as unreachable.
 PAUSE_TIMEOUT_SECONDS = 3.0
@@ -109,7 +107,7 @@ class PauseStore:
         """The pause in force, or None when the deployment runs."""
         try:
             raw = self._redis.get(self.key)
-        except redis.RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise _unavailable(exc) from None
         return None if raw is None else Pause.from_json(raw)
 
@@ -117,7 +115,7 @@ class PauseStore:
         """Records ``pause`` (replacing any earlier one, which is returned)."""
         try:
             previous = self._redis.set(self.key, pause.to_json(), get=True)
-        except redis.RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise _unavailable(exc) from None
         return Pause.from_json(previous) if isinstance(previous, str | bytes) else None
 
@@ -128,7 +126,7 @@ class PauseStore:
             pipeline.get(self.key)
             pipeline.delete(self.key)
             raw, _ = pipeline.execute()
-        except redis.RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise _unavailable(exc) from None
         return None if raw is None else Pause.from_json(raw)
 
@@ -136,5 +134,5 @@ class PauseStore:
         self._redis.close()
 
 
-def _unavailable(exc: redis.RedisError) -> LedgerUnavailable:
+def _unavailable(exc: Exception) -> LedgerUnavailable:
     return LedgerUnavailable(f"Redis did not answer: {type(exc).__name__}: {exc}")

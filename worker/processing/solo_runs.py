@@ -13,12 +13,9 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-import redis
-
 from worker.constants import HEADER_DELIVERY_COUNT
-from worker.exceptions import LedgerUnavailable
 from worker.processing.ledger import KEY_PREFIX
-from worker.processing.ledger.client import RedisClient, redis_client
+from worker.processing.ledger.client import RedisClient, redis_client, unavailable_on_failure
 
 #: Seconds a count outlives the last run it counted: a redelivery comes long before.
 SOLO_RUNS_TTL_SECONDS = 7 * 24 * 3600
@@ -57,22 +54,18 @@ class SoloRuns:
     def begin(self, message: str) -> int:
         """Counts the run alone that starts now; returns how many earlier runs alone of the
         message (``message_key``) ended without an outcome."""
-        try:
+        with unavailable_on_failure():
             pipeline = self._redis.pipeline(transaction=True)
             pipeline.incr(self._key(message))
             pipeline.expire(self._key(message), SOLO_RUNS_TTL_SECONDS)
             count, _ = pipeline.execute()
-        except redis.RedisError as exc:
-            raise LedgerUnavailable(f"ledger unavailable: {type(exc).__name__}") from None
         return int(count) - 1
 
     def concluded(self, message: str) -> None:
         """The message reached an outcome (applied, skipped, retried or dead-lettered): none of
         its runs alone is held against it any more."""
-        try:
+        with unavailable_on_failure():
             self._redis.delete(self._key(message))
-        except redis.RedisError as exc:
-            raise LedgerUnavailable(f"ledger unavailable: {type(exc).__name__}") from None
 
     def close(self) -> None:
         self._redis.close()

@@ -14,13 +14,13 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kombu.message import Message
 
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
 from worker.processing.attempts import Call
-from worker.processing.ledger import BUSY_FIRST_PAUSE_SECONDS, BUSY_LONGEST_PAUSE_SECONDS, Ledger
+from worker.processing.ledger import BusyBackoff, Ledger
 from worker.runtime.batches import take_batch
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class _Claim:
     message: Message
     give_up_at: float
     next_try: float = 0.0
-    pause: float = BUSY_FIRST_PAUSE_SECONDS
+    backoff: BusyBackoff = field(default_factory=BusyBackoff)
     handed_over: bool = False
 
     def hand_to(self, handler: CallHandler) -> None:
@@ -143,7 +143,6 @@ class Gate:
                 )
                 claim.hand_to(self._on_decided)
             else:
-                claim.next_try = now + claim.pause
-                claim.pause = min(claim.pause * 2, BUSY_LONGEST_PAUSE_SECONDS)
+                claim.next_try = now + claim.backoff.next_pause()
                 again.append(claim)
         return again

@@ -3,6 +3,8 @@
 -- event. A lock lingering for this very event may be taken over: its retry cannot overtake
 -- itself. So may the lock an earlier attempt of this event could not release (Redis went away
 -- before it left): that attempt's call has ended, and only this event could be harmed by it.
+-- And so may a lock already under this very token: a retry of this call whose first try ran
+-- and lost its reply (a token is drawn afresh for each call, never reused by another).
 -- Returns per event 0 when busy, else {remaining linger ms, the applied order key or false}.
 local taken = {}
 for i = 1, #KEYS / 2 do
@@ -11,7 +13,7 @@ for i = 1, #KEYS / 2 do
   local holder = redis.call('get', lock)
   local lingering = 0
   if holder and holder == linger_value then lingering = redis.call('pttl', lock) end
-  if holder and holder ~= linger_value and holder ~= inherited then
+  if holder and holder ~= linger_value and holder ~= inherited and holder ~= token then
     taken[i] = 0
   else
     redis.call('set', lock, token, 'PX', ARGV[1])

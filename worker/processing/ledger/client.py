@@ -13,16 +13,23 @@ command to the primary of its key's slot and follows MOVED and ASK when slots mo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
+from worker.exceptions import LedgerUnavailable
 from worker.settings import CLUSTER_SCHEME, SENTINEL_SCHEME, redis_cluster_url, redis_sentinel_url
 
 #: What ``redis_client`` gives: a client of one server (perhaps Sentinel's primary) or a cluster's.
 RedisClient = redis.Redis | RedisCluster
+#: What a client of any kind raises when Redis does not answer as asked: a cluster client's own
+#: failures (no node reachable, slots not covered) are not ``RedisError``.
+REDIS_FAILURES = (redis.RedisError, RedisClusterException)
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -85,3 +92,13 @@ def _cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
         password=parsed.password,
         **options,
     )
+
+
+@contextmanager
+def unavailable_on_failure(what: str = "ledger unavailable") -> Iterator[None]:
+    """Redis failures of any client (``REDIS_FAILURES``) become ``LedgerUnavailable``, a
+    transient failure: events wait, nothing is applied blindly. ``what`` starts its message."""
+    try:
+        yield
+    except REDIS_FAILURES as exc:
+        raise LedgerUnavailable(f"{what}: {type(exc).__name__}") from None
