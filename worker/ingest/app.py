@@ -143,7 +143,7 @@ def run_ingest(settings: Settings, *, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM. Raises ``ConfigurationError`` before listening when no
     credential is configured."""
     app = create_app(settings)
-    configure_logging("INFO", settings.log_format)
+    configure_logging("INFO", settings)
     log.info("ccsync ingest: serving POST %s on http://%s:%d", EVENTS_PATH, host, port)
     # log_config=None: uvicorn's records go through ccsync's logging (JSON in production).
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

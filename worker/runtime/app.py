@@ -396,7 +396,7 @@ def run_worker(
     from worker.amqp.topology import declare_topology
 
     settings.require_api_credentials()
-    configure_logging(loglevel, settings.log_format)
+    configure_logging(loglevel, settings)
     init_error_reporting(settings)
     configure_tracing()
     app = make_app(settings, concurrency)

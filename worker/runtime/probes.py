@@ -23,7 +23,8 @@ from worker.observability.endpoints import (
     ProbeAnswer,
     serve_endpoints,
 )
-from worker.ops.health import CheckResult, Redactor, check_api
+from worker.observability.redaction import Redaction
+from worker.ops.health import CheckResult, check_api
 from worker.settings import Settings
 
 
@@ -94,8 +95,8 @@ def readiness(app: CcsyncCelery, http: httpx.Client) -> ProbeAnswer:
     ]
     with ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="ccsync-ready") as pool:
         results = list(pool.map(_guarded, ["broker", "redis", "token", "api"], checks))
-    redact = Redactor(app.ccsync_settings)
-    text = "\n".join(redact(result.line()) for result in results)
+    redact = Redaction.from_settings(app.ccsync_settings)
+    text = "\n".join(redact.text(result.line()) for result in results)
     return ProbeAnswer(all(result.ok for result in results), text)
 
 
