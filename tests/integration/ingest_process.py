@@ -17,7 +17,8 @@ from typing import Self
 from tests.support import free_port
 from worker.testing import ChildProcess
 
-TOKEN = "ingest-test-token-" + "x" * 16
+#: A bearer token as the settings want one: random, long enough.
+TOKEN = secrets.token_urlsafe(32)
 #: A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64.
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
