@@ -77,11 +77,14 @@ def poll_queue_depths(app: CcsyncCelery) -> None:
 
 
 def record_queue_depths(depths: QueueDepths | None) -> None:
-    """Sets the depth gauges; unknown (NaN) when the broker could not be asked."""
+    """Sets the depth gauges; unknown (NaN) when the broker could not be asked, or for a queue
+    it does not have."""
     unknown = float("nan")
+    work = {} if depths is None else depths.work
     for queue in WORK_QUEUES:
-        metrics.QUEUE_MESSAGES.labels(queue).set(unknown if depths is None else depths.work[queue])
-    metrics.DELAY_LADDER_MESSAGES.set(unknown if depths is None else depths.delay_ladder)
+        depth = work.get(queue)
+        metrics.QUEUE_MESSAGES.labels(queue).set(unknown if depth is None else depth)
+    metrics.DELAY_LADDER_MESSAGES.set(unknown if depths is None else depths.delayed)
 
 
 def readiness(app: CcsyncCelery, http: httpx.Client) -> ProbeAnswer:
