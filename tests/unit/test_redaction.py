@@ -109,7 +109,7 @@ def test_given_urls_without_a_password_then_no_secret_comes_from_them(
 
 # --- in which forms -----------------------------------------------------------------------------
 
-ODD_SECRET = 'p@ss/w"rd é+\\x'
+ODD_SECRET = 'p@ss/w"rd é+\\x\N{GRINNING FACE}'
 
 
 @pytest.mark.parametrize(

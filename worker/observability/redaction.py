@@ -7,7 +7,8 @@ exports all pass their text through a ``Redaction`` made from the settings (``fr
   ``CCSYNC_INGEST_TOKEN``, ``CCSYNC_INGEST_SECRET`` (and its key alone), ``CCSYNC_CONSOLE_TOKEN``,
   and the password of every broker and Redis URL (as written, and percent-decoded);
 - in each of the forms a secret takes in transit: as it is, percent-encoded (any hex case, ``+``
-  for a space) and JSON-escaped (``\\"``, ``\\\\``, ``\\/``, ``\\uXXXX``), even mixed;
+  for a space), JSON-escaped (``\\"``, ``\\\\``, ``\\/``, ``\\uXXXX``), and both (JSON holding a
+  percent-encoded form);
 - the ``user:password@`` of any URL, whoever's it is.
 
 The rule for short secrets: a secret of ``MIN_ANYWHERE_CHARS`` characters or more is masked
@@ -20,9 +21,9 @@ secret inside ordinary words would mangle every text and say which words the sec
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, Self
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 from worker.settings import WEBHOOK_SECRET_PREFIX, Settings
 
@@ -37,6 +38,7 @@ _URL_CREDENTIALS: Final = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/
 _VALUE_START: Final = r"(?:(?<=[=:\"'])|(?<=[=:] )|(?<=[Bb]earer ))"
 _VALUE_END: Final = r"(?=$|[\s\"'&;,@)\]}]|\\\")"
 _JSON_ESCAPES: Final = {'"': r"\"", "\\": r"\\", "/": r"\/"}
+_JSON_ESCAPE: Final = re.compile(r'\\(?:u([0-9a-fA-F]{4})|(["\\/]))')
 
 
 def mask_url_credentials(text: str) -> str:
@@ -56,6 +58,20 @@ def _character(char: str) -> str:
     forms.append("".join(rf"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2)))
     # Hex digits of %XX and \uXXXX come in either case; the character itself exactly.
     return "(?:" + "|".join([forms[0], *(f"(?i:{form})" for form in forms[1:])]) + ")"
+
+
+def _decoded_forms(text: str) -> Iterator[str]:
+    """``text``, and what it says once JSON-unescaped and percent-decoded (the forms in which a
+    secret may hide in it), each only when it differs."""
+    yield text
+    if "\\" in text:
+        unescaped = _JSON_ESCAPE.sub(lambda m: chr(int(m[1], 16)) if m[1] else m[2], text)
+        # Joins the surrogate pairs of a character beyond the BMP (JSON's \ud83d\ude00).
+        text = unescaped.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        yield text
+    if "%" in text or "+" in text:
+        yield unquote(text)
+        yield unquote_plus(text)
 
 
 def _secret_pattern(secret: str) -> str:
@@ -101,7 +117,7 @@ def settings_secrets(settings: Settings) -> list[str]:
 
 
 class Redaction:
-    """Callable on a text: the text without any of ``secrets`` (see the module's rules)."""
+    """Texts, bytes and JSON-able structures without any of ``secrets`` (see the module's rules)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         # Longest first, so that a secret containing another is removed whole.
@@ -109,19 +125,21 @@ class Redaction:
         self._pattern = (
             re.compile("|".join(_secret_pattern(secret) for secret in ordered)) if ordered else None
         )
-        # A text holding none of these cannot hold a secret: the pattern (slow, as it tries
-        # every encoding at every position) runs only on the few texts that might.
-        self._clues = (*ordered, "%", "\\", *(["+"] if any(" " in s for s in ordered) else []))
+        self._secrets = ordered
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, extra: Iterable[str] = ()) -> Self:
-        """The redaction of every secret ``settings`` hold, and of ``extra`` secrets."""
-        return cls([*settings_secrets(settings), *extra])
+    def from_settings(cls, settings: Settings) -> Self:
+        """The redaction of every secret ``settings`` hold."""
+        return cls(settings_secrets(settings))
 
     def text(self, text: str) -> str:
         if "://" in text:
             text = mask_url_credentials(text)
-        if self._pattern is None or not any(clue in text for clue in self._clues):
+        # The pattern is slow (it tries every form at every position): it runs only on the few
+        # texts that hold a secret once decoded.
+        if self._pattern is None or not any(
+            secret in form for form in _decoded_forms(text) for secret in self._secrets
+        ):
             return text
         return self._pattern.sub(MASK, text)
 
