@@ -1,10 +1,11 @@
-"""Issue 7: the bearer token and the client secret leak nowhere.
+"""Issues 7 and 27: no secret leaks anywhere.
 
 A real worker runs with recognisable secrets through everything that writes text somewhere:
 applied events, 500s until retries are exhausted, a 400, a 401 storm, invalid events and an API
-outage, with Sentry pointed at a local sink and metrics served. Afterwards neither secret (nor any
-bearer token the sandbox issued) is in the worker's log, a dead letter, the metrics or anything
-sent to Sentry; and Sentry got the errors, tagged, but not the expected noise.
+outage, with Sentry pointed at a local sink and metrics served. Afterwards no secret (nor any
+bearer token the sandbox issued, nor the ingest and console secrets the worker holds unused) is in
+the worker's log, a dead letter, the metrics or anything sent to Sentry; and Sentry got the errors,
+tagged, but not the expected noise.
 
 Then the console, with every secret the settings can hold (the ingest token and secret, the
 console token, a password of two characters) quoted by a dead letter as it is, percent-encoded and
@@ -57,6 +58,14 @@ CLIENT_ID = "ccsync-secrets-test"
 CLIENT_SECRET = "SECRET-CLIENT-5f2a9c"
 STATIC_TOKEN = "TOKEN-STATIC-77e1b0"
 FINAL = ("applied", "stale", "duplicate", "dead-lettered")
+#: Secrets the worker holds but never uses: none may leak either.
+INGEST_TOKEN = "okmp7ed4SpPZoE3LWyBCXQQzRnvzP_slPkbIAcPeZSc"
+INGEST_SECRET = "whsec_Vsq6Uot92zzrRRrXMa4i2LLW7Lye1uAoPa4rM4ME0ck="
+UNUSED_SECRETS = {
+    "CCSYNC_INGEST_TOKEN": INGEST_TOKEN,
+    "CCSYNC_INGEST_SECRET": INGEST_SECRET,
+    "CCSYNC_CONSOLE_TOKEN": CONSOLE_TOKEN,
+}
 
 
 # --- fixtures ----------------------------------------------------------------------------------
@@ -194,6 +203,7 @@ def test_given_recognisable_secrets_when_a_worker_meets_every_failure_then_no_se
             CCSYNC_METRICS_PORT=str(metrics_port),
             SENTRY_DSN=sink.dsn,
             **CREDENTIALS[credentials],
+            **UNUSED_SECRETS,
         )
         with LocalWorker(env, concurrency=4, loglevel="DEBUG") as worker:
             # When events are applied, fail until retries are exhausted, are rejected, are retried
@@ -264,10 +274,10 @@ def test_given_recognisable_secrets_when_a_worker_meets_every_failure_then_no_se
     # Then the secrets were really in use
     if credentials == "client credentials":
         assert len(token_requests) >= 2, "a token fetched at start and renewed after the 401s"
-        secrets = {CLIENT_SECRET, *presented}
+        secrets = {CLIENT_SECRET, *presented, *UNUSED_SECRETS.values()}
     else:
         assert presented == {STATIC_TOKEN}
-        secrets = {STATIC_TOKEN}
+        secrets = {STATIC_TOKEN, *UNUSED_SECRETS.values()}
     assert "ccsync_events_applied" in metrics_text
     assert len(dead_letters) >= 4, "retries-exhausted, api-rejected and two invalid events"
 
@@ -301,8 +311,6 @@ def test_given_recognisable_secrets_when_a_worker_meets_every_failure_then_no_se
 
 # --- the console: pages, API answers and the export download ----------------------------------
 
-INGEST_TOKEN = "okmp7ed4SpPZoE3LWyBCXQQzRnvzP_slPkbIAcPeZSc"
-INGEST_SECRET = "whsec_Vsq6Uot92zzrRRrXMa4i2LLW7Lye1uAoPa4rM4ME0ck="
 #: A client secret with characters that percent-encoding and JSON escape.
 ODD_CLIENT_SECRET = 'client "secret"/é-4242'
 #: Shorter than any rule of thumb: still a secret.
