@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import re
+import secrets
 import sys
 import time
 import uuid
@@ -38,7 +39,7 @@ from worker.testing import ChildProcess
 INGEST_RESULTS: Final = Path(__file__).resolve().parent / "ingest.json"
 MARKDOWN: Final = REPO_ROOT / "BENCHMARKS.md"
 SECTION_TITLE: Final = "## Ingest over HTTP (`python -m bench ingest`)"
-TOKEN: Final = "bench-ingest-token"
+TOKEN: Final = secrets.token_urlsafe(32)
 #: Port of the ingest server during the benchmark (not the default 8091, which may be in use).
 PORT: Final = 18091
 

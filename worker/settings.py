@@ -10,6 +10,7 @@ import base64
 import binascii
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self
@@ -73,6 +74,13 @@ HTTP_SCHEMES: Final = ("http", "https")
 WEBHOOK_SECRET_PREFIX: Final = "whsec_"
 #: The shortest HMAC key accepted: the 24 random bytes Standard Webhooks recommends at least.
 MIN_WEBHOOK_KEY_BYTES: Final = 24
+#: The shortest bearer token ``ccsync ingest`` accepts: anyone who guesses it may publish events.
+MIN_TOKEN_CHARS: Final = 32
+#: The least entropy of such a token, estimated from how often each of its characters occurs:
+#: 43 random URL-safe characters hold about 200 bits; a word repeated or a padded name far less.
+MIN_TOKEN_BITS: Final = 128
+#: How to make a token strong enough, quoted by the error that refuses a weak one.
+MAKE_A_TOKEN: Final = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 @dataclass(frozen=True)
@@ -213,6 +221,13 @@ class Settings(BaseSettings):
             webhook_secret_key(value)  # raises ValueError naming the expected form
         return value
 
+    @field_validator("ingest_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            require_strong_token(value)  # raises ValueError saying how to make one
+        return value
+
     @model_validator(mode="after")
     def _credentials_not_contradictory(self) -> Self:
         if self.token is not None and (self.client_id or self.client_secret):
@@ -266,6 +281,24 @@ def webhook_secret_key(secret: SecretStr) -> bytes:
     if len(key) < MIN_WEBHOOK_KEY_BYTES:
         raise ValueError(f"the key must be at least {MIN_WEBHOOK_KEY_BYTES} bytes")
     return key
+
+
+def token_bits(token: str) -> float:
+    """The entropy of ``token`` in bits, estimated from its characters' frequencies (Shannon): an
+    upper bound for a token a person made up, close to the truth for a random one."""
+    length = len(token)
+    return -sum(count * math.log2(count / length) for count in Counter(token).values())
+
+
+def require_strong_token(token: SecretStr) -> None:
+    """Return when ``token`` has ``MIN_TOKEN_CHARS`` characters and ``MIN_TOKEN_BITS`` bits of
+    estimated entropy; else raise ValueError saying how to make one, quoting nothing of it."""
+    text = token.get_secret_value()
+    if len(text) < MIN_TOKEN_CHARS or token_bits(text) < MIN_TOKEN_BITS:
+        raise ValueError(
+            f"too weak a token: at least {MIN_TOKEN_CHARS} random characters "
+            f"({MIN_TOKEN_BITS} bits) are needed; make one with {MAKE_A_TOKEN}"
+        )
 
 
 def split_broker_urls(value: str) -> tuple[str, ...]:

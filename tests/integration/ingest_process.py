@@ -11,21 +11,29 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Self
 
 from tests.support import free_port
 from worker.testing import ChildProcess
 
-TOKEN = "ingest-test-token-" + "x" * 16
+#: A bearer token as the settings want one: random, long enough.
+TOKEN = secrets.token_urlsafe(32)
 #: A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64.
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def signed_headers(
-    body: bytes, *, secret: str = SECRET, timestamp: int | None = None, message_id: str = "msg-1"
+    body: bytes,
+    *,
+    secret: str = SECRET,
+    timestamp: int | None = None,
+    message_id: str | None = None,
 ) -> dict[str, str]:
-    """Standard Webhooks headers for ``body``, computed here from the specification."""
+    """Standard Webhooks headers for ``body``, computed here from the specification; a new
+    ``webhook-id`` unless one is given (ingest answers a repeated id without publishing)."""
+    message_id = message_id or f"msg-{uuid.uuid4()}"
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     key = base64.b64decode(secret.removeprefix("whsec_"))
     content = f"{message_id}.{stamp}.".encode() + body

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 import amqp
 from kombu import Connection as KombuConnection
 
+from worker.amqp.queue_depths import QueueState, read_queue
 from worker.constants import DEAD_LETTER_QUEUE
 from worker.dead_letter_queue.reading import hold
 
@@ -97,22 +98,23 @@ def queue_depth(broker_url: str, queue: str) -> int:
     if queue == DEAD_LETTER_QUEUE:
         with KombuConnection(broker_url) as dead_letters, hold(dead_letters) as held:
             return held.total
-    return _declared(broker_url, queue)[0]
+    return _declared(broker_url, queue).messages
 
 
 def consumer_count(broker_url: str, queue: str) -> int:
     """Consumers of ``queue``, as RabbitMQ counts them."""
-    return _declared(broker_url, queue)[1]
+    return _declared(broker_url, queue).consumers
 
 
-def _declared(broker_url: str, queue: str) -> tuple[int, int]:
-    """(ready messages, consumers) of ``queue``, by a passive declare."""
+def _declared(broker_url: str, queue: str) -> QueueState:
+    """What the broker says of ``queue`` (which must exist), read as ccsync reads it."""
     connection = connect(broker_url)
     try:
-        _, messages, consumers = connection.channel().queue_declare(queue, passive=True)
-        return int(messages), int(consumers)
+        state = read_queue(connection, queue)
     finally:
         connection.close()
+    assert state is not None, f"the broker has no queue {queue}"
+    return state
 
 
 def purge(broker_url: str, *queues: str) -> None:

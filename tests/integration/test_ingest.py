@@ -104,10 +104,11 @@ def test_given_a_bearer_token_when_posting_each_cloudevents_mode_then_every_even
         assert call["body"]["internalIdentifier"] == event["internalIdentifier"]
 
 
-def test_given_a_webhook_delivered_twice_then_the_event_is_applied_once(
+def test_given_an_event_posted_twice_then_it_is_applied_once(
     worker: LocalWorker, ingest: IngestProcess, sandbox: SandboxControl
 ) -> None:
-    # Given a signed webhook whose sender retries it (same event, same eventId)
+    # Given a signed event whose producer posts it again as a new webhook (same eventId, another
+    # webhook-id: a repeated webhook-id would not even be published, see test_ingest_replays)
     event = native(identifier="RETRIED-1")
     body = json.dumps(event).encode()
 

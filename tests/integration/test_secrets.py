@@ -1,10 +1,15 @@
-"""Issue 7: the bearer token and the client secret leak nowhere.
+"""Issues 7 and 27: no secret leaks anywhere.
 
 A real worker runs with recognisable secrets through everything that writes text somewhere:
 applied events, 500s until retries are exhausted, a 400, a 401 storm, invalid events and an API
-outage, with Sentry pointed at a local sink and metrics served. Afterwards neither secret (nor any
-bearer token the sandbox issued) is in the worker's log, a dead letter, the metrics or anything
-sent to Sentry; and Sentry got the errors, tagged, but not the expected noise.
+outage, with Sentry pointed at a local sink and metrics served. Afterwards no secret (nor any
+bearer token the sandbox issued, nor the ingest and console secrets the worker holds unused) is in
+the worker's log, a dead letter, the metrics or anything sent to Sentry; and Sentry got the errors,
+tagged, but not the expected noise.
+
+Then the console, with every secret the settings can hold (the ingest token and secret, the
+console token, a password of two characters) quoted by a dead letter as it is, percent-encoded and
+JSON-escaped: no page, API answer or export download shows one.
 
 Then, without services: the exceptions the client raises on transport errors and token failures
 carry no secret in their text, even when the failure underneath quoted one.
@@ -12,26 +17,39 @@ carry no secret in their text, even when the failure underneath quoted one.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
 
 from tests.integration.conftest import TENANT, worker_env
+from tests.integration.console_support import (
+    CONSOLE_TOKEN,
+    csrf_of,
+    finished_job,
+    log_in,
+    serving,
+)
 from tests.integration.events import native
 from tests.integration.hostile_messages import purge_all
 from tests.integration.producer import Producer, connect
 from tests.integration.sentry_sink import SentrySink
+from tests.integration.test_dlq_support import Seed, fresh_queues, put_dead_letters, seed_for_event
 from tests.integration.waiting import wait_until
 from tests.support import free_port
 from worker.cloudcockpit.client import Change, CloudCockpitClient, make_http_client
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken
+from worker.console import console_config
 from worker.events import correlation_id
 from worker.exceptions import ApiUnavailable, TokenRejected, TokenUnavailable
+from worker.processing.dead_letters import DeadLetter
 from worker.sandbox import SandboxControl, SandboxOptions, SandboxServer
 from worker.settings import Settings
 from worker.testing import LocalWorker
@@ -40,6 +58,14 @@ CLIENT_ID = "ccsync-secrets-test"
 CLIENT_SECRET = "SECRET-CLIENT-5f2a9c"
 STATIC_TOKEN = "TOKEN-STATIC-77e1b0"
 FINAL = ("applied", "stale", "duplicate", "dead-lettered")
+#: Secrets the worker holds but never uses: none may leak either.
+INGEST_TOKEN = "okmp7ed4SpPZoE3LWyBCXQQzRnvzP_slPkbIAcPeZSc"
+INGEST_SECRET = "whsec_Vsq6Uot92zzrRRrXMa4i2LLW7Lye1uAoPa4rM4ME0ck="
+UNUSED_SECRETS = {
+    "CCSYNC_INGEST_TOKEN": INGEST_TOKEN,
+    "CCSYNC_INGEST_SECRET": INGEST_SECRET,
+    "CCSYNC_CONSOLE_TOKEN": CONSOLE_TOKEN,
+}
 
 
 # --- fixtures ----------------------------------------------------------------------------------
@@ -177,6 +203,7 @@ def test_given_recognisable_secrets_when_a_worker_meets_every_failure_then_no_se
             CCSYNC_METRICS_PORT=str(metrics_port),
             SENTRY_DSN=sink.dsn,
             **CREDENTIALS[credentials],
+            **UNUSED_SECRETS,
         )
         with LocalWorker(env, concurrency=4, loglevel="DEBUG") as worker:
             # When events are applied, fail until retries are exhausted, are rejected, are retried
@@ -247,10 +274,10 @@ def test_given_recognisable_secrets_when_a_worker_meets_every_failure_then_no_se
     # Then the secrets were really in use
     if credentials == "client credentials":
         assert len(token_requests) >= 2, "a token fetched at start and renewed after the 401s"
-        secrets = {CLIENT_SECRET, *presented}
+        secrets = {CLIENT_SECRET, *presented, *UNUSED_SECRETS.values()}
     else:
         assert presented == {STATIC_TOKEN}
-        secrets = {STATIC_TOKEN}
+        secrets = {STATIC_TOKEN, *UNUSED_SECRETS.values()}
     assert "ccsync_events_applied" in metrics_text
     assert len(dead_letters) >= 4, "retries-exhausted, api-rejected and two invalid events"
 
@@ -280,6 +307,120 @@ def test_given_recognisable_secrets_when_a_worker_meets_every_failure_then_no_se
     tagged = [e for e in events if e.get("tags", {}).get("eventId") in noise]
     assert not tagged, [(_message(e), e.get("tags")) for e in tagged]
     assert not [e for e in events if "invalid event" in _message(e)]
+
+
+# --- the console: pages, API answers and the export download ----------------------------------
+
+#: A client secret with characters that percent-encoding and JSON escape.
+ODD_CLIENT_SECRET = 'client "secret"/é-4242'
+#: Shorter than any rule of thumb: still a secret.
+SHORT_PASSWORD = "pw"
+
+
+def _forms(secret: str) -> list[str]:
+    """A secret as it is, percent-encoded and JSON-escaped."""
+    return list(
+        dict.fromkeys(
+            [
+                secret,
+                quote(secret, safe=""),
+                quote_plus(secret),
+                json.dumps(secret)[1:-1],
+                json.dumps(secret, ensure_ascii=False)[1:-1],
+            ]
+        )
+    )
+
+
+def _quoting_seed() -> Seed:
+    """A dead letter whose body and headers quote every secret, in each of its forms."""
+    long_secrets = [INGEST_TOKEN, INGEST_SECRET, CONSOLE_TOKEN, ODD_CLIENT_SECRET]
+    quoted = {f"form{i}": form for i, form in enumerate(f for s in long_secrets for f in _forms(s))}
+    body = json.dumps({"note": "quoting", **quoted, "password": SHORT_PASSWORD}).encode()
+    headers = {
+        "authorization": f"Bearer {INGEST_TOKEN}",
+        "webhook-secret": INGEST_SECRET,
+        "x-console": quote(CONSOLE_TOKEN),
+        "x-client": json.dumps({"secret": ODD_CLIENT_SECRET}),
+        "x-password": SHORT_PASSWORD,
+        "x-form": f"user=ccsync&password={SHORT_PASSWORD}",
+    }
+    seed = seed_for_event("invalid-event")
+    return Seed(
+        body=body,
+        content_type="application/json",
+        headers=headers,
+        letter=DeadLetter("invalid-event", "quoting secrets", attempts=0, event_id="quoting"),
+        at=seed.at,
+    )
+
+
+def _short_leaks(text: str) -> list[str]:
+    """Where the short password stands as a value (inside a word it is no secret's trace)."""
+    pattern = rf"(?<![\w-]){re.escape(SHORT_PASSWORD)}(?![\w-])"
+    return [text[max(0, m.start() - 40) : m.end() + 40] for m in re.finditer(pattern, text)]
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_given_every_secret_quoted_by_a_dead_letter_then_no_console_answer_or_export_shows_one(
+    broker_url: str,
+) -> None:
+    # Given settings holding every kind of secret, a short Redis password among them
+    settings = Settings(
+        _env_file=None,
+        broker_url=broker_url,
+        redis_url=f"redis://:{SHORT_PASSWORD}@127.0.0.1:6379/15",
+        client_id="console-tests",
+        client_secret=ODD_CLIENT_SECRET,
+        console_token=CONSOLE_TOKEN,
+        ingest_token=INGEST_TOKEN,
+        ingest_secret=INGEST_SECRET,
+    )
+    # And a dead letter quoting them all, as they are, percent-encoded and JSON-escaped
+    fresh_queues(broker_url)
+    put_dead_letters(broker_url, [_quoting_seed()])
+
+    with serving(console_config(settings)) as url, httpx.Client(base_url=url) as client:
+        assert log_in(client).status_code == 303
+        # When the operator reads every page and exports the dead letter
+        listing = client.get("/letters")
+        key = re.search(r'href="/letters/([0-9a-f]+)"', listing.text)
+        assert key is not None
+        token = csrf_of(listing.text)
+        run = client.post(
+            "/actions/run",
+            data={"action": "export", "limit": "1", "csrf_token": token},
+            follow_redirects=False,
+        )
+        job = run.headers["location"]
+        assert finished_job(client, job)["message"] == "exported 1 dead letter(s)"
+        answers = {
+            path: client.get(path)
+            for path in ("/", "/letters", f"/letters/{key.group(1)}", "/api/stats", job)
+        }
+        download = client.get(f"{job}/download")
+        fresh_queues(broker_url)
+
+    assert download.status_code == 200
+    [line] = download.text.splitlines()
+    exported = json.loads(line)
+    texts = {path: answer.text for path, answer in answers.items()}
+    texts["export"] = download.text
+    texts["export body"] = base64.b64decode(exported["body"]).decode()
+    # Then no form of any secret is on a page, in an answer or in the export
+    leaks = [
+        f"{place}: {form!r}"
+        for place, text in texts.items()
+        for secret in (INGEST_TOKEN, INGEST_SECRET, CONSOLE_TOKEN, ODD_CLIENT_SECRET)
+        for form in _forms(secret)
+        if form in text
+    ]
+    leaks += [f"{place}: ...{at}..." for place, text in texts.items() for at in _short_leaks(text)]
+    assert not leaks, "secrets shown:\n" + "\n".join(leaks)
+    # And the detail page and the export say where they were
+    assert "***" in texts[f"/letters/{key.group(1)}"]
+    assert exported["headers"]["x-password"] == "***"
+    assert json.loads(texts["export body"])["password"] == "***"
 
 
 def _message(event: dict[str, Any]) -> str:

@@ -13,10 +13,9 @@ from worker.console.chart import build_chart
 from worker.console.config import console_config
 from worker.console.letters import parse_api_error
 from worker.console.login_limit import LoginLimiter
-from worker.console.redaction import Redaction
 from worker.console.sessions import Sessions, operator_name, token_matches
+from worker.console.state import ConsoleState
 from worker.exceptions import ConfigurationError
-from worker.ops.health import Redactor
 from worker.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
@@ -84,11 +83,18 @@ def test_the_chart_stacks_reasons_per_time_bucket() -> None:
 
 
 def test_redaction_covers_settings_secrets_the_console_token_and_markup() -> None:
-    settings = Settings(token="api-token-0123456789", console_token="c" * 20)
-    redaction = Redaction(Redactor(settings), "c" * 20)
-    assert redaction.value("x api-token-0123456789 y") == "x *** y"
-    assert redaction.value(Markup("<b>" + "c" * 20 + "</b>")) == Markup("<b>***</b>")
-    assert redaction.tree({"k": ["amqp://u:pw@h/"]}) == {"k": ["amqp://***@h/"]}
+    console_token = "console-token-for-tests-0123456789"
+    settings = Settings(token="api-token-0123456789", console_token=console_token)
+    state = ConsoleState.create(console_config(settings))
+    try:
+        printed = state.templates.finalize
+        assert printed is not None
+        assert printed("x api-token-0123456789 y") == "x *** y"
+        assert printed(Markup(f"<b>{console_token}</b>")) == Markup("<b>***</b>")
+        assert printed(3) == 3
+        assert state.redaction.tree({"k": ["amqp://u:pw@h/"]}) == {"k": ["amqp://***@h/"]}
+    finally:
+        state.close()
 
 
 @pytest.mark.parametrize("token", [None, "too-short"])

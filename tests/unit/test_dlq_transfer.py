@@ -13,6 +13,7 @@ import pytest
 from worker.dead_letter_queue.reading import DeadLetterError, DeadLetterRecord
 from worker.dead_letter_queue.replay import replay_envelope, replay_headers
 from worker.dead_letter_queue.transfer import read_lines, to_line
+from worker.observability.redaction import Redaction
 from worker.processing.dead_letters import json_safe_headers
 
 NOW = datetime(2024, 5, 2, 8, 30, tzinfo=UTC)
@@ -41,7 +42,7 @@ def test_export_import_round_trip_keeps_bytes_content_type_and_typed_headers() -
     }
     original = raw_record(b"\xff\xfe\x00 not json", "application/octet-stream", headers)
     # When exported to a line and imported back
-    line = to_line(original)
+    line = to_line(original, redaction=Redaction([]))
     (restored,) = read_lines(io.StringIO(line + "\n\n"))
     # Then body, properties and headers are what they were, types included
     assert restored.body == original.body
@@ -68,7 +69,7 @@ def test_export_import_round_trip_keeps_bytes_content_type_and_typed_headers() -
 def test_import_refuses_a_file_with_a_bad_line_before_publishing_anything(
     text: str, message: str
 ) -> None:
-    good = to_line(raw_record(b"{}", "application/json", {}))
+    good = to_line(raw_record(b"{}", "application/json", {}), redaction=Redaction([]))
     with pytest.raises(DeadLetterError, match=message):
         read_lines([good, text])
 

@@ -1,25 +1,21 @@
-"""Sentry set-up: secret values scrubbed wherever they hide, noise kept out, off without a DSN."""
+"""Sentry set-up: secret values scrubbed wherever they hide, noise kept out, off without a DSN.
+
+The redaction itself is tested in ``test_redaction``; here, that Sentry's events pass through it."""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.scrubber import EventScrubber
 
 from worker.observability import sentry as error_reporting
-from worker.observability.sentry import (
-    FILTERED,
-    _replace_secrets,
-    _secret_values,
-    init_error_reporting,
-)
+from worker.observability.sentry import init_error_reporting
 from worker.settings import Settings
 
 TOKEN = "TOKEN-STATIC-77e1b0"
@@ -32,176 +28,6 @@ pytestmark = pytest.mark.usefixtures("clean_environment")
 
 def settings(**values: Any) -> Settings:
     return Settings(_env_file=None, **values)
-
-
-# --- _replace_secrets -------------------------------------------------------------------------
-
-
-def test_given_secrets_nested_in_dicts_lists_and_tuples_then_every_occurrence_is_replaced() -> None:
-    # Given an event with the secrets deep inside, several times in one string
-    event = {
-        "message": f"token {TOKEN} and again {TOKEN}",
-        "extra": {
-            "request": {"headers": [("Authorization", f"Bearer {TOKEN}")]},
-            "form": [{"client_secret": CLIENT_SECRET}, [[f"x{CLIENT_SECRET}y"]]],
-        },
-        "count": 3,
-        "ratio": 0.5,
-        "flag": True,
-        "nothing": None,
-    }
-
-    # When it is scrubbed
-    scrubbed = _replace_secrets(event, [TOKEN, CLIENT_SECRET])
-
-    # Then every occurrence is [Filtered], the text around it and non-text values are kept
-    assert scrubbed["message"] == f"token {FILTERED} and again {FILTERED}"
-    assert scrubbed["extra"]["request"]["headers"] == [["Authorization", f"Bearer {FILTERED}"]]
-    assert scrubbed["extra"]["form"] == [{"client_secret": FILTERED}, [[f"x{FILTERED}y"]]]
-    assert (scrubbed["count"], scrubbed["ratio"], scrubbed["flag"], scrubbed["nothing"]) == (
-        3,
-        0.5,
-        True,
-        None,
-    )
-    assert TOKEN not in repr(scrubbed) and CLIENT_SECRET not in repr(scrubbed)
-
-
-def test_given_no_secrets_then_the_event_is_unchanged() -> None:
-    event = {"message": "nothing to hide", "tags": {"tenant": "a.example"}, "list": [1, "two"]}
-
-    assert _replace_secrets(event, []) == event
-    assert _replace_secrets(event, [TOKEN]) == event
-
-
-_secret_texts = st.text("0123456789-_ABCDEFGHJKLMNPQRSTUVWXYZ", min_size=6, max_size=24)
-_plain = st.text(max_size=20)
-
-
-@st.composite
-def _documents_with_secrets(draw: st.DrawFn) -> tuple[Any, list[str]]:
-    secrets = draw(st.lists(_secret_texts, min_size=1, max_size=3, unique=True))
-
-    def salted(parts: tuple[str, bool, int, int]) -> str:
-        # A secret planted at some place in a string, or not
-        text, plant, at, which = parts
-        if not plant:
-            return text
-        at = min(at, len(text))
-        return text[:at] + secrets[which % len(secrets)] + text[at:]
-
-    strings = st.tuples(_plain, st.booleans(), st.integers(0, 20), st.integers(0, 2)).map(salted)
-    scalars = st.one_of(strings, st.integers(), st.floats(), st.booleans(), st.none())
-    document = draw(
-        st.recursive(
-            scalars,
-            lambda inner: (
-                st.lists(inner, max_size=4)
-                | st.tuples(inner, inner)
-                | st.dictionaries(_plain, inner, max_size=4)
-            ),
-            max_leaves=25,
-        )
-    )
-    return document, secrets
-
-
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _strings(item)
-
-
-@given(_documents_with_secrets())
-def test_property_no_secret_survives_anywhere_in_a_nested_event(
-    case: tuple[Any, list[str]],
-) -> None:
-    document, secrets = case
-
-    scrubbed = _replace_secrets(document, secrets)
-
-    for text in _strings(scrubbed):
-        for secret in secrets:
-            assert secret not in text
-
-
-# --- _secret_values ---------------------------------------------------------------------------
-
-
-def test_given_a_static_token_then_it_is_a_secret() -> None:
-    assert _secret_values(settings(token=TOKEN)) == [TOKEN]
-
-
-def test_given_client_credentials_then_the_client_secret_is_a_secret_and_the_id_is_not() -> None:
-    values = _secret_values(settings(client_id="ccsync-client", client_secret=CLIENT_SECRET))
-
-    assert values == [CLIENT_SECRET]
-
-
-def test_given_passwords_in_the_broker_and_redis_urls_then_they_are_secrets() -> None:
-    values = _secret_values(
-        settings(
-            token=TOKEN,
-            broker_url="amqp://ccsync:broker-pass-8c1f@rabbit.example:5672/prod",
-            redis_url="redis://:redis-pass-3d9e@redis.example:6379/0",
-        )
-    )
-
-    assert sorted(values) == sorted([TOKEN, "broker-pass-8c1f", "redis-pass-3d9e"])
-
-
-def test_given_a_password_containing_at_signs_then_all_of_it_is_a_secret() -> None:
-    values = _secret_values(settings(broker_url="amqps://ccsync:p@ss@w0rd@rabbit.example/vh"))
-
-    assert values == ["p@ss@w0rd"]
-
-
-def test_given_a_percent_encoded_url_password_then_its_decoded_form_is_a_secret_too() -> None:
-    # Given a password with characters a URL must escape: the client libraries use it decoded
-    url = "amqp://ccsync:s3cret%2Fpass%40word@rabbit.example:5672/prod"
-
-    values = _secret_values(settings(broker_url=url))
-
-    # Then the value that could appear in an error (the decoded one) is scrubbed as well
-    assert "s3cret/pass@word" in values
-
-
-def test_given_values_shorter_than_six_characters_then_they_are_ignored() -> None:
-    # Given a short token and the well-known short broker password "guest"
-    values = _secret_values(
-        settings(
-            token="abc12",
-            broker_url="amqp://guest:guest@localhost:5672//",
-            redis_url="redis://:pw@localhost:6379/0",
-        )
-    )
-
-    # Then none of them is scrubbed: replacing "guest" everywhere would mangle ordinary text
-    assert values == []
-
-
-def test_given_six_characters_then_it_is_long_enough() -> None:
-    assert _secret_values(settings(token="abc123")) == ["abc123"]
-
-
-@pytest.mark.parametrize(
-    ("broker_url", "redis_url"),
-    [
-        ("amqp://localhost:5672//", "redis://localhost:6379/0"),
-        ("amqp://user@localhost:5672//", "redis://user@localhost:6379/0"),
-        ("amqp://user:@localhost:5672//", "redis://user:@localhost:6379/0"),
-    ],
-)
-def test_given_urls_without_a_password_then_no_secret_comes_from_them(
-    broker_url: str, redis_url: str
-) -> None:
-    found = _secret_values(settings(token=TOKEN, broker_url=broker_url, redis_url=redis_url))
-    assert found == [TOKEN]
 
 
 # --- init_error_reporting ----------------------------------------------------------------------
@@ -311,3 +137,38 @@ def test_given_a_dsn_then_the_key_scrubber_is_recursive_and_knows_authorization(
     assert scrubber.recursive is True
     assert "Bearer abc" not in repr(event)
     assert "'xyz'" not in repr(event) and "'abc'" not in repr(event)
+
+
+def test_given_a_dsn_then_every_setting_secret_in_every_form_is_scrubbed_short_ones_too(
+    sentry_options: dict[str, Any],
+) -> None:
+    # Given Sentry started with the ingest token and secret, the console token, a short password
+    ingest_token = "okmp7ed4SpPZoE3LWyBCXQQzRnvzP_slPkbIAcPeZSc"
+    ingest_secret = "whsec_Vsq6Uot92zzrRRrXMa4i2LLW7Lye1uAoPa4rM4ME0ck="
+    console_token = 'console "token"/é-0123456789'
+    init_error_reporting(
+        settings(
+            token=TOKEN,
+            sentry_dsn=DSN,
+            ingest_token=ingest_token,
+            ingest_secret=ingest_secret,
+            console_token=console_token,
+            redis_url="redis://:pw@redis.example:6379/0",
+        )
+    )
+    # When an event quotes them: as they are, percent-encoded, JSON-escaped, as a field's value
+    event = {
+        "message": f"Bearer {ingest_token} and {ingest_secret}",
+        "extra": {
+            "form": f"a=1&console={quote(console_token, safe='')}&password=pw",
+            "json": json.dumps({"token": console_token, "secret": quote(ingest_secret)}),
+            "password": "pw",
+        },
+    }
+    sent = repr(sentry_options["before_send"](event, {}))
+
+    # Then none of them leaves, in any form
+    for secret in (ingest_token, ingest_secret, console_token):
+        for form in (secret, quote(secret, safe=""), json.dumps(secret)[1:-1]):
+            assert form not in sent
+    assert "password=pw" not in sent and "'pw'" not in sent

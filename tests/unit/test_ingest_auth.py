@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 
 import pytest
 from starlette.datastructures import Headers
@@ -19,6 +20,7 @@ KEY = bytes(range(32))
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
 NOW = 1_800_000_000
 BODY = b'{"eventId":"e-1"}'
+TOKEN = secrets.token_urlsafe(32)
 
 
 def _signature(body: bytes, *, message_id: str = "m-1", timestamp: int = NOW) -> str:
@@ -74,24 +76,24 @@ def test_given_a_signature_not_of_this_request_then_refused(signature: object) -
 
 
 def test_given_the_bearer_token_then_accepted_and_another_refused() -> None:
-    credentials = _credentials(CCSYNC_INGEST_TOKEN="t0ken")
+    credentials = _credentials(CCSYNC_INGEST_TOKEN=TOKEN)
 
-    authenticate(credentials, Headers({"authorization": "Bearer t0ken"}), BODY, now=NOW)
+    authenticate(credentials, Headers({"authorization": f"Bearer {TOKEN}"}), BODY, now=NOW)
     with pytest.raises(Unauthenticated, match="bearer token is not valid"):
-        authenticate(credentials, Headers({"authorization": "Bearer t0ke"}), BODY, now=NOW)
+        authenticate(credentials, Headers({"authorization": f"Bearer {TOKEN[:-1]}"}), BODY, now=NOW)
     with pytest.raises(Unauthenticated, match="must be 'Bearer <token>'"):
         authenticate(credentials, Headers({"authorization": "Basic dDA="}), BODY, now=NOW)
 
 
 def test_given_only_a_token_configured_then_a_signed_request_is_refused_and_told_why() -> None:
-    credentials = _credentials(CCSYNC_INGEST_TOKEN="t0ken")
+    credentials = _credentials(CCSYNC_INGEST_TOKEN=TOKEN)
 
     with pytest.raises(Unauthenticated, match="signatures are not accepted here"):
         authenticate(credentials, _signed(f"v1,{_signature(BODY)}"), BODY, now=NOW)
 
 
 def test_given_no_credential_offered_then_refused_naming_both_ways() -> None:
-    credentials = _credentials(CCSYNC_INGEST_TOKEN="t0ken", CCSYNC_INGEST_SECRET=SECRET)
+    credentials = _credentials(CCSYNC_INGEST_TOKEN=TOKEN, CCSYNC_INGEST_SECRET=SECRET)
 
     with pytest.raises(Unauthenticated, match=r"no credentials.*Bearer.*webhook-signature"):
         authenticate(credentials, Headers({}), BODY, now=NOW)
@@ -122,8 +124,36 @@ def test_given_a_malformed_secret_then_configuration_error_naming_it_not_quoting
 
 def test_given_ingest_secrets_then_the_settings_repr_never_shows_them() -> None:
     settings = Settings.model_validate(
-        {"CCSYNC_INGEST_TOKEN": "t0ken-secret", "CCSYNC_INGEST_SECRET": SECRET}
+        {"CCSYNC_INGEST_TOKEN": TOKEN, "CCSYNC_INGEST_SECRET": SECRET}
     )
 
-    assert "t0ken-secret" not in repr(settings)
+    assert TOKEN not in repr(settings)
     assert SECRET not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        "t0ken",
+        "ingest-test-token-" + "x" * 16,
+        "password" * 4,
+        "a" * 64,
+        "correct horse battery staple 2024",
+    ],
+    ids=["short", "padded", "repeated", "one-character", "passphrase"],
+)
+def test_given_a_weak_ingest_token_then_configuration_error_saying_how_to_make_one(
+    monkeypatch: pytest.MonkeyPatch, weak: str
+) -> None:
+    monkeypatch.setenv("CCSYNC_INGEST_TOKEN", weak)
+
+    with pytest.raises(ConfigurationError, match=r"^CCSYNC_INGEST_TOKEN: too weak") as error:
+        load_settings()
+    assert "secrets.token_urlsafe(32)" in str(error.value)
+    assert weak not in str(error.value)
+
+
+def test_given_tokens_made_as_the_error_says_then_every_one_is_accepted() -> None:
+    for _ in range(1000):
+        token = secrets.token_urlsafe(32)
+        assert Settings.model_validate({"CCSYNC_INGEST_TOKEN": token}).ingest_token is not None

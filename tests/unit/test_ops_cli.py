@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from worker.cli import main
 from worker.constants import DELAY_LEVELS, EVENTS_QUEUE
-from worker.ops.health import CheckResult, Redactor, failing_parts
+from worker.observability.redaction import Redaction
+from worker.ops.health import CheckResult, failing_parts
 from worker.ops.topology_export import (
     TopologyConflict,
     _RecordingChannel,
@@ -115,7 +116,7 @@ def test_given_settings_with_secrets_when_redacting_then_none_survives() -> None
         "any url https://user:other@host.example/"
     )
 
-    redacted = Redactor(settings)(text)
+    redacted = Redaction.from_settings(settings).text(text)
 
     for secret in ("br0ker-pw", "red1s-pw", "cl1ent-secret", "publickey123", "other"):
         assert secret not in redacted

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from amqp import Message as AmqpMessage
-from amqp.exceptions import NotFound, PreconditionFailed
+from amqp.exceptions import PreconditionFailed
 from kombu import Connection
 
+from worker.amqp.queue_depths import read_queue
 from worker.amqp.topology import dead_letter_exchange, dead_letter_queue
 from worker.constants import DEAD_LETTER_QUEUE, HEADER_DELIVERY_COUNT
 
@@ -81,7 +82,7 @@ def migrate_dead_letter_queue(
         else:
             raise RuntimeError(f"{DEAD_LETTER_QUEUE} never stayed empty; run the migration again")
         on_progress(f"deleted the classic {DEAD_LETTER_QUEUE}")
-    if not _exists(connection, MIGRATION_QUEUE):
+    if read_queue(connection, MIGRATION_QUEUE) is None:
         return report
     channel = _channel(connection)
     dead_letter_queue(channel).declare()
@@ -105,17 +106,6 @@ def _is_quorum(connection: Connection) -> bool:
     try:
         dead_letter_queue(channel).declare()
     except PreconditionFailed:
-        return False
-    with contextlib.suppress(Exception):
-        channel.close()
-    return True
-
-
-def _exists(connection: Connection, queue: str) -> bool:
-    channel = connection.channel()
-    try:
-        channel.queue_declare(queue, passive=True)
-    except NotFound:
         return False
     with contextlib.suppress(Exception):
         channel.close()

@@ -42,6 +42,7 @@ from worker.dead_letter_queue.render import (
 from worker.dead_letter_queue.replay import replay as replay_dead_letters
 from worker.dead_letter_queue.stats import dead_letter_stats
 from worker.dead_letter_queue.transfer import export_dead_letters, import_dead_letters, read_lines
+from worker.observability.redaction import Redaction
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -310,6 +311,7 @@ def export(file: str, filters: DeadLetterFilter, limit: int | None, remove: bool
             connection,
             filters,
             out,
+            redaction=Redaction.from_settings(command_settings()),
             limit=limit,
             remove=remove,
             on_total=progress.total,

@@ -10,7 +10,7 @@ from click.exceptions import NoArgsIsHelpError
 from kombu.exceptions import KombuError
 
 from worker.exceptions import CcsyncError
-from worker.ops.health import mask_url_credentials
+from worker.observability.redaction import mask_url_credentials
 
 #: Failures of the world outside ccsync (network, files, the broker's protocol) that a command may
 #: meet where no ``CcsyncError`` names them yet: told in one line, by type and message.

@@ -13,7 +13,8 @@ from worker.amqp.topology import declare_topology
 from worker.cli.settings import command_settings
 from worker.constants import DEAD_LETTER_QUEUE
 from worker.exceptions import ConfigurationError, LedgerUnavailable
-from worker.ops.health import DEFAULT_TIMEOUT, Redactor, failing_parts, run_checks
+from worker.observability.redaction import Redaction
+from worker.ops.health import DEFAULT_TIMEOUT, failing_parts, run_checks
 from worker.ops.topology_export import Topology, record_topology, topology_json
 from worker.processing.pause import PauseStore, virtual_host
 from worker.settings import Settings, load_settings
@@ -53,7 +54,7 @@ def consumption_line(settings: Settings, timeout: float) -> str:
     try:
         pause = store.read()
     except LedgerUnavailable as exc:
-        return Redactor(settings)(f"consumption unknown: {exc}")
+        return Redaction.from_settings(settings).text(f"consumption unknown: {exc}")
     finally:
         store.close()
     if pause is None:
@@ -79,7 +80,7 @@ def topology(apply_: bool, as_json: bool, migrate: bool) -> None:
                 connect_within(connection, settings.broker_connect_timeout)
                 report = migrate_dead_letter_queue(connection, on_progress=click.echo)
         except Exception as exc:
-            text = Redactor(settings)(f"{type(exc).__name__}: {exc}")
+            text = Redaction.from_settings(settings).text(f"{type(exc).__name__}: {exc}")
             raise click.ClickException(f"could not migrate the topology: {text}") from None
         if report.already_quorum and not report.moved_back:
             click.echo(f"{DEAD_LETTER_QUEUE} is a quorum queue already: nothing to migrate")
@@ -91,7 +92,7 @@ def topology(apply_: bool, as_json: bool, migrate: bool) -> None:
                 connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
                 declare_topology(connection)
         except Exception as exc:
-            text = Redactor(settings)(f"{type(exc).__name__}: {exc}")
+            text = Redaction.from_settings(settings).text(f"{type(exc).__name__}: {exc}")
             raise click.ClickException(f"could not apply the topology: {text}") from None
         click.echo(
             f"applied {len(recorded.exchanges)} exchanges, {len(recorded.queues)} queues, "

@@ -7,7 +7,7 @@ import click
 
 from worker.cli.settings import command_settings
 from worker.exceptions import LedgerUnavailable
-from worker.ops.health import Redactor
+from worker.observability.redaction import Redaction
 from worker.processing.pause import POLL_SECONDS, Pause, PauseStore, virtual_host
 from worker.settings import Settings
 
@@ -18,7 +18,7 @@ def _store(settings: Settings) -> PauseStore:
 
 def _unreachable(settings: Settings, exc: LedgerUnavailable) -> click.ClickException:
     return click.ClickException(
-        Redactor(settings)(f"cannot reach Redis at {settings.redis_url}: {exc}")
+        Redaction.from_settings(settings).text(f"cannot reach Redis at {settings.redis_url}: {exc}")
     )
 
 

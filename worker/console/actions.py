@@ -15,6 +15,7 @@ from worker.dead_letter_queue.filters import DeadLetterFilter
 from worker.dead_letter_queue.purge import purge
 from worker.dead_letter_queue.replay import ReplayReport, replay
 from worker.dead_letter_queue.transfer import export_dead_letters
+from worker.observability.redaction import Redaction
 
 
 def _replay(
@@ -95,6 +96,7 @@ def export_work(
                 connection,
                 filters,
                 out,
+                redaction=Redaction.from_settings(config.settings),
                 limit=limit,
                 on_total=job.on_total,
                 on_examined=job.on_examined,

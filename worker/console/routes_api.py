@@ -10,8 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from worker.amqp.queue_depths import read_queue_depths
 from worker.console.broker import connected
-from worker.console.queues import queue_depths
 from worker.console.sessions import Session
 from worker.console.state import console_state, current_session
 from worker.dead_letter_queue.filters import DeadLetterFilter
@@ -25,7 +25,7 @@ LoggedIn = Annotated[Session, Depends(current_session)]
 def depths(request: Request, session: LoggedIn) -> Response:
     state = console_state(request)
     with connected(state.config) as connection:
-        found = queue_depths(connection)
+        found = read_queue_depths(connection)
     return state.json(found.to_json())
 
 

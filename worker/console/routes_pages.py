@@ -10,11 +10,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
 
+from worker.amqp.queue_depths import read_queue_depths
 from worker.console.broker import connected
 from worker.console.chart import REASONS, build_chart
 from worker.console.editing import current_values
 from worker.console.letters import detail, find, read_list, read_records
-from worker.console.queues import queue_depths
 from worker.console.selection import parse_selection
 from worker.console.sessions import Session
 from worker.console.state import console_state, current_session
@@ -31,7 +31,7 @@ def overview(request: Request, session: LoggedIn) -> Response:
     state = console_state(request)
     with connected(state.config) as connection:
         records = read_records(connection, DeadLetterFilter())
-        depths = queue_depths(connection)
+        depths = read_queue_depths(connection)
     groups = group_stats(records)
     chart = build_chart((record.reason, record.dead_lettered_at) for record in records)
     return state.render(

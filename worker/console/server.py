@@ -17,7 +17,7 @@ _log = logging.getLogger(__name__)
 def run_console(settings: Settings, host: str, port: int) -> None:
     """Serves the console until interrupted; ``ConfigurationError`` without a usable token."""
     config = console_config(settings)  # before anything starts: a missing token is one line
-    configure_logging("INFO", settings.log_format)
+    configure_logging("INFO", settings)
     app = create_app(config)
     _log.info("ccsync console on http://%s:%d", host, port)
     # proxy_headers: behind a TLS-terminating proxy on this host, the request's scheme is https

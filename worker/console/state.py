@@ -12,13 +12,13 @@ from typing import Any, Final
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from jinja2 import Environment, PackageLoader
+from markupsafe import Markup
 
 from worker.console.config import ConsoleConfig
 from worker.console.jobs import JobRunner
 from worker.console.login_limit import LoginLimiter
-from worker.console.redaction import Redaction
 from worker.console.sessions import SESSION_COOKIE, Session, Sessions
-from worker.ops.health import Redactor
+from worker.observability.redaction import Redaction
 
 #: The header JavaScript sends the CSRF token in; forms send the field ``csrf_token``.
 CSRF_HEADER: Final = "x-csrf-token"
@@ -46,13 +46,27 @@ def _moment(value: datetime | str | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _printed(redaction: Redaction) -> Any:
+    """Jinja's ``finalize``: every expression a template prints goes through the redaction.
+
+    Markup stays Markup (its own escaping already happened; the masks hold no markup).
+    """
+
+    def finalize(value: Any) -> Any:
+        if isinstance(value, Markup):
+            return Markup(redaction.text(str(value)))
+        return redaction.text(value) if isinstance(value, str) else value
+
+    return finalize
+
+
 def _templates(redaction: Redaction) -> Environment:
     # autoescape on for every template: producers' bodies and headers are hostile text.
     # finalize: every printed value passes the redaction, so no secret reaches a page.
     environment = Environment(
         loader=PackageLoader("worker.console", "templates"),
         autoescape=True,
-        finalize=redaction.value,
+        finalize=_printed(redaction),
         trim_blocks=True,
         lstrip_blocks=True,
     )
@@ -74,7 +88,8 @@ class ConsoleState:
 
     @classmethod
     def create(cls, config: ConsoleConfig, jobs_dir: Path | None = None) -> ConsoleState:
-        redaction = Redaction(Redactor(config.settings), config.token)
+        # The settings hold the console token too (``config.token`` is read from them).
+        redaction = Redaction.from_settings(config.settings)
         tmp = None
         if jobs_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix="ccsync-console-")

@@ -180,14 +180,6 @@ def reader_channel(connection: Connection) -> Any:
     return channel
 
 
-def queue_depth(channel: Any) -> int:
-    """Ready dead letters now, as the broker's statistics say; declares the queue (idempotently)
-    so a fresh broker works too. A quorum queue updates that figure late (messages a reader just
-    handed back may be missing): a pass over the queue counts with ``basic.get`` instead."""
-    declared = dead_letter_queue(channel).queue_declare()
-    return int(declared.message_count)
-
-
 def fetch(channel: Any, count: int) -> Iterator[DeadLetterRecord]:
     """At most ``count`` dead letters, each held unacknowledged until acked or the channel closes.
 
@@ -221,7 +213,9 @@ def _record(message: Any) -> DeadLetterRecord:
 def _first_and_total(channel: Any) -> tuple[DeadLetterRecord | None, int]:
     """The first dead letter of a pass and how many there are now: the broker's exact count of
     those still ready after it, from its ``basic.get-ok``, plus itself."""
-    queue_depth(channel)  # declares the queue: a fresh broker has none yet
+    # Declared (idempotently): a fresh broker has none yet. Not counted by its statistics, which
+    # a quorum queue updates late (messages a reader just handed back may be missing).
+    dead_letter_queue(channel).declare()
     message = channel.basic_get(queue=DEAD_LETTER_QUEUE, no_ack=False)
     if message is None:
         return None, 0

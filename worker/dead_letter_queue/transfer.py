@@ -5,6 +5,9 @@ be anything) survive; content type, content encoding and every application heade
 Header values JSON cannot hold are tagged (``{"$timestamp": ...}``, ``{"$base64": ...}``,
 ``{"$decimal": ...}``) and come back as the same AMQP types. The operator's summary fields
 (``eventId``, ``reason``, ...) ride along for reading and grepping; import ignores them.
+
+An export holds no secret of ccsync's: the body, the headers and the summary pass the redaction of
+``worker.observability.redaction`` (so an imported dead letter holds ``***`` where one was).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
 from worker.dead_letter_queue.confirm_window import ConfirmWindow
 from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
 from worker.dead_letter_queue.reading import DeadLetterError, DeadLetterRecord, hold
+from worker.observability.redaction import Redaction
 from worker.processing.dead_letters import (
     decode_header_value,
     encode_header_value,
@@ -38,16 +42,18 @@ FORMAT: Final = "ccsync-dead-letter/1"
 WINDOW: Final = 256
 
 
-def to_line(record: DeadLetterRecord) -> str:
-    """One dead letter as one line of JSON (no newline)."""
-    line = {
+def to_line(record: DeadLetterRecord, *, redaction: Redaction) -> str:
+    """One dead letter as one line of JSON (no newline), without any secret ``redaction`` knows."""
+    described = {
         "format": FORMAT,
         **record.summary(),
         "contentType": record.content_type,
         "contentEncoding": record.content_encoding,
         "headers": encode_header_value(dict(record.original_headers)),
-        "body": base64.b64encode(record.body).decode("ascii"),
     }
+    # The body is redacted as bytes, before base64 (which the redaction of text could break).
+    body = base64.b64encode(redaction.bytes(record.body)).decode("ascii")
+    line = {**redaction.tree(described), "body": body}
     return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -100,12 +106,14 @@ def export_dead_letters(
     filters: DeadLetterFilter,
     out: IO[str],
     *,
+    redaction: Redaction,
     limit: int | None = None,
     remove: bool = False,
     on_total: Callable[[int], None] | None = None,
     on_examined: Callable[[int], None] | None = None,
 ) -> TransferReport:
-    """Writes the matching dead letters to ``out``; with ``remove``, takes them out afterwards.
+    """Writes the matching dead letters to ``out``, redacted (``to_line``); with ``remove``, takes
+    them out afterwards.
 
     Removal waits until the file is flushed and synced to disk: a crash before then leaves
     every dead letter in the queue (and perhaps a partial file). An output that cannot be synced
@@ -122,7 +130,7 @@ def export_dead_letters(
             held.records, filters, limit=limit, selection=selection, on_examined=on_examined
         ):
             with _output_failures():
-                out.write(to_line(record) + "\n")
+                out.write(to_line(record, redaction=redaction) + "\n")
             written.append(record)
         with _output_failures():
             out.flush()

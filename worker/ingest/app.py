@@ -3,8 +3,10 @@
 A request is answered in this order: 413 when its body is larger than ``CCSYNC_MAX_EVENT_BYTES``
 (told by Content-Length or found while reading, never read past the limit), 401 without a valid
 credential, 415 in a form not accepted, 400 naming every invalid field of every event, 503 with
-``Retry-After`` when the broker did not confirm them all, else 202. Errors are problem details
-(RFC 9457, ``application/problem+json``); nothing is published from a request answered 4xx.
+``Retry-After`` when the broker did not confirm them all, else 202. A signed webhook whose
+``webhook-id`` was published already is answered as it was then, and publishes nothing
+(``replays``). Errors are problem details (RFC 9457, ``application/problem+json``); nothing is
+published from a request answered 4xx.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from worker.ingest.authentication import Credentials, Unauthenticated, authenticate
 from worker.ingest.decoding import InvalidRequest, UnsupportedMediaType, decode_request
 from worker.ingest.publishing import BrokerUnavailable, EventPublisher
+from worker.ingest.replays import ReplaysUnavailable, WebhookInFlight, WebhookReplays
 from worker.observability.logs import configure_logging
 from worker.settings import Settings
 
@@ -48,12 +51,16 @@ def create_app(settings: Settings, publisher: EventPublisher | None = None) -> F
     credentials = Credentials.from_settings(settings)
     limit = settings.max_event_bytes
     events_publisher = publisher or EventPublisher(settings)
+    # Only signed requests carry a webhook-id: without a secret, no Redis is needed.
+    replays = WebhookReplays(settings) if settings.ingest_secret is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await events_publisher.start()
         yield
         await events_publisher.close()
+        if replays is not None:
+            replays.close()
 
     # No generated documentation: the contract (section 6) documents the one endpoint.
     app = FastAPI(
@@ -64,9 +71,16 @@ def create_app(settings: Settings, publisher: EventPublisher | None = None) -> F
     async def post_events(request: Request) -> Response:
         try:
             body = await _read_body(request, limit)
-            authenticate(credentials, request.headers, body, now=time.time())
+            signed = authenticate(credentials, request.headers, body, now=time.time())
             messages = decode_request(body, request.headers, max_event_bytes=limit)
-            await events_publisher.publish(messages)
+
+            async def publish() -> dict[str, Any]:
+                await events_publisher.publish(messages)
+                return {"accepted": len(messages), "eventIds": [m.event_id for m in messages]}
+
+            answer = await (
+                publish() if signed is None or replays is None else replays.once(signed, publish)
+            )
         except PayloadTooLarge as exc:
             return problem(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc))
         except Unauthenticated as exc:
@@ -91,17 +105,18 @@ def create_app(settings: Settings, publisher: EventPublisher | None = None) -> F
                     for p in exc.problems
                 ],
             )
-        except BrokerUnavailable as exc:
+        except WebhookInFlight as exc:
+            return problem(
+                HTTPStatus.CONFLICT, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+            )
+        except (BrokerUnavailable, ReplaysUnavailable) as exc:
             log.warning("ingest: answered 503: %s", exc)
             return problem(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 str(exc),
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        return JSONResponse(
-            {"accepted": len(messages), "eventIds": [message.event_id for message in messages]},
-            status_code=HTTPStatus.ACCEPTED,
-        )
+        return JSONResponse(answer, status_code=HTTPStatus.ACCEPTED)
 
     return app
 
@@ -143,7 +158,7 @@ def run_ingest(settings: Settings, *, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM. Raises ``ConfigurationError`` before listening when no
     credential is configured."""
     app = create_app(settings)
-    configure_logging("INFO", settings.log_format)
+    configure_logging("INFO", settings)
     log.info("ccsync ingest: serving POST %s on http://%s:%d", EVENTS_PATH, host, port)
     # log_config=None: uvicorn's records go through ccsync's logging (JSON in production).
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

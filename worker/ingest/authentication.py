@@ -28,6 +28,14 @@ class Unauthenticated(CcsyncError):
     never a secret."""
 
 
+@dataclass(frozen=True)
+class SignedRequest:
+    """What a valid Standard Webhooks signature vouches for: the message's id and timestamp."""
+
+    message_id: str
+    timestamp: int
+
+
 @dataclass(frozen=True, repr=False)
 class Credentials:
     """What a request may prove: the token and the HMAC key, either possibly absent."""
@@ -47,8 +55,9 @@ class Credentials:
 
 def authenticate(
     credentials: Credentials, headers: Mapping[str, str], body: bytes, *, now: float
-) -> None:
-    """Return when ``headers`` carry the bearer token or a valid signature of ``body``.
+) -> SignedRequest | None:
+    """Return when ``headers`` carry the bearer token (None) or a valid signature of ``body``
+    (the signed message's id and timestamp, by which repeated deliveries are told).
 
     ``headers`` must be case-insensitive (names in lower case are looked up). ``now`` is the
     server's clock, in seconds since the epoch. Raises ``Unauthenticated`` saying why each
@@ -59,12 +68,12 @@ def authenticate(
     if authorization is not None:
         reason = _check_bearer(credentials.token, authorization)
         if reason is None:
-            return
+            return None
         reasons.append(reason)
     if any(name in headers for name in ("webhook-id", "webhook-timestamp", "webhook-signature")):
         reason = _check_signature(credentials.webhook_key, headers, body, now=now)
         if reason is None:
-            return
+            return SignedRequest(headers["webhook-id"], int(headers["webhook-timestamp"]))
         reasons.append(reason)
     if not reasons:
         reasons.append(

@@ -2,7 +2,7 @@
 
 ``CCSYNC_LOG_FORMAT`` is ``json``, ``text`` or ``auto`` (text when stderr is a terminal). Fields
 given as ``extra=`` (eventId, correlationId, tenant, customerId, outcome, attempt, duration) become
-JSON keys.
+JSON keys. Every line, its traceback too, passes ``worker.observability.redaction`` on its way out.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from worker.observability.redaction import Redaction
+from worker.settings import Settings
 
 EVENT_FIELDS = (
     "eventId",
@@ -26,6 +29,10 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, redaction: Redaction) -> None:
+        super().__init__()
+        self._redaction = redaction
+
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
@@ -38,23 +45,28 @@ class JsonFormatter(logging.Formatter):
                 document[key] = value
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
-        return json.dumps(document, default=str, ensure_ascii=False)
+        return self._redaction.text(json.dumps(document, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
+    def __init__(self, redaction: Redaction) -> None:
         super().__init__("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
+        self._redaction = redaction
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         fields = [f"{key}={getattr(record, key)}" for key in EVENT_FIELDS if hasattr(record, key)]
-        return f"{line} [{' '.join(fields)}]" if fields else line
+        return self._redaction.text(f"{line} [{' '.join(fields)}]" if fields else line)
 
 
-def configure_logging(level: str, log_format: str = "auto") -> None:
+def configure_logging(level: str, settings: Settings) -> None:
+    """Root logging to stderr at ``level``, in ``settings.log_format``, every line redacted of
+    the secrets ``settings`` hold."""
+    log_format = settings.log_format
+    redaction = Redaction.from_settings(settings)
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.setFormatter(JsonFormatter(redaction) if use_json else TextFormatter(redaction))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

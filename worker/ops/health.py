@@ -8,7 +8,6 @@ The parts are checked in parallel, so a probe waits for the slowest one, not for
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from redis.retry import Retry
 from worker.amqp.connection import broker_connection
 from worker.cloudcockpit.client import make_http_client, make_token_source
 from worker.exceptions import CcsyncError
+from worker.observability.redaction import Redaction
 from worker.processing.ledger.client import redis_client
 from worker.settings import Settings
 
@@ -30,9 +30,6 @@ PARTS: Final = ("broker", "redis", "token", "api")
 DEFAULT_TIMEOUT: Final = 5.0
 #: The longest detail a failed check reports.
 MAX_DETAIL_CHARS: Final = 200
-
-# user:password@ in any URL an exception might quote.
-_URL_CREDENTIALS: Final = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
 
 @dataclass(frozen=True)
@@ -45,39 +42,6 @@ class CheckResult:
         if self.ok:
             return f"{self.part} ok" + (f" ({self.detail})" if self.detail else "")
         return f"{self.part} FAILED: {self.detail or 'unknown error'}"
-
-
-class Redactor:
-    """Removes every secret the settings hold from a text meant for a terminal or a log."""
-
-    def __init__(self, settings: Settings) -> None:
-        secrets = [
-            settings.token.get_secret_value() if settings.token else None,
-            settings.client_secret.get_secret_value() if settings.client_secret else None,
-            settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None,
-            _password(settings.redis_url),
-            *(_password(url) for url in settings.broker_urls),
-        ]
-        # Longest first, so a secret containing another is removed whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        text = mask_url_credentials(text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-
-def mask_url_credentials(text: str) -> str:
-    """``text`` with the ``user:password@`` of every URL in it replaced by ``***@``."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
-
-
-def _password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -148,7 +112,7 @@ def _origin(url: str) -> str:
 
 def run_checks(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> list[CheckResult]:
     """Every part's result, in the order of ``PARTS``, with no secret in any detail."""
-    redact = Redactor(settings)
+    redact = Redaction.from_settings(settings)
     with make_http_client(settings) as http:
         http.timeout = httpx.Timeout(timeout)
         checks: list[Callable[[], CheckResult]] = [
@@ -161,7 +125,7 @@ def run_checks(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> list[Che
             max_workers=len(checks), thread_name_prefix="ccsync-health"
         ) as pool:
             results = list(pool.map(_guarded, PARTS, checks))
-    return [CheckResult(r.part, r.ok, redact(r.detail)) for r in results]
+    return [CheckResult(r.part, r.ok, redact.text(r.detail)) for r in results]
 
 
 def _guarded(part: str, check: Callable[[], CheckResult]) -> CheckResult:

@@ -412,7 +412,7 @@ def run_worker(
 
     settings.require_api_credentials()
     lane_connections(settings)  # a CA or proxy the lanes cannot use stops the worker here
-    configure_logging(loglevel, settings.log_format)
+    configure_logging(loglevel, settings)
     init_error_reporting(settings)
     configure_tracing()
     app = make_app(settings, concurrency)

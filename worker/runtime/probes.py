@@ -24,7 +24,8 @@ from worker.observability.endpoints import (
     ProbeAnswer,
     serve_endpoints,
 )
-from worker.ops.health import CheckResult, Redactor, check_api
+from worker.observability.redaction import Redaction
+from worker.ops.health import CheckResult, check_api
 from worker.settings import Settings
 
 
@@ -78,11 +79,14 @@ def poll_queue_depths(app: CcsyncCelery) -> None:
 
 
 def record_queue_depths(depths: QueueDepths | None) -> None:
-    """Sets the depth gauges; unknown (NaN) when the broker could not be asked."""
+    """Sets the depth gauges; unknown (NaN) when the broker could not be asked, or for a queue
+    it does not have."""
     unknown = float("nan")
+    work = {} if depths is None else depths.work
     for queue in WORK_QUEUES:
-        metrics.QUEUE_MESSAGES.labels(queue).set(unknown if depths is None else depths.work[queue])
-    metrics.DELAY_LADDER_MESSAGES.set(unknown if depths is None else depths.delay_ladder)
+        depth = work.get(queue)
+        metrics.QUEUE_MESSAGES.labels(queue).set(unknown if depth is None else depth)
+    metrics.DELAY_LADDER_MESSAGES.set(unknown if depths is None else depths.delayed)
 
 
 def readiness(app: CcsyncCelery, http: httpx.Client) -> ProbeAnswer:
@@ -96,8 +100,8 @@ def readiness(app: CcsyncCelery, http: httpx.Client) -> ProbeAnswer:
     ]
     with ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="ccsync-ready") as pool:
         results = list(pool.map(_guarded, ["broker", "redis", "token", "api"], checks))
-    redact = Redactor(app.ccsync_settings)
-    text = "\n".join(redact(result.line()) for result in results)
+    redact = Redaction.from_settings(app.ccsync_settings)
+    text = "\n".join(redact.text(result.line()) for result in results)
     return ProbeAnswer(all(result.ok for result in results), text)
 
 
