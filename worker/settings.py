@@ -55,6 +55,10 @@ DEFAULT_LIVENESS_SECONDS: Final = 60.0
 #: to hide a slow API's latency; the worker's CPU, not this number, bounds a fast API's throughput.
 DEFAULT_CONCURRENCY: Final = 256
 
+#: Events one ``ccsync ingest`` batch may hold: a producer's ordinary batch, and a bound on the work
+#: (validation, publishing) one request can ask for.
+DEFAULT_MAX_BATCH_EVENTS: Final = 1000
+
 #: Broker URL schemes accepted: kombu's AMQP 0-9-1 transports. ccsync needs RabbitMQ (quorum
 #: queues, publisher confirms, mandatory publishing), so kombu's other transports are refused.
 BROKER_SCHEMES: Final = ("amqp", "amqps")
@@ -142,6 +146,9 @@ class Settings(BaseSettings):
         validation_alias="CCSYNC_UNANSWERED_HOLD_SECONDS",
     )
     max_event_bytes: int = Field(1_048_576, gt=0, validation_alias="CCSYNC_MAX_EVENT_BYTES")
+    max_batch_events: int = Field(
+        DEFAULT_MAX_BATCH_EVENTS, gt=0, validation_alias="CCSYNC_MAX_BATCH_EVENTS"
+    )
     max_clock_skew_seconds: float = Field(
         DEFAULT_MAX_CLOCK_SKEW_SECONDS,
         ge=0,

@@ -11,7 +11,12 @@ import pytest
 from starlette.datastructures import Headers
 
 from worker.exceptions import ConfigurationError
-from worker.ingest.authentication import Credentials, Unauthenticated, authenticate
+from worker.ingest.authentication import (
+    Credentials,
+    Unauthenticated,
+    authenticate,
+    authenticate_headers,
+)
 from worker.settings import Settings, load_settings
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
@@ -157,3 +162,33 @@ def test_given_tokens_made_as_the_error_says_then_every_one_is_accepted() -> Non
     for _ in range(1000):
         token = secrets.token_urlsafe(32)
         assert Settings.model_validate({"CCSYNC_INGEST_TOKEN": token}).ingest_token is not None
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "no credentials"),
+        ({"authorization": "Bearer t0ke"}, "bearer token is not valid"),
+        ({"webhook-id": "m-1", "webhook-signature": "v1,x"}, "needs all of webhook-id"),
+        (
+            {"webhook-id": "m-1", "webhook-timestamp": str(NOW - 301), "webhook-signature": "v1,x"},
+            "more than 300 s away",
+        ),
+    ],
+    ids=["none", "wrong token", "incomplete signature", "stale signature"],
+)
+def test_given_headers_that_no_body_could_make_valid_then_refused_before_the_body(
+    headers: dict[str, str], reason: str
+) -> None:
+    credentials = _credentials(CCSYNC_INGEST_TOKEN=TOKEN, CCSYNC_INGEST_SECRET=SECRET)
+
+    with pytest.raises(Unauthenticated, match=reason):
+        authenticate_headers(credentials, Headers(headers), now=NOW)
+
+
+def test_given_the_token_or_signature_headers_then_the_body_may_be_read() -> None:
+    credentials = _credentials(CCSYNC_INGEST_TOKEN=TOKEN, CCSYNC_INGEST_SECRET=SECRET)
+
+    authenticate_headers(credentials, Headers({"authorization": f"Bearer {TOKEN}"}), now=NOW)
+    # Whether the signature is of the body is known once the body is read
+    authenticate_headers(credentials, _signed("v1,bm9wZQ=="), now=NOW)

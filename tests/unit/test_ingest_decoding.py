@@ -12,6 +12,8 @@ from starlette.datastructures import Headers
 
 from worker.events import decode_event
 from worker.ingest.decoding import (
+    MAX_REPORTED_PROBLEMS,
+    BatchTooLarge,
     InvalidRequest,
     Outgoing,
     UnsupportedMediaType,
@@ -19,6 +21,8 @@ from worker.ingest.decoding import (
 )
 
 LIMIT = 4096
+MAX_BATCH = 10
+BATCH = "application/cloudevents-batch+json"
 CUSTOMER = str(uuid.uuid4())
 NATIVE: dict[str, Any] = {
     "eventId": "e-1",
@@ -39,7 +43,10 @@ CLOUD_EVENT: dict[str, Any] = {
 
 def _decode(body: bytes, **headers: str) -> list[Outgoing]:
     return decode_request(
-        body, Headers({k.replace("_", "-"): v for k, v in headers.items()}), max_event_bytes=LIMIT
+        body,
+        Headers({k.replace("_", "-"): v for k, v in headers.items()}),
+        max_event_bytes=LIMIT,
+        max_batch_events=MAX_BATCH,
     )
 
 
@@ -138,3 +145,48 @@ def test_given_another_media_type_then_unsupported(content_type: str | None) -> 
 
     with pytest.raises(UnsupportedMediaType, match="application/cloudevents-batch\\+json"):
         _decode(json.dumps(NATIVE).encode(), **headers)
+
+
+def test_given_a_batch_of_more_events_than_the_limit_then_refused_before_any_is_validated() -> None:
+    body = json.dumps([{}] * (MAX_BATCH + 1)).encode()
+
+    with pytest.raises(BatchTooLarge, match=f"holds {MAX_BATCH + 1} events; at most {MAX_BATCH}"):
+        _decode(body, content_type=BATCH)
+
+
+def test_given_a_batch_at_the_limit_then_accepted() -> None:
+    events = [{**CLOUD_EVENT, "id": f"e-{index}"} for index in range(MAX_BATCH)]
+
+    assert len(_decode(json.dumps(events).encode(), content_type=BATCH)) == MAX_BATCH
+
+
+def test_given_more_problems_than_reported_then_the_first_ones_and_the_count_of_all() -> None:
+    # Given a batch of events whose every one has a wrong specversion
+    many = MAX_REPORTED_PROBLEMS + 5
+    events = [{**CLOUD_EVENT, "id": f"e-{index}", "specversion": "0.3"} for index in range(many)]
+
+    # When it is decoded
+    with pytest.raises(InvalidRequest) as error:
+        decode_request(
+            json.dumps(events).encode(),
+            Headers({"content-type": BATCH}),
+            max_event_bytes=LIMIT,
+            max_batch_events=many,
+        )
+
+    # Then the first problems are reported, in order, and all of them are counted
+    problems = error.value.problems
+    assert [problem.event for problem in problems] == list(range(MAX_REPORTED_PROBLEMS))
+    assert error.value.count == many
+
+
+def test_given_a_lone_surrogate_in_a_batch_event_then_invalid_naming_the_event() -> None:
+    # json.dumps escapes the lone surrogate: the body is valid JSON, its text is not Unicode
+    body = json.dumps([CLOUD_EVENT, {**CLOUD_EVENT, "note": "\ud800"}]).encode()
+
+    with pytest.raises(InvalidRequest) as error:
+        _decode(body, content_type=BATCH)
+
+    [problem] = error.value.problems
+    assert (problem.event, problem.field) == (1, "body")
+    assert "surrogate" in problem.detail

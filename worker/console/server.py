@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
-
 from worker.console.app import create_app
 from worker.console.config import console_config
+from worker.http_serving import serve
 from worker.observability.logs import configure_logging
 from worker.settings import Settings
 
@@ -22,4 +21,5 @@ def run_console(settings: Settings, host: str, port: int) -> None:
     _log.info("ccsync console on http://%s:%d", host, port)
     # proxy_headers: behind a TLS-terminating proxy on this host, the request's scheme is https
     # (the session cookie is then Secure) and its client address is the operator's.
-    uvicorn.run(app, host=host, port=port, proxy_headers=True, log_config=None, access_log=False)
+    # Connection limits and timeouts: worker.http_serving's, as for ccsync ingest.
+    serve(app, host=host, port=port, proxy_headers=True)

@@ -63,6 +63,24 @@ def authenticate(
     server's clock, in seconds since the epoch. Raises ``Unauthenticated`` saying why each
     credential offered failed, or that none was offered.
     """
+    return _authenticate(credentials, headers, body, now=now)
+
+
+def authenticate_headers(
+    credentials: Credentials, headers: Mapping[str, str], *, now: float
+) -> None:
+    """Raise ``Unauthenticated``, as ``authenticate`` would, when ``headers`` alone show that no
+    body could make the request valid, so that such a request's body is never read.
+
+    Returning is not authentication: a signature still has to be checked against the body.
+    """
+    _authenticate(credentials, headers, None, now=now)
+
+
+def _authenticate(
+    credentials: Credentials, headers: Mapping[str, str], body: bytes | None, *, now: float
+) -> SignedRequest | None:
+    """``authenticate``; with ``body`` None, a signature whose headers pass counts as valid."""
     reasons: list[str] = []
     authorization = headers.get("authorization")
     if authorization is not None:
@@ -95,7 +113,7 @@ def _check_bearer(token: bytes | None, authorization: str) -> str | None:
 
 
 def _check_signature(
-    key: bytes | None, headers: Mapping[str, str], body: bytes, *, now: float
+    key: bytes | None, headers: Mapping[str, str], body: bytes | None, *, now: float
 ) -> str | None:
     if key is None:
         return "webhook signatures are not accepted here: send a bearer token instead"
@@ -111,6 +129,8 @@ def _check_signature(
             f"webhook-timestamp is more than {WEBHOOK_TOLERANCE_SECONDS} s away from this "
             "server's clock: sign the request again when sending it"
         )
+    if body is None:
+        return None
     expected = sign(key, message_id=message_id, timestamp=timestamp, body=body)
     for candidate in signatures.split():
         version, _, signature = candidate.partition(",")

@@ -32,10 +32,18 @@ BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
 HTTP_ATTRIBUTE_PREFIX: Final = "ce-"
 #: Prefix of the same attributes among AMQP application headers (what the intake reads).
 AMQP_ATTRIBUTE_PREFIX: Final = "cloudEvents:"
+#: Problems a 400 lists (the first ones; all are counted): a batch of invalid events answers in a
+#: few kilobytes, never in more than its own size.
+MAX_REPORTED_PROBLEMS: Final = 100
 
 
 class UnsupportedMediaType(CcsyncError):
     """Answer 415: the request is none of the accepted forms; the message lists them."""
+
+
+class BatchTooLarge(CcsyncError):
+    """Answer 413: a batch holds more events than ``CCSYNC_MAX_BATCH_EVENTS``; the message says
+    how many are accepted, so that the producer splits it."""
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,13 @@ class FieldProblem:
 
 
 class InvalidRequest(CcsyncError):
-    """Answer 400: ``problems`` names every invalid field of every event of the request."""
+    """Answer 400: ``problems`` names the first ``MAX_REPORTED_PROBLEMS`` invalid fields of the
+    request's events, in order; ``count`` is the number of all."""
 
     def __init__(self, problems: Sequence[FieldProblem]) -> None:
-        super().__init__("; ".join(f"{p.field}: {p.detail}" for p in problems))
-        self.problems = list(problems)
+        self.problems = list(problems[:MAX_REPORTED_PROBLEMS])
+        self.count = len(problems)
+        super().__init__("; ".join(f"{p.field}: {p.detail}" for p in self.problems))
 
 
 @dataclass(frozen=True)
@@ -67,13 +77,14 @@ class Outgoing:
 
 
 def decode_request(
-    body: bytes, headers: Mapping[str, str], *, max_event_bytes: int
+    body: bytes, headers: Mapping[str, str], *, max_event_bytes: int, max_batch_events: int
 ) -> list[Outgoing]:
     """The messages of one request, every one of them valid.
 
     ``headers`` must be case-insensitive (``ce-*`` names are matched in lower case). Raises
-    ``UnsupportedMediaType``, or ``InvalidRequest`` naming every problem of every event: a request
-    is published whole or not at all.
+    ``UnsupportedMediaType``, ``BatchTooLarge`` for a batch of over ``max_batch_events`` events
+    (before any is validated), or ``InvalidRequest`` naming the problems of the events: a request
+    is published whole or not at all. CPU-bound on a large body: call it off the event loop.
     """
     content_type = headers.get("content-type")
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
@@ -85,7 +96,7 @@ def decode_request(
     if media_type == CLOUDEVENTS_CONTENT_TYPE:
         candidates = [Outgoing(body, content_type)]
     elif media_type == BATCH_CONTENT_TYPE:
-        candidates = _batch(body)
+        candidates = _batch(body, max_batch_events)
     elif attributes and media_type in ("", NATIVE_CONTENT_TYPE):
         amqp_headers = {f"{AMQP_ATTRIBUTE_PREFIX}{key}": value for key, value in attributes.items()}
         candidates = [Outgoing(body, content_type or NATIVE_CONTENT_TYPE, amqp_headers)]
@@ -126,7 +137,7 @@ def decode_request(
     return accepted
 
 
-def _batch(body: bytes) -> list[Outgoing]:
+def _batch(body: bytes, max_events: int) -> list[Outgoing]:
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -136,20 +147,31 @@ def _batch(body: bytes) -> list[Outgoing]:
         raise InvalidRequest(
             [FieldProblem(None, "body", "a batch must be a JSON array of CloudEvents")]
         )
-    problems = [
-        FieldProblem(index, "body", "each item of a batch must be a JSON object (a CloudEvent)")
-        for index, item in enumerate(document)
-        if not isinstance(item, dict)
-    ]
+    if len(document) > max_events:
+        raise BatchTooLarge(
+            f"the batch holds {len(document)} events; at most {max_events} are accepted in one "
+            "request: send the rest in further requests"
+        )
+    problems: list[FieldProblem] = []
+    messages: list[Outgoing] = []
+    for index, item in enumerate(document):
+        if not isinstance(item, dict):
+            problems.append(
+                FieldProblem(
+                    index, "body", "each item of a batch must be a JSON object (a CloudEvent)"
+                )
+            )
+            continue
+        try:
+            text = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:
+            detail = "holds a lone surrogate (an unpaired \\ud800-\\udfff escape): not Unicode"
+            problems.append(FieldProblem(index, "body", detail))
+            continue
+        messages.append(Outgoing(text, CLOUDEVENTS_CONTENT_TYPE))
     if problems:
         raise InvalidRequest(problems)
-    return [
-        Outgoing(
-            json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode(),
-            CLOUDEVENTS_CONTENT_TYPE,
-        )
-        for item in document
-    ]
+    return messages
 
 
 def _field_problems(exc: ValidationError, event: int | None, *, binary: bool) -> list[FieldProblem]:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 import amqp
-from amqp.exceptions import AMQPError
+from amqp.exceptions import AMQPError, MessageNacked
 from kombu import Connection
 from kombu.exceptions import KombuError
 
@@ -112,13 +112,20 @@ class EventPublisher:
         if message.headers:
             properties["application_headers"] = dict(message.headers)
         self._returned.clear()
-        channel.basic_publish_confirm(
-            amqp.Message(message.body, **properties),
-            exchange=EVENTS_EXCHANGE,
-            routing_key=EVENT_ROUTING_KEY,
-            mandatory=True,
-            confirm_timeout=CONFIRM_TIMEOUT,
-        )
+        try:
+            channel.basic_publish_confirm(
+                amqp.Message(message.body, **properties),
+                exchange=EVENTS_EXCHANGE,
+                routing_key=EVENT_ROUTING_KEY,
+                mandatory=True,
+                confirm_timeout=CONFIRM_TIMEOUT,
+            )
+        except MessageNacked:
+            # The channel stays usable: refused, not broken; trying again at once would fail too.
+            raise BrokerUnavailable(
+                f"the broker refused the event (nack): a queue bound to {EVENTS_EXCHANGE} is at "
+                "its length limit, or could not store it"
+            ) from None
         # RabbitMQ sends basic.return before the confirm of the same message.
         if self._returned:
             raise BrokerUnavailable(
