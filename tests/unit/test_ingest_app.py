@@ -4,6 +4,7 @@ failure is still a problem document. The app is called in process, as uvicorn wo
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -17,7 +18,7 @@ from worker.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
-TOKEN = "t0ken-for-unit-tests"
+TOKEN = secrets.token_urlsafe(32)
 BEARER = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 #: Short, so that the test is quick; the server's own is much longer.
 READ_TIMEOUT_SECONDS = 0.3

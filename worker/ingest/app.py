@@ -126,9 +126,7 @@ def create_app(
             authenticate_headers(credentials, request.headers, now=time.time())
             body = await _read_body(request, limit, timeout_seconds=read_timeout_seconds)
             async with decoding:
-                signed, messages = await run_in_threadpool(
-                    verified_messages, body, request.headers
-                )
+                signed, messages = await run_in_threadpool(verified_messages, body, request.headers)
 
             async def publish() -> dict[str, Any]:
                 await events_publisher.publish(messages)
