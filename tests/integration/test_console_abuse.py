@@ -9,7 +9,9 @@ import re
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,6 +22,7 @@ from tests.integration.console_support import (
     CONSOLE_TOKEN,
     console_process,
     console_settings,
+    csrf_of,
     log_in,
     login_form_token,
     serving,
@@ -218,3 +221,39 @@ def test_logging_in_everywhere_else_out_closes_the_operators_other_sessions(
             assert laptop.get("/", follow_redirects=False).status_code == 303
             assert phone.get("/", follow_redirects=False).status_code == 200
             assert bob.get("/", follow_redirects=False).status_code == 200
+
+
+def test_log_out_everywhere_ends_every_session_of_the_operator(broker_url: str) -> None:
+    fresh_queues(broker_url)
+    with serving(console_settings(broker_url)) as url:
+        laptop, phone = (httpx.Client(base_url=url) for _ in range(2))
+        with laptop, phone:
+            for device in (laptop, phone):
+                assert log_in(device).status_code == 303
+            # When alice presses "Log out everywhere" on her phone
+            token = csrf_of(phone.get("/").text)
+            out = phone.post(
+                "/logout",
+                data={"csrf_token": token, "everywhere": "on"},
+                follow_redirects=False,
+            )
+            # Then both her sessions are gone
+            assert out.status_code == 303
+            assert laptop.get("/", follow_redirects=False).status_code == 303
+            assert phone.get("/", follow_redirects=False).status_code == 303
+
+
+def test_a_session_left_unused_ends_though_its_page_keeps_polling(broker_url: str) -> None:
+    fresh_queues(broker_url)
+    config = replace(console_settings(broker_url), session_idle_seconds=2)
+    with serving(config) as url, httpx.Client(base_url=url) as client:
+        assert log_in(client).status_code == 303
+        # While the operator opens pages, the session stays
+        for _ in range(3):
+            time.sleep(1)
+            assert client.get("/", follow_redirects=False).status_code == 200
+        # While only the page polls the API, it does not
+        for _ in range(3):
+            time.sleep(1)
+            client.get("/api/depths")
+        assert client.get("/", follow_redirects=False).status_code == 303
