@@ -26,7 +26,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
  && useradd --system --uid 10001 --user-group --no-create-home ccsync
 # Celery warns about, and a compromised dependency would enjoy, a worker running as root.
 USER ccsync
-# CCSYNC_METRICS_PORT: Prometheus metrics of the worker.
+# CCSYNC_METRICS_PORT: Prometheus metrics of the worker (with CCSYNC_METRICS_HOST=0.0.0.0 to be
+# reached from outside the container; loopback by default).
 EXPOSE 9100
 ENTRYPOINT ["ccsync"]
 CMD ["worker"]

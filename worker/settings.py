@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import math
 import os
 from collections import Counter
@@ -73,6 +74,11 @@ SENTINEL_SCHEME: Final = "redis+sentinel"
 CLUSTER_SCHEME: Final = "redis+cluster"
 #: Schemes of CloudCockpit's API and token URLs.
 HTTP_SCHEMES: Final = ("http", "https")
+
+#: Host headers ``ccsync console`` answers by default: its own default address, by number or name.
+DEFAULT_CONSOLE_ALLOWED_HOSTS: Final = ("127.0.0.1", "localhost")
+#: The interface the worker's metrics and probes listen on by default: this host only.
+DEFAULT_METRICS_HOST: Final = "127.0.0.1"
 
 #: How a Standard Webhooks secret starts; the rest is the HMAC key in base64.
 WEBHOOK_SECRET_PREFIX: Final = "whsec_"
@@ -161,7 +167,22 @@ class Settings(BaseSettings):
     # The one shared secret operators log in to ``ccsync console`` with; the console refuses to
     # start without it.
     console_token: SecretStr | None = Field(None, validation_alias="CCSYNC_CONSOLE_TOKEN")
+    # Peers whose X-Forwarded-For and X-Forwarded-Proto the console believes (addresses or
+    # networks); none by default, so no local process can pose as another client.
+    console_trusted_proxies: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        None, validation_alias="CCSYNC_CONSOLE_TRUSTED_PROXIES"
+    )
+    # Host headers the console answers (its names as operators type them): a page of another
+    # site whose name was rebound to the console's address is refused.
+    console_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_CONSOLE_ALLOWED_HOSTS, validation_alias="CCSYNC_CONSOLE_ALLOWED_HOSTS"
+    )
     metrics_port: int | None = Field(None, ge=1, le=65535, validation_alias="CCSYNC_METRICS_PORT")
+    # Loopback by default: the probes and metrics say much about the deployment; a container
+    # scraped or probed from outside sets 0.0.0.0.
+    metrics_host: str = Field(
+        DEFAULT_METRICS_HOST, min_length=1, validation_alias="CCSYNC_METRICS_HOST"
+    )
     # /livez fails once the worker's event loop has not run for this long (a hung worker).
     liveness_seconds: float = Field(
         DEFAULT_LIVENESS_SECONDS,
@@ -209,9 +230,7 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_delays(cls, value: object) -> object:
         if isinstance(value, str):
-            parts = [part.strip() for part in value.split(",")]
-            if not all(parts):
-                raise ValueError("an empty item: give seconds separated by commas, like 2,10,60")
+            parts = _comma_list(value, example="2,10,60")
             try:
                 delays = tuple(float(part) for part in parts)
             except ValueError:
@@ -219,6 +238,24 @@ class Settings(BaseSettings):
             if not all(math.isfinite(delay) and delay >= 0 for delay in delays):
                 raise ValueError("delays must be finite and not negative")
             return delays
+        return value
+
+    @field_validator("console_trusted_proxies", "console_allowed_hosts", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        return _comma_list(value, example="a,b") if isinstance(value, str) else value
+
+    @field_validator("console_trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for proxy in value or ():
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    "give IP addresses or networks separated by commas, like "
+                    "10.0.0.5,192.168.0.0/24 (names and * are not accepted)"
+                ) from None
         return value
 
     @field_validator("ingest_secret")
@@ -271,6 +308,14 @@ class Settings(BaseSettings):
                 "CLOUDCOCKPIT_TOKEN (or CLOUDCOCKPIT_CLIENT_ID and CLOUDCOCKPIT_CLIENT_SECRET) "
                 "is required to call CloudCockpit"
             )
+
+
+def _comma_list(value: str, *, example: str) -> tuple[str, ...]:
+    """The items of a comma-separated setting; ValueError on an empty item."""
+    items = tuple(item.strip() for item in value.split(","))
+    if not all(items):
+        raise ValueError(f"an empty item: give values separated by commas, like {example}")
+    return items
 
 
 def webhook_secret_key(secret: SecretStr) -> bytes:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,7 +65,8 @@ def csrf_of(html: str) -> str:
 def serving(config: ConsoleConfig) -> Iterator[str]:
     """The console served by uvicorn on a thread of this process; yields its base URL.
 
-    Trusts X-Forwarded-Proto from 127.0.0.1, as ``ccsync console`` does behind a local proxy.
+    Forwarded headers count as ``ccsync console`` counts them: from ``config``'s trusted
+    proxies only (uvicorn's own trust of 127.0.0.1 is off, as there).
     """
     port = free_port()
     server = uvicorn.Server(
@@ -71,7 +76,7 @@ def serving(config: ConsoleConfig) -> Iterator[str]:
             port=port,
             log_config=None,
             access_log=False,
-            proxy_headers=True,
+            proxy_headers=False,
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
@@ -101,3 +106,39 @@ def finished_job(client: httpx.Client, location: str, timeout: float = 30.0) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"the job is still {job['state']}: {job}")
         time.sleep(0.1)
+
+
+@contextmanager
+def console_process(broker_url: str, log_path: Path, **env: str) -> Iterator[tuple[str, int]]:
+    """``ccsync console`` as an operator starts it, with ``env`` added to the environment;
+    yields its URL and its process id. Its output goes to ``log_path``."""
+    port = free_port()
+    with log_path.open("w+", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "console", "--port", str(port)],
+            env={
+                **os.environ,
+                "CCSYNC_BROKER_URL": broker_url,
+                "CCSYNC_CONSOLE_TOKEN": CONSOLE_TOKEN,
+                **env,
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{url}/login").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise AssertionError(f"ccsync console did not start:\n{log.read()}")
+                time.sleep(0.1)
+            yield url, process.pid
+        finally:
+            process.terminate()
+            process.wait(timeout=20)

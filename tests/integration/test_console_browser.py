@@ -9,20 +9,16 @@ checkout as it was.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.integration.console_support import CONSOLE_TOKEN
+from tests.integration.console_support import CONSOLE_TOKEN, console_process
 from tests.integration.test_dlq_support import (
     dead_letters,
     fresh_queues,
@@ -30,7 +26,6 @@ from tests.integration.test_dlq_support import (
     seed_for_event,
     wait_for,
 )
-from tests.support import free_port
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
 
@@ -66,33 +61,8 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def console(broker_url: str, tmp_path: Path) -> Iterator[str]:
     """``ccsync console`` as an operator starts it; yields its URL."""
-    port = free_port()
-    log = (tmp_path / "console.log").open("w+", encoding="utf-8")
-    env = {**os.environ, "CCSYNC_BROKER_URL": broker_url, "CCSYNC_CONSOLE_TOKEN": CONSOLE_TOKEN}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "worker", "console", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/login").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise AssertionError(f"ccsync console did not start:\n{log.read()}")
-            time.sleep(0.1)
+    with console_process(broker_url, tmp_path / "console.log") as (url, _):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
 
 
 @pytest.fixture

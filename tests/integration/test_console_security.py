@@ -105,18 +105,18 @@ def test_the_wrong_token_is_refused_and_the_right_one_opens_a_session(client: ht
     assert client.get("/").status_code == 200
 
 
-def test_the_session_cookie_is_secure_when_the_request_is_https(broker_url: str) -> None:
-    # Given the console behind a TLS-terminating proxy on its host
+def test_over_tls_the_cookies_are_secure_and_host_only(broker_url: str) -> None:
+    # Given the console behind a TLS-terminating proxy on its host, which it was told to trust
+    config = console_settings(broker_url, console_trusted_proxies="127.0.0.1")
     proxied = {"X-Forwarded-Proto": "https"}
-    with (
-        serving(console_settings(broker_url)) as url,
-        httpx.Client(base_url=url, headers=proxied) as client,
-    ):
+    with serving(config) as url, httpx.Client(base_url=url, headers=proxied) as client:
         form = client.get("/login")
-        # Both cookies are Secure: a client speaking plain http to the proxy's back end would
-        # not send them, so this one is handed over by hand
+        # Both cookies are Secure and carry the __Host- prefix (no Domain, Path=/): a client
+        # speaking plain http to the proxy's back end would not send them, so this one is handed
+        # over by hand
         (login_cookie,) = form.headers.get_list("set-cookie")
-        assert "Secure" in login_cookie
+        assert login_cookie.startswith("__Host-ccsync_console_login=")
+        assert "Secure" in login_cookie and "Path=/" in login_cookie
         value = login_cookie.split(";")[0]
         found = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
         assert found is not None
@@ -126,11 +126,25 @@ def test_the_session_cookie_is_secure_when_the_request_is_https(broker_url: str)
             headers={"Cookie": value},
             follow_redirects=False,
         )
-    assert accepted.status_code == 303
-    cookie = next(
-        c for c in accepted.headers.get_list("set-cookie") if "ccsync_console_session" in c
-    )
-    assert "Secure" in cookie
+        assert accepted.status_code == 303
+        cookie = next(
+            c for c in accepted.headers.get_list("set-cookie") if "ccsync_console_session" in c
+        )
+        assert cookie.startswith("__Host-ccsync_console_session=")
+        assert "Secure" in cookie and "Path=/" in cookie
+        # And the session is found under that name
+        session = {"Cookie": cookie.split(";")[0]}
+        assert client.get("/", headers=session, follow_redirects=False).status_code == 200
+
+
+def test_a_forwarded_scheme_from_an_untrusted_peer_is_ignored(broker_url: str) -> None:
+    proxied = {"X-Forwarded-Proto": "https"}
+    with (
+        serving(console_settings(broker_url)) as url,
+        httpx.Client(base_url=url, headers=proxied) as client,
+    ):
+        (login_cookie,) = client.get("/login").headers.get_list("set-cookie")
+    assert login_cookie.startswith("ccsync_console_login=") and "Secure" not in login_cookie
 
 
 def test_a_login_without_its_form_token_is_refused(client: httpx.Client) -> None:

@@ -3,6 +3,8 @@ error's parts, the chart, the redaction of what templates print."""
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -25,13 +27,33 @@ T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 def test_sessions_expire_and_carry_their_own_csrf_token() -> None:
     now = [1000.0]
-    sessions = Sessions(60, clock=lambda: now[0])
+    sessions = Sessions(60, idle=60, clock=lambda: now[0])
     session = sessions.open("Alice Smith\n")
     assert session.operator == "Alice_Smith"
     assert sessions.get(session.id) == session
     assert session.csrf_matches(session.csrf_token) and not session.csrf_matches(None)
     now[0] += 61
     assert sessions.get(session.id) is None
+
+
+def test_an_idle_session_expires_before_its_lifetime_ends() -> None:
+    now = [1000.0]
+    sessions = Sessions(3600, idle=60, clock=lambda: now[0])
+    session = sessions.open("alice")
+    now[0] += 50
+    assert sessions.get(session.id) == replace(session, used_at=1050.0)  # in use: stays
+    now[0] += 50
+    assert sessions.get(session.id, touch=False) is not None  # a poll of the page keeps nothing
+    now[0] += 50
+    assert sessions.get(session.id) is None  # 100 s idle
+
+
+def test_an_operator_can_close_every_session_of_theirs() -> None:
+    sessions = Sessions(3600, idle=600)
+    laptop, phone, other = sessions.open("alice"), sessions.open("alice"), sessions.open("bob")
+    assert sessions.close_operator("alice") == 2
+    assert sessions.get(laptop.id) is None and sessions.get(phone.id) is None
+    assert sessions.get(other.id) is not None
 
 
 def test_token_comparison_and_operator_names() -> None:
@@ -41,13 +63,44 @@ def test_token_comparison_and_operator_names() -> None:
 
 def test_the_login_limit_counts_failures_per_address_in_a_window() -> None:
     now = [0.0]
-    limiter = LoginLimiter(max_failures=2, window=10, clock=lambda: now[0])
-    limiter.failed("a")
-    assert limiter.retry_after("a") == 0
-    limiter.failed("a")
-    assert limiter.retry_after("a") == 10 and limiter.retry_after("b") == 0
+    limiter = LoginLimiter(max_failures=2, max_failures_total=10, window=10, clock=lambda: now[0])
+    assert limiter.reserve("a").allowed and limiter.reserve("a").allowed
+    refused = limiter.reserve("a")
+    assert (refused.allowed, refused.retry_after) == (False, 10)
+    assert limiter.reserve("b").allowed
     now[0] = 10.5
-    assert limiter.retry_after("a") == 0
+    assert limiter.reserve("a").allowed
+
+
+def test_a_login_attempt_is_reserved_before_its_token_is_checked() -> None:
+    # Given attempts whose tokens are still being checked (none has failed or succeeded yet)
+    limiter = LoginLimiter(max_failures=3, max_failures_total=10, window=60, clock=lambda: 0.0)
+    checking = [limiter.reserve("a") for _ in range(3)]
+    # Then a fourth one at the same moment is refused: the check and the count are one step
+    assert all(attempt.allowed for attempt in checking)
+    assert not limiter.reserve("a").allowed
+    # And a success gives back its own reservation and forgives the address
+    limiter.succeeded("a", checking[0])
+    assert limiter.reserve("a").allowed
+
+
+def test_the_login_limit_has_a_budget_for_all_addresses_together() -> None:
+    # Given failures spread over many addresses, each under its own limit
+    limiter = LoginLimiter(max_failures=5, max_failures_total=4, window=60, clock=lambda: 0.0)
+    assert all(limiter.reserve(f"10.0.0.{n}").allowed for n in range(4))
+    # Then the next address is refused too: rotating addresses does not buy more guesses
+    assert not limiter.reserve("10.0.0.99").allowed
+
+
+def test_a_limited_address_is_reported_once_per_window() -> None:
+    now = [0.0]
+    limiter = LoginLimiter(max_failures=1, max_failures_total=10, window=10, clock=lambda: now[0])
+    limiter.reserve("a")
+    reports = [limiter.reserve("a").first_refusal for _ in range(5)]
+    assert reports == [True, False, False, False, False]
+    now[0] = 10.5
+    limiter.reserve("a")
+    assert limiter.reserve("a").first_refusal
 
 
 def test_an_audit_line_cannot_be_split_by_what_it_quotes() -> None:
@@ -97,7 +150,23 @@ def test_redaction_covers_settings_secrets_the_console_token_and_markup() -> Non
         state.close()
 
 
-@pytest.mark.parametrize("token", [None, "too-short"])
-def test_the_console_needs_a_long_enough_token(token: str | None) -> None:
-    with pytest.raises(ConfigurationError, match="CCSYNC_CONSOLE_TOKEN"):
+@pytest.mark.parametrize(
+    "token",
+    [
+        None,
+        "too-short",
+        "0123456789abcdef",  # 16 characters: 64 bits at best
+        "a" * 64,  # long, but one character
+        "passwordpasswordpasswordpassword",  # long, but a word repeated
+    ],
+)
+def test_the_console_needs_a_token_hard_to_guess(token: str | None) -> None:
+    with pytest.raises(ConfigurationError, match="CCSYNC_CONSOLE_TOKEN") as refused:
         console_config(Settings(console_token=token))
+    if token is not None:
+        assert "secrets.token_urlsafe(32)" in str(refused.value)
+
+
+@pytest.mark.parametrize("token", [secrets.token_hex(32), secrets.token_urlsafe(32)])
+def test_a_generated_console_token_is_accepted(token: str) -> None:
+    assert console_config(Settings(console_token=token)).token == token

@@ -31,6 +31,8 @@ LEFT_AT_DEFAULTS = {
     "CCSYNC_INGEST_SECRET",
     # The console's, not the worker's.
     "CCSYNC_CONSOLE_TOKEN",
+    "CCSYNC_CONSOLE_TRUSTED_PROXIES",
+    "CCSYNC_CONSOLE_ALLOWED_HOSTS",
 }
 REQUIRED_SERVICES = ("rabbitmq", "redis", "sandbox", "worker")
 

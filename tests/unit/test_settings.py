@@ -420,3 +420,32 @@ def test_given_a_cluster_url_then_its_nodes_and_credentials_are_read() -> None:
 
     assert parsed.nodes == (("node1", 7000), ("::1", 7001), ("node3", 6379))
     assert (parsed.username, parsed.password) == ("ops", "p@ss")
+
+
+# --- the console's proxies and hosts, the metrics' interface -----------------------------------
+
+
+def test_given_no_variables_then_nothing_is_trusted_and_metrics_stay_on_loopback() -> None:
+    settings = load_settings()
+    assert settings.console_trusted_proxies is None
+    assert settings.console_allowed_hosts == ("127.0.0.1", "localhost")
+    assert settings.metrics_host == "127.0.0.1"
+
+
+def test_given_trusted_proxies_and_hosts_then_they_are_read_as_lists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CCSYNC_CONSOLE_TRUSTED_PROXIES", " 10.0.0.5, 192.168.0.0/24 ")
+    monkeypatch.setenv("CCSYNC_CONSOLE_ALLOWED_HOSTS", "console.example.com")
+    settings = load_settings()
+    assert settings.console_trusted_proxies == ("10.0.0.5", "192.168.0.0/24")
+    assert settings.console_allowed_hosts == ("console.example.com",)
+
+
+@pytest.mark.parametrize("value", ["proxy.example.com", "10.0.0.5,", "*"])
+def test_given_a_trusted_proxy_that_is_no_address_then_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("CCSYNC_CONSOLE_TRUSTED_PROXIES", value)
+    with pytest.raises(ConfigurationError, match="CCSYNC_CONSOLE_TRUSTED_PROXIES"):
+        load_settings()

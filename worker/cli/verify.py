@@ -22,7 +22,7 @@ from worker.cloudcockpit.client import (
     make_http_client,
     make_token_source,
 )
-from worker.observability.metrics import serve_metrics
+from worker.observability.endpoints import serve_endpoints
 from worker.ops.verify import (
     Check,
     Filters,
@@ -72,7 +72,7 @@ def verify(
         since = since.replace(tzinfo=UTC)
     filters = Filters(tenant=tenant, customer_id=customer_id, since=since)
     if settings.metrics_port is not None:
-        serve_metrics(settings.metrics_port)
+        serve_endpoints(settings.metrics_port, host=settings.metrics_host)
     http = make_http_client(settings)
     verifier = Verifier(
         ledger=Ledger.from_url(settings.redis_url, lock_ttl_seconds=settings.lock_ttl_seconds),

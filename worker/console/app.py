@@ -1,6 +1,7 @@
 """The console's FastAPI application: routes, static files, and the answers every request shares
-(security headers; the login page or 401 without a session; 403 without a CSRF token; one line
-of 503 when the broker cannot be reached)."""
+(security headers; 400 for a Host it does not answer to; the login page or 401 without a session;
+403 without a CSRF token; one line of 503 when the broker cannot be reached). Forwarded headers
+count from the trusted proxies of the settings only."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from kombu.exceptions import KombuError
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from worker.console import routes_actions, routes_api, routes_auth, routes_pages
 from worker.console.config import ConsoleConfig
@@ -57,6 +60,9 @@ def create_app(config: ConsoleConfig, *, jobs_dir: Path | None = None) -> FastAP
     app.mount("/static", StaticFiles(packages=[("worker.console", "static")]), name="static")
     for module in (routes_auth, routes_pages, routes_actions, routes_api):
         app.include_router(module.router)
+    settings = config.settings
+    # Inside the security headers: a refused Host gets them too.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.console_allowed_hosts))
 
     @app.middleware("http")
     async def security_headers(
@@ -66,6 +72,13 @@ def create_app(config: ConsoleConfig, *, jobs_dir: Path | None = None) -> FastAP
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         return response
+
+    if settings.console_trusted_proxies:
+        # Outermost: the client's address and scheme are the proxy's word before anything reads
+        # them, and only the configured proxies' word (uvicorn's own trust is off).
+        app.add_middleware(
+            ProxyHeadersMiddleware, trusted_hosts=list(settings.console_trusted_proxies)
+        )
 
     @app.exception_handler(NotLoggedIn)
     async def not_logged_in(request: Request, exc: NotLoggedIn) -> Response:

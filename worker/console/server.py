@@ -19,7 +19,7 @@ def run_console(settings: Settings, host: str, port: int) -> None:
     configure_logging("INFO", settings)
     app = create_app(config)
     _log.info("ccsync console on http://%s:%d", host, port)
-    # proxy_headers: behind a TLS-terminating proxy on this host, the request's scheme is https
-    # (the session cookie is then Secure) and its client address is the operator's.
-    # Connection limits and timeouts: worker.http_serving's, as for ccsync ingest.
-    serve(app, host=host, port=port, proxy_headers=True)
+    # proxy_headers off: uvicorn would believe X-Forwarded-For from any local process; the app
+    # believes the trusted proxies of the settings only (``create_app``). Connection limits and
+    # timeouts: worker.http_serving's, as for ccsync ingest.
+    serve(app, host=host, port=port, proxy_headers=False)

@@ -17,7 +17,7 @@ from markupsafe import Markup
 from worker.console.config import ConsoleConfig
 from worker.console.jobs import JobRunner
 from worker.console.login_limit import LoginLimiter
-from worker.console.sessions import SESSION_COOKIE, Session, Sessions
+from worker.console.sessions import SESSION_COOKIE, Session, Sessions, cookie_name
 from worker.observability.redaction import Redaction
 
 #: The header JavaScript sends the CSRF token in; forms send the field ``csrf_token``.
@@ -96,7 +96,7 @@ class ConsoleState:
             jobs_dir = Path(tmp.name)
         return cls(
             config=config,
-            sessions=Sessions(config.session_seconds),
+            sessions=Sessions(config.session_seconds, idle=config.session_idle_seconds),
             limiter=LoginLimiter(),
             jobs=JobRunner(),
             redaction=redaction,
@@ -140,9 +140,24 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
+def served_over_tls(request: Request) -> bool:
+    """True when the operator's browser speaks https to the console (directly, or to a trusted
+    proxy that says so in X-Forwarded-Proto)."""
+    return request.url.scheme == "https"
+
+
+def console_cookie(request: Request, name: str) -> str:
+    """The name of the console's cookie ``name`` on this request: ``__Host-`` over TLS."""
+    return cookie_name(name, secure=served_over_tls(request))
+
+
 def current_session(request: Request) -> Session:
-    """The request's live session, or ``NotLoggedIn``."""
-    session = console_state(request).sessions.get(request.cookies.get(SESSION_COOKIE))
+    """The request's live session, or ``NotLoggedIn``. The API's requests are the page's own
+    polls: they leave the session's idle time running."""
+    session = console_state(request).sessions.get(
+        request.cookies.get(console_cookie(request, SESSION_COOKIE)),
+        touch=not request.url.path.startswith("/api/"),
+    )
     if session is None:
         raise NotLoggedIn
     return session

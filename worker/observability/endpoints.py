@@ -15,12 +15,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 #: Seconds between two beats of the event loop.
 LOOP_BEAT_SECONDS: Final = 1.0
+#: Connections served at once (a thread each): Prometheus and the kubelet need a few; a
+#: connection beyond them is closed at once, so no client can make the worker start threads.
+MAX_ENDPOINT_THREADS: Final = 8
+#: Seconds a connection may stay silent (while sending its request, or between two on one
+#: connection) before it is closed and its thread freed.
+ENDPOINT_IDLE_SECONDS: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -97,26 +103,65 @@ class Liveness:
         )
 
 
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, ``max_threads`` at most: past them, a connection is closed
+    unanswered. Its threads are daemons: they never hold the process's exit."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any, *, max_threads: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_threads)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def serve_endpoints(
     port: int,
     *,
-    live: Callable[[], ProbeAnswer],
-    ready: Callable[[], ProbeAnswer],
-    host: str = "0.0.0.0",
+    live: Callable[[], ProbeAnswer] | None = None,
+    ready: Callable[[], ProbeAnswer] | None = None,
+    host: str = "127.0.0.1",
+    max_threads: int = MAX_ENDPOINT_THREADS,
+    idle_seconds: float = ENDPOINT_IDLE_SECONDS,
 ) -> ThreadingHTTPServer:
-    """Serves in a daemon thread until the process ends; returns the server."""
+    """Serves in a daemon thread until the process ends; returns the server. ``/livez`` and
+    ``/readyz`` are served when their probe is given (a worker's), ``/metrics`` always.
+
+    On loopback unless ``host`` says otherwise (``CCSYNC_METRICS_HOST``): what the probes and
+    metrics tell is for this host's Prometheus and kubelet, or for those a deployment lets in.
+    """
+
+    probes = {path: probe for path, probe in (("/livez", live), ("/readyz", ready)) if probe}
+    not_found = f"not found: {', '.join(['/metrics', *probes])}\n".encode()
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = idle_seconds  # a silent client frees its thread
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-            elif path in ("/livez", "/readyz"):
-                answer = live() if path == "/livez" else ready()
+            elif (probe := probes.get(path)) is not None:
+                answer = probe()
                 body = f"{'ok' if answer.ok else 'FAILED'}\n{answer.text}\n".encode()
                 self._answer(200 if answer.ok else 503, body, "text/plain; charset=utf-8")
             else:
-                self._answer(404, b"not found: /metrics, /livez or /readyz\n", "text/plain")
+                self._answer(404, not_found, "text/plain")
 
         def _answer(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
@@ -129,8 +174,6 @@ def serve_endpoints(
             # Probes every few seconds would flood the worker's log.
             pass
 
-    # All interfaces by default: Prometheus and the kubelet reach it from outside the container.
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = BoundedHTTPServer((host, port), Handler, max_threads=max_threads)
     threading.Thread(target=server.serve_forever, name="ccsync-endpoints", daemon=True).start()
     return server

@@ -6,7 +6,7 @@ use exactly these.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_RECEIVED = Counter("ccsync_events_received", "Messages taken from ccsync.events")
 EVENTS_APPLIED = Counter("ccsync_events_applied", "Events applied in CloudCockpit")
@@ -77,8 +77,3 @@ def set_paused(reason: str | None, by: str = "") -> None:
         PAUSED.labels("", "").set(0)
     else:
         PAUSED.labels(reason, by).set(1)
-
-
-def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
-    # All interfaces by default: Prometheus scrapes from another host or container.
-    start_http_server(port, addr=host)

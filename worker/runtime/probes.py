@@ -70,7 +70,12 @@ def serve_worker_endpoints(app: CcsyncCelery, port: int) -> None:
     """/metrics, /livez and /readyz on ``port``."""
     http = make_http_client(app.ccsync_settings)
     http.timeout = httpx.Timeout(READINESS_API_TIMEOUT)
-    serve_endpoints(port, live=app.liveness.check, ready=lambda: readiness(app, http))
+    serve_endpoints(
+        port,
+        host=app.ccsync_settings.metrics_host,
+        live=app.liveness.check,
+        ready=lambda: readiness(app, http),
+    )
 
 
 def poll_queue_depths(app: CcsyncCelery) -> None:
