@@ -62,7 +62,7 @@ def test_given_the_recording_then_it_holds_the_whole_ladder() -> None:
 
     exchange_bindings = [b for b in recorded.bindings if b.destination_type == "exchange"]
 
-    assert len(recorded.queues) == 3 + DELAY_LEVELS
+    assert len(recorded.queues) == 4 + DELAY_LEVELS  # events, backfill, tasks, dead letters
     assert len(exchange_bindings) == DELAY_LEVELS
     assert {b.source for b in exchange_bindings} == {
         f"ccsync.delay.{level}" for level in range(DELAY_LEVELS)
