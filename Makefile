@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test lint bench lock
+.PHONY: demo test test-prerequisites lint bench lock
 
 $(STAMP): pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml requirements/dev.txt
 demo: $(STAMP)
 	$(BIN)/ccsync demo
 
-test: $(STAMP)
+# Programs the tests run besides Python, RabbitMQ and Redis (promtool, Chromium, Node.js, a C
+# compiler): installed when missing and run as root, else the one command to run is printed.
+test-prerequisites:
+	tools/test-prerequisites
+
+test: $(STAMP) test-prerequisites
 	$(BIN)/ruff check worker tools tests
 	$(BIN)/ruff format --check worker tools tests
 	$(BIN)/mypy

@@ -56,7 +56,7 @@ pytestmark = pytest.mark.usefixtures("clean_environment")
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the browser tests need it (apt-get install chromium)")
+        pytest.fail(f"{CHROMIUM} is missing: tools/test-prerequisites installs it")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
