@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test test-prerequisites lint bench lock
+.PHONY: demo test test-fast test-prerequisites lint bench lock
 
 $(STAMP): pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ test: $(STAMP) test-prerequisites
 	$(BIN)/ruff format --check worker tools tests
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The contributor's loop, under a minute: lint, types and the unit tier (no service needed; the
+# tiers are pytest markers, tests/conftest.py). `make test` runs every tier.
+test-fast: $(STAMP) test-prerequisites
+	$(BIN)/ruff check worker tools tests
+	$(BIN)/ruff format --check worker tools tests
+	$(BIN)/mypy
+	$(BIN)/pytest tests/unit -m unit -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker tools tests
