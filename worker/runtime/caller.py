@@ -5,7 +5,7 @@ asyncio loop with a fixed number of lanes (the worker's calls in flight); a lane
 event, fences its lock and makes its call (``Applier.send_async``) through a connection of its
 own, then hands it to the settler. Hundreds of calls can wait on CloudCockpit at once for the
 price of a coroutine each, where a thread per call costs a thread switch, and a turn of the GIL,
-at every step of every call (the measurements are in README.md, "Concurrency model").
+at every step of every call (the measurements are in docs/concurrency.md).
 
 Fences are batched: every lane about to call while a fence round trip is under way waits for the
 next one, which serves all of them in one script call (``Ledger.fence_all``). The round trip runs

@@ -4,7 +4,7 @@ A pool thread makes the call (``Applier.call``) and hands it here. The settler t
 call waiting, leaves their relationships in one Redis round trip, concludes each (counted, logged,
 retried or dead-lettered), and only then hands the messages to the event loop to be acked. The
 pool threads go straight back to calling, so that CloudCockpit waits as little as possible
-between two calls of one thread (the figures are in README.md, "Concurrency model").
+between two calls of one thread (the figures are in docs/concurrency.md).
 """
 
 from __future__ import annotations
