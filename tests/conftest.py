@@ -28,6 +28,36 @@ RABBITMQ_PORT = int(os.environ.get("CCSYNC_TEST_RABBITMQ_PORT", "5672"))
 OPENAPI = files("worker.sandbox") / "openapi.yaml"
 
 
+#: Fixtures that reach the local services: a test using one is of the ``integration`` tier.
+SERVICE_FIXTURES = frozenset(
+    {"broker_url", "redis_url", "sandbox_server", "sandbox", "ledger_prefix", "make_ledger"}
+)
+#: Unit modules that reach Redis or RabbitMQ without one of those fixtures (``REDIS_URL`` itself,
+#: or a command that connects): ``integration`` too.
+SERVICE_MODULES = frozenset(
+    {"test_apply.py", "test_ops_cli.py", "test_settings.py", "test_stages.py"}
+)
+#: Modules that stop, kill or cut off RabbitMQ nodes or Redis servers of their own, for minutes.
+DISRUPTIVE_MODULES = frozenset({"test_chaos.py", "test_cluster.py"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tiers (pyproject.toml's markers), by where a test lives and what it uses: ``unit``
+    needs no service; ``integration`` the local RabbitMQ, Redis or sandbox; ``slow`` and
+    ``disruptive`` the chaos and cluster runs (integration as well)."""
+    for item in items:
+        module = item.path.name
+        uses_a_service = (
+            item.path.parent.name == "integration"
+            or module in SERVICE_MODULES
+            or bool(SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())))
+        )
+        item.add_marker("integration" if uses_a_service else "unit")
+        if module in DISRUPTIVE_MODULES:
+            item.add_marker("slow")
+            item.add_marker("disruptive")
+
+
 def _require_port(name: str, host: str, port: int, how: str) -> None:
     try:
         socket.create_connection((host, port), timeout=3).close()

@@ -1,8 +1,8 @@
 """The console in a real headless Chromium (Playwright), against a real ``ccsync console``
 process, the broker, a running ``ccsync worker`` and the sandbox: an operator logs in, fixes and
 replays one event, replays a group, purges one. Screenshots of the main pages go to
-``$CCSYNC_SCREENSHOTS_DIR``, by default a folder under the system's temporary directory; the
-README's come from ``CCSYNC_SCREENSHOTS_DIR=docs/screenshots``, so a plain test run leaves the
+``$CCSYNC_SCREENSHOTS_DIR``, by default a folder under the system's temporary directory;
+those of docs/ come from ``CCSYNC_SCREENSHOTS_DIR=docs/screenshots``, so a plain test run leaves the
 checkout as it was.
 """
 
@@ -51,7 +51,7 @@ pytestmark = pytest.mark.usefixtures("clean_environment")
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the browser tests need it (apt-get install chromium)")
+        pytest.fail(f"{CHROMIUM} is missing: tools/test-prerequisites installs it")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched

@@ -212,6 +212,16 @@ def test_export_remove_and_import_round_trip(
     assert again.exit_code == 1
     assert again.output.strip() == f"Error: {archive} exists; export writes only new files"
     assert len(archive.read_text(encoding="utf-8").splitlines()) == 4
+    # When a dry run of the import is asked for, it reads the file and publishes nothing
+    dry = ccsync(
+        broker_url, "dlq", "import", str(archive), "--reason", "invalid-event", "--dry-run"
+    )
+    assert dry.exit_code == 0, dry.output
+    assert dry.stdout.splitlines() == [
+        "would import (no eventId)",
+        "dry run: 1 of 4 dead letter(s) match",
+    ]
+    assert depth(broker_url, DEAD_LETTER_QUEUE) == 0
     # When imported again
     imported = ccsync(broker_url, "dlq", "import", str(archive))
     # Then the queue holds the same dead letters: bytes, content types and headers
@@ -255,6 +265,28 @@ def test_replay_publishes_the_original_message_and_keeps_the_rest(
     assert [record.event_id for record in dead_letters(broker_url)] == [seeds[0].event_id, None]
 
 
+def test_replay_and_purge_json_give_the_outcome_as_one_object(
+    broker_url: str, seeds: list[Seed]
+) -> None:
+    replayed = ccsync(broker_url, "dlq", "replay", "--reason", "api-rejected", "--yes", "--json")
+    purged = ccsync(broker_url, "dlq", "purge", "--reason", "invalid-event", "--yes", "--json")
+    dry = ccsync(broker_url, "dlq", "purge", "--dry-run", "--json")
+
+    assert replayed.exit_code == 0, replayed.output
+    outcome = json.loads(replayed.stdout)
+    assert (outcome["replayed"], outcome["matched"], outcome["failed"]) == (1, 1, 0)
+    assert outcome["event_ids"] == [seeds[0].event_id] and outcome["rate"] >= 0
+    assert json.loads(purged.stdout) | {"examined": 0} == {
+        "examined": 0,
+        "matched": 1,
+        "purged": 1,
+        "dry_run": False,
+        "event_ids": [None],
+    }
+    assert json.loads(dry.stdout)["matched"] == 2 and json.loads(dry.stdout)["dry_run"] is True
+    assert depth(broker_url, DEAD_LETTER_QUEUE) == 2
+
+
 def test_replay_asks_before_a_bulk_replay(broker_url: str, seeds: list[Seed]) -> None:
     declined = ccsync(broker_url, "dlq", "replay", input="n\n")
     assert declined.exit_code != 0
@@ -286,7 +318,8 @@ def test_a_second_replay_counts_on(broker_url: str, seeds: list[Seed]) -> None:
         (["replay", "--event-id", "a", "--event-id", "b", "--set", "tenant=x"], "exactly one"),
         (["replay", "--event-id", "a", "--set", "customerId=x"], "only internalIdentifier"),
         (["list", "--since", "last tuesday"], "not an ISO timestamp"),
-        (["replay", "--rate", "0", "--yes"], "--rate must be more than 0"),
+        (["replay", "--rate", "0", "--yes"], "'--rate': 0.0 is not in the range x>0"),
+        (["list", "--customer", "not-a-uuid"], "'not-a-uuid' is not a valid UUID"),
     ],
 )
 def test_bad_options_fail_with_a_reason_and_change_nothing(

@@ -6,6 +6,7 @@ point at ports that were just bound and closed, or at a socket that accepts and 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -107,6 +108,23 @@ def test_given_everything_up_when_probed_then_every_part_is_ok_and_it_exits_0(
     assert result.lines["api"].startswith("api ok (HTTP ")
     assert result.lines["consumption"] == "consumption running"
     assert result.stderr == ""
+
+
+def test_given_json_when_probed_then_one_object_tells_each_part_and_consumption(
+    healthy_env: dict[str, str],
+) -> None:
+    result = probe(healthy_env, "--json")
+
+    assert result.status == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["healthy"] is True
+    assert [(part["part"], part["ok"]) for part in report["parts"]] == [
+        ("broker", True),
+        ("redis", True),
+        ("token", True),
+        ("api", True),
+    ]
+    assert report["consumption"] == "consumption running"
 
 
 def test_given_client_credentials_when_probed_then_the_token_is_fetched(

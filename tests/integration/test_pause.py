@@ -159,3 +159,22 @@ def test_given_redis_unreachable_when_pausing_then_it_fails_in_one_line(broker_u
     assert result.returncode == 1
     assert result.stderr.startswith("Error: cannot reach Redis at redis://***@127.0.0.1:")
     assert len(result.stderr.splitlines()) == 1 and "s3cret" not in result.stderr
+
+
+def test_given_status_then_pause_tells_the_state_and_changes_nothing(
+    broker_url: str, redis_url: str, never_left_paused: PauseStore
+) -> None:
+    env = {"CCSYNC_BROKER_URL": broker_url, "CCSYNC_REDIS_URL": redis_url}
+
+    running = ccsync(env, "pause", "--status", "--json")
+    paused = ccsync(env, "pause", "--reason", "migration", "--json")
+    status = ccsync(env, "pause", "--status")
+    status_json = ccsync(env, "pause", "--status", "--json")
+
+    assert running.returncode == 0, running.stderr
+    assert json.loads(running.stdout) == {"paused": False, "virtual_host": virtual_host(broker_url)}
+    assert json.loads(paused.stdout)["was_paused"] is False
+    assert status.stdout.startswith("paused by ") and status.stdout.strip().endswith(": migration")
+    state = json.loads(status_json.stdout)
+    assert (state["paused"], state["reason"]) == (True, "migration")
+    assert never_left_paused.read() is not None

@@ -60,10 +60,24 @@ def contract_variables() -> set[str]:
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
+    """The service's environment: its ``env_file`` (the default file of ``${NAME:-file}``), then
+    its ``environment``, which compose lets override the file."""
     env = service.get("environment", {})
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    return {str(k): str(v) for k, v in env.items()}
+    files = [REPO / _default(entry) for entry in service.get("env_file", [])]
+    from_files = {name: value for path in files for name, value in env_file(path).items()}
+    return from_files | {str(k): str(v) for k, v in env.items()}
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """The NAME=value lines of a compose env file."""
+    return {
+        name.strip(): value.strip()
+        for line in path.read_text("utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+        for name, _, value in [line.partition("=")]
+    }
 
 
 def _default(value: str) -> str:
@@ -120,7 +134,9 @@ def test_given_the_worker_then_it_starts_after_healthy_dependencies_and_probes_l
 def test_given_the_worker_environment_then_every_name_is_a_contract_setting(
     compose: dict[str, Any], contract_variables: set[str]
 ) -> None:
-    env = _environment(compose["services"]["worker"])
+    # The settings for the real CloudCockpit replace the sandbox's file as a whole.
+    real = env_file(REPO / "ops" / "compose" / "cloudcockpit.env.example")
+    env = _environment(compose["services"]["worker"]) | real
 
     unknown = set(env) - contract_variables
 

@@ -1,5 +1,6 @@
 """The alert rules checked and unit-tested by Prometheus's own ``promtool`` (Debian's
-``prometheus`` package; .ci/run installs it). Missing promtool fails: it is never skipped."""
+``prometheus`` package; ``make test`` installs it: tools/test-prerequisites). Missing promtool
+fails: it is never skipped."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ ALERT_TESTS = ALERTS.with_name("alerts.test.yml")
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     path = shutil.which("promtool")
     if path is None:
-        pytest.fail("promtool is not on PATH: apt-get install prometheus (see .ci/run)")
+        pytest.fail("promtool is not on PATH: run tools/test-prerequisites (make test does)")
     return subprocess.run(
         [path, *args], capture_output=True, text=True, timeout=120, cwd=ALERTS.parent
     )

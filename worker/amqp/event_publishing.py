@@ -13,6 +13,7 @@ from typing import Any
 
 from amqp.exceptions import ChannelError
 from kombu import Connection
+from pydantic import ValidationError
 
 from worker.amqp.topology import events_exchange
 from worker.constants import (
@@ -21,6 +22,7 @@ from worker.constants import (
     EVENT_TYPE,
     EVENTS_EXCHANGE,
 )
+from worker.events import IdentifierChanged, describe_validation_error
 from worker.exceptions import InputError, NoQueueBound
 
 #: The reply code of a mandatory message that no queue took.
@@ -127,26 +129,47 @@ def publish_events(
 
 
 def read_event_file(path: Path) -> list[dict[str, Any]]:
-    """The events of the file at ``path`` (see ``read_events``).
+    """The events of the file at ``path`` (see ``read_event_text``).
 
     Raises ``InputError`` naming the file when it cannot be read, is not UTF-8, is not JSON (nor
     JSON lines), or holds something other than JSON objects.
     """
     try:
-        events = list(read_events(path.read_text(encoding="utf-8")))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    return read_event_text(text, where=str(path))
+
+
+def read_event_text(text: str, *, where: str) -> list[dict[str, Any]]:
+    """The events of ``text`` (see ``read_events``); ``InputError`` naming ``where`` and the line
+    when it is not JSON (nor JSON lines) or holds something other than JSON objects."""
+    try:
+        events = list(read_events(text))
     except json.JSONDecodeError as exc:
         raise InputError(
-            f"{path}: neither JSON nor JSON lines (line {exc.lineno}, column {exc.colno}: "
+            f"{where}: neither JSON nor JSON lines (line {exc.lineno}, column {exc.colno}: "
             f"{exc.msg})"
         ) from None
     for number, event in enumerate(events, 1):
         if not isinstance(event, dict):
-            raise InputError(f"{path}: event {number} is not a JSON object")
+            raise InputError(f"{where}: event {number} is not a JSON object")
     return events
+
+
+def check_native_events(events: Iterable[Mapping[str, Any]], *, where: str) -> None:
+    """Raises ``InputError`` naming the first event (by number) the worker would dead-letter as
+    invalid, and each failing field; quotes no value."""
+    for number, event in enumerate(events, 1):
+        try:
+            IdentifierChanged.model_validate(event)
+        except ValidationError as exc:
+            raise InputError(
+                f"{where}: event {number} is invalid, nothing was published: "
+                f"{describe_validation_error(exc)}"
+            ) from None
 
 
 def read_events(text: str) -> Iterator[dict[str, Any]]:

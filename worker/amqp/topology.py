@@ -150,7 +150,7 @@ def declare_topology(connection: Connection) -> None:
         raise ConfigurationError(
             f"the broker's topology differs from this version's ({exc.reply_text}); "
             "'ccsync topology --migrate' moves a dead-letter queue of an earlier version to this "
-            "one's form (README: Migrating an existing deployment)"
+            "one's form (docs/scaling.md: Migrating an existing deployment)"
         ) from None
 
 

@@ -12,29 +12,48 @@ from pathlib import Path
 import click
 
 from worker.amqp.connection import broker_connection, connect_within
-from worker.amqp.event_publishing import Encoding, new_event, publish_events, read_event_file
-from worker.cli.failures import OneLineFailures
+from worker.amqp.event_publishing import (
+    Encoding,
+    check_native_events,
+    new_event,
+    publish_events,
+)
+from worker.cli.event_files import read_event_argument
+from worker.cli.failures import EXIT_STATUS_EPILOG, OneLineFailures
 from worker.cli.settings import command_settings
+from worker.cli.types import CUSTOMER_ID, PORT
 from worker.settings import DEFAULT_CONCURRENCY
 
 #: The names ``--loglevel`` accepts, in any case.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-@click.group(cls=OneLineFailures)
+@click.group(cls=OneLineFailures, epilog=EXIT_STATUS_EPILOG)
 @click.version_option(package_name="ccsync", prog_name="ccsync")
 def main() -> None:
-    """ccsync: customer internal identifier events from RabbitMQ to CloudCockpit."""
+    """ccsync: customer internal identifier events from RabbitMQ to CloudCockpit.
+
+    Settings come from the environment (CCSYNC_*, CLOUDCOCKPIT_*; docs/contract.md, section 5):
+    ccsync config prints them, secrets masked.
+    """
 
 
 @main.command()
 @click.option(
-    "--concurrency", default=DEFAULT_CONCURRENCY, show_default=True, help="Calls in flight at once."
+    "--concurrency",
+    default=DEFAULT_CONCURRENCY,
+    type=click.IntRange(min=1),
+    envvar="CCSYNC_CONCURRENCY",
+    show_envvar=True,
+    show_default=True,
+    help="Calls in flight at once.",
 )
 @click.option(
     "--loglevel",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="INFO",
+    envvar="CCSYNC_LOGLEVEL",
+    show_envvar=True,
     show_default=True,
 )
 @click.option("-E", "--task-events", is_flag=True, help="Send Celery task events (Flower).")
@@ -67,13 +86,13 @@ def worker(
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True)
+@click.option("--port", default=8080, type=PORT, show_default=True)
 @click.option("--client-id", default="sandbox-client", show_default=True)
 @click.option("--client-secret", default="sandbox-secret", show_default=True)
 @click.option(
     "--static-token", multiple=True, help="A bearer token accepted as is [default: sandbox-token]."
 )
-@click.option("--latency-ms", default=0, show_default=True)
+@click.option("--latency-ms", default=0, type=click.IntRange(min=0), show_default=True)
 def sandbox(
     host: str,
     port: int,
@@ -98,7 +117,7 @@ def sandbox(
 
 
 @main.command()
-@click.option("--customer", "customer_id", type=click.UUID, help="Publish one event for it.")
+@click.option("--customer", "customer_id", type=CUSTOMER_ID, help="Publish one event for it.")
 @click.option("--identifier", "internal_identifier", help="The new internal identifier.")
 @click.option("--clear", is_flag=True, help="Publish a null identifier (clears it).")
 @click.option("--tenant")
@@ -107,14 +126,19 @@ def sandbox(
 @click.option(
     "--file",
     "path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Events from a JSON file (object or list) or JSON lines; '-' is not needed.",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+    help="Events from a JSON file (object or list) or JSON lines; '-' for standard input.",
 )
 @click.option(
     "--encoding",
     type=click.Choice([e.value for e in Encoding]),
     default="native",
     show_default=True,
+)
+@click.option(
+    "--no-validate",
+    is_flag=True,
+    help="Publish events as given, even invalid ones (to exercise the dead-letter path).",
 )
 def publish(
     customer_id: uuid.UUID | None,
@@ -125,10 +149,14 @@ def publish(
     event_id: str | None,
     path: Path | None,
     encoding: str,
+    no_validate: bool,
 ) -> None:
-    """Publish events to customer-events the way a producer would."""
+    """Publish events to customer-events the way a producer would.
+
+    Every event is validated before anything is published (ccsync validate tells each fault).
+    """
     if path is not None:
-        events = read_event_file(path)
+        events = read_event_argument(path)
     elif customer_id is not None:
         if internal_identifier is None and not clear:
             raise click.UsageError("give --identifier VALUE or --clear")
@@ -143,6 +171,8 @@ def publish(
         ]
     else:
         raise click.UsageError("give --customer (with --identifier or --clear) or --file")
+    if not no_validate:  # before connecting: nothing is published unless every event is valid
+        check_native_events(events, where=str(path) if path else "the event of the options")
     settings = command_settings()
     with broker_connection(settings) as connection:
         connect_within(connection, settings.broker_connect_timeout)
@@ -152,7 +182,7 @@ def publish(
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8091, show_default=True)
+@click.option("--port", default=8091, type=PORT, show_default=True)
 def ingest(host: str, port: int) -> None:
     """Accept events over HTTP (POST /v1/events) and publish them to customer-events."""
     from worker.ingest import run_ingest
@@ -161,7 +191,13 @@ def ingest(host: str, port: int) -> None:
 
 
 @main.command()
-@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for outcomes.")
+@click.option(
+    "--timeout",
+    default=90.0,
+    type=click.FloatRange(min=0, min_open=True),
+    show_default=True,
+    help="Seconds to wait for outcomes.",
+)
 def demo(timeout: float) -> None:
     """Run the whole pipeline once: sandbox, worker, sample events, and a summary."""
     from worker.cli.demo import run_demo
@@ -171,7 +207,7 @@ def demo(timeout: float) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8090, show_default=True)
+@click.option("--port", default=8090, type=PORT, show_default=True)
 def console(host: str, port: int) -> None:
     """Serve the dead-letter console; operators log in with CCSYNC_CONSOLE_TOKEN."""
     from worker.console import run_console
@@ -199,3 +235,21 @@ main.add_command(resume)
 from worker.cli.verify import verify  # noqa: E402 (reads CloudCockpit back and compares)
 
 main.add_command(verify)
+
+
+from worker.cli.config import config  # noqa: E402 (the effective settings, secrets masked)
+from worker.cli.validate import validate  # noqa: E402 (integration teams check their events)
+
+main.add_command(config)
+main.add_command(validate)
+
+
+def _epilog_everywhere(group: click.Group) -> None:
+    """Every command's help ends with the exit statuses, as the group's does."""
+    for command in group.commands.values():
+        command.epilog = command.epilog or EXIT_STATUS_EPILOG
+        if isinstance(command, click.Group):
+            _epilog_everywhere(command)
+
+
+_epilog_everywhere(main)

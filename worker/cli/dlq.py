@@ -7,6 +7,7 @@ function of ``worker.dead_letter_queue``, which the tests call directly too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from kombu.exceptions import KombuError
 from worker.amqp.connection import broker_connection
 from worker.cli.interrupt import EXIT_INTERRUPTED, stop_requested
 from worker.cli.settings import command_settings
+from worker.cli.types import CUSTOMER_ID, RATE, TIMESTAMP
 from worker.constants import (
     REASON_API_REJECTED,
     REASON_DELIVERY_LIMIT,
@@ -28,7 +30,8 @@ from worker.constants import (
     REASON_RETRIES_EXHAUSTED,
 )
 from worker.dead_letter_queue.edit import parse_assignments
-from worker.dead_letter_queue.filters import DeadLetterFilter, parse_timestamp, select
+from worker.dead_letter_queue.filters import DeadLetterFilter, select
+from worker.dead_letter_queue.purge import PurgeReport
 from worker.dead_letter_queue.purge import purge as purge_dead_letters
 from worker.dead_letter_queue.reading import DeadLetterError, hold
 from worker.dead_letter_queue.render import (
@@ -39,6 +42,7 @@ from worker.dead_letter_queue.render import (
     stats_row,
     table,
 )
+from worker.dead_letter_queue.replay import ReplayReport
 from worker.dead_letter_queue.replay import replay as replay_dead_letters
 from worker.dead_letter_queue.stats import dead_letter_stats
 from worker.dead_letter_queue.transfer import export_dead_letters, import_dead_letters, read_lines
@@ -55,16 +59,6 @@ REASONS = (
 )
 
 
-def _timestamp(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        parse_timestamp(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
-
-
 def filter_options(command: F) -> F:
     """Adds the filter options; the command receives ``filters`` and ``limit`` instead."""
 
@@ -74,7 +68,7 @@ def filter_options(command: F) -> F:
             reasons=kwargs.pop("reason"),
             statuses=kwargs.pop("status"),
             tenants=kwargs.pop("tenant"),
-            customers=kwargs.pop("customer"),
+            customers=[str(customer) for customer in kwargs.pop("customer")],
             event_ids=kwargs.pop("event_id"),
             since=kwargs.pop("since"),
             until=kwargs.pop("until"),
@@ -83,16 +77,19 @@ def filter_options(command: F) -> F:
 
     options = [
         click.option("--reason", multiple=True, type=click.Choice(REASONS), help="Repeatable."),
-        click.option("--status", multiple=True, type=int, help="Last HTTP status. Repeatable."),
+        click.option(
+            "--status",
+            multiple=True,
+            type=click.IntRange(min=100, max=599),
+            help="Last HTTP status. Repeatable.",
+        ),
         click.option("--tenant", multiple=True, help="The event's tenant. Repeatable."),
-        click.option("--customer", multiple=True, help="customerId. Repeatable."),
+        click.option("--customer", multiple=True, type=CUSTOMER_ID, help="customerId. Repeatable."),
         click.option("--event-id", multiple=True, help="Repeatable."),
         click.option(
-            "--since", callback=_timestamp, help="Dead-lettered at or after (ISO timestamp, UTC)."
+            "--since", type=TIMESTAMP, help="Dead-lettered at or after (ISO timestamp, UTC)."
         ),
-        click.option(
-            "--until", callback=_timestamp, help="Dead-lettered before (ISO timestamp, UTC)."
-        ),
+        click.option("--until", type=TIMESTAMP, help="Dead-lettered before (ISO timestamp, UTC)."),
         click.option(
             "--limit", type=click.IntRange(min=0), help="At most this many matching dead letters."
         ),
@@ -199,7 +196,7 @@ def _echo_listing(
 
 @dlq.command()
 @filter_options
-@click.option("--rate", type=float, help="At most this many replays per second.")
+@click.option("--rate", type=RATE, help="At most this many replays per second.")
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
 @click.option(
     "--set",
@@ -210,6 +207,7 @@ def _echo_listing(
     "the value null sets JSON null). Only with one --event-id.",
 )
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object.")
 def replay(
     filters: DeadLetterFilter,
     limit: int | None,
@@ -217,6 +215,7 @@ def replay(
     dry_run: bool,
     assignments: tuple[str, ...],
     yes: bool,
+    as_json: bool,
 ) -> None:
     """Publish dead letters to customer-events again; each leaves the queue once confirmed."""
     try:
@@ -225,8 +224,6 @@ def replay(
         raise click.UsageError(str(exc)) from None
     if edits and len(filters.event_ids) != 1:
         raise click.UsageError("--set edits one event: select it with exactly one --event-id")
-    if rate is not None and rate <= 0:
-        raise click.UsageError("--rate must be more than 0")
     bulk = not filters.event_ids
     if bulk and not (yes or dry_run) and not _confirm("Replay", filters, limit):
         return
@@ -251,17 +248,19 @@ def replay(
         raise click.exceptions.Exit(EXIT_INTERRUPTED)
     if filters.event_ids and not report.matched:
         raise click.ClickException(f"no dead letter matches {filters.describe()}")
-    if dry_run:
+    if as_json:
+        _echo_report(report, rate=report.rate)
+    elif dry_run:
         for event_id in report.event_ids:
             click.echo(f"would replay {event_id or '(no eventId)'}")
         for body in report.edited_bodies:
             click.echo(f"edited body: {body.decode('utf-8', 'replace')}")
         click.echo(f"dry run: {report.matched} of {report.examined} dead letter(s) match")
-        return
-    click.echo(
-        f"replayed {report.replayed} of {report.matched} matching dead letter(s) "
-        f"in {report.seconds:.1f}s ({report.rate:.0f}/s)"
-    )
+    else:
+        click.echo(
+            f"replayed {report.replayed} of {report.matched} matching dead letter(s) "
+            f"in {report.seconds:.1f}s ({report.rate:.0f}/s)"
+        )
     if report.failed:
         raise click.ClickException(
             f"{report.failed} publish(es) were not confirmed; those dead letters stay in the queue"
@@ -272,7 +271,10 @@ def replay(
 @filter_options
 @click.option("--dry-run", is_flag=True, help="Show what would be purged; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def purge(filters: DeadLetterFilter, limit: int | None, dry_run: bool, yes: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object.")
+def purge(
+    filters: DeadLetterFilter, limit: int | None, dry_run: bool, yes: bool, as_json: bool
+) -> None:
     """Delete the matching dead letters for good."""
     if not (yes or dry_run) and not _confirm("Delete", filters, limit):
         return
@@ -285,12 +287,23 @@ def purge(filters: DeadLetterFilter, limit: int | None, dry_run: bool, yes: bool
             on_total=progress.total,
             on_examined=progress.step,
         )
-    if dry_run:
+    if as_json:
+        _echo_report(report)
+    elif dry_run:
         for event_id in report.event_ids:
             click.echo(f"would purge {event_id or '(no eventId)'}")
         click.echo(f"dry run: {report.matched} of {report.examined} dead letter(s) match")
-        return
-    click.echo(f"purged {report.purged} dead letter(s)")
+    else:
+        click.echo(f"purged {report.purged} dead letter(s)")
+
+
+def _echo_report(report: ReplayReport | PurgeReport, **extra: float) -> None:
+    """A replay's or purge's outcome, counts and event ids, as one JSON object (edited bodies
+    as text)."""
+    outcome: dict[str, Any] = dataclasses.asdict(report) | extra
+    if "edited_bodies" in outcome:
+        outcome["edited_bodies"] = [b.decode("utf-8", "replace") for b in outcome["edited_bodies"]]
+    click.echo(json.dumps(outcome, ensure_ascii=False))
 
 
 @dlq.command()
@@ -326,7 +339,10 @@ def export(file: str, filters: DeadLetterFilter, limit: int | None, remove: bool
 @dlq.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @filter_options
-def import_command(file: str, filters: DeadLetterFilter, limit: int | None) -> None:
+@click.option(
+    "--dry-run", is_flag=True, help="Read FILE and show what would be imported; publish nothing."
+)
+def import_command(file: str, filters: DeadLetterFilter, limit: int | None, dry_run: bool) -> None:
     """Publish the dead letters of FILE (as written by export) into ccsync.dead-letter."""
     try:
         with click.open_file(file, "r", encoding="utf-8") as lines:
@@ -335,6 +351,12 @@ def import_command(file: str, filters: DeadLetterFilter, limit: int | None) -> N
         raise click.ClickException(f"{file}: {exc.strerror or exc}") from None
     except DeadLetterError as exc:
         raise click.ClickException(f"{file}: {exc}") from None
+    if dry_run:  # no broker needed: the file and the filters say it all
+        chosen = list(select(records, filters, limit=limit))
+        for record in chosen:
+            click.echo(f"would import {record.event_id or '(no eventId)'}")
+        click.echo(f"dry run: {len(chosen)} of {len(records)} dead letter(s) match")
+        return
     with _broker() as connection, Progress("importing") as progress:
         progress.total(len(records))
         report = import_dead_letters(

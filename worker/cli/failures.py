@@ -12,6 +12,16 @@ from kombu.exceptions import KombuError
 from worker.exceptions import CcsyncError
 from worker.observability.redaction import mask_url_credentials
 
+#: The end of every command's help: what its exit status means (``\b`` keeps click's line breaks).
+EXIT_STATUS_EPILOG: Final = """\b
+Exit status:
+  0    done (health: healthy; verify: no drift; validate: every event valid)
+  1    failed, told in one line on stderr: a service unreachable, bad settings
+       or input, unhealthy, drift found, an invalid event
+  2    usage: an unknown option or a value the option refuses
+  130  interrupted (Ctrl-C): what was done so far is kept
+"""
+
 #: Failures of the world outside ccsync (network, files, the broker's protocol) that a command may
 #: meet where no ``CcsyncError`` names them yet: told in one line, by type and message.
 OUTSIDE_FAILURES: Final = (OSError, KombuError, AMQPError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -14,7 +15,7 @@ from worker.cli.settings import command_settings
 from worker.constants import DEAD_LETTER_QUEUE
 from worker.exceptions import ConfigurationError, LedgerUnavailable
 from worker.observability.redaction import Redaction
-from worker.ops.health import DEFAULT_TIMEOUT, failing_parts, run_checks
+from worker.ops.health import DEFAULT_TIMEOUT, CheckResult, failing_parts, run_checks
 from worker.ops.topology_export import Topology, record_topology, topology_json
 from worker.processing.pause import PauseStore, virtual_host
 from worker.settings import Settings, load_settings
@@ -28,21 +29,33 @@ from worker.settings import Settings, load_settings
     type=click.FloatRange(min=0.1),
     help="Seconds each part may take; the parts are checked at once.",
 )
-def health(timeout: float) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the parts and consumption.")
+def health(timeout: float, as_json: bool) -> None:
     """Check broker, Redis, token and API; exit 1 naming what failed (for probes)."""
     try:
         settings = load_settings()
     except ConfigurationError as exc:
-        click.echo(f"settings FAILED: {exc}")
+        results = [CheckResult("settings", ok=False, detail=str(exc))]
+        _echo_health(results, consumption=None, as_json=as_json)
         raise click.ClickException("unhealthy: settings") from None
     results = run_checks(settings, timeout)
-    for result in results:
-        click.echo(result.line())
     failed = failing_parts(results)
-    if "redis" not in failed:
-        click.echo(consumption_line(settings, timeout))
+    consumption = None if "redis" in failed else consumption_line(settings, timeout)
+    _echo_health(results, consumption=consumption, as_json=as_json)
     if failed:
         raise click.ClickException(f"unhealthy: {', '.join(failed)}")
+
+
+def _echo_health(results: list[CheckResult], *, consumption: str | None, as_json: bool) -> None:
+    if as_json:
+        parts = [dataclasses.asdict(result) for result in results]
+        healthy = not failing_parts(results)
+        click.echo(json.dumps({"healthy": healthy, "parts": parts, "consumption": consumption}))
+        return
+    for result in results:
+        click.echo(result.line())
+    if consumption is not None:
+        click.echo(consumption)
 
 
 def consumption_line(settings: Settings, timeout: float) -> str:

@@ -3,6 +3,8 @@ deployment (``worker.processing.pause``)."""
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from worker.cli.settings import command_settings
@@ -22,19 +24,41 @@ def _unreachable(settings: Settings, exc: LedgerUnavailable) -> click.ClickExcep
     )
 
 
+def _pause_json(pause: Pause | None, settings: Settings, **extra: object) -> str:
+    state = json.loads(pause.to_json()) if pause is not None else {}
+    return json.dumps(
+        {"paused": pause is not None, **state, "virtual_host": virtual_host(settings.broker_url)}
+        | extra
+    )
+
+
 @click.command()
 @click.option("--reason", default="", help="Why: shown in the logs, metrics and ccsync health.")
-def pause(reason: str) -> None:
-    """Stop every worker of the deployment from taking events, until ccsync resume."""
+@click.option("--status", is_flag=True, help="Only say whether the deployment is paused.")
+@click.option("--json", "as_json", is_flag=True, help="The pause as one JSON object.")
+def pause(reason: str, status: bool, as_json: bool) -> None:
+    """Stop every worker of the deployment from taking events, until ccsync resume.
+
+    With --status, change nothing: say whether, by whom, when and why it is paused.
+    """
     settings = command_settings()
     store = _store(settings)
     now = Pause.now(reason.strip())
     try:
-        earlier = store.pause(now)
+        earlier = store.read() if status else store.pause(now)
     except LedgerUnavailable as exc:
         raise _unreachable(settings, exc) from None
     finally:
         store.close()
+    if status:
+        if as_json:
+            click.echo(_pause_json(earlier, settings))
+        else:
+            click.echo(earlier.describe() if earlier is not None else "not paused: consuming")
+        return
+    if as_json:
+        click.echo(_pause_json(now, settings, was_paused=earlier is not None))
+        return
     if earlier is not None:
         click.echo(f"was already {earlier.describe()}")
     click.echo(

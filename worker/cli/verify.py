@@ -10,12 +10,13 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import click
 
 from worker.cli.settings import command_settings
+from worker.cli.types import CUSTOMER_ID, RATE, TIMESTAMP
 from worker.cloudcockpit.client import (
     CloudCockpitClient,
     longest_call_seconds,
@@ -42,15 +43,15 @@ UUID_WIDTH = 36
 
 @click.command()
 @click.option("--tenant", help="Only this tenant's relationships (any case).")
-@click.option("--customer", "customer_id", type=click.UUID, help="Only this customer's.")
+@click.option("--customer", "customer_id", type=CUSTOMER_ID, help="Only this customer's.")
 @click.option(
     "--since",
-    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+    type=TIMESTAMP,
     help="Only relationships ccsync applied at or after this moment (UTC unless an offset).",
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=RATE,
     help="At most this many calls to CloudCockpit per second [default: one call at a time].",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per relationship checked.")
@@ -68,8 +69,6 @@ def verify(
     """Read each relationship ccsync applied back from CloudCockpit and compare; exit 1 on drift."""
     settings = command_settings()
     settings.require_api_credentials()
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
     filters = Filters(tenant=tenant, customer_id=customer_id, since=since)
     if settings.metrics_port is not None:
         serve_endpoints(settings.metrics_port, host=settings.metrics_host)

@@ -83,8 +83,8 @@ def make_async_connection(
     headers and TLS, one connection, its socket on asyncio directly (``streams``), or through
     ``proxy`` (``lane_connections`` passes the one the environment names).
 
-    The worker gives each of its calls in flight a connection of its own (README, "Concurrency
-    model"): a pool shared by hundreds of calls looks at every connection on each request.
+    The worker gives each of its calls in flight a connection of its own (docs/concurrency.md):
+    a pool shared by hundreds of calls looks at every connection on each request.
     """
     if transport is None:
         tls = tls or tls_context(settings)

@@ -4,7 +4,7 @@ transport, without httpx's client around them.
 httpx's ``AsyncClient`` merges a base URL, default headers and cookies into every request and
 runs it through its auth and redirect machinery; ccsync uses none of them (no redirects are
 followed, no cookies are kept, the token is a header), yet that bookkeeping cost about as much
-CPU as the transport itself (README, "Concurrency model"). ``AsyncConnection`` builds the
+CPU as the transport itself (docs/concurrency.md). ``AsyncConnection`` builds the
 ``httpx.Request`` and hands it to the transport directly: the same request on the wire, the same
 ``httpx.Response``, the same exceptions (the transport maps httpcore's), the same timeouts, and
 the OpenTelemetry httpx instrumentation still wraps the transport.

@@ -3,7 +3,7 @@
 httpx's async transport reaches its sockets through anyio, which wraps every read and write in
 a cancel scope and a timer and asks the socket, with a system call, whether an idle connection
 is still open before each request. In a worker whose event loop makes every call, that
-bookkeeping cost about as much CPU as the rest of the request (README, "Concurrency model").
+bookkeeping cost about as much CPU as the rest of the request (docs/concurrency.md).
 This backend keeps httpx and httpcore (requests, HTTP/1.1, answers, exceptions) and only
 replaces the lowest layer with an ``asyncio.Protocol``: a read waits for ``data_received``, a
 write hands the bytes to the transport, each with its timeout as one timer of the loop.

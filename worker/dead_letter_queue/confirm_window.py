@@ -2,7 +2,7 @@
 
 One confirm per message costs a round trip each; publishing a window and then waiting for its
 confirms costs one wait per window, and is just as safe, because nothing is removed from its
-source until its own copy is confirmed (the figures are in README.md, "Dead letters"). Messages
+source until its own copy is confirmed (the figures are in docs/dead-letters.md). Messages
 go out ``mandatory``: a message no queue would take comes back (basic.return) and counts as not
 published, whatever the confirm says. A return names no delivery tag, and one confirm may cover
 many messages, so each message carries its own ``message_id`` (the window's id and its tag): a

@@ -383,9 +383,9 @@ def pool_threads(concurrency: int) -> int:
 
 @dataclass(frozen=True)
 class CeleryExtras:
-    """Celery features ``ccsync worker`` leaves off unless asked (README, Operations, says what
-    each costs): per-task events, worker heartbeats, gossip and mingle. Remote control is always
-    on."""
+    """Celery features ``ccsync worker`` leaves off unless asked (docs/operations.md, "Celery's
+    tools", says what each costs): per-task events, worker heartbeats, gossip and mingle. Remote
+    control is always on."""
 
     task_events: bool = False
     heartbeat: bool = False

@@ -6,7 +6,7 @@ worker's calls in flight); a lane takes the next event, fences its lock and make
 (``Applier.send_async``) through a connection of its own, then hands it to the settler. Hundreds of
 calls can wait on CloudCockpit at once for the price of a coroutine each, where a thread per call
 costs a thread switch, and a turn of the GIL, at every step of every call (the measurements are in
-README.md, "Concurrency model").
+docs/concurrency.md).
 
 Fences are batched: every lane about to call while a fence round trip is under way waits for the
 next one, which serves all of them in one script call (``Ledger.fence_all``). The round trip runs

@@ -5,7 +5,7 @@ A stage of the pipeline (``worker.runtime.pipeline``). A lane of the caller make
 their relationships in one Redis round trip, concludes each (counted, logged, retried or
 dead-lettered), and only then hands the messages to the event loop to be acked. The caller's
 loop goes straight back to calling, so that CloudCockpit waits as little as possible between two
-calls of one lane (the figures are in README.md, "Concurrency model").
+calls of one lane (the figures are in docs/concurrency.md).
 """
 
 from __future__ import annotations

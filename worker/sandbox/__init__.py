@@ -2,7 +2,7 @@
 
 Stdlib ``ThreadingHTTPServer``: a thread per keep-alive connection, so 64+ clients waiting on
 injected latency cost threads, not throughput. Each response goes out in one write with Nagle off,
-because a header write followed by a body write stalls on delayed ACKs (see README.md).
+because a header write followed by a body write stalls on delayed ACKs (docs/operations.md).
 """
 
 from __future__ import annotations
