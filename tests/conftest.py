@@ -38,7 +38,7 @@ SERVICE_MODULES = frozenset(
     {"test_apply.py", "test_ops_cli.py", "test_settings.py", "test_stages.py"}
 )
 #: Modules that stop, kill or cut off RabbitMQ nodes or Redis servers of their own, for minutes.
-DISRUPTIVE_MODULES = frozenset({"test_chaos.py", "test_cluster.py"})
+DISRUPTIVE_MODULES = frozenset({"test_chaos.py", "test_cluster.py", "test_liveness.py"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -21,7 +21,7 @@ from worker.constants import BACKFILL_QUEUE, BACKFILL_ROUTING_KEY, DEAD_LETTER_Q
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 BACKFILL_EVENTS = 15_000
 LIVE_EVENTS = 20
