@@ -119,11 +119,16 @@ def _broker(app: CcsyncCelery) -> CheckResult:
 
 
 def _redis(app: CcsyncCelery) -> CheckResult:
-    return (
-        CheckResult("redis", True)
-        if app.runtime.ledger.ping()
-        else CheckResult("redis", False, "the ledger does not answer PING")
-    )
+    ledger = app.runtime.ledger
+    if not ledger.ping():
+        return CheckResult("redis", False, "the ledger does not answer PING")
+    status = ledger.status
+    if not status.healthy():
+        # Answers a PING, yet its round trips have been too slow (or failing) for minutes.
+        return CheckResult(
+            "redis", False, f"the ledger has been {status.state} since {status.since}"
+        )
+    return CheckResult("redis", True)
 
 
 def _token(app: CcsyncCelery) -> CheckResult:
