@@ -17,7 +17,7 @@ from typing import Any
 import click
 from kombu import Connection
 
-from worker.amqp.connection import broker_connection
+from worker.amqp.connection import broker_connection, connect_within
 from worker.amqp.event_publishing import Encoding, encode, new_event, publish_raw
 from worker.amqp.topology import declare_topology
 from worker.dead_letter_queue.reading import browse
@@ -94,11 +94,13 @@ def run_demo(settings: Settings, timeout: float) -> int:
         # Before the worker starts: a broker holding another version's topology stops the demo
         # with one line here, rather than in the worker's log.
         with broker_connection(settings) as connection:
+            connect_within(connection, settings.broker_connect_timeout)
             declare_topology(connection)
         with (
             LocalWorker(env, concurrency=8, loglevel="WARNING"),
             broker_connection(settings) as connection,
         ):
+            connect_within(connection, settings.broker_connect_timeout)
             publish_raw(connection, plan.messages)
             click.echo(f"published {len(plan.messages)} messages: {dict(plan.counts)}")
             applied, dead = _wait(connection, control, plan, run=run, timeout=timeout)

@@ -88,7 +88,7 @@ def topology(apply_: bool, as_json: bool, migrate: bool) -> None:
         settings = command_settings()
         try:
             with broker_connection(settings) as connection:
-                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+                connect_within(connection, settings.broker_connect_timeout)
                 declare_topology(connection)
         except Exception as exc:
             text = Redactor(settings)(f"{type(exc).__name__}: {exc}")
