@@ -22,6 +22,8 @@ from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE
 
 #: Seconds the surviving nodes may take to elect new leaders for the queues the first one led.
 LEADER_ELECTION_TIMEOUT = 60.0
+#: Seconds the broker may take to count the messages of its quorum queues anew.
+QUEUE_STATISTICS_TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -67,5 +69,12 @@ def test_dlq_list_replay_and_the_console_work_with_the_first_broker_killed(
     # Then every one went back to ccsync.events and left the dead-letter queue
     assert replayed.exit_code == 0, replayed.output
     assert "replayed 3 of 3" in replayed.output
-    counts = cluster.messages()
-    assert (counts[EVENTS_QUEUE], counts[DEAD_LETTER_QUEUE]) == (len(seeds), 0)
+    # (a quorum queue's statistics lag by a few seconds)
+    wait_for(
+        lambda: (
+            (cluster.messages()[EVENTS_QUEUE], cluster.messages()[DEAD_LETTER_QUEUE])
+            == (len(seeds), 0)
+        ),
+        timeout=QUEUE_STATISTICS_TIMEOUT,
+        what="three events in ccsync.events and none in ccsync.dead-letter",
+    )
