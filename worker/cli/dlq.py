@@ -28,9 +28,10 @@ from worker.constants import (
     REASON_RETRIES_EXHAUSTED,
 )
 from worker.dead_letter_queue.edit import parse_assignments
+from worker.dead_letter_queue.errors import DeadLetterError
 from worker.dead_letter_queue.filters import DeadLetterFilter, parse_timestamp, select
 from worker.dead_letter_queue.purge import purge as purge_dead_letters
-from worker.dead_letter_queue.reading import DeadLetterError, hold
+from worker.dead_letter_queue.reading import hold
 from worker.dead_letter_queue.render import (
     DEAD_LETTER_COLUMNS,
     STATS_COLUMNS,

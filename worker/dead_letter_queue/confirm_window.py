@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from kombu import Connection
 
-from worker.dead_letter_queue.reading import DeadLetterError
+from worker.dead_letter_queue.errors import DeadLetterError
 from worker.processing.dead_letters import Envelope
 
 T = TypeVar("T")
@@ -59,13 +59,16 @@ class ConfirmWindow(Generic[T]):
         exchange: str,
         routing_key: str,
         headers: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
     ) -> None:
+        """Publishes ``envelope`` persistent, with ``headers`` instead of its own when given and
+        any other basic ``properties`` (message id, timestamp...) besides."""
         message = self._channel.prepare_message(
             envelope.body,
             content_type=envelope.content_type,
             content_encoding=envelope.content_encoding,
             headers=dict(envelope.headers if headers is None else headers),
-            properties={"delivery_mode": 2},
+            properties={**(properties or {}), "delivery_mode": 2},
         )
         self._pending[self._next_tag] = token
         self._next_tag += 1
