@@ -25,20 +25,21 @@ from worker.amqp.topology import declare_topology
 from worker.console.letters import letter_key
 from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, HEADER_DELIVERY_COUNT
 
-#: The delivery limit of the operator's policy: a dead letter handed back three times is dropped.
-POLICY_DELIVERY_LIMIT = 2
+#: Delivery limits of an operator's policy: 2, as measured in the issue (a dead letter handed back
+#: three times is dropped), and 0 (dropped the first time).
+POLICY_DELIVERY_LIMITS = (2, 0)
 #: Reads of the queue, from the CLI and the console, in the test.
 READS = 16
 
 
-@pytest.fixture
-def limited_vhost() -> Iterator[str]:
-    """A vhost of its own whose dead-letter queue a policy gives a delivery limit of 2."""
+@pytest.fixture(params=POLICY_DELIVERY_LIMITS, ids=lambda limit: f"limit-{limit}")
+def limited_vhost(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A vhost of its own whose dead-letter queue a policy gives a delivery limit."""
     with throwaway_vhost("ccsync-limit-") as url:
         with Connection(url) as connection:
             declare_topology(connection)
         vhost = unquote(urlsplit(url).path[1:])
-        definition = json.dumps({"delivery-limit": POLICY_DELIVERY_LIMIT})
+        definition = json.dumps({"delivery-limit": request.param})
         pattern = f"^{DEAD_LETTER_QUEUE.replace('.', '[.]')}$"
         rabbitmqctl(
             "set_policy", "-p", vhost, "--apply-to", "queues", "dlq-limit", pattern, definition
@@ -49,7 +50,7 @@ def limited_vhost() -> Iterator[str]:
 def test_reading_the_queue_many_times_loses_nothing_under_a_delivery_limit_policy(
     limited_vhost: str,
 ) -> None:
-    # Given five dead letters in a queue whose policy drops what is handed back thrice
+    # Given five dead letters in a queue whose policy drops what is handed back too often
     seeds = [support.seed_for_event("retries-exhausted", status=503) for _ in range(5)]
     support.put_dead_letters(limited_vhost, seeds)
     expected = sorted(str(seed.event_id) for seed in seeds)
