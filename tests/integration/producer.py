@@ -92,9 +92,9 @@ def read_dead_letters(broker_url: str, expected: int, timeout: float = 30.0) -> 
 
 
 def queue_depth(broker_url: str, queue: str) -> int:
-    """Ready messages in ``queue``. The dead-letter queue is counted exactly, by a pass that hands
-    every dead letter back: a quorum queue's declared count lags behind messages just requeued,
-    and every listing of the dead letters requeues them."""
+    """Ready messages in ``queue``. The dead-letter queue is counted exactly, by a pass that puts
+    every dead letter back: a quorum queue's declared count lags behind messages just returned
+    (a killed reader's) or published (a reader's put back)."""
     if queue == DEAD_LETTER_QUEUE:
         with KombuConnection(broker_url) as dead_letters, hold(dead_letters) as held:
             return held.total

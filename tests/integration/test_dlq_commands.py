@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from tests.integration.test_dlq_support import (
     TENANT,
@@ -23,6 +24,7 @@ from tests.integration.test_dlq_support import (
     take_all,
 )
 from worker.amqp.event_publishing import Encoding
+from worker.cli import main
 from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE
 from worker.processing.dead_letters import DeadLetter
 
@@ -341,9 +343,19 @@ def test_replay_of_an_unknown_event_id_fails(broker_url: str, seeds: list[Seed])
 
 def test_an_unreachable_broker_is_one_line_and_a_failure(tmp_path: Path) -> None:
     # Given a broker URL where nothing listens (port 9 is discard, closed here)
-    result = ccsync("amqp://guest:secret@127.0.0.1:9//", "dlq", "list")
-    # Then exit 1 with one line naming the broker, the password masked
+    result = CliRunner().invoke(
+        main,
+        ["dlq", "list"],
+        env={
+            "CCSYNC_BROKER_URL": "amqp://guest:secret@127.0.0.1:9//",
+            "CCSYNC_BROKER_CONNECT_TIMEOUT": "2",
+        },
+    )
+    # Then, once the connect timeout has passed, exit 1 with one line naming the broker, the
+    # password masked
     assert result.exit_code == 1
     (line,) = result.output.strip().splitlines()
-    assert line.startswith("Error: cannot connect to amqp://guest:**@127.0.0.1:9//")
+    assert line.startswith(
+        "Error: cannot reach the broker at amqp://guest:**@127.0.0.1:9// within 2 s"
+    )
     assert "secret" not in line

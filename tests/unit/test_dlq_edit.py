@@ -9,7 +9,7 @@ import pytest
 
 from worker.amqp.event_publishing import Encoding, encode, new_event
 from worker.dead_letter_queue.edit import edit_body, parse_assignments
-from worker.dead_letter_queue.reading import DeadLetterError
+from worker.dead_letter_queue.errors import DeadLetterError
 from worker.events import decode_event
 
 CUSTOMER = "0b6f4c1e-4b0e-4a53-9d43-2f4f3c1d2e10"

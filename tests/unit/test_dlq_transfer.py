@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from worker.dead_letter_queue.reading import DeadLetterError, DeadLetterRecord
+from worker.dead_letter_queue.errors import DeadLetterError
+from worker.dead_letter_queue.reading import DeadLetterRecord
 from worker.dead_letter_queue.replay import replay_envelope, replay_headers
 from worker.dead_letter_queue.transfer import read_lines, to_line
 from worker.observability.redaction import Redaction

@@ -20,8 +20,10 @@ exchange N-1. Exchange ``ccsync.delay.release`` finally routes it by its last wo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
+from typing import Final
 
 from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Queue, binding
@@ -84,19 +86,66 @@ tasks_queue = Queue(
     queue_arguments=_QUORUM,
 )
 
-# Replicated like the others, so a dead letter outlives the node that holds it. Operators' tools
-# read it with basic.get and hand everything back (``worker.dead_letter_queue.reading``): each pass
-# raises the quorum queue's delivery count, so the queue must have no delivery limit and no
-# dead-lettering of its own (RabbitMQ 3.10 takes ``x-delivery-limit: -1`` as a limit of zero and
-# drops a dead letter on its first return). A stream would not do: no basic.get, no removal of one
-# message. Brokers holding the classic queue of earlier versions: ``ccsync topology --migrate``.
+#: The delivery limit the dead-letter queue declares: never reached, so that no broker default
+#: applies (RabbitMQ 4 gives a quorum queue without one a limit of 20). Not -1: RabbitMQ 4 reads it
+#: as no limit, but 3.10 as a limit of zero (a dead letter dropped the first time it is returned).
+DEAD_LETTER_DELIVERY_LIMIT: Final = 2**31 - 1
+
+# Replicated like the others, so a dead letter outlives the node that holds it. It dead-letters
+# nowhere: a message it drops is gone. Operators' tools never hand a dead letter back, which a
+# quorum queue would count against the delivery limit, whoever set it (a policy's lower limit
+# beats the queue's own): they put back copies (``worker.dead_letter_queue.reading``). A stream
+# would not do: no basic.get, no removal of one message. Brokers holding the classic queue of
+# earlier versions, or the quorum queue without a delivery limit: ``ccsync topology --migrate``.
 dead_letter_queue = Queue(
+    DEAD_LETTER_QUEUE,
+    exchange=dead_letter_exchange,
+    routing_key=DEAD_LETTER_QUEUE,
+    durable=True,
+    queue_arguments={**_QUORUM, "x-delivery-limit": DEAD_LETTER_DELIVERY_LIMIT},
+)
+
+#: The dead-letter queue as earlier versions declared it: quorum, without a delivery limit.
+previous_dead_letter_queue = Queue(
     DEAD_LETTER_QUEUE,
     exchange=dead_letter_exchange,
     routing_key=DEAD_LETTER_QUEUE,
     durable=True,
     queue_arguments=_QUORUM,
 )
+
+
+def declare_dead_letter_queue(connection: Connection) -> bool:
+    """Declares the dead-letter queue (and its exchange and binding), each time on a channel of
+    its own; False, with a warning in the log, when the broker holds the quorum queue of earlier
+    versions, which has no delivery limit of its own: the broker's default then applies (20 on
+    RabbitMQ 4), and a dead letter a killed reader left to it more often is dropped.
+
+    Raises ``PreconditionFailed`` when the broker holds another queue of that name (the classic
+    one of older versions).
+    """
+    try:
+        _declare_alone(connection, dead_letter_queue)
+        return True
+    except PreconditionFailed:
+        _declare_alone(connection, previous_dead_letter_queue)
+    log.warning(
+        "%s has no delivery limit of its own: the broker's default applies (RabbitMQ 4: 20 "
+        "returns) and can drop dead letters that killed readers left to it; run "
+        "'ccsync topology --migrate' to declare it with one",
+        DEAD_LETTER_QUEUE,
+    )
+    return False
+
+
+def _declare_alone(connection: Connection, queue: Queue) -> None:
+    """Declares ``queue`` on a channel of its own: a refusal closes that channel, no other."""
+    channel = connection.channel()
+    try:
+        queue(channel).declare()
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
 
 
 def delay_exchange(level: int) -> Exchange:
@@ -171,10 +220,11 @@ def publish_declaring_topology(connection: Connection, publish: Callable[[], Non
 
 
 def _declare(connection: Connection) -> None:
+    declare_dead_letter_queue(connection)
     channel = connection.default_channel
-    for exchange in (events_exchange, tasks_exchange, dead_letter_exchange, delay_release_exchange):
+    for exchange in (events_exchange, tasks_exchange, delay_release_exchange):
         exchange(channel).declare()
-    for queue in (events_queue, backfill_queue, tasks_queue, dead_letter_queue):
+    for queue in (events_queue, backfill_queue, tasks_queue):
         queue(channel).declare()
     for level in range(DELAY_LEVELS):
         delay_queue(level)(channel).declare()

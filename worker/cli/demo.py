@@ -17,10 +17,10 @@ from typing import Any
 import click
 from kombu import Connection
 
-from worker.amqp.connection import broker_connection
+from worker.amqp.connection import broker_connection, connect_within
 from worker.amqp.event_publishing import Encoding, encode, new_event, publish_raw
 from worker.amqp.topology import declare_topology
-from worker.dead_letter_queue.reading import browse
+from worker.dead_letter_queue.reading import hold
 from worker.events import correlation_id
 from worker.sandbox import SandboxOptions, SandboxServer
 from worker.settings import Settings
@@ -94,11 +94,13 @@ def run_demo(settings: Settings, timeout: float) -> int:
         # Before the worker starts: a broker holding another version's topology stops the demo
         # with one line here, rather than in the worker's log.
         with broker_connection(settings) as connection:
+            connect_within(connection, settings.broker_connect_timeout)
             declare_topology(connection)
         with (
             LocalWorker(env, concurrency=8, loglevel="WARNING"),
             broker_connection(settings) as connection,
         ):
+            connect_within(connection, settings.broker_connect_timeout)
             publish_raw(connection, plan.messages)
             click.echo(f"published {len(plan.messages)} messages: {dict(plan.counts)}")
             applied, dead = _wait(connection, control, plan, run=run, timeout=timeout)
@@ -121,12 +123,12 @@ def _wait(
                 attempts[event_id] += 1
                 if entry["status"] == 204:
                     applied[event_id] = attempts[event_id]
-        with browse(connection) as (channel, records):
-            ours = [r for r in records if r.headers.get(RUN_HEADER) == run]
+        with hold(connection) as held:
+            ours = [r for r in held.records if r.headers.get(RUN_HEADER) == run]
             done = len(applied) + len(ours) >= len(plan.messages)
             if done or time.monotonic() > deadline:
                 for record in ours:  # the demo leaves the dead-letter queue as it found it
-                    channel.basic_ack(record.delivery_tag)
+                    held.remove(record)
                 return applied, [{**r.summary(), "retries": 0} for r in ours]
         time.sleep(0.5)
 

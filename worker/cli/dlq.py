@@ -19,7 +19,7 @@ from amqp.exceptions import AMQPError
 from kombu import Connection
 from kombu.exceptions import KombuError
 
-from worker.amqp.connection import broker_connection
+from worker.amqp.connection import broker_connection, connect_within
 from worker.cli.interrupt import EXIT_INTERRUPTED, stop_requested
 from worker.cli.settings import command_settings
 from worker.cli.types import CUSTOMER_ID, RATE, TIMESTAMP
@@ -30,10 +30,11 @@ from worker.constants import (
     REASON_RETRIES_EXHAUSTED,
 )
 from worker.dead_letter_queue.edit import parse_assignments
+from worker.dead_letter_queue.errors import DeadLetterError
 from worker.dead_letter_queue.filters import DeadLetterFilter, select
 from worker.dead_letter_queue.purge import PurgeReport
 from worker.dead_letter_queue.purge import purge as purge_dead_letters
-from worker.dead_letter_queue.reading import DeadLetterError, hold
+from worker.dead_letter_queue.reading import hold
 from worker.dead_letter_queue.render import (
     DEAD_LETTER_COLUMNS,
     STATS_COLUMNS,
@@ -102,15 +103,16 @@ def filter_options(command: F) -> F:
 
 @contextlib.contextmanager
 def _broker() -> Iterator[Connection]:
-    """The broker connection, with every failure turned into one line and a non-zero exit."""
+    """The broker connection, with every failure turned into one line and a non-zero exit.
+
+    Opened as the worker opens its own: each broker of ``CCSYNC_BROKER_URL`` in turn, for up to
+    ``CCSYNC_BROKER_CONNECT_TIMEOUT`` seconds, so a command works while any node of the cluster
+    does (``BrokerUnreachable``, one line, when none answered).
+    """
     settings = command_settings()
     try:
         with broker_connection(settings) as connection:
-            try:
-                connection.ensure_connection(max_retries=0)
-            except (AMQPError, KombuError, OSError) as exc:
-                where = connection.as_uri()  # the password masked
-                raise click.ClickException(f"cannot connect to {where}: {_one_line(exc)}") from None
+            connect_within(connection, settings.broker_connect_timeout)
             yield connection
     except (DeadLetterError, AMQPError, KombuError, OSError) as exc:
         raise click.ClickException(_one_line(exc)) from None

@@ -81,7 +81,7 @@ def consumption_line(settings: Settings, timeout: float) -> str:
 @click.option(
     "--migrate",
     is_flag=True,
-    help="Move a classic ccsync.dead-letter of earlier versions to a quorum queue, then apply.",
+    help="Move the ccsync.dead-letter of earlier versions to this version's queue, then apply.",
 )
 def topology(apply_: bool, as_json: bool, migrate: bool) -> None:
     """Print the broker topology ccsync declares, or apply it (idempotent)."""
@@ -95,14 +95,14 @@ def topology(apply_: bool, as_json: bool, migrate: bool) -> None:
         except Exception as exc:
             text = Redaction.from_settings(settings).text(f"{type(exc).__name__}: {exc}")
             raise click.ClickException(f"could not migrate the topology: {text}") from None
-        if report.already_quorum and not report.moved_back:
-            click.echo(f"{DEAD_LETTER_QUEUE} is a quorum queue already: nothing to migrate")
+        if report.already_current and not report.moved_back:
+            click.echo(f"{DEAD_LETTER_QUEUE} has this version's form already: nothing to migrate")
         apply_ = True
     if apply_:
         settings = command_settings()
         try:
             with broker_connection(settings) as connection:
-                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+                connect_within(connection, settings.broker_connect_timeout)
                 declare_topology(connection)
         except Exception as exc:
             text = Redaction.from_settings(settings).text(f"{type(exc).__name__}: {exc}")

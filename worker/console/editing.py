@@ -16,7 +16,8 @@ from typing import Any
 
 from worker.constants import CLOUDEVENTS_CONTENT_TYPE, CLOUDEVENTS_HEADER_PREFIXES
 from worker.dead_letter_queue.edit import EDITABLE_FIELDS, NULL_TEXT, edit_body
-from worker.dead_letter_queue.reading import DeadLetterError, DeadLetterRecord
+from worker.dead_letter_queue.errors import DeadLetterError
+from worker.dead_letter_queue.reading import DeadLetterRecord
 from worker.events import decode_event
 from worker.exceptions import InvalidEvent
 

@@ -38,7 +38,7 @@ _HTTP_STATUS: Final = re.compile(r"HTTP \d{3}(;|$)")
 
 def letter_key(record: DeadLetterRecord) -> str:
     digest = hashlib.sha256(record.body)
-    # Without the delivery count: the dead-letter queue raises it each time it is listed.
+    # Without the delivery count: the queue's, not the dead letter's (a killed reader raises it).
     headers = {k: v for k, v in record.headers.items() if k != HEADER_DELIVERY_COUNT}
     digest.update(json.dumps(headers, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:KEY_CHARS]

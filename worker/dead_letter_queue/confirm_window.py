@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from kombu import Connection
 
-from worker.dead_letter_queue.reading import DeadLetterError
+from worker.dead_letter_queue.errors import DeadLetterError
 from worker.processing.dead_letters import Envelope
 
 T = TypeVar("T")
@@ -63,13 +63,24 @@ class ConfirmWindow(Generic[T]):
         exchange: str,
         routing_key: str,
         headers: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
     ) -> None:
+        """Publishes ``envelope`` persistent, with ``headers`` instead of its own when given and
+        any other basic ``properties`` (message id, timestamp...) besides; without
+        ``properties``, with the window's message id, by which a return is matched."""
         message = self._channel.prepare_message(
             envelope.body,
             content_type=envelope.content_type,
             content_encoding=envelope.content_encoding,
             headers=dict(envelope.headers if headers is None else headers),
-            properties={"delivery_mode": 2, "message_id": f"{self._id}-{self._next_tag}"},
+            properties=(
+                # The window's own message id, by which a return is matched to its message;
+                # properties given are kept as they are (a return then fails every message
+                # pending: a dead letter put back must stay what it was).
+                {"message_id": f"{self._id}-{self._next_tag}", "delivery_mode": 2}
+                if properties is None
+                else {**properties, "delivery_mode": 2}
+            ),
         )
         self._pending[self._next_tag] = token
         self._next_tag += 1

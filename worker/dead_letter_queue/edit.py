@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from worker.constants import CLOUDEVENTS_CONTENT_TYPE, CLOUDEVENTS_HEADER_PREFIXES
-from worker.dead_letter_queue.reading import DeadLetterError
+from worker.dead_letter_queue.errors import DeadLetterError
 
 EDITABLE_FIELDS: Final = ("internalIdentifier", "tenant", "resellerId")
 NULL_TEXT: Final = "null"

@@ -1,47 +1,57 @@
-"""Reading the dead-letter queue without taking anything out of it.
+"""Reading the dead-letter queue without taking anything out of it, and without handing
+anything back (the one module through which every tool and page reads dead letters).
 
-Messages are fetched unacknowledged on a channel of their own; closing that channel hands every
-one back to the queue, so a crash of the reader cannot lose a dead letter. The queue is a quorum
-queue: each pass raises every dead letter's ``x-delivery-count`` by one, which is all it does (the
-queue has no delivery limit and no dead-lettering of its own, and the count is dropped from a
-replayed or exported dead letter). Whoever removes one
-(replay, purge, export --remove) acks its delivery tag on that channel, and only once the dead
-letter is safe elsewhere.
+A pass fetches the dead letters unacknowledged on a channel of its own. When it ends, every one
+not removed is put back: published again to the queue (persistent, confirmed) and only then
+acked. A pass never hands a message back, because a quorum queue counts every return in its
+``x-delivery-count`` and drops a message returned more often than its delivery limit allows
+(RabbitMQ 4 sets 20 by default, an operator's policy may set 2, and the queue has nowhere to
+dead-letter to): reading any number of times costs no dead letter. Only a reader killed while it
+holds them leaves them to the broker, which returns them (one delivery counted); the next pass
+puts them back with a count of zero. Killed between a copy's confirm and its original's ack, a
+reader leaves a dead letter twice: the next pass recognises the twin by its ``identity`` and
+drops it. Whoever removes one (replay, purge, export --remove) acks its delivery tag on that
+channel, and only once the dead letter is safe elsewhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, Final
 
 from kombu import Connection
 
-from worker.amqp.topology import dead_letter_queue
+from worker.amqp.topology import declare_dead_letter_queue
 from worker.constants import (
     CLOUDEVENTS_HEADER_PREFIXES,
+    DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
     HEADER_ATTEMPTS,
     HEADER_CORRELATION_ID,
     HEADER_DEAD_LETTERED_AT,
+    HEADER_DELIVERY_COUNT,
     HEADER_ERROR,
     HEADER_EVENT_ID,
     HEADER_REASON,
     HEADER_REPLAY_COUNT,
     HEADER_STATUS,
 )
-from worker.exceptions import CcsyncError
+from worker.dead_letter_queue.confirm_window import ConfirmWindow
 from worker.processing.dead_letters import Envelope, json_safe_headers
 
+log = logging.getLogger(__name__)
 
-class DeadLetterError(CcsyncError):
-    """An operation on dead letters could not be done; what was not done stays in the queue."""
+#: Copies a pass puts back awaiting their confirms at most.
+PUT_BACK_WINDOW: Final = 256
 
 
 @dataclass(frozen=True)
@@ -58,10 +68,22 @@ class DeadLetterRecord:
     headers: Mapping[str, Any]
     content_encoding: str | None = None
     raw_headers: Mapping[str, Any] | None = field(default=None, repr=False)
+    #: The other basic properties (message id, timestamp...), kept when the record is put back.
+    properties: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def original_headers(self) -> Mapping[str, Any]:
         return self.headers if self.raw_headers is None else self.raw_headers
+
+    @property
+    def lasting_headers(self) -> dict[str, Any]:
+        """``original_headers`` without the delivery count, which the queue keeps, not the dead
+        letter: what a copy of it carries."""
+        return {
+            key: value
+            for key, value in self.original_headers.items()
+            if key != HEADER_DELIVERY_COUNT
+        }
 
     def envelope(self) -> Envelope:
         return Envelope(self.body, self.content_type, self.content_encoding, self.original_headers)
@@ -180,82 +202,147 @@ def reader_channel(connection: Connection) -> Any:
     return channel
 
 
-def fetch(channel: Any, count: int) -> Iterator[DeadLetterRecord]:
-    """At most ``count`` dead letters, each held unacknowledged until acked or the channel closes.
-
-    The bound is the queue depth taken before the first fetch: dead letters arriving meanwhile
-    (a replayed event failing again, say) wait behind it, so one pass never sees one twice.
-    """
-    for _ in range(count):
-        message = channel.basic_get(queue=DEAD_LETTER_QUEUE, no_ack=False)
-        if message is None:
-            return
-        yield _record(message)
-
-
 def _record(message: Any) -> DeadLetterRecord:
-    properties = message.properties
+    properties = dict(message.properties)
     body = message.body
-    encoding = properties.get("content_encoding")
+    encoding = properties.pop("content_encoding", None)
     if isinstance(body, str):
         body = body.encode(encoding or "utf-8")
-    raw_headers = dict(properties.get("application_headers") or {})
+    raw_headers = dict(properties.pop("application_headers", None) or {})
+    content_type = properties.pop("content_type", None)
     return DeadLetterRecord(
         delivery_tag=message.delivery_tag,
         body=bytes(body),
-        content_type=properties.get("content_type"),
+        content_type=content_type,
         headers=json_safe_headers(raw_headers),
         content_encoding=encoding,
         raw_headers=raw_headers,
+        properties=properties,
     )
 
 
-def _first_and_total(channel: Any) -> tuple[DeadLetterRecord | None, int]:
-    """The first dead letter of a pass and how many there are now: the broker's exact count of
-    those still ready after it, from its ``basic.get-ok``, plus itself."""
-    # Declared (idempotently): a fresh broker has none yet. Not counted by its statistics, which
-    # a quorum queue updates late (messages a reader just handed back may be missing).
-    dead_letter_queue(channel).declare()
-    message = channel.basic_get(queue=DEAD_LETTER_QUEUE, no_ack=False)
-    if message is None:
-        return None, 0
-    return _record(message), int(message.delivery_info.get("message_count") or 0) + 1
+def identity(record: DeadLetterRecord) -> str:
+    """A digest of everything a dead letter is, its delivery count aside: a copy put back by a
+    reader has the identity of its original, so a pass recognises the twin an interrupted reader
+    may have left (the copy confirmed, the original not yet acked)."""
+    digest = hashlib.sha256(record.body)
+    described = {
+        "contentType": record.content_type,
+        "contentEncoding": record.content_encoding,
+        "properties": record.properties,
+        "headers": record.lasting_headers,
+    }
+    digest.update(json.dumps(described, sort_keys=True, default=repr).encode())
+    return digest.hexdigest()
 
 
-@dataclass
 class HeldDeadLetters:
-    """A pass over the queue: ``records`` yields each dead letter once, held on ``channel``."""
+    """A pass over the queue: ``records`` yields each dead letter once, held on ``channel``.
 
-    channel: Any
-    total: int
-    records: Iterator[DeadLetterRecord]
+    A dead letter the pass fetched stays held until the pass ends: then whatever was not removed
+    is put back (``hold``).
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.channel = reader_channel(connection)
+        self._connection = connection
+        self._kept: dict[int, DeadLetterRecord] = {}
+        self._seen: set[str] = set()
+        self._whole = True
+        declare_dead_letter_queue(connection)  # a fresh broker has none yet
+        first = self.channel.basic_get(queue=DEAD_LETTER_QUEUE, no_ack=False)
+        # The broker's exact count of those still ready after the first, from its basic.get-ok.
+        self.total = 0 if first is None else int(first.delivery_info.get("message_count") or 0) + 1
+        self.records: Iterator[DeadLetterRecord] = self._fetch(first)
+
+    def _fetch(self, first: Any) -> Iterator[DeadLetterRecord]:
+        """The dead letters present when the pass began, at most ``total``: those arriving
+        meanwhile (a replayed event failing again, the copies of another reader) wait behind
+        them, so one pass never sees one twice."""
+        message = first
+        for fetched in range(self.total):
+            if fetched:
+                message = self.channel.basic_get(queue=DEAD_LETTER_QUEUE, no_ack=False)
+            if message is None:
+                return
+            record = _record(message)
+            key = identity(record)
+            if key in self._seen:
+                # Its twin is held by this pass, and stays in the queue whatever happens to it.
+                self.channel.basic_ack(record.delivery_tag)
+                continue
+            self._seen.add(key)
+            self._kept[record.delivery_tag] = record
+            yield record
+
+    def stop(self) -> None:
+        """End the pass early (an interruption): ``put_back`` then puts back only what was
+        fetched, which goes behind the rest of the queue, and leaves the rest untouched."""
+        self._whole = False
 
     def remove(self, record: DeadLetterRecord) -> None:
         """Take the dead letter out for good: only once it is safe somewhere else."""
+        self._kept.pop(record.delivery_tag, None)
         self.channel.basic_ack(record.delivery_tag)
+
+    def put_back(self) -> int:
+        """Every dead letter of the pass not removed, those the caller did not read included,
+        published again to the queue in the order they were in; each original is acked once its
+        copy is confirmed. Returns how many could not be put back: the broker gives those back
+        itself when the channel closes (raising their delivery count).
+
+        Never handing a dead letter back is what makes reading free of loss: a quorum queue
+        counts each return, and drops a message returned more often than its delivery limit.
+        """
+        confirms: ConfirmWindow[int] = ConfirmWindow(self._connection)
+
+        def ack(settled: tuple[list[int], list[int]]) -> None:
+            for delivery_tag in settled[0]:  # confirmed; the failed ones stay held
+                self.remove(self._kept[delivery_tag])
+
+        try:
+            # Then the rest of the pass, as it is fetched: the queue keeps its order.
+            rest = self.records if self._whole else iter(())
+            for record in itertools.chain(list(self._kept.values()), rest):
+                confirms.publish(
+                    record.delivery_tag,
+                    record.envelope(),
+                    exchange=DEAD_LETTER_EXCHANGE,
+                    routing_key=DEAD_LETTER_QUEUE,
+                    headers=record.lasting_headers,
+                    properties=record.properties,
+                )
+                ack(confirms.collect())
+                if confirms.pending >= PUT_BACK_WINDOW:
+                    ack(confirms.settle())
+            ack(confirms.settle())
+        finally:
+            confirms.close()
+        return len(self._kept)
 
 
 @contextmanager
 def hold(connection: Connection) -> Iterator[HeldDeadLetters]:
-    """Every dead letter present now, fetched lazily; those not removed go back at the end."""
-    channel = reader_channel(connection)
+    """Every dead letter present now, fetched lazily; those not removed are put back at the end.
+
+    A caller that stops early still costs a whole pass: the rest is put back too, so that the
+    queue keeps its order and ``--limit`` always means the first ones; unless it calls
+    ``stop``, or the block raises.
+    """
+    held = HeldDeadLetters(connection)
     try:
-        first, total = _first_and_total(channel)
-        records = fetch(channel, total - 1)
-        yield HeldDeadLetters(
-            channel, total, records if first is None else itertools.chain([first], records)
-        )
+        yield held
+    except BaseException:
+        held.stop()  # no time for the rest of the pass: an error or an interruption is waiting
+        raise
     finally:
+        try:
+            left = held.put_back()
+        except Exception as exc:  # the connection is gone: the broker gives them back
+            log.warning("dead letters not put back (%s); the broker returns them", exc)
+        else:
+            if left:
+                log.warning("%d dead letter(s) not put back; the broker returns them", left)
         # A channel the broker already closed has handed its messages back by itself.
         with contextlib.suppress(Exception):
-            channel.close()
-
-
-@contextmanager
-def browse(connection: Connection) -> Iterator[tuple[Any, list[DeadLetterRecord]]]:
-    """Every dead letter, held unacknowledged on a channel; all go back when the block ends.
-
-    Yields the channel too, so a caller may ack (remove) a record it has safely dealt with.
-    """
-    with hold(connection) as held:
-        yield held.channel, list(held.records)
+            held.channel.close()

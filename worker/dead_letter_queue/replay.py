@@ -28,8 +28,9 @@ from worker.constants import (
 )
 from worker.dead_letter_queue.confirm_window import ConfirmWindow
 from worker.dead_letter_queue.edit import edit_body
+from worker.dead_letter_queue.errors import DeadLetterError
 from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
-from worker.dead_letter_queue.reading import DeadLetterError, DeadLetterRecord, hold
+from worker.dead_letter_queue.reading import DeadLetterRecord, hold
 from worker.processing.dead_letters import Envelope
 
 #: Publishes awaiting their confirms at most: broker speed, and an interruption duplicates little.
@@ -141,7 +142,7 @@ def replay(
         declare_topology(connection)
     window = max(1, min(WINDOW, int(rate))) if rate else WINDOW
     pacer = _Pacer(rate)
-    confirms: ConfirmWindow[int] | None = None
+    confirms: ConfirmWindow[DeadLetterRecord] | None = None
     selection = Selection()
     try:
         with hold(connection) as held:
@@ -150,10 +151,10 @@ def replay(
             if not dry_run:
                 confirms = ConfirmWindow(connection)
 
-            def remove(settled: tuple[list[int], list[int]]) -> None:
+            def remove(settled: tuple[list[DeadLetterRecord], list[DeadLetterRecord]]) -> None:
                 confirmed, failed = settled
-                for delivery_tag in confirmed:
-                    held.channel.basic_ack(delivery_tag)
+                for record in confirmed:
+                    held.remove(record)
                 report.replayed += len(confirmed)
                 report.failed += len(failed)
 
@@ -174,7 +175,7 @@ def replay(
                     report.interrupted = True
                     break
                 confirms.publish(
-                    record.delivery_tag,
+                    record,
                     envelope,
                     exchange=EVENTS_EXCHANGE,
                     routing_key=EVENT_ROUTING_KEY,
@@ -183,6 +184,8 @@ def replay(
                 remove(confirms.collect())
                 if confirms.pending >= window:
                     remove(confirms.settle())
+            if report.interrupted:
+                held.stop()
             if confirms is not None and report.interrupted:
                 # The operator is waiting: what is not confirmed by then stays a dead letter.
                 try:

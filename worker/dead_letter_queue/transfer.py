@@ -28,8 +28,9 @@ from kombu import Connection
 from worker.amqp.topology import declare_topology
 from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
 from worker.dead_letter_queue.confirm_window import ConfirmWindow
+from worker.dead_letter_queue.errors import DeadLetterError
 from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
-from worker.dead_letter_queue.reading import DeadLetterError, DeadLetterRecord, hold
+from worker.dead_letter_queue.reading import DeadLetterRecord, hold
 from worker.observability.redaction import Redaction
 from worker.processing.dead_letters import (
     decode_header_value,

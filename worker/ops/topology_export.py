@@ -137,6 +137,9 @@ class _RecordingConnection:
     def __init__(self) -> None:
         self.default_channel = _RecordingChannel()
 
+    def channel(self) -> _RecordingChannel:
+        return self.default_channel
+
 
 def record_topology() -> Topology:
     """What ``declare_topology`` declares, in the order it declares it, without a broker."""
