@@ -52,15 +52,25 @@ def raise_for_answer(response: httpx.Response) -> None:
 
 #: Failures before the request left: the server cannot have applied anything.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: httpx's ways of leaving a call without an answer ccsync can use: none came (a transport
+#: error), or one came whose body does not decode as its ``Content-Encoding`` says.
+NO_USABLE_ANSWER = (httpx.TransportError, httpx.DecodingError)
 
 
-def describe_transport_error(exc: httpx.TransportError) -> ApiUnavailable:
-    """A call that got no answer; the text names the kind of failure, never a header or a URL.
+def describe_transport_error(exc: httpx.TransportError | httpx.DecodingError) -> ApiUnavailable:
+    """A call that got no answer, or none it could use (``NO_USABLE_ANSWER``); the text names
+    the kind of failure, never a header or a URL.
 
     Unless it failed before the request was sent, the server may yet apply it: ``unsettled``.
     """
     kind = type(exc).__name__
-    failure = ApiUnavailable(f"no answer from CloudCockpit: {kind}")
+    if isinstance(exc, httpx.DecodingError):
+        failure = ApiUnavailable(
+            f"no usable answer from CloudCockpit: {kind} (its body does not decode as its "
+            "Content-Encoding says)"
+        )
+    else:
+        failure = ApiUnavailable(f"no answer from CloudCockpit: {kind}")
     failure.unsettled = not isinstance(exc, NOT_SENT)
     return failure
 

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from worker.cloudcockpit.answers import describe_transport_error, raise_for_answer
+from worker.cloudcockpit.answers import (
+    NO_USABLE_ANSWER,
+    describe_transport_error,
+    raise_for_answer,
+)
 from worker.cloudcockpit.connection import AsyncConnection
 from worker.cloudcockpit.streams import AsyncioTransport
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken, TokenSource
@@ -230,7 +234,7 @@ class CloudCockpitClient:
                 response = self._get(
                     url, params=params, tenant=tenant, token=self._tokens.renew(token)
                 )
-        except (TransientFailure, httpx.TransportError):
+        except (TransientFailure, *NO_USABLE_ANSWER):
             return False
         return response.status_code < 500 and response.status_code not in (401, 429)
 
@@ -255,7 +259,7 @@ class CloudCockpitClient:
                 response = self._get(url, params=params, tenant=tenant, token=renewed)
                 if response.status_code == 401:
                     raise TokenRejected("HTTP 401 with a renewed token", 401)
-        except httpx.TransportError as exc:
+        except NO_USABLE_ANSWER as exc:
             raise describe_transport_error(exc) from None
         if response.status_code in (403, 404):
             return Reading(found=False, internal_identifier=None, status=response.status_code)
@@ -287,7 +291,7 @@ class CloudCockpitClient:
         started = time.monotonic()
         try:
             response = self._client().patch(url, json=change.body, headers=_headers(change, token))
-        except httpx.TransportError as exc:
+        except NO_USABLE_ANSWER as exc:
             _observe_call(started, None)
             raise describe_transport_error(exc) from None
         _observe_call(started, response.status_code)
@@ -322,7 +326,7 @@ async def _patch_async(
     started = time.monotonic()
     try:
         response = await connection.patch(url, body=body, headers=headers)
-    except httpx.TransportError as exc:
+    except NO_USABLE_ANSWER as exc:
         _observe_call(started, None)
         raise describe_transport_error(exc) from None
     _observe_call(started, response.status_code)

@@ -124,6 +124,7 @@ class Caller:
                 await self._applier.send_async(call, connection=connection, fence=self._fence)
             except Exception:
                 log.exception("event %s: no outcome could be recorded", call.attempt.event.event_id)
+                call.abandon()
                 self._on_lost(message)
                 continue
             self._on_called(call, message)

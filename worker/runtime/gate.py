@@ -108,6 +108,7 @@ class Gate:
                 log.exception("the gate failed on %d events; they are requeued", len(claims))
                 for claim in claims:
                     if not claim.handed_over:
+                        claim.call.abandon()
                         self._on_lost(claim.message)
 
     def claim(self, claims: list[_Claim]) -> list[_Claim]:
