@@ -32,6 +32,7 @@ from worker.constants import (
 from worker.exceptions import (
     ApiRejected,
     ApiUnavailable,
+    LeaseExpired,
     LedgerUnavailable,
     RateLimited,
     RelationshipBusy,
@@ -239,11 +240,14 @@ class Applier:
             # The lock was taken ahead, and may have expired while the event waited for this
             # thread: another event could hold it now. Checked and extended in one script, and
             # the verdict judged again by what was applied meanwhile.
+            leased_at = time.monotonic()
             self.ledger.fence(hold, lease_seconds=self.call_lease_seconds)
             if self._still_new(call):
                 started = time.monotonic()
                 with tracing.calling(call.trace):
-                    self.api.set_internal_identifier(_change(call))
+                    self.api.set_internal_identifier(
+                        _change(call), lease_ends=leased_at + self.call_lease_seconds
+                    )
                 self._called(call, started)
 
     async def send_async(self, call: Call, *, connection: AsyncConnection, fence: Fence) -> None:
@@ -254,11 +258,15 @@ class Applier:
             hold = self._hold_to_call(call)
             if hold is None:
                 return
+            # Taken before the fence: the lease it sets ends no sooner than this plus its length.
+            leased_at = time.monotonic()
             await fence(hold, self.call_lease_seconds)
             if self._still_new(call):
                 started = time.monotonic()
                 with tracing.calling(call.trace):
-                    await self.api.set_internal_identifier_async(connection, _change(call))
+                    await self.api.set_internal_identifier_async(
+                        connection, _change(call), lease_ends=leased_at + self.call_lease_seconds
+                    )
                 self._called(call, started)
 
     @contextlib.contextmanager
@@ -378,7 +386,8 @@ class Applier:
             )
         if call.outage and self.guard is not None:
             return self._defer(attempt, self.guard.retry_in, "outage protection is on")
-        if isinstance(failure, RelationshipBusy):
+        if isinstance(failure, RelationshipBusy | LeaseExpired):
+            # Nothing was sent: the event comes back soon, its attempt unspent.
             return self._defer(attempt, BUSY_RETRY_SECONDS, str(failure))
         if isinstance(failure, ApiRejected):
             self._healthy()
