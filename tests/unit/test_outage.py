@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -25,6 +26,8 @@ from worker.processing.outage import (
     trial_timeout_seconds,
 )
 from worker.runtime.caller import Caller
+from worker.runtime.gate import Gate
+from worker.runtime.settler import InFlightMessages, Settler
 from worker.settings import HttpTimeouts
 
 pytestmark = pytest.mark.timeout(30)
@@ -578,4 +581,69 @@ def test_given_a_lane_that_fails_on_the_trial_then_the_caller_abandons_it(
 
     # Then its message goes back, and the next call is the trial
     assert lost == ["the trial's message"]
+    assert isinstance(guard.admit(), Trial)
+
+
+def a_bug(*args: object, **kwargs: object) -> NoReturn:
+    raise RuntimeError("a bug in the ledger's code")
+
+
+def test_given_the_gate_failing_on_the_trial_then_it_abandons_it(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+    make_ledger: Callable[..., Ledger],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a gate that fails (a bug) on the batch holding the trial's call
+    guard = half_open(make_guard)
+    ledger = make_ledger()
+    applier, _ = applier_over(ledger, guard, lambda request: httpx.Response(204))
+    monkeypatch.setattr(ledger, "try_acquire_all", a_bug)
+    lost: list[str] = []
+    dropped = threading.Event()
+
+    def on_lost(message: str) -> None:
+        lost.append(message)
+        dropped.set()
+
+    gate = Gate(
+        ledger=ledger,
+        on_held=lambda call, message: None,
+        on_decided=lambda call, message: None,
+        on_lost=on_lost,
+    )
+    call = applier.prepare(attempt(1))
+    assert call.trial is not None
+
+    # When the trial's call is lost there
+    gate.put(call, "the trial's message")
+    assert dropped.wait(10)
+
+    # Then its message goes back, and the next call is the trial
+    assert lost == ["the trial's message"]
+    assert isinstance(guard.admit(), Trial)
+
+
+def test_given_the_settler_failing_to_leave_the_trial_then_it_abandons_it(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+    make_ledger: Callable[..., Ledger],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the trial's call made, and a settler that fails (a bug) leaving its relationship
+    guard = half_open(make_guard)
+    ledger = make_ledger()
+    applier, _ = applier_over(ledger, guard, lambda request: httpx.Response(204))
+    call = applier.call(attempt(1))
+    assert call.trial is not None
+    monkeypatch.setattr(ledger, "leave_all", a_bug)
+    in_flight = InFlightMessages()
+    in_flight.started()
+    settled = threading.Event()
+    settler = Settler(applier=applier, in_flight=in_flight, on_settled=settled.set)
+
+    # When the settler takes it
+    settler.put(call, "the trial's message")
+    assert settled.wait(10)
+
+    # Then its message goes back to the queue, and the next call is the trial
+    assert in_flight.wait_idle(0)
     assert isinstance(guard.admit(), Trial)
