@@ -7,12 +7,15 @@
 | 429                                      | retry after ``Retry-After`` (or the backoff)     |
 | 400, 403, 404, any other 4xx             | ``api-rejected``: dead-letter, keep the error    |
 | 5xx, timeout, refused/dropped connection | retry with backoff, then ``retries-exhausted``   |
+| a body that does not decode (no usable   | as a 5xx                                         |
+| answer: ``Content-Encoding`` mismatch)   |                                                  |
 
 Whether a failed call may still be applied (``ApiUnavailable.unsettled``): only an answer that
 proves it was not keeps the relationship free for newer events at once. That is a 4xx (401 and
 429 included: CloudCockpit refused the call before changing anything) and a failure before the
-request left (refused connection, connect or pool timeout). Every 5xx, a read timeout and a
-dropped connection may be applied later: the relationship stays held for the unanswered hold.
+request left (refused connection, connect or pool timeout). Every 5xx, a read timeout, a
+dropped connection and an answer that does not decode may be applied later: the relationship
+stays held for the unanswered hold.
 """
 
 from __future__ import annotations
