@@ -14,7 +14,9 @@
             ├── RateLimited         429: wait at least ``retry_after`` seconds
             ├── TokenRejected       401 even with a freshly renewed token
             ├── TokenUnavailable    the token endpoint did not give a token
-            └── LedgerUnavailable   Redis (the ledger of applied events) cannot be reached
+            ├── LedgerUnavailable   Redis (the ledger of applied events) cannot be reached
+            └── LeaseExpired        the call's lease ran out before it was sent: nothing was
+                                    sent; try again soon, no attempt used
 
 A handler catches ``TransientFailure`` to retry and ``ApiRejected``/``InvalidEvent`` to dead-letter;
 anything else escaping is a bug, and the message is redelivered until the delivery limit.
@@ -96,6 +98,11 @@ class TokenUnavailable(TransientFailure):
 
 class LedgerUnavailable(TransientFailure):
     """Redis cannot be reached: without the ledger nothing may be applied blindly."""
+
+
+class LeaseExpired(TransientFailure):
+    """The relationship's lease would end before the call could be answered (a token renewal or
+    a connection took too long): it was not sent, so it cannot land after a newer event."""
 
 
 class RelationshipBusy(CcsyncError):

@@ -7,10 +7,28 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
+import httpx
 import pytest
 
-from worker.processing.outage import Admission, OutageGuard, OutagePolicy
+from tests.unit.test_apply import FakeApi, RecordingForwarder, attempt, client_for
+from worker.cloudcockpit.client import longest_call_seconds
+from worker.cloudcockpit.connection import AsyncConnection
+from worker.observability.endpoints import Liveness
+from worker.processing.applier import Applier, Outcome
+from worker.processing.backoff import RetryPolicy
+from worker.processing.ledger import Ledger
+from worker.processing.outage import (
+    Admission,
+    OutageGuard,
+    OutagePolicy,
+    Trial,
+    trial_timeout_seconds,
+)
+from worker.runtime.pipeline import Pipeline
+from worker.runtime.settler import InFlightMessages, Settler
+from worker.settings import HttpTimeouts
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -108,7 +126,7 @@ def write_succeeds(guard: OutageGuard, recorder: Recorder) -> None:
     """Once the probe let the guard go half-open: the trial call is made and succeeds."""
     assert recorder.trial_event.wait(10)
     recorder.trial_event.clear()
-    assert guard.admit() is Admission.TRIAL
+    assert isinstance(guard.admit(), Trial)
     guard.record_success()
     assert recorder.closed_event.wait(10)
 
@@ -231,7 +249,7 @@ def test_given_the_probe_answers_true_then_one_trial_write_goes_through_and_clos
     assert recorder.trial_event.wait(10)
     assert guard.is_open
     assert (recorder.opened, recorder.trials, recorder.closed) == (1, 1, 0)
-    assert guard.admit() is Admission.TRIAL
+    assert isinstance(guard.admit(), Trial)
     assert guard.admit() is Admission.HOLD
     # and only that write succeeding closes it
     guard.record_success()
@@ -257,7 +275,7 @@ def test_given_the_trial_write_fails_then_the_guard_stays_open_and_probes_on(
     recorder.trial_event.clear()
 
     # When the trial write fails systemically
-    assert guard.admit() is Admission.TRIAL
+    assert isinstance(guard.admit(), Trial)
     guard.record_failure("HTTP 503 on the trial")
 
     # Then the guard is open again at once (the trial waits it out: no attempt spent), no call
@@ -269,9 +287,10 @@ def test_given_the_trial_write_fails_then_the_guard_stays_open_and_probes_on(
     assert recorder.retry_in_at_probe[:2] == pytest.approx([0.01, 0.02])
     assert sum("systemic failures in a row" in r.getMessage() for r in caplog.records) == 1
     # and a trial that made no write passes the trial on to the next call
-    assert guard.admit() is Admission.TRIAL
-    guard.end_trial()
-    assert guard.admit() is Admission.TRIAL
+    trial = guard.admit()
+    assert isinstance(trial, Trial)
+    trial.end()
+    assert isinstance(guard.admit(), Trial)
     guard.record_success()
     assert recorder.closed_event.wait(10)
     assert recorder.order == ["open", "trial", "open", "trial", "close"]
@@ -285,7 +304,7 @@ def test_given_a_failure_while_the_guard_closes_then_its_open_takes_effect_after
     guard, recorder = make_guard(policy, Recorder(answers=[True], slow_close=0.3))
     fail(guard, 1)
     assert recorder.trial_event.wait(10)
-    assert guard.admit() is Admission.TRIAL
+    assert isinstance(guard.admit(), Trial)
 
     # When the trial succeeds, and another call fails systemically while the close is delivered
     closing = threading.Thread(target=guard.record_success)
@@ -389,3 +408,239 @@ def test_given_a_closed_guard_then_it_can_open_and_close_again(
     assert recorder.closed == 2
     assert recorder.retry_in_at_probe == pytest.approx([0.01, 0.02, 0.04, 0.01])
     assert not guard.is_open
+
+
+# --- the trial ends on every way out -----------------------------------------------------------
+
+HALF_OPEN_SOON = OutagePolicy(threshold=1, first_probe_seconds=0.01, max_probe_seconds=0.05)
+
+
+def half_open(make_guard: Callable[..., tuple[OutageGuard, Recorder]]) -> OutageGuard:
+    """A guard opened by one failure whose probe found the API back: its trial is to be had."""
+    guard, recorder = make_guard(HALF_OPEN_SOON, Recorder(answers=[True]))
+    fail(guard, 1)
+    assert recorder.trial_event.wait(10)
+    return guard
+
+
+def test_given_a_trial_without_an_outcome_then_after_the_time_box_another_call_is_the_trial(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a half-open guard whose trial may go 0.2 s without an outcome
+    policy = OutagePolicy(
+        threshold=1, first_probe_seconds=0.01, max_probe_seconds=0.05, trial_timeout_seconds=0.2
+    )
+    guard, recorder = make_guard(policy, Recorder(answers=[True]))
+    fail(guard, 1)
+    assert recorder.trial_event.wait(10)
+    caplog.set_level(logging.WARNING, logger="worker.processing.outage")
+    lost = guard.admit()
+    assert isinstance(lost, Trial)
+
+    # When its call never reports (a path that drops it without ending it)
+    assert guard.admit() is Admission.HOLD
+    time.sleep(0.25)
+
+    # Then the next call is the trial, and says why
+    again = guard.admit()
+    assert isinstance(again, Trial)
+    assert guard.admit() is Admission.HOLD
+    assert any("no outcome for" in record.getMessage() for record in caplog.records)
+    # and the lost trial ending late does not let a third one out beside the new one
+    lost.end()
+    assert guard.admit() is Admission.HOLD
+    # while the new one ending (once is enough; again changes nothing) does
+    again.end()
+    again.end()
+    assert isinstance(guard.admit(), Trial)
+
+
+def test_the_worker_gives_a_trial_longer_than_its_calls_last() -> None:
+    lease = longest_call_seconds(HttpTimeouts())
+    assert OutagePolicy().trial_timeout_seconds == trial_timeout_seconds(lease) > lease
+    assert trial_timeout_seconds(900.0) > 900.0
+
+
+def applier_over(
+    ledger: Ledger, guard: OutageGuard, respond: Callable[[httpx.Request], httpx.Response]
+) -> tuple[Applier, FakeApi]:
+    api = FakeApi(respond)
+    applier = Applier(
+        api=client_for(api),
+        ledger=ledger,
+        forwarder=RecordingForwarder(),
+        policy=RetryPolicy((1.0, 2.0, 3.0), jitter=0.0),
+        guard=guard,
+    )
+    return applier, api
+
+
+def undecodable(request: httpx.Request) -> httpx.Response:
+    """An answer whose body is not what its Content-Encoding says: httpx cannot read it."""
+    return httpx.Response(
+        204, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(b"not gzip")
+    )
+
+
+def test_given_the_trial_gets_an_undecodable_answer_then_it_fails_as_no_usable_answer(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+    make_ledger: Callable[..., Ledger],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a half-open guard, and an API whose answer httpx cannot decode
+    guard = half_open(make_guard)
+    applier, api = applier_over(make_ledger(), guard, undecodable)
+    caplog.set_level(logging.ERROR, logger="worker.processing.outage")
+
+    # When the trial is made
+    outcome = applier.apply(attempt(2))
+
+    # Then it is a failure of the API like a 5xx: the guard opens again and the event waits
+    # out the outage, its attempt unspent; the guard is not left waiting for the trial
+    assert len(api.requests) == 1
+    assert outcome is Outcome.DEFERRED
+    assert guard.is_open
+    assert any("no usable answer" in record.getMessage() for record in caplog.records)
+    assert isinstance(applier.forwarder, RecordingForwarder)
+    ((deferred, _),) = applier.forwarder.retries
+    assert deferred.number == 2
+
+
+def test_given_a_retry_whose_send_raises_then_its_trial_ends_and_the_next_call_is_the_trial(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    # Given a half-open guard, and a bug that raises while the trial is sent
+    guard = half_open(make_guard)
+
+    def bug(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug while sending")
+
+    applier, _ = applier_over(make_ledger(), guard, bug)
+
+    # When a retry takes the trial and its settling re-raises
+    with pytest.raises(RuntimeError, match="a bug while sending"):
+        applier.apply(attempt(2))
+
+    # Then the trial is over: the next call is the trial, not held forever
+    assert isinstance(guard.admit(), Trial)
+
+
+def test_given_a_call_dropped_without_an_outcome_then_abandoning_it_ends_its_trial(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    # Given the trial's call, prepared by the intake
+    guard = half_open(make_guard)
+    applier, _ = applier_over(make_ledger(), guard, lambda request: httpx.Response(204))
+    call = applier.prepare(attempt(1))
+    assert call.trial is not None
+    assert guard.admit() is Admission.HOLD
+
+    # When a stage drops it on a bug (its message requeued) and abandons it, twice even
+    call.abandon()
+    call.abandon()
+
+    # Then the next call is the trial, and only it
+    assert isinstance(guard.admit(), Trial)
+    assert guard.admit() is Admission.HOLD
+
+
+class BrokenConnection:
+    """A lane's connection with a bug: every request raises what no answer handling expects."""
+
+    longest_request_seconds = 1.0
+
+    async def patch(self, *args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError("a bug while sending")
+
+
+def pipeline_losing(
+    applier: Applier, make_connection: Callable[[], AsyncConnection]
+) -> tuple[Pipeline, threading.Event]:
+    """A pipeline over ``applier``; the event is set once a message was settled (requeued)."""
+    settled = threading.Event()
+    pipeline = Pipeline(
+        applier=applier,
+        lanes=1,
+        make_connection=make_connection,
+        on_settled=settled.set,
+        liveness=Liveness(),
+        stall_seconds=60,
+        on_fault=lambda stage, error: pytest.fail(f"the {stage} stage died: {error!r}"),
+    )
+    return pipeline, settled
+
+
+def test_given_a_lane_that_fails_on_the_trial_then_the_pipeline_abandons_it(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    # Given a pipeline whose lane meets a bug while sending
+    guard = half_open(make_guard)
+    applier, _ = applier_over(make_ledger(), guard, lambda request: httpx.Response(204))
+    pipeline, settled = pipeline_losing(applier, BrokenConnection)  # type: ignore[arg-type]
+    call = applier.prepare(attempt(1))
+    assert call.trial is not None
+
+    # When the trial's call is lost there
+    pipeline.put(call, "the trial's message")  # type: ignore[arg-type]
+    assert settled.wait(10)
+
+    # Then its message goes back, and the next call is the trial
+    assert pipeline.wait_idle(0)
+    assert isinstance(guard.admit(), Trial)
+
+
+def a_bug(*args: object, **kwargs: object) -> NoReturn:
+    raise RuntimeError("a bug in the ledger's code")
+
+
+def test_given_the_gate_failing_on_the_trial_then_the_pipeline_abandons_it(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+    make_ledger: Callable[..., Ledger],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a gate that fails (a bug) on the batch holding the trial's call
+    guard = half_open(make_guard)
+    ledger = make_ledger()
+    applier, _ = applier_over(ledger, guard, lambda request: httpx.Response(204))
+    monkeypatch.setattr(ledger, "try_acquire_all", a_bug)
+    pipeline, settled = pipeline_losing(applier, BrokenConnection)  # type: ignore[arg-type]
+    call = applier.prepare(attempt(1))
+    assert call.trial is not None
+
+    # When the trial's call is lost there
+    pipeline.put(call, "the trial's message")  # type: ignore[arg-type]
+    assert settled.wait(10)
+
+    # Then its message goes back, and the next call is the trial
+    assert pipeline.wait_idle(0)
+    assert isinstance(guard.admit(), Trial)
+
+
+def test_given_the_settler_failing_to_leave_the_trial_then_it_abandons_it(
+    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
+    make_ledger: Callable[..., Ledger],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the trial's call made, and a settler that fails (a bug) leaving its relationship
+    guard = half_open(make_guard)
+    ledger = make_ledger()
+    applier, _ = applier_over(ledger, guard, lambda request: httpx.Response(204))
+    call = applier.call(attempt(1))
+    assert call.trial is not None
+    monkeypatch.setattr(ledger, "leave_all", a_bug)
+    in_flight = InFlightMessages()
+    in_flight.started()
+    settled = threading.Event()
+    settler = Settler(applier=applier, in_flight=in_flight, on_settled=settled.set)
+    threading.Thread(target=settler.run, args=(lambda: None,), daemon=True).start()
+
+    # When the settler takes it
+    settler.put(call, "the trial's message")
+    assert settled.wait(10)
+
+    # Then its message goes back to the queue, and the next call is the trial
+    assert in_flight.wait_idle(0)
+    assert isinstance(guard.admit(), Trial)

@@ -32,6 +32,7 @@ EXCEPTIONS = [
     "TokenRejected",
     "TokenUnavailable",
     "LedgerUnavailable",
+    "LeaseExpired",
 ]
 #: Everything ``import worker`` offers, sorted as ``__all__`` holds it.
 PUBLIC = sorted([*EXCEPTIONS, "IdentifierChanged", "correlation_id", "Settings", "load_settings"])

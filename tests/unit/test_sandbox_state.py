@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -361,7 +362,15 @@ def test_given_a_delay_step_when_drawn_then_it_delays_without_a_status() -> None
 
 @pytest.mark.parametrize(
     "step",
-    [{}, {"status": 500, "drop": True}, {"retryAfter": 2, "drop": True}, {"status": 99}, {"x": 1}],
+    [
+        {},
+        {"status": 500, "drop": True},
+        {"retryAfter": 2, "drop": True},
+        {"status": 99},
+        {"x": 1},
+        {"undecodable": True},
+        {"status": 204, "undecodable": True},
+    ],
 )
 def test_given_a_malformed_step_when_validated_then_refused(step: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
@@ -411,6 +420,21 @@ def test_given_a_drop_fault_when_patched_then_no_reply_and_journal_says_drop() -
     )
     [entry] = state.journal()
     assert (entry["status"], entry["fault"]) == (None, "drop")
+
+
+def test_given_an_undecodable_fault_when_patched_then_the_body_is_not_what_its_encoding_says() -> (
+    None
+):
+    state = make_state()
+    customer = new_id()
+    state.add_faults(customer, [FaultStep(status=200, undecodable=True)])
+    reply = patch(state, customer, {"internalIdentifier": "A"})
+    assert reply is not None and reply.status == 200
+    assert ("Content-Encoding", "gzip") in reply.headers
+    with pytest.raises(httpx.DecodingError):
+        httpx.Response(200, headers=dict(reply.headers), content=reply.body).read()
+    assert all(c["relationships"] == {} for c in state.snapshot()), "a faulted call changes nothing"
+    assert [entry["fault"] for entry in state.journal()] == ["200-undecodable"]
 
 
 def test_given_latency_and_delay_when_admitted_then_delays_add_up() -> None:

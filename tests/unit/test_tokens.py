@@ -238,6 +238,15 @@ def test_given_the_token_endpoint_unreachable_then_token_unavailable_without_sec
     assert caught.value.status is None
 
 
+def test_given_an_answer_that_does_not_decode_then_token_unavailable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        garbled = httpx.ByteStream(b'{"access_token": "tok"}')
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=garbled)
+
+    with pytest.raises(TokenUnavailable, match="no usable answer: DecodingError"):
+        token_source(handler).token()
+
+
 @pytest.mark.parametrize(
     "answer",
     [

@@ -7,12 +7,15 @@
 | 429                                      | retry after ``Retry-After`` (or the backoff)     |
 | 400, 403, 404, any other 4xx             | ``api-rejected``: dead-letter, keep the error    |
 | 5xx, timeout, refused/dropped connection | retry with backoff, then ``retries-exhausted``   |
+| a body that does not decode (no usable   | as a 5xx                                         |
+| answer: ``Content-Encoding`` mismatch)   |                                                  |
 
 Whether a failed call may still be applied (``ApiUnavailable.unsettled``): only an answer that
 proves it was not keeps the relationship free for newer events at once. That is a 4xx (401 and
 429 included: CloudCockpit refused the call before changing anything) and a failure before the
-request left (refused connection, connect or pool timeout). Every 5xx, a read timeout and a
-dropped connection may be applied later: the relationship stays held for the unanswered hold.
+request left (refused connection, connect or pool timeout). Every 5xx, a read timeout, a
+dropped connection and an answer that does not decode may be applied later: the relationship
+stays held for the unanswered hold.
 """
 
 from __future__ import annotations
@@ -52,15 +55,25 @@ def raise_for_answer(response: httpx.Response) -> None:
 
 #: Failures before the request left: the server cannot have applied anything.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: httpx's ways of leaving a call without an answer ccsync can use: none came (a transport
+#: error), or one came whose body does not decode as its ``Content-Encoding`` says.
+NO_USABLE_ANSWER = (httpx.TransportError, httpx.DecodingError)
 
 
-def describe_transport_error(exc: httpx.TransportError) -> ApiUnavailable:
-    """A call that got no answer; the text names the kind of failure, never a header or a URL.
+def describe_transport_error(exc: httpx.TransportError | httpx.DecodingError) -> ApiUnavailable:
+    """A call that got no answer, or none it could use (``NO_USABLE_ANSWER``); the text names
+    the kind of failure, never a header or a URL.
 
     Unless it failed before the request was sent, the server may yet apply it: ``unsettled``.
     """
     kind = type(exc).__name__
-    failure = ApiUnavailable(f"no answer from CloudCockpit: {kind}")
+    if isinstance(exc, httpx.DecodingError):
+        failure = ApiUnavailable(
+            f"no usable answer from CloudCockpit: {kind} (its body does not decode as its "
+            "Content-Encoding says)"
+        )
+    else:
+        failure = ApiUnavailable(f"no answer from CloudCockpit: {kind}")
     failure.unsettled = not isinstance(exc, NOT_SENT)
     return failure
 

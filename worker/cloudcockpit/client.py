@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 
-from worker.cloudcockpit.answers import describe_transport_error, raise_for_answer
-from worker.cloudcockpit.connection import AsyncConnection, environment_proxy, proxy_variable
+from worker.cloudcockpit.answers import (
+    NO_USABLE_ANSWER,
+    describe_transport_error,
+    raise_for_answer,
+)
+from worker.cloudcockpit.connection import (
+    AsyncConnection,
+    environment_proxy,
+    longest_request_seconds,
+    proxy_variable,
+)
 from worker.cloudcockpit.streams import AsyncioTransport
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken, TokenSource
-from worker.exceptions import ApiRejected, ConfigurationError, TokenRejected, TransientFailure
+from worker.exceptions import (
+    ApiRejected,
+    ApiUnavailable,
+    ConfigurationError,
+    LeaseExpired,
+    TokenRejected,
+    TransientFailure,
+)
 from worker.observability import metrics, tracing
 from worker.settings import HttpTimeouts, Settings
 
@@ -24,17 +43,19 @@ USER_AGENT = "ccsync/0.1"
 #: The most requests one ``set_internal_identifier`` makes or waits for: the PATCH, and again
 #: after a 401; before each, a token fetch of its own and one of another thread it waits on.
 REQUESTS_PER_CHANGE = 6
+#: Threads that fetch and renew tokens for the calls of an event loop: of their own, so that a
+#: slow token endpoint never queues behind the loop's DNS lookups in its default executor, nor
+#: they behind it. One fetches at a time (``ClientCredentialsToken``); the other may wait on it.
+TOKEN_THREADS = 2
+#: Why a call was not sent: the relationship's lease would have ended before its answer.
+LEASE_EXPIRED = "lease expired before the call was sent"
 
 
 def longest_call_seconds(timeouts: HttpTimeouts) -> float:
     """The longest one ``set_internal_identifier`` can last: ``REQUESTS_PER_CHANGE`` requests,
-    each bounded by its phases' timeouts (waiting for a connection, connecting, sending, reading).
-
-    httpx bounds each read, not the whole answer: a server trickling its answer byte by byte
-    could go on longer, which no client-side timeout of httpx prevents.
-    """
-    one = timeouts.pool + timeouts.connect + timeouts.write + timeouts.read
-    return REQUESTS_PER_CHANGE * one
+    each as long as ``longest_request_seconds``. A call given its lease's end never lasts
+    longer than that lease."""
+    return REQUESTS_PER_CHANGE * longest_request_seconds(_httpx_timeout(timeouts))
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
@@ -128,7 +149,10 @@ def lane_connections(settings: Settings) -> Callable[[], AsyncConnection]:
 
 
 def _timeout(settings: Settings) -> httpx.Timeout:
-    timeouts = settings.timeouts
+    return _httpx_timeout(settings.timeouts)
+
+
+def _httpx_timeout(timeouts: HttpTimeouts) -> httpx.Timeout:
     return httpx.Timeout(
         connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
     )
@@ -213,40 +237,60 @@ class CloudCockpitClient:
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._tokens = tokens
+        # Threads are started on the first fetch an event loop asks for, never before.
+        self._token_threads = ThreadPoolExecutor(
+            max_workers=TOKEN_THREADS, thread_name_prefix="ccsync-token"
+        )
 
-    def set_internal_identifier(self, change: Change) -> None:
+    def set_internal_identifier(self, change: Change, *, lease_ends: float | None = None) -> None:
+        """Raises ``LeaseExpired``, sending nothing, where a PATCH could not be answered before
+        ``lease_ends`` (monotonic seconds), if given: a token renewal took too long."""
         url = self._base_url + change.path
         token = self._tokens.token()
-        response = self._patch(url, change=change, token=token)
+        response = self._patch(url, change=change, token=token, lease_ends=lease_ends)
         if response.status_code == 401:
             # One renewal per call: a token rejected right after renewal means wrong credentials.
             renewed = self._tokens.renew(token)
-            response = self._patch(url, change=change, token=renewed)
+            response = self._patch(url, change=change, token=renewed, lease_ends=lease_ends)
             if response.status_code == 401:
                 raise TokenRejected("HTTP 401 with a renewed token", 401)
         raise_for_answer(response)
 
     async def set_internal_identifier_async(
-        self, connection: AsyncConnection, change: Change
+        self, connection: AsyncConnection, change: Change, *, lease_ends: float
     ) -> None:
         """``set_internal_identifier`` in an event loop, through ``connection``: the same
         request, the same renewal once after a 401, the same answers. A token fetch or renewal
-        runs in a thread of the loop's executor, so the loop never waits on the token endpoint;
-        the token source still lets one fetch run at a time and keeps a valid token in use
-        meanwhile."""
+        runs in a thread of the client's own (``TOKEN_THREADS``), so the loop never waits on the
+        token endpoint; the token source still lets one fetch run at a time and keeps a valid
+        token in use meanwhile.
+
+        ``lease_ends`` (monotonic seconds, the loop's clock) bounds the call: a PATCH that could
+        not be answered before it is not sent (``LeaseExpired``), and one sent gets no answer
+        after it (``ApiUnavailable``, unsettled)."""
         url = self._base_url + change.path
         token = self._tokens.cached()
         if token is None:
-            token = await asyncio.to_thread(self._tokens.token)
+            token = await self._in_token_thread(self._tokens.token)
         headers = _headers(change, token)
-        response = await _patch_async(connection, url, body=change.body, headers=headers)
+        response = await _patch_async(
+            connection, url, body=change.body, headers=headers, lease_ends=lease_ends
+        )
         if response.status_code == 401:
-            renewed = await asyncio.to_thread(self._tokens.renew, token)
+            renewed = await self._in_token_thread(self._tokens.renew, token)
             headers = _headers(change, renewed)
-            response = await _patch_async(connection, url, body=change.body, headers=headers)
+            response = await _patch_async(
+                connection, url, body=change.body, headers=headers, lease_ends=lease_ends
+            )
             if response.status_code == 401:
                 raise TokenRejected("HTTP 401 with a renewed token", 401)
         raise_for_answer(response)
+
+    def _in_token_thread(self, fetch: Callable[..., str], *args: str) -> asyncio.Future[str]:
+        """``fetch(*args)`` in a token thread, in the caller's context (its trace), as
+        ``asyncio.to_thread`` would run it in the loop's default executor."""
+        run = functools.partial(contextvars.copy_context().run, fetch, *args)
+        return asyncio.get_running_loop().run_in_executor(self._token_threads, run)
 
     def answers(
         self, *, tenant: str, customer_id: uuid.UUID, reseller_id: uuid.UUID | None
@@ -264,7 +308,7 @@ class CloudCockpitClient:
                 response = self._get(
                     url, params=params, tenant=tenant, token=self._tokens.renew(token)
                 )
-        except (TransientFailure, httpx.TransportError):
+        except (TransientFailure, *NO_USABLE_ANSWER):
             return False
         return response.status_code < 500 and response.status_code not in (401, 429)
 
@@ -289,7 +333,7 @@ class CloudCockpitClient:
                 response = self._get(url, params=params, tenant=tenant, token=renewed)
                 if response.status_code == 401:
                     raise TokenRejected("HTTP 401 with a renewed token", 401)
-        except httpx.TransportError as exc:
+        except NO_USABLE_ANSWER as exc:
             raise describe_transport_error(exc) from None
         if response.status_code in (403, 404):
             return Reading(found=False, internal_identifier=None, status=response.status_code)
@@ -317,15 +361,27 @@ class CloudCockpitClient:
         }
         return self._client().get(url, params=params, headers=headers)
 
-    def _patch(self, url: str, *, change: Change, token: str) -> httpx.Response:
+    def _patch(
+        self, url: str, *, change: Change, token: str, lease_ends: float | None
+    ) -> httpx.Response:
+        client = self._client()
         started = time.monotonic()
+        if lease_ends is not None:
+            _refuse_if_late(started, lease_ends, longest_request_seconds(client.timeout))
         try:
-            response = self._client().patch(url, json=change.body, headers=_headers(change, token))
-        except httpx.TransportError as exc:
+            response = client.patch(url, json=change.body, headers=_headers(change, token))
+        except NO_USABLE_ANSWER as exc:
             _observe_call(started, None)
             raise describe_transport_error(exc) from None
         _observe_call(started, response.status_code)
         return response
+
+
+def _refuse_if_late(now: float, lease_ends: float, longest_request: float) -> None:
+    """Raises ``LeaseExpired`` where a request sent ``now`` could be answered after
+    ``lease_ends``: the lock it was sent under could be another event's by then."""
+    if now + longest_request > lease_ends:
+        raise LeaseExpired(LEASE_EXPIRED)
 
 
 def _observe_call(started: float, status: int | None) -> None:
@@ -352,12 +408,21 @@ async def _patch_async(
     *,
     body: dict[str, str | None],
     headers: dict[str, str],
+    lease_ends: float,
 ) -> httpx.Response:
     started = time.monotonic()
+    _refuse_if_late(started, lease_ends, connection.longest_request_seconds)
     try:
-        response = await connection.patch(url, body=body, headers=headers)
-    except httpx.TransportError as exc:
+        # The phases' timeouts end it in time, unless the answer trickles in.
+        async with asyncio.timeout_at(lease_ends):
+            response = await connection.patch(url, body=body, headers=headers)
+    except NO_USABLE_ANSWER as exc:
         _observe_call(started, None)
         raise describe_transport_error(exc) from None
+    except TimeoutError:
+        _observe_call(started, None)
+        failure = ApiUnavailable("no answer from CloudCockpit before the call's lease ended")
+        failure.unsettled = True
+        raise failure from None
     _observe_call(started, response.status_code)
     return response

@@ -37,6 +37,8 @@ class AsyncConnection:
         self._transport = transport
         self._extensions = {"timeout": timeout.as_dict()}
         self._headers = headers
+        #: The longest one request through this connection can last (``longest_request_seconds``).
+        self.longest_request_seconds = longest_request_seconds(timeout)
 
     async def patch(
         self, url: str, *, body: object, headers: dict[str, str] | None = None
@@ -70,6 +72,17 @@ class AsyncConnection:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def longest_request_seconds(timeout: httpx.Timeout) -> float:
+    """The longest one request can last under ``timeout``: each of its phases (waiting for a
+    connection, connecting, sending, reading) at its limit.
+
+    httpx bounds each read, not the whole answer: a server trickling its answer byte by byte
+    could go on longer, which no phase's timeout prevents.
+    """
+    phases = (timeout.pool, timeout.connect, timeout.write, timeout.read)
+    return sum(phase for phase in phases if phase is not None)
 
 
 def environment_proxy(url: str) -> str | None:

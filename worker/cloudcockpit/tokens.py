@@ -182,6 +182,10 @@ class ClientCredentialsToken:
             response = self._client.post(self._token_url, data=self._form)
         except httpx.TransportError as exc:
             raise TokenUnavailable(f"token endpoint unreachable: {type(exc).__name__}") from None
+        except httpx.DecodingError as exc:
+            raise TokenUnavailable(
+                f"token endpoint gave no usable answer: {type(exc).__name__}"
+            ) from None
         if response.status_code != 200:
             raise TokenUnavailable(
                 f"token endpoint answered {response.status_code}", response.status_code

@@ -32,6 +32,7 @@ from worker.constants import (
 from worker.exceptions import (
     ApiRejected,
     ApiUnavailable,
+    LeaseExpired,
     LedgerUnavailable,
     RateLimited,
     RelationshipBusy,
@@ -44,7 +45,7 @@ from worker.processing.attempts import Attempt, Call
 from worker.processing.backoff import RetryPolicy
 from worker.processing.dead_letters import DeadLetter, Envelope
 from worker.processing.ledger import Hold, Ledger, Relationship, Verdict
-from worker.processing.outage import Admission, OutageGuard
+from worker.processing.outage import Admission, OutageGuard, Trial
 from worker.settings import HttpTimeouts
 
 if TYPE_CHECKING:
@@ -166,25 +167,30 @@ class Applier:
     def apply(
         self, attempt: Attempt, delivery_count: int = 0, *, consumed: Context | None = None
     ) -> Outcome:
-        """The whole attempt in this thread: ``call``, leave the relationship, ``conclude``."""
+        """The whole attempt in this thread: ``call``, leave the relationship, ``conclude``.
+
+        Raises only on a bug, with the call abandoned (``Call.abandon``)."""
         call = self.call(attempt, delivery_count, consumed=consumed)
-        self.leave_all([call])
+        with _abandoned_on_error(call):
+            self.leave_all([call])
         return self.conclude(call)
 
     def call(
         self, attempt: Attempt, delivery_count: int = 0, *, consumed: Context | None = None
     ) -> Call:
         """Takes the relationship (waiting for it if another event holds it) and, if the event
-        is new, calls CloudCockpit. Publishes and logs nothing: see ``conclude``."""
+        is new, calls CloudCockpit. Publishes and logs nothing: see ``conclude``. Raises only on
+        a bug, with the call abandoned (``Call.abandon``)."""
         call = self.prepare(attempt, delivery_count, consumed=consumed)
-        if call.needs_relationship:
-            try:
-                call.hold = self.ledger.acquire(
-                    call.relationship, attempt.event.event_id, attempt.inherited_lock
-                )
-            except (RelationshipBusy, LedgerUnavailable) as exc:
-                call.failure = exc
-        self.send(call)
+        with _abandoned_on_error(call):
+            if call.needs_relationship:
+                try:
+                    call.hold = self.ledger.acquire(
+                        call.relationship, attempt.event.event_id, attempt.inherited_lock
+                    )
+                except (RelationshipBusy, LedgerUnavailable) as exc:
+                    call.failure = exc
+            self.send(call)
         return call
 
     def prepare(
@@ -217,7 +223,8 @@ class Applier:
         if delivery_count < DELIVERY_LIMIT and self.guard is not None:
             admission = self.guard.admit()
             call.outage = admission is Admission.HOLD
-            call.trial = admission is Admission.TRIAL
+            if isinstance(admission, Trial):
+                call.trial = admission
         return call
 
     def send(self, call: Call) -> None:
@@ -233,11 +240,14 @@ class Applier:
             # The lock was taken ahead, and may have expired while the event waited for this
             # thread: another event could hold it now. Checked and extended in one script, and
             # the verdict judged again by what was applied meanwhile.
+            leased_at = time.monotonic()
             self.ledger.fence(hold, lease_seconds=self.call_lease_seconds)
             if self._still_new(call):
                 started = time.monotonic()
                 with tracing.calling(call.trace):
-                    self.api.set_internal_identifier(_change(call))
+                    self.api.set_internal_identifier(
+                        _change(call), lease_ends=leased_at + self.call_lease_seconds
+                    )
                 self._called(call, started)
 
     async def send_async(self, call: Call, *, connection: AsyncConnection, fence: Fence) -> None:
@@ -248,25 +258,32 @@ class Applier:
             hold = self._hold_to_call(call)
             if hold is None:
                 return
+            # Taken before the fence: the lease it sets ends no sooner than this plus its length.
+            leased_at = time.monotonic()
             await fence(hold, self.call_lease_seconds)
             if self._still_new(call):
                 started = time.monotonic()
                 with tracing.calling(call.trace):
-                    await self.api.set_internal_identifier_async(connection, _change(call))
+                    await self.api.set_internal_identifier_async(
+                        connection, _change(call), lease_ends=leased_at + self.call_lease_seconds
+                    )
                 self._called(call, started)
 
     @contextlib.contextmanager
     def _settling(self, call: Call) -> Iterator[None]:
         """Around ``send`` and ``send_async``: a rejection, a transient failure or a busy
         relationship is the call's outcome (``_call_failed``); anything else (a bug, or the
-        event loop cancelling the call) leaves the relationship unlocked and goes on, so that
-        the message is redelivered."""
+        event loop cancelling the call) leaves the relationship unlocked, abandons the call
+        (``Call.abandon``: its trial ends) and goes on, so that the message is redelivered."""
         try:
             yield
         except (ApiRejected, TransientFailure, RelationshipBusy) as exc:
             self._call_failed(call, exc)
         except BaseException:
-            self.leave_all([call])
+            try:
+                self.leave_all([call])
+            finally:
+                call.abandon()
             raise
 
     def _hold_to_call(self, call: Call) -> Hold | None:
@@ -283,7 +300,7 @@ class Applier:
             # only have to be made again.
             call.failure = LedgerUnavailable("ledger unavailable: the call was not made")
             return None
-        if not call.trial and self.guard is not None and self.guard.is_open:
+        if call.trial is None and self.guard is not None and self.guard.is_open:
             # Admitted before the guard opened: it waits out the outage like the others.
             call.outage = True
             return None
@@ -346,8 +363,9 @@ class Applier:
             outcome = self._conclude(call)
             return outcome
         finally:
-            if call.trial and self.guard is not None:
-                self.guard.end_trial()
+            if call.trial is not None:
+                call.trial.end()
+                call.trial = None
             if call.trace is not None:
                 tracing.end_attempt(
                     call.trace,
@@ -368,7 +386,8 @@ class Applier:
             )
         if call.outage and self.guard is not None:
             return self._defer(attempt, self.guard.retry_in, "outage protection is on")
-        if isinstance(failure, RelationshipBusy):
+        if isinstance(failure, RelationshipBusy | LeaseExpired):
+            # Nothing was sent: the event comes back soon, its attempt unspent.
             return self._defer(attempt, BUSY_RETRY_SECONDS, str(failure))
         if isinstance(failure, ApiRejected):
             self._healthy()
@@ -467,6 +486,16 @@ class Applier:
                 scope.set_tag(key, fields[key])
             log.log(level, *message, extra=fields)
         return outcome
+
+
+@contextlib.contextmanager
+def _abandoned_on_error(call: Call) -> Iterator[None]:
+    """Abandons ``call`` (``Call.abandon``) if the block raises, and lets the exception go on."""
+    try:
+        yield
+    except BaseException:
+        call.abandon()
+        raise
 
 
 def _change(call: Call) -> Change:

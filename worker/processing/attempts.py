@@ -16,9 +16,11 @@ from typing import Any
 from worker.constants import DELIVERY_LIMIT
 from worker.events import IdentifierChanged, correlation_id
 from worker.exceptions import CcsyncError
+from worker.observability import tracing
 from worker.observability.tracing import Traced
 from worker.processing.dead_letters import Envelope
 from worker.processing.ledger import Hold, Relationship, Verdict
+from worker.processing.outage import Trial
 
 
 @dataclass(frozen=True)
@@ -94,17 +96,20 @@ class Call:
     """An attempt up to the end of its call: what the ledger and CloudCockpit said.
 
     ``hold`` is the relationship while held; ``outage`` says the call was not made because
-    outage protection was on; ``trial`` that it is the one call a half-open outage guard let
-    through; ``backfill`` that its event came on the backfill lane, to be called after live
-    ones; ``failure`` is what went wrong, if anything did; ``trace`` is the attempt's span and the
-    trace context its call carries, if any.
+    outage protection was on; ``trial``, when the call is the one a half-open outage guard let
+    through, is what ends it; ``backfill`` says that its event came on the backfill lane, to be
+    called after live ones; ``failure`` is what went wrong, if anything did; ``trace`` is the
+    attempt's span and the trace context its call carries, if any.
+
+    A call ends once: ``Applier.conclude`` gives it an outcome, or whoever drops it without
+    one (its message requeued) calls ``abandon``.
     """
 
     attempt: Attempt
     relationship: Relationship
     delivery_count: int = 0
     outage: bool = False
-    trial: bool = False
+    trial: Trial | None = None
     backfill: bool = False
     hold: Hold | None = None
     verdict: Verdict | None = None
@@ -121,3 +126,14 @@ class Call:
             and not self.outage
             and self.delivery_count < DELIVERY_LIMIT
         )
+
+    def abandon(self) -> None:
+        """Dropped without an outcome (a bug; its message goes back to the queue): its trial
+        ends, so that the outage guard lets the next call through, and so does its span. Once
+        only; the relationship is left to ``Applier.leave_all`` or to its lock's expiry."""
+        if self.trial is not None:
+            self.trial.end()
+            self.trial = None
+        if self.trace is not None:
+            tracing.end_attempt(self.trace, "no-outcome", failed=True)
+            self.trace = None

@@ -57,7 +57,7 @@ from worker.processing.backoff import RetryPolicy
 from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_letter
 from worker.processing.ledger import Ledger
 from worker.processing.mandatory import refused_if_returned
-from worker.processing.outage import OutageGuard
+from worker.processing.outage import OutageGuard, OutagePolicy, trial_timeout_seconds
 from worker.processing.pause import PauseStore, virtual_host
 from worker.runtime.consumer_switch import ConsumerSwitch, SwitchedAMQP
 from worker.runtime.intake import EventIntake
@@ -166,8 +166,13 @@ class Runtime:
             # Consumption resumed already, for the trial write that closed the guard.
             metrics.OUTAGE_ACTIVE.set(0)
 
+        call_lease = longest_call_seconds(settings.timeouts)
         self.guard = OutageGuard(
-            self._probe, on_open=on_open, on_trial=switch.resume, on_close=on_close
+            self._probe,
+            on_open=on_open,
+            on_trial=switch.resume,
+            on_close=on_close,
+            policy=OutagePolicy(trial_timeout_seconds=trial_timeout_seconds(call_lease)),
         )
         self.applier = Applier(
             api=api,
@@ -176,7 +181,7 @@ class Runtime:
             policy=RetryPolicy(settings.retry_delays, settings.retry_jitter),
             guard=self.guard,
             unsettled_linger_seconds=settings.unanswered_hold_seconds,
-            call_lease_seconds=longest_call_seconds(settings.timeouts),
+            call_lease_seconds=call_lease,
         )
 
     def _probe(self) -> bool:

@@ -157,8 +157,10 @@ class Pipeline:
         return self.in_flight.wait_idle(timeout)
 
     def _lost(self, call: Call, message: Message) -> None:
-        """A stage failed on ``call`` (a bug, logged where it happened): its message goes back
-        to the queue, which counts the delivery."""
+        """A stage failed on ``call`` (a bug, logged where it happened): the call ends without
+        an outcome (a trial it was ends with it), and its message goes back to the queue, which
+        counts the delivery."""
+        call.abandon()
         self.in_flight.finished(message, ack=False)
         self._on_settled()
 

@@ -118,7 +118,8 @@ class Settler:
             log.exception(
                 "leaving %d relationships failed; their messages are requeued", len(batch)
             )
-            for _, message in batch:
+            for call, message in batch:
+                call.abandon()
                 self._in_flight.finished(message, ack=False)
             self._on_settled()
             return

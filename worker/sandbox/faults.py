@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -22,7 +22,9 @@ _NAMED_KINDS: Final = ("timeout", "drop")
 class FaultStep(BaseModel):
     """One step of a script: an optional delay, then a status, a dropped connection or nothing.
 
-    A step with only ``delayMs`` adds latency and then handles the request normally.
+    A step with only ``delayMs`` adds latency and then handles the request normally. With
+    ``undecodable``, the status comes with a body that is not what its ``Content-Encoding: gzip``
+    says: no client can read the answer (httpx raises ``DecodingError``).
     """
 
     model_config = ConfigDict(
@@ -32,6 +34,7 @@ class FaultStep(BaseModel):
     status: int | None = Field(default=None, ge=200, le=599)
     retry_after: int | None = Field(default=None, ge=0)
     drop: bool = False
+    undecodable: bool = False
     delay_ms: int = Field(default=0, ge=0, le=600_000)
     times: int = Field(default=1, ge=1, le=10_000_000)
 
@@ -39,6 +42,8 @@ class FaultStep(BaseModel):
     def _one_action(self) -> Self:
         if self.status is not None and self.drop:
             raise ValueError("a step either answers a status or drops the connection, not both")
+        if self.undecodable and self.status in (None, 204, 304):
+            raise ValueError("undecodable goes with a status whose answer has a body")
         if self.status is None and not self.drop and self.delay_ms == 0:
             raise ValueError("a step needs status, drop or delayMs")
         if self.retry_after is not None and self.status is None:
@@ -95,18 +100,21 @@ class Fault:
     status: int | None = None
     retry_after: int | None = None
     drop: bool = False
+    undecodable: bool = False
 
 
 def outage_fault(step: FaultStep) -> Fault:
     """The fault every call gets during a whole-API outage; the journal marks it as such."""
     fault = _from_step(step)
-    return Fault(f"outage-{fault.kind}", fault.delay_s, fault.status, fault.retry_after, fault.drop)
+    return replace(fault, kind=f"outage-{fault.kind}")
 
 
 def _from_step(step: FaultStep) -> Fault:
     delay = step.delay_ms / 1000
     if step.drop:
         return Fault("drop", delay, drop=True)
+    if step.undecodable:
+        return Fault(f"{step.status}-undecodable", delay, step.status, undecodable=True)
     if step.status is not None:
         return Fault(str(step.status), delay, step.status, step.retry_after)
     return Fault("delay", delay)

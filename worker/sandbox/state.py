@@ -146,6 +146,9 @@ class SandboxState:
         fault = plan.fault
         if fault is not None and fault.drop:
             return None
+        if fault is not None and fault.undecodable:
+            assert fault.status is not None  # FaultStep requires one
+            return _undecodable_reply(fault.status)
         if fault is not None and fault.status is not None:
             return self._fault_reply(
                 fault.status, retry_after=fault.retry_after, correlation=correlation
@@ -355,6 +358,16 @@ class SandboxState:
     def snapshot(self) -> list[CustomerView]:
         with self._lock:
             return self._customers.snapshot()
+
+
+def _undecodable_reply(status: int) -> Reply:
+    """``status`` with a body that is not the gzip its ``Content-Encoding`` announces."""
+    return Reply(
+        status,
+        b'{"not": "gzip"}',
+        "application/json; charset=utf-8",
+        (("Content-Encoding", "gzip"),),
+    )
 
 
 def _refusal(
