@@ -103,6 +103,9 @@ def test_given_everything_up_when_probed_then_every_part_is_ok_and_it_exits_0(
     assert result.status == 0, result.stdout + result.stderr
     assert list(result.lines) == ["broker", "redis", "token", "api", "consumption"]
     assert result.lines["broker"].startswith("broker ok")
+    # Both lanes, live and bulk, with what waits on each (or that no worker declared them yet)
+    assert "ccsync.events " in result.lines["broker"]
+    assert "ccsync.backfill " in result.lines["broker"]
     assert result.lines["redis"] == "redis ok"
     assert result.lines["token"] == "token ok (static token)"
     assert result.lines["api"].startswith("api ok (HTTP ")

@@ -10,7 +10,7 @@ from kombu import Connection
 
 from tests.conftest import throwaway_vhost
 from worker.amqp.queue_depths import QueueState, read_queue, read_queue_depths
-from worker.constants import DELAY_QUEUE_PREFIX, EVENTS_QUEUE, TASKS_QUEUE
+from worker.constants import BACKFILL_QUEUE, DELAY_QUEUE_PREFIX, EVENTS_QUEUE, TASKS_QUEUE
 from worker.observability import metrics
 from worker.runtime.probes import record_queue_depths
 
@@ -25,15 +25,22 @@ def _queue_with(connection: Connection, queue: str, messages: int) -> None:
 
 def test_given_some_queues_missing_then_each_present_one_is_read_and_none_is_created() -> None:
     with throwaway_vhost("ccsync-depths-") as url, Connection(url) as connection:
-        # Given a broker with ccsync.events (2 messages) and level 3 of the delay ladder (1), only
+        # Given a broker with ccsync.events (2 messages), ccsync.backfill (3) and level 3 of the
+        # delay ladder (1), only
         _queue_with(connection, EVENTS_QUEUE, 2)
+        _queue_with(connection, BACKFILL_QUEUE, 3)
         _queue_with(connection, f"{DELAY_QUEUE_PREFIX}3", 1)
 
         # When the depths are read
         depths = read_queue_depths(connection)
 
         # Then the queues present are counted and the missing ones are None, not a failure
-        assert (depths.events, depths.tasks, depths.dead_letters) == (2, None, None)
+        assert (depths.events, depths.backfill, depths.tasks, depths.dead_letters) == (
+            2,
+            3,
+            None,
+            None,
+        )
         assert depths.delay_levels == {3: 1} and depths.delayed == 1
         # And reading created nothing
         assert read_queue(connection, TASKS_QUEUE) is None
@@ -42,5 +49,6 @@ def test_given_some_queues_missing_then_each_present_one_is_read_and_none_is_cre
         # And the gauges say what is known: the events' depth, the missing queues' NaN
         record_queue_depths(depths)
         assert metrics.QUEUE_MESSAGES.labels(EVENTS_QUEUE)._value.get() == 2
+        assert metrics.QUEUE_MESSAGES.labels(BACKFILL_QUEUE)._value.get() == 3
         assert math.isnan(metrics.QUEUE_MESSAGES.labels(TASKS_QUEUE)._value.get())
         assert metrics.DELAY_LADDER_MESSAGES._value.get() == 1

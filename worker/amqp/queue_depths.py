@@ -23,6 +23,7 @@ from kombu.exceptions import KombuError
 
 from worker.amqp.connection import broker_connection
 from worker.constants import (
+    BACKFILL_QUEUE,
     DEAD_LETTER_QUEUE,
     DELAY_LEVELS,
     DELAY_QUEUE_PREFIX,
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 QUEUE_DEPTH_POLL_SECONDS: Final = 15.0
 #: Seconds to connect to the broker for a reading.
 QUEUE_DEPTH_CONNECT_TIMEOUT: Final = 5.0
-WORK_QUEUES: Final = (EVENTS_QUEUE, TASKS_QUEUE, DEAD_LETTER_QUEUE)
+WORK_QUEUES: Final = (EVENTS_QUEUE, BACKFILL_QUEUE, TASKS_QUEUE, DEAD_LETTER_QUEUE)
 DELAY_LADDER_QUEUES: Final = tuple(f"{DELAY_QUEUE_PREFIX}{level}" for level in range(DELAY_LEVELS))
 #: What closing a channel the broker may have closed already can raise.
 CLOSE_FAILURES: Final = (OSError, AMQPError, KombuError)
@@ -71,6 +72,7 @@ class QueueDepths:
     ladder's levels that hold something, and their sum."""
 
     events: int | None
+    backfill: int | None
     tasks: int | None
     dead_letters: int | None
     delay_levels: dict[int, int]
@@ -84,6 +86,7 @@ class QueueDepths:
         """The depth of each of ``WORK_QUEUES``, by name."""
         return {
             EVENTS_QUEUE: self.events,
+            BACKFILL_QUEUE: self.backfill,
             TASKS_QUEUE: self.tasks,
             DEAD_LETTER_QUEUE: self.dead_letters,
         }
@@ -91,6 +94,7 @@ class QueueDepths:
     def to_json(self) -> dict[str, Any]:
         return {
             "events": self.events,
+            "backfill": self.backfill,
             "tasks": self.tasks,
             "delayed": self.delayed,
             # Only the levels holding something: 22 zeros would say nothing.
@@ -111,6 +115,7 @@ def read_queue_depths(connection: Any) -> QueueDepths:
     }
     return QueueDepths(
         events=ready(EVENTS_QUEUE),
+        backfill=ready(BACKFILL_QUEUE),
         tasks=ready(TASKS_QUEUE),
         dead_letters=ready(DEAD_LETTER_QUEUE),
         delay_levels=levels,

@@ -47,7 +47,8 @@ LEDGER_UNAVAILABLE = Gauge(
 )
 QUEUE_MESSAGES = Gauge(
     "ccsync_queue_messages",
-    "Messages ready in a work queue (ccsync.events, ccsync.tasks, ccsync.dead-letter), polled",
+    "Messages ready in a work queue (ccsync.events, ccsync.backfill, ccsync.tasks,"
+    " ccsync.dead-letter), polled",
     ["queue"],
 )
 DELAY_LADDER_MESSAGES = Gauge(

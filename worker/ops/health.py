@@ -1,6 +1,7 @@
 """``ccsync health``: can this worker do its job right now? For probes and for operators.
 
-Four parts, each answered on its own line: the broker (an AMQP connection opens), Redis (PING),
+Four parts, each answered on its own line: the broker (an AMQP connection opens; the messages
+ready on the live and backfill lanes), Redis (PING),
 the token (a static one is set, or the client-credentials flow yields one) and the API (CloudCockpit
 answers HTTP at all: any status counts, since a probe must not depend on a customer existing).
 The parts are checked in parallel, so a probe waits for the slowest one, not for their sum.
@@ -19,7 +20,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker.amqp.connection import broker_connection
+from worker.amqp.queue_depths import read_queue
 from worker.cloudcockpit.client import make_http_client, make_token_source
+from worker.constants import BACKFILL_QUEUE, EVENTS_QUEUE
 from worker.exceptions import CcsyncError
 from worker.observability.redaction import Redaction
 from worker.processing.ledger.client import redis_client
@@ -59,13 +62,19 @@ def check_broker(settings: Settings, timeout: float) -> CheckResult:
             max_retries=1, interval_start=0, interval_step=0, timeout=timeout
         )
         version = connection.connection.server_properties.get("version")
+        lanes = {queue: read_queue(connection, queue) for queue in (EVENTS_QUEUE, BACKFILL_QUEUE)}
     except Exception as exc:
         return CheckResult("broker", False, _describe(exc))
     finally:
         connection.release()
     if isinstance(version, bytes):
         version = version.decode("utf-8", "replace")
-    return CheckResult("broker", True, f"RabbitMQ {version}" if version else "")
+    details = [f"RabbitMQ {version}"] if version else []
+    details += [
+        f"{queue} {'not declared' if state is None else f'{state.messages} ready'}"
+        for queue, state in lanes.items()
+    ]
+    return CheckResult("broker", True, "; ".join(details))
 
 
 def check_redis(settings: Settings, timeout: float) -> CheckResult:
