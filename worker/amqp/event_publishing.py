@@ -88,8 +88,11 @@ def encode(
 def publish_raw(
     connection: Connection,
     messages: Iterable[tuple[bytes, str | None, Mapping[str, Any]]],
+    *,
+    routing_key: str = EVENT_ROUTING_KEY,
 ) -> int:
-    """Publish (body, content type, headers) triples, each confirmed by the broker."""
+    """Publish (body, content type, headers) triples, each confirmed by the broker, with
+    ``routing_key`` (the live lane's, or ``BACKFILL_ROUTING_KEY`` for bulk traffic)."""
     channel = connection.channel()
     channel.confirm_select()
     exchange = events_exchange(channel)
@@ -106,13 +109,13 @@ def publish_raw(
             try:
                 # mandatory: the broker confirms a message no queue takes, and drops it.
                 channel.basic_publish_confirm(
-                    message, exchange=EVENTS_EXCHANGE, routing_key=EVENT_ROUTING_KEY, mandatory=True
+                    message, exchange=EVENTS_EXCHANGE, routing_key=routing_key, mandatory=True
                 )
             except ChannelError as exc:
                 if getattr(exc, "reply_code", None) != NO_ROUTE:
                     raise
                 raise NoQueueBound(
-                    f"no queue is bound to {EVENTS_EXCHANGE} for {EVENT_ROUTING_KEY}: start "
+                    f"no queue is bound to {EVENTS_EXCHANGE} for {routing_key}: start "
                     f"'ccsync worker' or 'ccsync topology --apply' first ({count} published)"
                 ) from None
             count += 1
@@ -123,9 +126,15 @@ def publish_raw(
 
 
 def publish_events(
-    connection: Connection, events: Iterable[Mapping[str, Any]], encoding: Encoding
+    connection: Connection,
+    events: Iterable[Mapping[str, Any]],
+    encoding: Encoding,
+    *,
+    routing_key: str = EVENT_ROUTING_KEY,
 ) -> int:
-    return publish_raw(connection, (encode(event, encoding) for event in events))
+    return publish_raw(
+        connection, (encode(event, encoding) for event in events), routing_key=routing_key
+    )
 
 
 def read_event_file(path: Path) -> list[dict[str, Any]]:

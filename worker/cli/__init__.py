@@ -22,6 +22,7 @@ from worker.cli.event_files import read_event_argument
 from worker.cli.failures import EXIT_STATUS_EPILOG, OneLineFailures
 from worker.cli.settings import command_settings
 from worker.cli.types import CUSTOMER_ID, PORT
+from worker.constants import BACKFILL_ROUTING_KEY, EVENT_ROUTING_KEY
 from worker.settings import DEFAULT_CONCURRENCY
 
 #: The names ``--loglevel`` accepts, in any case.
@@ -140,6 +141,11 @@ def sandbox(
     is_flag=True,
     help="Publish events as given, even invalid ones (to exercise the dead-letter path).",
 )
+@click.option(
+    "--backfill",
+    is_flag=True,
+    help="Publish to the backfill lane (ccsync.backfill): bulk traffic, served after live events.",
+)
 def publish(
     customer_id: uuid.UUID | None,
     internal_identifier: str | None,
@@ -150,6 +156,7 @@ def publish(
     path: Path | None,
     encoding: str,
     no_validate: bool,
+    backfill: bool,
 ) -> None:
     """Publish events to customer-events the way a producer would.
 
@@ -176,7 +183,12 @@ def publish(
     settings = command_settings()
     with broker_connection(settings) as connection:
         connect_within(connection, settings.broker_connect_timeout)
-        count = publish_events(connection, events, Encoding(encoding))
+        count = publish_events(
+            connection,
+            events,
+            Encoding(encoding),
+            routing_key=BACKFILL_ROUTING_KEY if backfill else EVENT_ROUTING_KEY,
+        )
     click.echo(f"published {count} event(s)")
 
 

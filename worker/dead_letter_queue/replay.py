@@ -5,6 +5,10 @@ and application headers, so the intake validates it afresh and makes attempt 1; 
 unchanged, hence so is the X-Correlation-Id. It leaves the dead-letter queue only after the
 broker confirmed its copy, so an interrupted replay (Ctrl-C, SIGKILL, a lost connection) can at
 worst leave an event in both places, and the API call is idempotent.
+
+A replay's first ``REPLAYED_LIVE`` dead letters go to the live lane, the rest to the backfill
+lane: an operator's replay of a few events is applied at once, and a mass replay after an outage
+waits behind live updates instead of delaying them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from kombu import Connection
 
 from worker.amqp.topology import declare_topology
 from worker.constants import (
+    BACKFILL_ROUTING_KEY,
     BROKER_HEADERS,
     EVENT_ROUTING_KEY,
     EVENTS_EXCHANGE,
@@ -38,6 +43,8 @@ WINDOW = 256
 
 #: Seconds a stopped replay waits for the confirms of what it already published.
 STOP_SETTLE_TIMEOUT = 2.0
+#: Dead letters of one replay published to the live lane; those after them go to the backfill.
+REPLAYED_LIVE = 10
 
 
 def replay_headers(
@@ -178,7 +185,11 @@ def replay(
                     record,
                     envelope,
                     exchange=EVENTS_EXCHANGE,
-                    routing_key=EVENT_ROUTING_KEY,
+                    routing_key=(
+                        EVENT_ROUTING_KEY
+                        if len(report.event_ids) <= REPLAYED_LIVE
+                        else BACKFILL_ROUTING_KEY
+                    ),
                 )
                 # Acking as soon as confirms arrive keeps the duplicates of an interruption few.
                 remove(confirms.collect())

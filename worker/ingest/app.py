@@ -9,7 +9,8 @@ events, 503 with ``Retry-After`` when the broker did not confirm them all, else 
 404 and 405 included, are problem details (RFC 9457, ``application/problem+json``); nothing is
 published from a request answered 4xx. A signed webhook whose ``webhook-id`` was published
 already is answered as it was then, and publishes nothing (``replays``). Decoding runs on worker
-threads, never on the event loop.
+threads, never on the event loop. ``?lane=backfill`` publishes the events to the backfill lane
+(400 for a lane other than ``live`` or ``backfill``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from worker.constants import BACKFILL_ROUTING_KEY, EVENT_ROUTING_KEY
 from worker.http_serving import serve
 from worker.ingest.authentication import (
     Credentials,
@@ -37,6 +39,7 @@ from worker.ingest.authentication import (
 )
 from worker.ingest.decoding import (
     BatchTooLarge,
+    FieldProblem,
     InvalidRequest,
     Outgoing,
     UnsupportedMediaType,
@@ -75,6 +78,21 @@ class PayloadTooLarge(Exception):
 
 class BodyTimedOut(Exception):
     """Answer 408: the body did not arrive within the read timeout."""
+
+
+#: The lanes a request may name (``?lane=``), by the routing key its events are published with.
+LANES: Final = {"live": EVENT_ROUTING_KEY, "backfill": BACKFILL_ROUTING_KEY}
+
+
+def _lane(request: Request) -> str:
+    """The routing key of the lane the request names (``?lane=live``, the default, or
+    ``?lane=backfill`` for bulk traffic); ``InvalidRequest`` for any other."""
+    lane = request.query_params.get("lane", "live")
+    if lane not in LANES:
+        raise InvalidRequest(
+            [FieldProblem(event=None, field="lane", detail="must be 'live' or 'backfill'")]
+        )
+    return LANES[lane]
 
 
 def create_app(
@@ -124,12 +142,13 @@ def create_app(
     async def post_events(request: Request) -> Response:
         try:
             authenticate_headers(credentials, request.headers, now=time.time())
+            routing_key = _lane(request)
             body = await _read_body(request, limit, timeout_seconds=read_timeout_seconds)
             async with decoding:
                 signed, messages = await run_in_threadpool(verified_messages, body, request.headers)
 
             async def publish() -> dict[str, Any]:
-                await events_publisher.publish(messages)
+                await events_publisher.publish(messages, routing_key=routing_key)
                 return {"accepted": len(messages), "eventIds": [m.event_id for m in messages]}
 
             answer = await (

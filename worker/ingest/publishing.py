@@ -66,13 +66,16 @@ class EventPublisher:
         except BROKER_FAILURES as exc:
             log.warning("cannot reach the broker yet, requests will try again: %s", _brief(exc))
 
-    async def publish(self, messages: Sequence[Outgoing]) -> None:
-        """Return once the broker confirmed every message; raise ``BrokerUnavailable`` if not.
+    async def publish(
+        self, messages: Sequence[Outgoing], *, routing_key: str = EVENT_ROUTING_KEY
+    ) -> None:
+        """Return once the broker confirmed every message, published with ``routing_key`` (the
+        live lane's, or ``BACKFILL_ROUTING_KEY``); raise ``BrokerUnavailable`` if not.
 
         On failure, the messages before the failing one may have been published: a retried
         request repeats them, and the worker absorbs the repeats as duplicates (same eventId).
         """
-        await self._run(self._publish_all, messages)
+        await self._run(self._publish_all, messages, routing_key)
 
     async def close(self) -> None:
         await self._run(self._discard)
@@ -81,13 +84,13 @@ class EventPublisher:
     async def _run(self, function: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
-    def _publish_all(self, messages: Sequence[Outgoing]) -> None:
+    def _publish_all(self, messages: Sequence[Outgoing], routing_key: str) -> None:
         done = 0
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
                 channel = self._ensure_channel()
                 while done < len(messages):
-                    self._publish_one(channel, messages[done])
+                    self._publish_one(channel, messages[done], routing_key)
                     done += 1
                 return
             except BROKER_FAILURES as exc:
@@ -105,7 +108,7 @@ class EventPublisher:
             f"cannot publish to the broker at {self._uri()}: {_brief(failure)}"
         ) from None
 
-    def _publish_one(self, channel: Any, message: Outgoing) -> None:
+    def _publish_one(self, channel: Any, message: Outgoing, routing_key: str) -> None:
         properties: dict[str, Any] = {"delivery_mode": 2}
         if message.content_type is not None:
             properties["content_type"] = message.content_type
@@ -116,7 +119,7 @@ class EventPublisher:
             channel.basic_publish_confirm(
                 amqp.Message(message.body, **properties),
                 exchange=EVENTS_EXCHANGE,
-                routing_key=EVENT_ROUTING_KEY,
+                routing_key=routing_key,
                 mandatory=True,
                 confirm_timeout=CONFIRM_TIMEOUT,
             )
@@ -129,7 +132,7 @@ class EventPublisher:
         # RabbitMQ sends basic.return before the confirm of the same message.
         if self._returned:
             raise BrokerUnavailable(
-                f"no queue is bound to {EVENTS_EXCHANGE} for {EVENT_ROUTING_KEY}, so the broker "
+                f"no queue is bound to {EVENTS_EXCHANGE} for {routing_key}, so the broker "
                 f"returned the event: start 'ccsync worker' or run 'ccsync topology --apply'"
             )
 
