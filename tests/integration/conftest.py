@@ -13,7 +13,7 @@ from tests.integration.events import native
 from tests.integration.producer import Letter, Producer, purge, read_dead_letters
 from tests.support import REDIS_URL, free_port
 from worker.amqp.topology import declare_topology
-from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE
+from worker.constants import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 
@@ -93,7 +93,7 @@ def clean_queues(broker_url: str) -> None:
     """Each test starts with empty queues (the delay ladder drains by itself)."""
     with Connection(broker_url) as connection:
         declare_topology(connection)
-    purge(broker_url, EVENTS_QUEUE, TASKS_QUEUE, DEAD_LETTER_QUEUE)
+    purge(broker_url, EVENTS_QUEUE, BACKFILL_QUEUE, TASKS_QUEUE, DEAD_LETTER_QUEUE)
 
 
 @pytest.fixture

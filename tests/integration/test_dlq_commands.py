@@ -25,7 +25,8 @@ from tests.integration.test_dlq_support import (
 )
 from worker.amqp.event_publishing import Encoding
 from worker.cli import main
-from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE
+from worker.constants import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, EVENTS_QUEUE
+from worker.dead_letter_queue.replay import REPLAYED_LIVE
 from worker.processing.dead_letters import DeadLetter
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -359,3 +360,21 @@ def test_an_unreachable_broker_is_one_line_and_a_failure(tmp_path: Path) -> None
         "Error: cannot reach the broker at amqp://guest:**@127.0.0.1:9// within 2 s"
     )
     assert "secret" not in line
+
+
+def test_a_mass_replay_sends_all_but_its_first_ten_to_the_backfill_lane(broker_url: str) -> None:
+    # Given twelve dead letters
+    fresh_queues(broker_url)
+    put_dead_letters(
+        broker_url,
+        [seed_for_event("retries-exhausted", status=503, at=NOW) for _ in range(12)],
+    )
+
+    # When all of them are replayed (no worker runs, so they wait in the lanes)
+    result = ccsync(broker_url, "dlq", "replay", "--yes")
+
+    # Then the first ten wait on the live lane, and the other two behind live traffic
+    assert result.exit_code == 0, result.output
+    assert depth(broker_url, EVENTS_QUEUE) == REPLAYED_LIVE
+    assert depth(broker_url, BACKFILL_QUEUE) == 2
+    assert depth(broker_url, DEAD_LETTER_QUEUE) == 0

@@ -21,7 +21,7 @@ from tests.integration.producer import queue_depth
 from worker.amqp.event_publishing import Encoding, encode, new_event
 from worker.amqp.topology import declare_topology
 from worker.cli import main
-from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE
+from worker.constants import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE
 from worker.dead_letter_queue.filters import DeadLetterFilter
 from worker.dead_letter_queue.reading import DeadLetterRecord, hold
 from worker.dead_letter_queue.transfer import import_dead_letters
@@ -36,7 +36,7 @@ def fresh_queues(broker_url: str) -> None:
     with Connection(broker_url) as connection:
         declare_topology(connection)
         channel = connection.channel()
-        for queue in (DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE):
+        for queue in (DEAD_LETTER_QUEUE, EVENTS_QUEUE, BACKFILL_QUEUE, TASKS_QUEUE):
             channel.queue_purge(queue)
         channel.close()
 

@@ -26,7 +26,7 @@ from tests.integration.ingest_process import (
 )
 from tests.integration.producer import queue_depth
 from tests.support import free_port
-from worker.constants import EVENTS_QUEUE
+from worker.constants import BACKFILL_QUEUE, EVENTS_QUEUE
 
 pytestmark = pytest.mark.usefixtures("clean_queues")
 
@@ -264,3 +264,22 @@ def test_given_no_queue_bound_to_the_exchange_then_503_instead_of_a_dropped_even
     # Then the returned (mandatory) message is a failure the producer can retry
     assert "no queue is bound to customer-events" in _problem(answer, 503)["detail"]
     assert "retry-after" in answer.headers
+
+
+def test_given_lane_backfill_then_the_event_is_published_to_the_backfill_lane(
+    ingest: IngestProcess, broker_url: str
+) -> None:
+    # When one event is posted for the backfill lane, and one names a lane that does not exist
+    accepted = httpx.post(
+        f"{ingest.url}/v1/events?lane=backfill", content=_body(), headers=BEARER, timeout=15
+    )
+    refused = httpx.post(
+        f"{ingest.url}/v1/events?lane=bulk", content=_body(), headers=BEARER, timeout=15
+    )
+
+    # Then the first waits on ccsync.backfill, and the second is refused, publishing nothing
+    assert accepted.status_code == 202, accepted.text
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == [{"field": "lane", "detail": "must be 'live' or 'backfill'"}]
+    assert queue_depth(broker_url, BACKFILL_QUEUE) == 1
+    assert queue_depth(broker_url, EVENTS_QUEUE) == 0

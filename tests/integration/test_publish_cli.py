@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import RABBITMQ_HOST, RABBITMQ_PORT, rabbitmqctl
 from tests.integration.producer import connect, queue_depth
-from worker.constants import EVENTS_QUEUE
+from worker.constants import BACKFILL_QUEUE, EVENTS_QUEUE
 
 
 @pytest.fixture
@@ -71,3 +71,21 @@ def test_given_the_topology_then_publish_from_a_json_lines_file_queues_each_even
     assert message.properties["application_headers"]["cloudEvents:id"] == "e-0"
     assert json.loads(message.body)["internalIdentifier"] == "F-0"
     channel.connection.close()
+
+
+def test_given_backfill_then_publish_queues_the_event_on_the_backfill_lane(
+    empty_vhost: str,
+) -> None:
+    # Given the topology, and no worker consuming
+    assert _ccsync(empty_vhost, "topology", "--apply").returncode == 0
+
+    # When an event is published with --backfill
+    customer = str(uuid.uuid4())
+    result = _ccsync(
+        empty_vhost, "publish", "--customer", customer, "--identifier", "BULK", "--backfill"
+    )
+
+    # Then it waits on ccsync.backfill, not on the live lane
+    assert result.returncode == 0, result.stderr
+    assert queue_depth(empty_vhost, BACKFILL_QUEUE) == 1
+    assert queue_depth(empty_vhost, EVENTS_QUEUE) == 0
