@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from tests.integration.conftest import metrics_worker_env
+from tests.integration.producer import consumer_count
 from tests.integration.waiting import wait_until
+from worker.constants import BACKFILL_QUEUE, EVENTS_QUEUE
 from worker.sandbox import SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 
@@ -114,3 +116,10 @@ def test_given_celerys_tools_then_they_see_and_control_the_worker(
     assert "ccsync." in ping.stdout and "@" in ping.stdout
     assert "'name': 'ccsync.tasks'" in queues.stdout
     assert cancelled.returncode == 0 and added.returncode == 0
+
+    # And the backfill lane is switched on its own: the live lane keeps consuming
+    celery(env, "control", "cancel_consumer", "ccsync.backfill")
+    wait_until(lambda: consumer_count(broker_url, BACKFILL_QUEUE) == 0, 10, "backfill off")
+    assert consumer_count(broker_url, EVENTS_QUEUE) == 1
+    celery(env, "control", "add_consumer", "ccsync.backfill")
+    wait_until(lambda: consumer_count(broker_url, BACKFILL_QUEUE) == 1, 10, "backfill on")

@@ -41,6 +41,7 @@ from worker.cloudcockpit.client import (
 )
 from worker.constants import (
     APPLY_EVENT_TASK,
+    BACKFILL_QUEUE,
     EVENTS_QUEUE,
     HEADER_DELIVERY_COUNT,
     TASKS_EXCHANGE,
@@ -85,7 +86,9 @@ MAX_POOL_THREADS = 32
 #: The name half of the node name `celery inspect` and Flower show, ``ccsync.<pid>@<host>`` by
 #: default: one per process, since each node name has one remote-control queue of its own.
 WORKER_NODE_NAME = "ccsync"
-_OWN_QUEUES = f"{EVENTS_QUEUE} and {TASKS_QUEUE}"
+#: The queues the intake consumes (``celery control add_consumer|cancel_consumer`` switch each).
+_INTAKE_QUEUES = (EVENTS_QUEUE, BACKFILL_QUEUE)
+_OWN_QUEUES = f"{EVENTS_QUEUE}, {BACKFILL_QUEUE} and {TASKS_QUEUE}"
 
 
 class BrokerForwarder:
@@ -241,40 +244,43 @@ class CcsyncConsumer(CeleryConsumer):  # type: ignore[misc]
         )
 
     # `celery control add_consumer|cancel_consumer` (remote control, run in the event loop):
-    # ccsync.tasks is Celery's; ccsync.events is the intake's; any other queue is refused, since
-    # a Celery task consumer on it would dead-letter every message that is not a task.
+    # ccsync.tasks is Celery's; ccsync.events and ccsync.backfill are the intake's (each switched
+    # on its own); any other queue is refused, since a Celery task consumer on it would
+    # dead-letter every message that is not a task.
 
     def add_task_queue(self, queue: str, *args: Any, **options: Any) -> None:
-        if queue == EVENTS_QUEUE:
-            self._switch_intake(consume=True)
+        if queue in _INTAKE_QUEUES:
+            self._switch_intake(queue, consume=True)
         elif queue == TASKS_QUEUE:
             super().add_task_queue(queue, *args, **options)
         else:
             log.warning("add_consumer %s refused: ccsync consumes only %s", queue, _OWN_QUEUES)
 
     def cancel_task_queue(self, queue: str) -> None:
-        if queue == EVENTS_QUEUE:
-            self._switch_intake(consume=False)
+        if queue in _INTAKE_QUEUES:
+            self._switch_intake(queue, consume=False)
         elif queue == TASKS_QUEUE:
             super().cancel_task_queue(queue)
         else:
             log.warning("cancel_consumer %s refused: ccsync consumes only %s", queue, _OWN_QUEUES)
 
-    def _switch_intake(self, *, consume: bool) -> None:
+    def _switch_intake(self, queue: str, *, consume: bool) -> None:
         if consume and self.app.consumer_switch.paused:
             log.warning(
                 "add_consumer %s: held (outage protection or ccsync pause); it resumes after",
-                EVENTS_QUEUE,
+                queue,
             )
             return
         for step in self.steps:
             if isinstance(step, EventIntake):
                 for consumer in step.consumers or []:
+                    if all(consumed.name != queue for consumed in consumer.queues):
+                        continue
                     if consume:
                         consumer.consume()
                     else:
                         consumer.cancel()
-        log.warning("%s consuming from %s", "started" if consume else "stopped", EVENTS_QUEUE)
+        log.warning("%s consuming from %s", "started" if consume else "stopped", queue)
 
 
 class CcsyncCelery(Celery):  # type: ignore[misc]
