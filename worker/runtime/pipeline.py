@@ -105,10 +105,10 @@ class Pipeline:
         stall_seconds: float,
         on_fault: FaultHandler = exit_worker,
     ) -> None:
-        self.in_flight = InFlightMessages()
+        self._in_flight = InFlightMessages()
         self._on_settled = on_settled
         self._on_fault = on_fault
-        settler = Settler(applier=applier, in_flight=self.in_flight, on_settled=on_settled)
+        settler = Settler(applier=applier, in_flight=self._in_flight, on_settled=on_settled)
         caller = Caller(
             applier=applier,
             lanes=lanes,
@@ -142,7 +142,7 @@ class Pipeline:
 
     def put(self, call: Call, message: Message) -> None:
         """From the event loop: a validated first attempt and its message, to be settled."""
-        self.in_flight.started()
+        self._in_flight.started()
         self._gate.put(call, message)
 
     def acknowledge(
@@ -150,18 +150,18 @@ class Pipeline:
     ) -> list[tuple[Message, bool]]:
         """In the event loop (the channel's thread): acks or requeues every message settled so
         far; returns each with whether it was acked."""
-        return self.in_flight.settle(connection_errors)
+        return self._in_flight.settle(connection_errors)
 
     def wait_idle(self, timeout: float) -> bool:
         """Whether nothing is in flight, waiting up to ``timeout`` seconds for it."""
-        return self.in_flight.wait_idle(timeout)
+        return self._in_flight.wait_idle(timeout)
 
     def _lost(self, call: Call, message: Message) -> None:
         """A stage failed on ``call`` (a bug, logged where it happened): the call ends without
         an outcome (a trial it was ends with it), and its message goes back to the queue, which
         counts the delivery."""
         call.abandon()
-        self.in_flight.finished(message, ack=False)
+        self._in_flight.finished(message, ack=False)
         self._on_settled()
 
     def _supervised(self, name: str, run: StageLoop) -> None:
