@@ -26,7 +26,7 @@ def effective_settings(settings: Settings) -> list[tuple[str, str | None, bool]]
         if isinstance(value, SecretStr):
             text: str | None = MASKED
         elif isinstance(value, tuple):
-            text = ",".join(f"{item:g}" for item in value)
+            text = ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
         elif value is None:
             text = None
         else:
