@@ -81,7 +81,12 @@ def published_until(
 
 
 def test_given_an_applied_event_then_it_says_when_and_with_which_value(
-    held_worker: LocalWorker, sandbox: SandboxControl, producer: Producer, ask: Any
+    held_worker: LocalWorker,
+    sandbox: SandboxControl,
+    producer: Producer,
+    ask: Any,
+    broker_url: str,
+    redis_url: str,
 ) -> None:
     # Given an event the worker applied
     event = native(identifier="ERP-APPLIED")
@@ -100,6 +105,14 @@ def test_given_an_applied_event_then_it_says_when_and_with_which_value(
     assert state.applied.value == "ERP-APPLIED"
     assert state.applied.occurred_at == datetime.fromisoformat(event["occurredAt"])
     assert '"ERP-APPLIED"' in report.detail
+    # And the command line says so, naming the relationship and its newest event
+    lines = events_show(broker_url, redis_url, event["eventId"]).output.splitlines()
+    assert lines[0] == f"event {event['eventId']}: applied"
+    assert f"relationship {TENANT} {event['customerId']} self" in lines
+    assert any(
+        line.startswith(f"  newest applied: {event['eventId']} ") and '"ERP-APPLIED"' in line
+        for line in lines
+    )
 
 
 def test_given_an_event_older_than_the_one_applied_then_it_is_stale_naming_the_newer(

@@ -66,10 +66,9 @@ def _lines(report: Report) -> list[str]:
     else:
         head = [f"customer {report.customer_id}: {report.detail}"]
     lines = head + [line for state in report.relationships for line in _relationship(state)]
-    lines += [
-        f"dead letter {letter.event_id}: {letter.reason} (status {letter.status}): {letter.error}"
-        for letter in report.dead_letters
-    ]
+    for letter in report.dead_letters:
+        status = "" if letter.status is None else f" (status {letter.status})"
+        lines.append(f"dead letter {letter.event_id}: {letter.reason}{status}: {letter.error}")
     queued = report.queued
     lines.append(
         f"queued in the broker (all customers): {queued.events or 0} new, "
