@@ -174,6 +174,14 @@ def test_given_records_on_every_primary_then_records_reads_them_all(ledger: Ledg
     assert all(
         record.order_key == order_key(e) for e in events for record in [found[Relationship.of(e)]]
     )
+    # And one customer's record, and its lock while an event holds it, are read through the tag
+    braced = Relationship.of(events[-1])
+    assert dict(ledger.records(customer_id=braced.customer_id)) == {braced: found[braced]}
+    [hold] = _take(ledger, [events[-1]])
+    [(held, lock)] = ledger.locks(customer_id=braced.customer_id)
+    assert held == braced and lock.lingering_for is None and lock.remaining_seconds > 0
+    assert ledger.leave_all([hold]) == [True]
+    assert list(ledger.locks(customer_id=braced.customer_id)) == []
 
 
 def test_given_primaries_that_forgot_the_scripts_then_a_batch_loads_them_again(

@@ -106,7 +106,7 @@ def test_given_an_option_of_several_commands_then_it_has_one_type(name: str) -> 
 
 
 @pytest.mark.parametrize(
-    "command", ["health", "dlq replay", "dlq purge", "pause", "validate", "config"]
+    "command", ["health", "dlq replay", "dlq purge", "pause", "validate", "config", "events show"]
 )
 def test_given_a_command_scripts_read_then_it_has_json(command: str) -> None:
     found = dict(commands())[f"ccsync {command}"]

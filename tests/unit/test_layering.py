@@ -9,8 +9,8 @@ inside functions, under ``if TYPE_CHECKING``. The rules:
   before any submodule).
 - Only ``worker.runtime`` and ``worker.celery`` (the app Celery's own tools look for) import
   celery.
-- ``worker.dead_letter_queue``, ``worker.sandbox``, ``worker.ingest``, ``worker.console`` and
-  ``worker.ops.verify`` never reach ``worker.runtime``.
+- ``worker.dead_letter_queue``, ``worker.sandbox``, ``worker.ingest``, ``worker.console``,
+  ``worker.ops.verify`` and ``worker.ops.whereabouts`` never reach ``worker.runtime``.
 - Only ``worker.__main__`` imports ``worker.cli`` (besides ``worker.cli`` itself).
 - No two modules of ``worker`` import each other, directly or through others.
 """
@@ -40,6 +40,7 @@ NEVER_REACHING_THE_RUNTIME = (
     "worker.ingest",
     "worker.console",
     "worker.ops.verify",
+    "worker.ops.whereabouts",
 )
 ALLOWED_TO_IMPORT_THE_CLI = ("worker.__main__", "worker.cli")
 

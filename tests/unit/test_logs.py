@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from worker.observability.logs import configure_logging
 from worker.settings import Settings
@@ -55,3 +56,25 @@ def test_given_secrets_in_a_message_its_fields_and_its_traceback_then_no_line_ho
     for secret in (INGEST_TOKEN, CONSOLE_TOKEN):
         for form in (secret, quote(secret), json.dumps(secret)[1:-1]):
             assert form not in written
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_given_a_current_span_then_a_json_line_carries_its_trace_and_span_ids(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given JSON logs and a tracer recording spans
+    configure_logging("INFO", Settings(_env_file=None, log_format="json"))
+    tracer = TracerProvider().get_tracer("tests")
+    log = logging.getLogger("ccsync.test")
+
+    # When a line is logged inside a span, and one outside any
+    with tracer.start_as_current_span("attempt") as span:
+        log.info("inside")
+    log.info("outside")
+
+    # Then the first carries the span's trace and span ids, in W3C's hex; the second neither
+    inside, outside = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    context = span.get_span_context()
+    assert inside["trace_id"] == format(context.trace_id, "032x")
+    assert inside["span_id"] == format(context.span_id, "016x")
+    assert "trace_id" not in outside and "span_id" not in outside

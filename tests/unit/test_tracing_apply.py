@@ -10,6 +10,9 @@ on the asyncio client of first attempts.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 import random
 from collections.abc import Iterator
 
@@ -33,6 +36,9 @@ from worker.cloudcockpit.client import (
 from worker.constants import EVENTS_QUEUE
 from worker.events import decode_event
 from worker.observability import tracing
+from worker.observability.logs import JsonFormatter
+from worker.observability.redaction import Redaction
+from worker.processing import applier as applier_module
 from worker.processing.applier import ATTEMPT_SPAN, Applier, Outcome
 from worker.processing.attempts import Attempt
 from worker.processing.backoff import RetryPolicy
@@ -219,3 +225,31 @@ def test_given_spans_recorded_when_called_from_the_event_loop_then_the_call_is_a
     assert client.parent == attempt_span.context
     assert _ids(_patches(sandbox)[0]["traceparent"]) == _hex(client)
     assert _hex(client)[0] == TRACE_ID
+
+
+def test_given_spans_recorded_when_an_outcome_is_logged_then_its_line_carries_the_attempt_span(
+    api: Api, spans: InMemorySpanExporter
+) -> None:
+    # Given JSON lines of the applier's log, and spans recorded
+    _, base_url = api
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter(Redaction([])))
+    applier_log = logging.getLogger(applier_module.__name__)
+    applier_log.addHandler(handler)
+    level = applier_log.level
+    applier_log.setLevel(logging.INFO)
+
+    # When an attempt is applied
+    try:
+        assert _applier(base_url).apply(_attempt(1)) is Outcome.APPLIED
+    finally:
+        applier_log.removeHandler(handler)
+        applier_log.setLevel(level)
+
+    # Then its outcome line carries the ids of the attempt's span, in the producer's trace
+    [line] = [json.loads(text) for text in lines.getvalue().splitlines()]
+    [attempt_span] = [s for s in spans.get_finished_spans() if s.name == ATTEMPT_SPAN]
+    assert line["outcome"] == "applied"
+    assert (line["trace_id"], line["span_id"]) == _hex(attempt_span)
+    assert line["trace_id"] == TRACE_ID

@@ -256,6 +256,11 @@ main.add_command(config)
 main.add_command(validate)
 
 
+from worker.cli.events import events  # noqa: E402 (where is my event?)
+
+main.add_command(events)
+
+
 def _epilog_everywhere(group: click.Group) -> None:
     """Every command's help ends with the exit statuses, as the group's does."""
     for command in group.commands.values():

@@ -2,7 +2,9 @@
 
 ``CCSYNC_LOG_FORMAT`` is ``json``, ``text`` or ``auto`` (text when stderr is a terminal). Fields
 given as ``extra=`` (eventId, correlationId, tenant, customerId, outcome, attempt, duration) become
-JSON keys. Every line, its traceback too, passes ``worker.observability.redaction`` on its way out.
+JSON keys; so do ``trace_id`` and ``span_id`` while a span ccsync records is current
+(``worker.observability.tracing``): the attempt's span, around its call and its outcome line.
+Every line, its traceback too, passes ``worker.observability.redaction`` on its way out.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.observability.redaction import Redaction
+from worker.observability.tracing import current_span_ids
 from worker.settings import Settings
 
 EVENT_FIELDS = (
@@ -43,6 +46,10 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 document[key] = value
+        # Read while the line is formatted, in the thread that logs it: handlers format at once.
+        ids = current_span_ids()
+        if ids is not None:
+            document["trace_id"], document["span_id"] = ids
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
         return self._redaction.text(json.dumps(document, default=str, ensure_ascii=False))

@@ -163,7 +163,8 @@ def end_attempt(traced: Traced | None, outcome: str, *, failed: bool = False) ->
 @contextmanager
 def calling(traced: Traced | None) -> Iterator[None]:
     """The attempt's context made current around its call: the httpx instrumentation makes its
-    client span a child of it, and ``inject`` writes it into the request."""
+    client span a child of it, and ``inject`` writes it into the request. Around its conclusion
+    too: the lines it logs then carry its span's ids (``current_span_ids``)."""
     if traced is None:
         yield
         return
@@ -172,6 +173,17 @@ def calling(traced: Traced | None) -> Iterator[None]:
         yield
     finally:
         otel_context.detach(token)
+
+
+def current_span_ids() -> tuple[str, str] | None:
+    """The trace and span ids of the span current in this thread, as W3C writes them (32 and 16
+    hex digits), when ccsync records it; None otherwise: no span, or only a producer's context
+    being propagated (its ids are the producer's, not a span of ccsync's)."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return None
+    context = span.get_span_context()
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
 def exporter_asked(environ: Mapping[str, str]) -> str | None:

@@ -360,7 +360,8 @@ class Applier:
         """
         outcome: Outcome | None = None
         try:
-            outcome = self._conclude(call)
+            with tracing.calling(call.trace):
+                outcome = self._conclude(call)
             return outcome
         finally:
             if call.trial is not None:

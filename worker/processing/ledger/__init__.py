@@ -18,10 +18,11 @@ out in one pipeline (one round trip to each primary holding some of them). On on
 Sentinel the keys keep their form, ``{prefix}:lock:<name>``, so existing ledgers need nothing.
 
 The package, by concern: ``relationships`` (what is keyed and in which order events come),
-``records`` (what is stored per relationship), ``holds`` (a relationship held by one event),
-``busy`` (backing off a relationship another event holds), ``scripts`` (the Lua scripts and their
-run per hash slot), ``status`` (whether Redis answers in time), ``client`` (Redis clients from a
-URL) and ``store`` (the ``Ledger``). Everything is imported from the package itself.
+``records`` (what is stored per relationship), ``holds`` (a relationship held by one event, and a
+lock as read), ``busy`` (backing off a relationship another event holds), ``scripts`` (the Lua
+scripts and their run per hash slot), ``status`` (whether Redis answers in time), ``client``
+(Redis clients from a URL) and ``store`` (the ``Ledger``). Everything is imported from the
+package itself.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from worker.processing.ledger.busy import (
     BUSY_LONGEST_PAUSE_SECONDS,
     BusyBackoff,
 )
-from worker.processing.ledger.holds import LINGER_PREFIX, Hold, Verdict
+from worker.processing.ledger.holds import LINGER_PREFIX, Hold, LockState, Verdict
 from worker.processing.ledger.relationships import (
     CLUSTER_TAG_BYTES,
     Relationship,
     cluster_tag,
     order_key,
+    order_key_at,
     relationship_named,
 )
 from worker.processing.ledger.status import (
@@ -83,9 +85,11 @@ __all__ = [
     "Ledger",
     "LedgerState",
     "LedgerStatus",
+    "LockState",
     "Relationship",
     "Verdict",
     "cluster_tag",
     "order_key",
+    "order_key_at",
     "relationship_named",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 
 from worker.events import IdentifierChanged
@@ -16,6 +17,25 @@ from worker.processing.ledger.relationships import order_key
 
 #: What a lock lingering for an event holds before the event's id (``Hold.linger``).
 LINGER_PREFIX = "linger:"
+
+
+@dataclass(frozen=True)
+class LockState:
+    """A relationship's lock as the ledger holds it: what holds it, and for how much longer.
+
+    The holder is an event's random token while the event is being applied, or
+    ``LINGER_PREFIX`` and an event's id while the relationship lingers for that event (its call
+    got no definite answer, and its retry may still land)."""
+
+    holder: str
+    remaining_seconds: float
+
+    @property
+    def lingering_for(self) -> str | None:
+        """The event the lock lingers for, or None when an event holds it to be applied."""
+        if not self.holder.startswith(LINGER_PREFIX):
+            return None
+        return self.holder.removeprefix(LINGER_PREFIX)
 
 
 class Verdict(StrEnum):

@@ -35,10 +35,15 @@ class Relationship:
 
 def order_key(event: IdentifierChanged) -> str:
     """Sorts as text in event order: fixed-width UTC microseconds, then the eventId."""
+    return order_key_at(event.occurred_at, event.event_id)
+
+
+def order_key_at(occurred_at: datetime, event_id: str) -> str:
+    """The order key of the event ``event_id`` that occurred at ``occurred_at`` (aware)."""
     # Integer arithmetic from a day before year 1 in UTC: exact to the microsecond and never
     # negative, even for year 1 with an offset east of UTC.
-    micros = (event.occurred_at - _YEAR_ONE) // timedelta(microseconds=1) + _ONE_DAY_MICROS
-    return f"{micros:020d}|{event.event_id}"
+    micros = (occurred_at - _YEAR_ONE) // timedelta(microseconds=1) + _ONE_DAY_MICROS
+    return f"{micros:020d}|{event_id}"
 
 
 def relationship_named(name: str) -> Relationship | None:

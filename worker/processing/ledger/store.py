@@ -20,7 +20,7 @@ from redis.commands.core import Script
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
 from worker.processing.ledger.busy import BusyBackoff
 from worker.processing.ledger.client import RedisClient, redis_client, unavailable_on_failure
-from worker.processing.ledger.holds import LINGER_PREFIX, Hold
+from worker.processing.ledger.holds import LINGER_PREFIX, Hold, LockState
 from worker.processing.ledger.records import AppliedRecord, parse_record
 from worker.processing.ledger.relationships import Relationship, cluster_tag, relationship_named
 from worker.processing.ledger.scripts import run_per_slot, script_text
@@ -261,21 +261,46 @@ class Ledger:
             raw = self._connection().get(self.applied_key(relationship))
         return None if raw is None else parse_record(raw)
 
-    def records(self, *, batch: int = SCAN_BATCH) -> Iterator[tuple[Relationship, AppliedRecord]]:
-        """Every relationship with a record, and its record, by SCAN (never KEYS: Redis keeps
-        serving the workers meanwhile) and a pipeline of GETs per batch.
+    def records(
+        self, *, customer_id: str | None = None, batch: int = SCAN_BATCH
+    ) -> Iterator[tuple[Relationship, AppliedRecord]]:
+        """Every relationship with a record (of ``customer_id`` only, if given), and its record,
+        by SCAN (never KEYS: Redis keeps serving the workers meanwhile) and a pipeline of GETs
+        per batch (``_scan``)."""
+        for relationship, raw, _ in self._scan("applied", customer_id=customer_id, batch=batch):
+            yield relationship, parse_record(raw)
+
+    def locks(
+        self, *, customer_id: str | None = None, batch: int = SCAN_BATCH
+    ) -> Iterator[tuple[Relationship, LockState]]:
+        """Every relationship whose lock is held now (of ``customer_id`` only, if given): by an
+        event being applied, or lingering for one. Read as ``records`` reads, changing nothing."""
+        scanned = self._scan("lock", customer_id=customer_id, batch=batch, with_ttl=True)
+        for relationship, raw, ttl_ms in scanned:
+            holder = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            yield relationship, LockState(holder, max(0, ttl_ms) / 1000)
+
+    def _scan(
+        self, kind: str, *, customer_id: str | None, batch: int, with_ttl: bool = False
+    ) -> Iterator[tuple[Relationship, Any, int]]:
+        """The keys of ``kind`` (``applied``, ``lock``), each with its relationship, its value
+        and (``with_ttl``) its time to live in ms, else 0; keys gone meanwhile are left out.
 
         SCAN returns every key that exists for the whole scan at least once; one it returns twice
         (while Redis resizes its table) is given once. Keys written during the scan may or may not
         be given. Memory: a 16-byte digest per key given.
         """
-        # What ``applied_key`` puts before the relationship's name.
-        prefix = f"{self._prefix}:applied:"
+        # What ``applied_key`` and ``lock_key`` put before the relationship's name.
+        prefix = f"{self._prefix}:{kind}:"
         pattern = _glob_escape(prefix) + "*"
+        if customer_id is not None:
+            # The customer is the name's second part from the end, whatever the tenant holds.
+            pattern += f"|{_glob_escape(customer_id)}|*"
         seen: set[bytes] = set()
         connection = self._connection()
         # On a cluster, redis-py's scan_iter scans every primary in turn, each to its cursor's end.
         keys = connection.scan_iter(match=pattern, count=batch)
+        per_key = 2 if with_ttl else 1
         while True:
             with self._round_trip():
                 chunk = list(itertools.islice(keys, batch))
@@ -283,16 +308,22 @@ class Ledger:
                 pipeline = connection.pipeline(transaction=False)
                 for key in fresh:
                     pipeline.get(key)
-                values = pipeline.execute() if fresh else []
-            for key, raw in zip(fresh, values, strict=True):
+                    if with_ttl:
+                        pipeline.pttl(key)
+                replies = pipeline.execute() if fresh else []
+            for i, key in enumerate(fresh):
                 seen.add(_digest(key))
+                raw = replies[per_key * i]
+                ttl_ms = int(replies[per_key * i + 1]) if with_ttl else 0
                 name = (key.decode() if isinstance(key, bytes) else key).removeprefix(prefix)
                 if self._cluster:
                     # The hash tag: hex digits in braces, never a brace within.
                     name = name.partition("}")[2] if name.startswith("{") else ""
                 relationship = relationship_named(name)
-                if raw is not None and relationship is not None:
-                    yield relationship, parse_record(raw)
+                if raw is None or relationship is None:
+                    continue
+                if customer_id is None or relationship.customer_id == customer_id:
+                    yield relationship, raw, ttl_ms
             if not chunk:
                 return
 
