@@ -33,6 +33,8 @@ from worker.runtime.pipeline import EXIT_STAGE_DIED, Pipeline
 from worker.settings import Settings
 
 WAIT_SECONDS = 10.0
+#: A stall threshold well above a beat (1 s), so that only the stuck stage passes it.
+STALL_SECONDS = 3.0
 
 
 class Bug(BaseException):
@@ -124,7 +126,7 @@ class BlockedForwarder(RecordingForwarder):
     released: threading.Event = field(default_factory=threading.Event)
 
     def retry_later(self, attempt: Attempt, delay_seconds: float) -> None:
-        self.released.wait(WAIT_SECONDS)
+        self.released.wait(3 * WAIT_SECONDS)
         super().retry_later(attempt, delay_seconds)
 
 
@@ -134,7 +136,7 @@ def test_given_a_settler_stuck_on_the_broker_then_livez_fails_and_recovers_by_it
     # Given a settler whose outcomes the broker does not confirm
     forwarder = BlockedForwarder()
     pipeline, liveness, faults = pipeline_over(
-        fresh_ledger(), forwarder=forwarder, stall_seconds=1.0
+        fresh_ledger(), forwarder=forwarder, stall_seconds=STALL_SECONDS
     )
     applier, _ = make_applier(fresh_ledger())
     caplog.set_level(logging.WARNING, logger="worker.runtime.pipeline")
@@ -142,12 +144,14 @@ def test_given_a_settler_stuck_on_the_broker_then_livez_fails_and_recovers_by_it
     # When a call fails and its retry cannot be published for longer than the stall threshold
     message = StandInMessage("stuck")
     pipeline.put(applier.prepare(event_attempt()), message)
-    stalled = wait_for(lambda: not liveness.check().ok)
+    stalled = wait_for(lambda: "settler stage last beat" in liveness.check().text)
 
     # Then /livez fails naming the settler, and the supervisor says so in the log
     assert stalled
-    assert "settler stage last beat" in liveness.check().text
-    assert any("stalled: settler stage" in record.message for record in caplog.records)
+    assert not liveness.check().ok
+    assert wait_for(
+        lambda: any("stalled: settler stage" in record.message for record in caplog.records)
+    )
 
     # When the broker confirms again
     forwarder.released.set()
