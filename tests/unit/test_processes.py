@@ -6,15 +6,18 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
 
 from worker.runtime.processes import (
     EXIT_TOO_MANY_RESTARTS,
+    PARENT_PID_VARIABLE,
     Child,
     RestartPolicy,
     Supervisor,
@@ -125,3 +128,34 @@ def test_given_a_node_name_then_each_child_has_its_own() -> None:
     assert child_node_name(None, 1) == []
     assert child_node_name("sync@host-a", 1) == ["--hostname=sync.1@host-a"]
     assert child_node_name("sync", 0) == ["--hostname=sync.0"]
+
+
+def test_given_the_parent_killed_then_its_child_gets_sigterm(tmp_path: Path) -> None:
+    marker = tmp_path / "stopped"
+    child = (
+        "from worker.runtime.processes import stop_with_parent\n"
+        "import os\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (open({str(marker)!r}, 'w'), os._exit(0)))\n"
+        "stop_with_parent()\n"
+        "time.sleep(30)"
+    )
+    parent = python(
+        "import os, subprocess\n"
+        f"env = {{**os.environ, {PARENT_PID_VARIABLE!r}: str(os.getpid())}}\n"
+        f"subprocess.Popen({python(child)!r}, env=env)\n"
+        "print('started', flush=True)\n"
+        "time.sleep(30)"
+    )
+    process = subprocess.Popen(parent, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "started\n"
+    time.sleep(1.0)  # the child reaches its prctl
+    assert not marker.exists()
+
+    process.kill()
+    process.wait(timeout=10)
+    process.stdout.close()
+
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "the orphaned child got no SIGTERM"

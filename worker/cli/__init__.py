@@ -108,7 +108,9 @@ def worker(
             run_processes(command_settings(), processes, arguments, loglevel, node_name=hostname)
         )
     from worker.runtime.app import CeleryExtras, run_worker
+    from worker.runtime.processes import stop_with_parent
 
+    stop_with_parent()  # a child of a parent (above) ends with it
     extras = CeleryExtras(
         task_events=task_events, heartbeat=heartbeat, gossip=gossip, mingle=mingle
     )

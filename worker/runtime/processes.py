@@ -4,7 +4,8 @@ Each child is ``python -m worker worker --processes 1`` (``run_worker``), starte
 exec by ``subprocess``: the parent never forks a copy of itself, so no Celery, kombu or thread
 state is ever inherited. Each child is a Celery node of its own (``ccsync.<pid>@<host>``), which
 ``celery inspect`` and Flower see like any worker. The children run in a process group of their
-own: a terminal's Ctrl-C reaches the parent only, which decides what the children get.
+own: a terminal's Ctrl-C reaches the parent only, which decides what the children get. A child
+whose parent ended, even SIGKILLed, gets SIGTERM (``stop_with_parent``): no orphan consumes on.
 
 The parent:
 
@@ -25,6 +26,7 @@ parent gives it) and fail when any child's fails or a child does not answer.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -72,6 +74,10 @@ STOP_SECONDS: Final = 120.0
 CHILD_PROBE_TIMEOUT_SECONDS: Final = 2.0
 #: Seconds the relay of a child's standard error may take to drain once the child is gone.
 RELAY_DRAIN_SECONDS: Final = 5.0
+#: The variable by which the parent gives each child its pid (``stop_with_parent``).
+PARENT_PID_VARIABLE: Final = "CCSYNC_PARENT_PID"
+#: Linux's ``prctl`` option: the signal a process gets when its parent ends.
+_PR_SET_PDEATHSIG: Final = 1
 
 
 @dataclass(frozen=True)
@@ -314,6 +320,18 @@ class ChildProbes:
         return ProbeAnswer(answer.status_code == 200, f"pid {process.pid}; " + "; ".join(lines))
 
 
+def stop_with_parent() -> None:
+    """In a child of the parent: a SIGTERM (warm shutdown) as soon as the parent ends, even
+    SIGKILLed, so that no worker consumes on, orphaned, after it. Elsewhere, nothing (Linux only:
+    ``prctl(PR_SET_PDEATHSIG)``)."""
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the parent ended before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def free_loopback_port() -> int:
     """A port nobody listens on now, for a child's endpoints. Another process could take it
     before the child does: the child then fails to start and is started again, on another."""
@@ -348,7 +366,7 @@ def run_processes(
     settings.require_api_credentials()
     configure_logging(loglevel, settings)
     argv = [sys.executable, "-m", "worker", "worker", "--processes=1", *worker_arguments]
-    base_env = {**os.environ, "CCSYNC_PROCESSES": "1"}
+    base_env = {**os.environ, "CCSYNC_PROCESSES": "1", PARENT_PID_VARIABLE: str(os.getpid())}
     if settings.metrics_port is None:
         supervisor = Supervisor(
             lambda child: ([*argv, *child_node_name(node_name, child.index)], base_env),
