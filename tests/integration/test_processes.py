@@ -35,6 +35,12 @@ def node_pids(env: dict[str, str]) -> set[int]:
     return {int(pid) for pid in re.findall(r"ccsync\.(\d+)@\S+: OK", ping.stdout)}
 
 
+def nodes_of_processes(env: dict[str, str], *, without: int = 0) -> set[int]:
+    """The pids of ``PROCESSES`` nodes, ``without`` not among them; empty until there are."""
+    found = node_pids(env)
+    return found if len(found) == PROCESSES and without not in found else set()
+
+
 def publish_and_wait(producer: Producer, sandbox: SandboxControl, count: int, tag: str) -> None:
     events = [native(identifier=f"{tag}-{n}") for n in range(count)]
     for event in events:
@@ -52,9 +58,7 @@ def test_given_two_processes_then_both_consume_a_killed_one_comes_back_and_sigte
     parent = LocalWorker(env, concurrency=8, processes=PROCESSES).start(timeout=120)
     try:
         # Two Celery nodes, each a process of the parent's, each consuming ccsync.events
-        pids = wait_until(
-            lambda: len(found := node_pids(env)) == PROCESSES and found, 60, "two nodes"
-        )
+        pids = wait_until(lambda: nodes_of_processes(env), 60, "two nodes")
         assert parent.pid not in pids
         assert consumer_count(broker_url, EVENTS_QUEUE) == PROCESSES
         assert parent.log.count("ccsync worker ready") == 1, parent.log
@@ -72,9 +76,7 @@ def test_given_two_processes_then_both_consume_a_killed_one_comes_back_and_sigte
         os.kill(killed, signal.SIGKILL)
         wait_until(lambda: "killed by SIGKILL" in parent.log, 30, "the parent to see the death")
         again = wait_until(
-            lambda: len(found := node_pids(env)) == PROCESSES and killed not in found and found,
-            90,
-            "the child started again",
+            lambda: nodes_of_processes(env, without=killed), 90, "the child started again"
         )
         wait_until(
             lambda: consumer_count(broker_url, EVENTS_QUEUE) == PROCESSES, 30, "two consumers"
