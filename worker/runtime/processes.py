@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from worker.observability.endpoints import ProbeAnswer, serve_endpoints
 from worker.observability.logs import configure_logging
-from worker.runtime.app import READY_MESSAGE
+from worker.runtime.app import READY_MESSAGE, check_api_settings, declare_topology_within
 from worker.runtime.pipeline import EXIT_STAGE_DIED
 from worker.settings import Settings
 
@@ -361,9 +361,13 @@ def run_processes(
     """Runs ``count`` workers (``ccsync worker --processes 1`` and ``worker_arguments``) under
     this process until SIGTERM or SIGINT; returns the exit status (0 after a clean shutdown).
 
-    Raises ``ConfigurationError`` without API credentials, before any child starts.
+    Fails as one worker would, in the parent, before any child starts: ``ConfigurationError``
+    without API credentials (or with a CA or proxy the lanes cannot use), ``BrokerUnreachable``
+    when the broker does not answer within ``settings.broker_connect_timeout`` seconds. A child
+    failing later is started again (``Supervisor``).
     """
-    settings.require_api_credentials()
+    check_api_settings(settings)
+    declare_topology_within(settings)
     configure_logging(loglevel, settings)
     argv = [sys.executable, "-m", "worker", "worker", "--processes=1", *worker_arguments]
     base_env = {**os.environ, "CCSYNC_PROCESSES": "1", PARENT_PID_VARIABLE: str(os.getpid())}
