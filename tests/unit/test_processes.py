@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, multiprocess
 
 from worker.runtime.processes import (
     EXIT_TOO_MANY_RESTARTS,
@@ -159,3 +160,32 @@ def test_given_the_parent_killed_then_its_child_gets_sigterm(tmp_path: Path) -> 
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), "the orphaned child got no SIGTERM"
+
+
+def test_given_children_paused_then_resumed_then_the_parents_metrics_show_no_pause(
+    tmp_path: Path,
+) -> None:
+    """Gauges across processes: one series per label set (no pid), none left at 1 by a pause
+    that ended, the largest value among the children alive."""
+    child = (
+        "from worker.observability import metrics\n"
+        "metrics.set_paused('maintenance', 'alice')\n"
+        "metrics.set_paused(None)\n"
+        "metrics.OUTAGE_ACTIVE.set(float(sys.argv[1]))\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for outage in ("0", "1"):
+        subprocess.run([*python(child), outage], env=env, check=True, timeout=60)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name in ("ccsync_paused", "ccsync_outage_active")
+    }
+
+    assert samples[("ccsync_outage_active", ())] == 1
+    assert samples[("ccsync_paused", (("by", ""), ("reason", "")))] == 0
+    assert samples[("ccsync_paused", (("by", "alice"), ("reason", "maintenance")))] == 0
