@@ -55,7 +55,7 @@ def main() -> None:
     envvar="CCSYNC_CONCURRENCY",
     show_envvar=True,
     show_default=True,
-    help="Calls in flight at once.",
+    help="Calls in flight at once, in each process.",
 )
 @click.option(
     "--loglevel",
@@ -73,7 +73,8 @@ def main() -> None:
     "-n",
     "--hostname",
     default=None,
-    help="Celery node name, NAME@HOST (default: ccsync.<pid>@<host name>).",
+    help="Celery node name, NAME@HOST (default: ccsync.<pid>@<host name>); with several "
+    "processes, each is NAME.<index>@HOST.",
 )
 def worker(
     processes: int,

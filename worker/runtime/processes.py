@@ -51,6 +51,7 @@ from worker.observability.endpoints import ProbeAnswer, serve_endpoints
 from worker.observability.logs import configure_logging
 from worker.runtime.app import READY_MESSAGE, check_api_settings, declare_topology_within
 from worker.runtime.pipeline import EXIT_STAGE_DIED
+from worker.runtime.probes import READINESS_API_TIMEOUT
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,11 @@ WATCH_SECONDS: Final = 0.1
 #: Seconds the children get to end after the parent forwarded SIGTERM, before they are killed
 #: (longer than the longest call and acknowledgement of a warm shutdown).
 STOP_SECONDS: Final = 120.0
-#: Seconds the parent's /livez and /readyz wait for each child's answer.
-CHILD_PROBE_TIMEOUT_SECONDS: Final = 2.0
+#: Seconds the parent's /livez waits for each child's answer (a child's /livez reads clocks only).
+CHILD_LIVENESS_TIMEOUT_SECONDS: Final = 2.0
+#: Seconds the parent's /readyz waits for each child's answer: the child's own bound on asking
+#: CloudCockpit, and some.
+CHILD_READINESS_TIMEOUT_SECONDS: Final = READINESS_API_TIMEOUT + 2.0
 #: Seconds the relay of a child's standard error may take to drain once the child is gone.
 RELAY_DRAIN_SECONDS: Final = 5.0
 #: The variable by which the parent gives each child its pid (``stop_with_parent``).
@@ -289,31 +293,33 @@ class ChildProbes:
 
     def __init__(self, children: Sequence[Child]) -> None:
         self._children = list(children)
-        self._http = httpx.Client(timeout=CHILD_PROBE_TIMEOUT_SECONDS)
+        self._http = httpx.Client(trust_env=False)  # loopback: never through a proxy
 
     def live(self) -> ProbeAnswer:
-        return self._ask("/livez")
+        return self._ask("/livez", CHILD_LIVENESS_TIMEOUT_SECONDS)
 
     def ready(self) -> ProbeAnswer:
-        return self._ask("/readyz")
+        return self._ask("/readyz", CHILD_READINESS_TIMEOUT_SECONDS)
 
-    def _ask(self, path: str) -> ProbeAnswer:
+    def _ask(self, path: str, timeout: float) -> ProbeAnswer:
         with ThreadPoolExecutor(
             max_workers=len(self._children), thread_name_prefix="ccsync-child-probe"
         ) as pool:
-            answers = list(pool.map(lambda child: self._ask_child(child, path), self._children))
+            answers = list(
+                pool.map(lambda child: self._ask_child(child, path, timeout), self._children)
+            )
         text = "\n".join(
             f"process {child.index}: {a.text}"
             for child, a in zip(self._children, answers, strict=True)
         )
         return ProbeAnswer(all(answer.ok for answer in answers), text)
 
-    def _ask_child(self, child: Child, path: str) -> ProbeAnswer:
+    def _ask_child(self, child: Child, path: str, timeout: float) -> ProbeAnswer:
         port, process = child.port, child.process
         if process is None or port is None:
             return ProbeAnswer(False, "not running (being started again)")
         try:
-            answer = self._http.get(f"http://127.0.0.1:{port}{path}")
+            answer = self._http.get(f"http://127.0.0.1:{port}{path}", timeout=timeout)
         except httpx.HTTPError as exc:
             return ProbeAnswer(False, f"pid {process.pid} does not answer: {type(exc).__name__}")
         lines = answer.text.strip().splitlines()[1:]  # after its own "ok" or "FAILED"
