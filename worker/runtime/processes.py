@@ -239,7 +239,9 @@ class Supervisor:
                     pid, status = ended
                     self._on_exit(pid)
                     if stop_deadline is not None:
-                        exit_status = exit_status or (0 if status == 0 else 1)
+                        # SIGTERM itself ends a child that had not set up its handler yet.
+                        clean = status in (0, -signal.SIGTERM)
+                        exit_status = exit_status or (0 if clean else 1)
                     elif not self._schedule_restart(child, pid, status, now):
                         exit_status = EXIT_TOO_MANY_RESTARTS
                         stop_deadline = self._stop_all(now)
