@@ -45,5 +45,7 @@ EXPOSE 9100
 # a restart. Another role (the sandbox in docker-compose.yml) brings its own check.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' % os.environ['CCSYNC_METRICS_PORT'], timeout=3)"]
+# `ccsync worker` runs one worker process per core the container may use (its cpuset), under one
+# parent that serves CCSYNC_METRICS_PORT for all; `--processes N` chooses (docs/operations.md).
 ENTRYPOINT ["ccsync"]
 CMD ["worker"]

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from kombu import Connection, Exchange
 
-from bench import bare, fair_celery, naive_celery, pair
+from bench import bare, fair_celery, naive_celery
 from bench.infra import (
     TreeSampler,
     Vhost,
@@ -188,6 +188,8 @@ class _ChildSystem:
 
 class Ccsync(_ChildSystem):
     name = "ccsync"
+    #: Worker processes (``--processes``), given explicitly: the CLI's default is one per core.
+    processes = 1
 
     def __init__(self, concurrency: int, loglevel: str = "INFO", *, name: str = "ccsync") -> None:
         self.name = name
@@ -195,8 +197,8 @@ class Ccsync(_ChildSystem):
         self.loglevel = loglevel
         default = " (the CLI default)" if concurrency == DEFAULT_CONCURRENCY else ""
         self.description = (
-            f"`ccsync worker --concurrency={concurrency}`{default}: {concurrency} calls in "
-            f"flight, log level {loglevel}, as shipped"
+            f"`ccsync worker --processes=1 --concurrency={concurrency}`{default}: {concurrency} "
+            f"calls in flight, log level {loglevel}, as shipped"
         )
         super().__init__()
 
@@ -213,9 +215,12 @@ class Ccsync(_ChildSystem):
     def start(self, broker_url: str, sandbox_url: str) -> int:
         flush_redis_db(REDIS_DB)
         worker = LocalWorker(
-            self.env(broker_url, sandbox_url), concurrency=self.concurrency, loglevel=self.loglevel
+            self.env(broker_url, sandbox_url),
+            concurrency=self.concurrency,
+            loglevel=self.loglevel,
+            processes=self.processes,
         )
-        return self._launch(worker, timeout=120)
+        return self._launch(worker, timeout=60 + 60 * self.processes)
 
     def stop(self) -> None:
         super().stop()
@@ -226,24 +231,18 @@ class Ccsync(_ChildSystem):
 
 
 class CcsyncPair(Ccsync):
-    """Two ``ccsync worker`` processes on this machine (``bench/pair.py``): scale-out."""
+    """``ccsync worker --processes=2``: two workers under one parent on this machine (scale-out).
+    The parent's process tree is sampled, so both workers' memory and CPU count."""
 
     stop_timeout = 60.0
+    processes = 2
 
     def __init__(self, concurrency: int, *, name: str = "ccsync-2x32") -> None:
         super().__init__(concurrency, name=name)
         self.description = (
-            f"two `ccsync worker --concurrency={concurrency}` processes on this machine, "
-            "consuming the same queue (scale-out); memory and CPU of both"
+            f"`ccsync worker --processes=2 --concurrency={concurrency}`: two workers under one "
+            "parent on this machine, consuming the same queue (scale-out); memory and CPU of all"
         )
-
-    def start(self, broker_url: str, sandbox_url: str) -> int:
-        flush_redis_db(REDIS_DB)
-        argv = [sys.executable, "-m", "bench.pair", f"--concurrency={self.concurrency}"]
-        child = child_process(
-            argv, env=self.env(broker_url, sandbox_url), ready_marker=pair.READY, name="the pair"
-        )
-        return self._launch(child, timeout=180)
 
 
 class Bare(_ChildSystem):

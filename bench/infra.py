@@ -124,7 +124,11 @@ class SandboxProcess(ChildProcess):
     """``python -m worker sandbox`` in its own process, so its CPU is not the worker's."""
 
     def __init__(self) -> None:
-        argv = [sys.executable, "-m", "worker", "sandbox", "--host", "127.0.0.1", "--port", "0"]
+        # A port free now (the CLI takes no port 0): the benchmark runs alone on this host.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        argv = [sys.executable, "-m", "worker", "sandbox", "--host", "127.0.0.1", "--port", port]
         super().__init__(
             argv,
             env={},

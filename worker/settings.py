@@ -56,6 +56,13 @@ DEFAULT_LIVENESS_SECONDS: Final = 60.0
 #: to hide a slow API's latency; the worker's CPU, not this number, bounds a fast API's throughput.
 DEFAULT_CONCURRENCY: Final = 256
 
+
+def default_processes() -> int:
+    """Worker processes ``ccsync worker`` runs by default: one per core this process may run on
+    (its CPU affinity, which a container's cpuset narrows; a CPU quota does not)."""
+    return len(os.sched_getaffinity(0))
+
+
 #: Events one ``ccsync ingest`` batch may hold: a producer's ordinary batch, and a bound on the work
 #: (validation, publishing) one request can ask for.
 DEFAULT_MAX_BATCH_EVENTS: Final = 1000

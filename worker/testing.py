@@ -141,16 +141,24 @@ class ChildProcess:
 
 
 class LocalWorker(ChildProcess):
-    """A ``ccsync worker`` subprocess, ready once Celery says it consumes."""
+    """A ``ccsync worker`` subprocess, ready once Celery says it consumes (with ``processes``
+    above 1: once every process does). One process unless asked, whatever the machine's cores,
+    so that a test means the same everywhere."""
 
     def __init__(
-        self, env: Mapping[str, str], *, concurrency: int = 16, loglevel: str = "INFO"
+        self,
+        env: Mapping[str, str],
+        *,
+        concurrency: int = 16,
+        loglevel: str = "INFO",
+        processes: int = 1,
     ) -> None:
         argv = [
             sys.executable,
             "-m",
             "worker",
             "worker",
+            f"--processes={processes}",
             f"--concurrency={concurrency}",
             f"--loglevel={loglevel}",
         ]

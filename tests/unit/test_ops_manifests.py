@@ -19,7 +19,7 @@ import yaml
 from tests.unit.test_ops_compose import env_file
 from worker.cli import main
 from worker.constants import EVENTS_QUEUE
-from worker.settings import DEFAULT_CONCURRENCY, ENTRA_TOKEN_URL, Settings
+from worker.settings import DEFAULT_CONCURRENCY, ENTRA_TOKEN_URL, Settings, default_processes
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERNETES = REPO / "ops" / "kubernetes"
@@ -128,6 +128,15 @@ def test_given_the_worker_then_it_runs_ccsync_worker_at_the_default_concurrency(
     )
 
 
+def test_given_the_worker_then_a_pod_runs_one_process_as_it_asks_for_less_than_a_core() -> None:
+    context = accepted_by_cli(container_command_line(worker_container()))
+    cpu = worker_container()["resources"]["requests"]["cpu"]
+
+    # One process per core of the node would be many processes in a pod limited to 512Mi.
+    assert cpu.endswith("m") and int(cpu[:-1]) <= 1000
+    assert context.params["processes"] == 1
+
+
 def test_given_the_worker_then_it_probes_liveness_startup_and_readiness() -> None:
     container = worker_container()
     port = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
@@ -231,6 +240,7 @@ def test_given_the_compose_worker_then_it_runs_at_the_default_concurrency() -> N
     context = accepted_by_cli(service_command_line(worker))
 
     assert context.params["concurrency"] == DEFAULT_CONCURRENCY
+    assert context.params["processes"] == default_processes(), "one process per core"
 
 
 def _compose_env_file_default() -> Path:

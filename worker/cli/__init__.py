@@ -23,7 +23,7 @@ from worker.cli.failures import EXIT_STATUS_EPILOG, OneLineFailures
 from worker.cli.settings import command_settings
 from worker.cli.types import CUSTOMER_ID, PORT
 from worker.constants import BACKFILL_ROUTING_KEY, EVENT_ROUTING_KEY
-from worker.settings import DEFAULT_CONCURRENCY
+from worker.settings import DEFAULT_CONCURRENCY, default_processes
 
 #: The names ``--loglevel`` accepts, in any case.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -41,13 +41,22 @@ def main() -> None:
 
 @main.command()
 @click.option(
+    "--processes",
+    default=default_processes,
+    type=click.IntRange(min=1),
+    envvar="CCSYNC_PROCESSES",
+    show_envvar=True,
+    show_default="one per core",
+    help="Worker processes under one parent, each a full worker (and Celery node); 1: no parent.",
+)
+@click.option(
     "--concurrency",
     default=DEFAULT_CONCURRENCY,
     type=click.IntRange(min=1),
     envvar="CCSYNC_CONCURRENCY",
     show_envvar=True,
     show_default=True,
-    help="Calls in flight at once.",
+    help="Calls in flight at once, in each process.",
 )
 @click.option(
     "--loglevel",
@@ -65,9 +74,11 @@ def main() -> None:
     "-n",
     "--hostname",
     default=None,
-    help="Celery node name, NAME@HOST (default: ccsync.<pid>@<host name>).",
+    help="Celery node name, NAME@HOST (default: ccsync.<pid>@<host name>); with several "
+    "processes, each is NAME.<index>@HOST.",
 )
 def worker(
+    processes: int,
     concurrency: int,
     loglevel: str,
     task_events: bool,
@@ -76,9 +87,32 @@ def worker(
     mingle: bool,
     hostname: str | None,
 ) -> None:
-    """Run the consumer (a Celery worker with a pool of threads)."""
-    from worker.runtime.app import CeleryExtras, run_worker
+    """Run the consumer (a Celery worker with a pool of threads), in each of its processes.
 
+    With more than one process, the parent forwards SIGTERM and SIGINT (a second one kills),
+    starts a process that died again, and serves the endpoints of CCSYNC_METRICS_PORT for all.
+    """
+    if processes > 1:
+        from worker.runtime.processes import run_processes
+
+        flags = {
+            "--task-events": task_events,
+            "--heartbeat": heartbeat,
+            "--gossip": gossip,
+            "--mingle": mingle,
+        }
+        arguments = [
+            f"--concurrency={concurrency}",
+            f"--loglevel={loglevel}",
+            *[flag for flag, given in flags.items() if given],
+        ]
+        sys.exit(
+            run_processes(command_settings(), processes, arguments, loglevel, node_name=hostname)
+        )
+    from worker.runtime.app import CeleryExtras, run_worker
+    from worker.runtime.processes import stop_with_parent
+
+    stop_with_parent()  # a child of a parent (above) ends with it
     extras = CeleryExtras(
         task_events=task_events, heartbeat=heartbeat, gossip=gossip, mingle=mingle
     )

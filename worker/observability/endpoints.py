@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 #: Seconds between two beats of the event loop.
 LOOP_BEAT_SECONDS: Final = 1.0
@@ -138,9 +138,11 @@ def serve_endpoints(
     host: str = "127.0.0.1",
     max_threads: int = MAX_ENDPOINT_THREADS,
     idle_seconds: float = ENDPOINT_IDLE_SECONDS,
+    registry: CollectorRegistry = REGISTRY,
 ) -> ThreadingHTTPServer:
     """Serves in a daemon thread until the process ends; returns the server. ``/livez`` and
-    ``/readyz`` are served when their probe is given (a worker's), ``/metrics`` always.
+    ``/readyz`` are served when their probe is given (a worker's), ``/metrics`` always, from
+    ``registry`` (this process's metrics unless told otherwise).
 
     On loopback unless ``host`` says otherwise (``CCSYNC_METRICS_HOST``): what the probes and
     metrics tell is for this host's Prometheus and kubelet, or for those a deployment lets in.
@@ -155,7 +157,7 @@ def serve_endpoints(
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif (probe := probes.get(path)) is not None:
                 answer = probe()
                 body = f"{'ok' if answer.ok else 'FAILED'}\n{answer.text}\n".encode()

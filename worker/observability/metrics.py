@@ -2,11 +2,21 @@
 
 Names are part of what operators rely on: ops/prometheus/alerts.yml and the Grafana dashboard
 use exactly these.
+
+Under ``ccsync worker --processes N`` the parent serves the sum of its children's counters and
+histograms (prometheus_client's multiprocess mode); each gauge is the largest value of the
+children alive (``livemax``: the worst stage, an outage or pause seen by any child), so a gauge
+keeps one series per label set as with one process.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 from prometheus_client import Counter, Gauge, Histogram
+
+#: How the parent of several worker processes combines a gauge of its children.
+GAUGE_ACROSS_PROCESSES: Final = "livemax"
 
 EVENTS_RECEIVED = Counter("ccsync_events_received", "Messages taken from ccsync.events")
 EVENTS_APPLIED = Counter("ccsync_events_applied", "Events applied in CloudCockpit")
@@ -36,23 +46,34 @@ STAGE_BEAT_AGE_SECONDS = Gauge(
     "Seconds since a stage of the first-attempt pipeline (gate, caller, settler) last went round:"
     " above CCSYNC_LIVENESS_SECONDS, the stage is stalled and /livez fails",
     ["stage"],
+    multiprocess_mode=GAUGE_ACROSS_PROCESSES,
 )
-OUTAGE_ACTIVE = Gauge("ccsync_outage_active", "1 while outage protection holds consumption")
+OUTAGE_ACTIVE = Gauge(
+    "ccsync_outage_active",
+    "1 while outage protection holds consumption",
+    multiprocess_mode=GAUGE_ACROSS_PROCESSES,
+)
 LEDGER_SLOW = Gauge(
     "ccsync_ledger_slow",
     "1 while the ledger's Redis answers too late for calls to be made (a slow spell)",
+    multiprocess_mode=GAUGE_ACROSS_PROCESSES,
 )
 LEDGER_UNAVAILABLE = Gauge(
-    "ccsync_ledger_unavailable", "1 while the ledger's Redis does not answer at all"
+    "ccsync_ledger_unavailable",
+    "1 while the ledger's Redis does not answer at all",
+    multiprocess_mode=GAUGE_ACROSS_PROCESSES,
 )
 QUEUE_MESSAGES = Gauge(
     "ccsync_queue_messages",
     "Messages ready in a work queue (ccsync.events, ccsync.backfill, ccsync.tasks,"
     " ccsync.dead-letter), polled",
     ["queue"],
+    multiprocess_mode=GAUGE_ACROSS_PROCESSES,
 )
 DELAY_LADDER_MESSAGES = Gauge(
-    "ccsync_delay_ladder_messages", "Attempts waiting in the delay ladder (all rungs), polled"
+    "ccsync_delay_ladder_messages",
+    "Attempts waiting in the delay ladder (all rungs), polled",
+    multiprocess_mode=GAUGE_ACROSS_PROCESSES,
 )
 VERIFY_CHECKED = Counter(
     "ccsync_verify_checked",
@@ -68,11 +89,15 @@ PAUSED = Gauge(
     "ccsync_paused",
     "1 while an operator's ccsync pause holds consumption, labelled with its reason and who paused",
     ["reason", "by"],
+    multiprocess_mode=GAUGE_ACROSS_PROCESSES,
 )
 
 
 def set_paused(reason: str | None, by: str = "") -> None:
     """``ccsync_paused``: one series, 1 with the pause's reason and author, or 0 unlabelled."""
+    # Cleared series live on in a multiprocess file: each is set to 0 first, so none stays at 1.
+    for sample in (sample for metric in PAUSED.collect() for sample in metric.samples):
+        PAUSED.labels(sample.labels["reason"], sample.labels["by"]).set(0)
     PAUSED.clear()
     if reason is None:
         PAUSED.labels("", "").set(0)

@@ -404,6 +404,23 @@ class CeleryExtras:
     mingle: bool = False
 
 
+def check_api_settings(settings: Settings) -> None:
+    """Raises ``ConfigurationError`` without API credentials, or with a CA or proxy the
+    CloudCockpit lanes cannot use: a worker stops there, before it consumes anything."""
+    settings.require_api_credentials()
+    lane_connections(settings)
+
+
+def declare_topology_within(settings: Settings) -> None:
+    """Declares ccsync's exchanges and queues; raises ``BrokerUnreachable`` when the broker does
+    not answer within ``settings.broker_connect_timeout`` seconds."""
+    from worker.amqp.topology import declare_topology
+
+    with broker_connection(settings) as connection:
+        connect_within(connection, settings.broker_connect_timeout)
+        declare_topology(connection)
+
+
 def run_worker(
     settings: Settings,
     concurrency: int,
@@ -419,19 +436,14 @@ def run_worker(
     broker does not answer within ``settings.broker_connect_timeout`` seconds.
     """
 
-    from worker.amqp.topology import declare_topology
-
-    settings.require_api_credentials()
-    lane_connections(settings)  # a CA or proxy the lanes cannot use stops the worker here
+    check_api_settings(settings)
     configure_logging(loglevel, settings)
     init_error_reporting(settings)
     configure_tracing()
     app = make_app(settings, concurrency)
     if settings.metrics_port is not None:
         serve_worker_endpoints(app, settings.metrics_port)
-    with broker_connection(settings) as connection:
-        connect_within(connection, settings.broker_connect_timeout)
-        declare_topology(connection)
+    declare_topology_within(settings)
     if settings.metrics_port is not None:
         poll_queue_depths(app)
     extras = extras or CeleryExtras()

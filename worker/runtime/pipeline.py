@@ -134,7 +134,7 @@ class Pipeline:
         for name, run in stages.items():
             heartbeat = self._heartbeats[name]
             liveness.watch(heartbeat)
-            metrics.STAGE_BEAT_AGE_SECONDS.labels(name).set_function(heartbeat.age)
+            metrics.STAGE_BEAT_AGE_SECONDS.labels(name).set(0)
             threading.Thread(
                 target=self._supervised, args=(name, run), name=f"ccsync-{name}", daemon=True
             ).start()
@@ -177,6 +177,8 @@ class Pipeline:
         while True:
             time.sleep(SUPERVISOR_SECONDS)
             for name, heartbeat in self._heartbeats.items():
+                # Set (not a function of the gauge): a multiprocess parent reads set values only.
+                metrics.STAGE_BEAT_AGE_SECONDS.labels(name).set(heartbeat.age())
                 answer = heartbeat.check()
                 if not answer.ok and name not in stalled:
                     stalled.add(name)
