@@ -8,10 +8,12 @@ the same messages through the broker.
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from tests.integration.events import native
 from tests.producer_sdks import (
@@ -20,10 +22,13 @@ from tests.producer_sdks import (
     amqp_publication,
     http_binding,
     rabbitmq_binding,
+    standard_webhooks_headers,
 )
 from worker.events import IdentifierChanged, decode_event
 from worker.exceptions import InvalidEvent
+from worker.ingest.authentication import Credentials, SignedRequest, authenticate
 from worker.ingest.decoding import decode_request
+from worker.settings import webhook_secret_key
 
 TENANT = "portal.example.com"
 #: When the events happened: with milliseconds, which the AMQP binding keeps and an AMQP
@@ -136,3 +141,23 @@ def test_given_an_aware_timestamp_header_then_its_offset_is_kept() -> None:
     decoded = decode_event(message.application_data, "application/json", headers)
     assert decoded.occurred_at == stamped
     assert decoded.occurred_at.utcoffset() == timedelta(hours=2)
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+def test_given_a_request_signed_by_the_standard_webhooks_library_then_it_authenticates(
+    padded: bool,
+) -> None:
+    # Given a secret the library accepts, its base64 with or without the padding (the library
+    # adds what is missing), and a request the library signed with it
+    encoded = base64.b64encode(bytes(range(32))).decode()
+    secret = "whsec_" + (encoded if padded else encoded.rstrip("="))
+    body = b'{"eventId": "e-1"}'
+    now = datetime.now(UTC)
+    headers = standard_webhooks_headers(secret, message_id="msg_1", body=body, now=now)
+
+    # When ingest checks it with the same secret as CCSYNC_INGEST_SECRET
+    credentials = Credentials(token=None, webhook_key=webhook_secret_key(SecretStr(secret)))
+    signed = authenticate(credentials, headers, body, now=now.timestamp())
+
+    # Then the signature is valid
+    assert signed == SignedRequest("msg_1", int(now.timestamp()))
