@@ -7,7 +7,9 @@ publish or post it as a producer would (pika for AMQP, httpx for HTTP).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import pika
@@ -21,8 +23,11 @@ from standardwebhooks import Webhook
 AMQP_CONTENT_TYPE = "content-type"
 
 
-def sdk_cloud_event(event: dict[str, Any]) -> CloudEvent:
-    """A native event (tests/integration/events.py ``native``) as the SDK's CloudEvent."""
+def sdk_cloud_event(
+    event: dict[str, Any], extensions: Mapping[str, str] = MappingProxyType({})
+) -> CloudEvent:
+    """A native event (tests/integration/events.py ``native``) as the SDK's CloudEvent, with
+    ``extensions`` as extension attributes (e.g. the tracing extension's ``traceparent``)."""
     return CloudEvent(
         {
             "type": event["eventType"],
@@ -30,6 +35,7 @@ def sdk_cloud_event(event: dict[str, Any]) -> CloudEvent:
             "id": event["eventId"],
             "time": datetime.fromisoformat(event["occurredAt"]),
             "datacontenttype": "application/json",
+            **extensions,
         },
         {
             key: event[key]
@@ -39,25 +45,31 @@ def sdk_cloud_event(event: dict[str, Any]) -> CloudEvent:
     )
 
 
-def amqp_binding(event: dict[str, Any], mode: str) -> ce_amqp.AMQPMessage:
+def amqp_binding(
+    event: dict[str, Any], mode: str, extensions: Mapping[str, str] = MappingProxyType({})
+) -> ce_amqp.AMQPMessage:
     """The AMQP binding's message, ``mode`` ``binary`` or ``structured``."""
     if mode == "binary":
-        return ce_amqp.to_binary_event(sdk_cloud_event(event))
-    return ce_amqp.to_structured_event(sdk_cloud_event(event))
+        return ce_amqp.to_binary_event(sdk_cloud_event(event, extensions))
+    return ce_amqp.to_structured_event(sdk_cloud_event(event, extensions))
 
 
-def rabbitmq_binding(event: dict[str, Any], mode: str) -> ce_rabbitmq.RabbitMQMessage:
+def rabbitmq_binding(
+    event: dict[str, Any], mode: str, extensions: Mapping[str, str] = MappingProxyType({})
+) -> ce_rabbitmq.RabbitMQMessage:
     """The RabbitMQ binding's message, ``mode`` ``binary`` or ``structured``."""
     if mode == "binary":
-        return ce_rabbitmq.to_binary_event(sdk_cloud_event(event))
-    return ce_rabbitmq.to_structured_event(sdk_cloud_event(event))
+        return ce_rabbitmq.to_binary_event(sdk_cloud_event(event, extensions))
+    return ce_rabbitmq.to_structured_event(sdk_cloud_event(event, extensions))
 
 
-def http_binding(event: dict[str, Any], mode: str) -> ce_http.HTTPMessage:
+def http_binding(
+    event: dict[str, Any], mode: str, extensions: Mapping[str, str] = MappingProxyType({})
+) -> ce_http.HTTPMessage:
     """The HTTP binding's request headers and body, ``mode`` ``binary`` or ``structured``."""
     if mode == "binary":
-        return ce_http.to_binary_event(sdk_cloud_event(event))
-    return ce_http.to_structured_event(sdk_cloud_event(event))
+        return ce_http.to_binary_event(sdk_cloud_event(event, extensions))
+    return ce_http.to_structured_event(sdk_cloud_event(event, extensions))
 
 
 def as_amqp_timestamp(headers: dict[str, Any]) -> dict[str, Any]:

@@ -28,9 +28,11 @@ from worker.events import IdentifierChanged, decode_event
 from worker.exceptions import InvalidEvent
 from worker.ingest.authentication import Credentials, SignedRequest, authenticate
 from worker.ingest.decoding import decode_request
+from worker.observability.tracing import producer_trace_headers
 from worker.settings import webhook_secret_key
 
 TENANT = "portal.example.com"
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 #: When the events happened: with milliseconds, which the AMQP binding keeps and an AMQP
 #: timestamp (whole seconds) does not.
 OCCURRED_AT = datetime(2026, 3, 14, 9, 26, 53, 589000, tzinfo=UTC)
@@ -161,3 +163,21 @@ def test_given_a_request_signed_by_the_standard_webhooks_library_then_it_authent
 
     # Then the signature is valid
     assert signed == SignedRequest("msg_1", int(now.timestamp()))
+
+
+@pytest.mark.parametrize("binding", ["amqp", "rabbitmq"])
+def test_given_the_sdks_tracing_extension_in_binary_mode_then_the_producers_trace_is_read(
+    binding: str,
+) -> None:
+    # Given a CloudEvent carrying the distributed tracing extension, in binary mode
+    # (cloudEvents_traceparent or ce-traceparent)
+    extensions = {"traceparent": TRACEPARENT}
+    if binding == "amqp":
+        headers = amqp_binding(_event(), "binary", extensions).application_properties
+    else:
+        headers = rabbitmq_binding(_event(), "binary", extensions).headers
+
+    # When the worker reads the producer's trace context, then it is that one
+    assert producer_trace_headers(headers, b"{}", "application/json") == {
+        "traceparent": TRACEPARENT
+    }
