@@ -75,15 +75,31 @@ def _binary_headers_schema(cloud_event: dict[str, Any]) -> dict[str, Any]:
     """Binary mode: each CloudEvents attribute but ``data`` travels as an application header."""
     attributes = [name for name in cloud_event["properties"] if name != "data"]
     required = [name for name in cloud_event["required"] if name != "data"]
+    typed = {name: cloud_event["properties"][name] for name in attributes}
+    typed["time"] = {
+        "anyOf": [
+            typed["time"],
+            {
+                "type": "integer",
+                "description": (
+                    "milliseconds since the epoch: the AMQP 1.0 timestamp, as the CloudEvents "
+                    "SDK's AMQP binding writes it. An AMQP timestamp (field type T, seconds) is "
+                    "read too."
+                ),
+            },
+        ]
+    }
     properties: dict[str, Any] = {}
     for prefix in CLOUDEVENTS_HEADER_PREFIXES:
         for name in attributes:
-            properties[f"{prefix}{name}"] = cloud_event["properties"][name]
+            properties[f"{prefix}{name}"] = typed[name]
     return {
         "type": "object",
         "description": (
-            "AMQP application properties. The prefix is `cloudEvents:` (CloudEvents AMQP binding "
-            "1.0); the older `cloudEvents_` is accepted too."
+            "AMQP application properties. The prefix is `cloudEvents:` or `cloudEvents_` "
+            "(CloudEvents AMQP binding 1.0; the CloudEvents SDK for Python writes "
+            "`cloudEvents_`), `ce-` (RabbitMQ binding) or `ce_` (Kafka binding, for events "
+            "bridged from Kafka)."
         ),
         "properties": properties,
         "anyOf": [
@@ -136,8 +152,9 @@ Three encodings of one event are accepted:
 
 - native JSON (content type `application/json` or none);
 - CloudEvents 1.0 structured mode (content type `{CLOUDEVENTS_CONTENT_TYPE}`);
-- CloudEvents 1.0 binary mode (attributes as `cloudEvents:*` application properties, the body
-  being `data`).
+- CloudEvents 1.0 binary mode (attributes as application properties prefixed `cloudEvents:`,
+  `cloudEvents_`, `ce-` or `ce_`, the body being `data`): the AMQP and RabbitMQ bindings of the
+  CloudEvents SDKs.
 
 `eventId` (CloudEvents: `id`) is the idempotency key: send the same event again with the same
 id. `occurredAt` (CloudEvents: `time`) orders the changes of one customer. Unknown fields are

@@ -73,4 +73,7 @@ REASON_DELIVERY_LIMIT: Final = "delivery-limit"
 DELIVERY_LIMIT: Final = 5
 
 CLOUDEVENTS_CONTENT_TYPE: Final = "application/cloudevents+json"
-CLOUDEVENTS_HEADER_PREFIXES: Final = ("cloudEvents:", "cloudEvents_")
+#: Prefixes of the CloudEvents attributes among AMQP headers (binary mode): the AMQP binding's
+#: ``cloudEvents:`` and ``cloudEvents_`` (what the CloudEvents SDK for Python writes), the RabbitMQ
+#: binding's ``ce-``, and the Kafka binding's ``ce_`` (events bridged from Kafka keep theirs).
+CLOUDEVENTS_HEADER_PREFIXES: Final = ("cloudEvents:", "cloudEvents_", "ce-", "ce_")

@@ -1,8 +1,9 @@
 """The event contract (contract section 3): pydantic models and the decoding of AMQP messages.
 
 Three encodings arrive on one queue: native JSON, CloudEvents structured mode (content type
-``application/cloudevents+json``) and CloudEvents binary mode (``cloudEvents:*`` application
-headers, the body being ``data``). All become one ``IdentifierChanged``.
+``application/cloudevents+json``) and CloudEvents binary mode (the attributes as application
+headers, under any of ``CLOUDEVENTS_HEADER_PREFIXES``, the body being ``data``). All become one
+``IdentifierChanged``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -29,6 +30,8 @@ from worker.exceptions import InvalidEvent
 
 #: Fixed forever: another would change every X-Correlation-Id, and CloudCockpit's audit trail.
 CORRELATION_NAMESPACE = uuid.UUID("5b0f4f7e-2a4c-5d69-9d0e-6363737973e1")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -147,8 +150,9 @@ def parse_event(
     body: bytes, content_type: str | None, headers: Mapping[str, Any]
 ) -> IdentifierChanged:
     """``decode_event`` for a caller that needs every failing field: the models' own
-    ``ValidationError`` when fields fail, ``InvalidEvent`` when the body is no JSON object or the
-    content type is not one of section 3."""
+    ``ValidationError`` when fields fail, ``InvalidEvent`` when the body is no JSON object, the
+    content type is not one of section 3 or a binary ``time`` header is an integer beyond any
+    timestamp."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     binary_attributes = _binary_cloudevent_attributes(headers)
     if binary_attributes:
@@ -165,12 +169,39 @@ def parse_event(
 def _binary_cloudevent_attributes(headers: Mapping[str, Any]) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     for key, value in headers.items():
+        # One C-level test per header: most messages carry no attribute at all.
+        if not (isinstance(key, str) and key.startswith(CLOUDEVENTS_HEADER_PREFIXES)):
+            continue
         for prefix in CLOUDEVENTS_HEADER_PREFIXES:
-            if isinstance(key, str) and key.startswith(prefix):
-                attributes[key.removeprefix(prefix)] = (
-                    value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-                )
+            if key.startswith(prefix):
+                name = key[len(prefix) :]
+                break
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        elif name == "time":
+            value = _typed_time(value)
+        attributes[name] = value
     return attributes
+
+
+def _typed_time(value: object) -> object:
+    """``time`` as RFC 3339 text when an AMQP header carries it typed; any other value as is.
+
+    An AMQP timestamp arrives as a ``datetime`` (naive from py-amqp: UTC, whole seconds); the
+    CloudEvents SDK's AMQP binding writes the AMQP 1.0 timestamp, an integer of milliseconds since
+    the epoch, which AMQP 0-9-1 carries as a plain integer.
+    """
+    if isinstance(value, datetime):
+        return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return (_EPOCH + timedelta(milliseconds=value)).isoformat()
+        except OverflowError:
+            raise InvalidEvent(
+                "time: an integer is read as milliseconds since 1970-01-01T00:00:00Z (an AMQP "
+                "timestamp); this one is out of range of any date"
+            ) from None
+    return value
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -326,15 +326,17 @@ def _comma_list(value: str, *, example: str) -> tuple[str, ...]:
 
 
 def webhook_secret_key(secret: SecretStr) -> bytes:
-    """The HMAC key of a Standard Webhooks secret ``whsec_<base64>``: the decoded base64.
+    """The HMAC key of a Standard Webhooks secret ``whsec_<base64>``: the decoded base64, its
+    ``=`` padding optional (as in the Standard Webhooks libraries, which add what is missing).
 
     Raises ValueError saying the expected form, never quoting the secret.
     """
     text = secret.get_secret_value()
     if not text.startswith(WEBHOOK_SECRET_PREFIX):
         raise ValueError(f"must be {WEBHOOK_SECRET_PREFIX} followed by base64 (Standard Webhooks)")
+    encoded = text.removeprefix(WEBHOOK_SECRET_PREFIX)
     try:
-        key = base64.b64decode(text.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except binascii.Error:
         raise ValueError(f"the part after {WEBHOOK_SECRET_PREFIX} is not base64") from None
     if len(key) < MIN_WEBHOOK_KEY_BYTES:

@@ -35,7 +35,7 @@ from worker.constants import (
 
 CASE_HEADER = "x-test-case"
 EVENT_TYPE = "customer.internal-identifier.changed"
-CLOUDEVENTS_PREFIXES = ("cloudEvents:", "cloudEvents_")
+CLOUDEVENTS_PREFIXES = ("cloudEvents:", "cloudEvents_", "ce-", "ce_")
 TEN_MB = 10 * 1024 * 1024
 
 
@@ -358,8 +358,8 @@ def _binary_bad(draw: st.DrawFn) -> HostileMessage:
     prefix = draw(st.sampled_from(CLOUDEVENTS_PREFIXES))
     headers: dict[Any, Any] = {f"{prefix}{name}": value for name, value in attributes.items()}
     if draw(st.booleans()):
-        # The other prefix too, disagreeing: which one wins must not matter for safety.
-        other = CLOUDEVENTS_PREFIXES[1 - CLOUDEVENTS_PREFIXES.index(prefix)]
+        # Another prefix too, disagreeing: which one wins must not matter for safety.
+        other = draw(st.sampled_from([p for p in CLOUDEVENTS_PREFIXES if p != prefix]))
         headers[f"{other}{draw(st.sampled_from(sorted(attributes) or ['id']))}"] = draw(
             _amqp_values
         )
@@ -720,7 +720,7 @@ def candidate_event_ids(message: HostileMessage) -> set[str]:
             if isinstance(document.get(key), str):
                 found.add(document[key])
     for key, value in message.headers.items():
-        if isinstance(key, str) and key in ("cloudEvents:id", "cloudEvents_id"):
+        if isinstance(key, str) and key in {f"{prefix}id" for prefix in CLOUDEVENTS_PREFIXES}:
             found.add(value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value))
     return found
 

@@ -45,6 +45,15 @@ def signed_headers(
     }
 
 
+def token_or_signature_env(broker_url: str) -> dict[str, str]:
+    """The environment of an ingest that accepts ``TOKEN`` and requests signed with ``SECRET``."""
+    return {
+        "CCSYNC_BROKER_URL": broker_url,
+        "CCSYNC_INGEST_TOKEN": TOKEN,
+        "CCSYNC_INGEST_SECRET": SECRET,
+    }
+
+
 class IngestProcess(ChildProcess):
     """``python -m worker ingest`` on a free port; its output kept for failure messages."""
 

@@ -11,7 +11,12 @@ import httpx
 import pytest
 
 from tests.integration.events import binary, native, structured
-from tests.integration.ingest_process import SECRET, TOKEN, IngestProcess, signed_headers
+from tests.integration.ingest_process import (
+    TOKEN,
+    IngestProcess,
+    signed_headers,
+    token_or_signature_env,
+)
 from tests.integration.waiting import wait_until
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
@@ -23,12 +28,7 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def ingest(broker_url: str) -> Iterator[IngestProcess]:
-    env = {
-        "CCSYNC_BROKER_URL": broker_url,
-        "CCSYNC_INGEST_TOKEN": TOKEN,
-        "CCSYNC_INGEST_SECRET": SECRET,
-    }
-    with IngestProcess(env) as process:
+    with IngestProcess(token_or_signature_env(broker_url)) as process:
         yield process
 
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import ValidationError
 
+from tests.integration.events import native as native_event
+from tests.producer_sdks import amqp_binding, rabbitmq_binding
 from tools import generate_ops as ops_generate
 from worker.amqp.topology import (
     backfill_queue,
@@ -378,6 +381,26 @@ def test_given_each_asyncapi_example_then_its_own_schemas_accept_it(
             )
 
             assert not errors, f"{label} {part}: {[e.message for e in errors]}"
+
+
+@pytest.mark.parametrize("binding", ["amqp", "rabbitmq"])
+def test_given_a_cloudevents_sdk_binary_message_then_the_asyncapi_headers_schema_accepts_it(
+    asyncapi: dict[str, Any], binding: str
+) -> None:
+    # Given the headers the CloudEvents SDK's AMQP (cloudEvents_*, time in milliseconds) or
+    # RabbitMQ (ce-*) binding writes in binary mode
+    event = native_event(occurred_at=datetime.now(UTC))
+    headers = (
+        amqp_binding(event, "binary").application_properties
+        if binding == "amqp"
+        else rabbitmq_binding(event, "binary").headers
+    )
+    schema = asyncapi["components"]["messages"]["cloudEventBinary"]["headers"]
+    bundle = {**resolve(asyncapi, schema), "components": asyncapi["components"]}
+
+    # When the document's schema judges them, then it accepts them
+    errors = list(Draft202012Validator(bundle, format_checker=FormatChecker()).iter_errors(headers))
+    assert not errors, [e.message for e in errors]
 
 
 def test_given_the_asyncapi_text_then_no_secret_or_local_path_is_in_it() -> None:
