@@ -32,7 +32,7 @@ ends (an exception escaped it: a bug) stops the worker at once with exit status
 orchestrator restarts the worker. Limping on would leave them counted in flight for ever, and
 every redelivered message waiting to run alone behind them.
 
-Presence. A fourth thread renews the worker's presence record in Redis
+Presence. A fourth stage renews the worker's presence record in Redis
 (``worker.processing.ledger.presence``); the locks the gate takes name it, and the caller cuts
 every call when the record may have expired, so that another worker finding the record gone may
 take those locks over (docs/flow.md, "A worker that dies").
