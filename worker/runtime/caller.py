@@ -147,7 +147,9 @@ class Caller:
             beat()
             if self._presence is not None:
                 for cut in self._cuts:
-                    cut.reschedule(self._presence.valid_until)
+                    # One that expired already is on its way out: it cannot be moved.
+                    if not cut.expired():
+                        cut.reschedule(self._presence.valid_until)
             self._loop.call_later(BEAT_SECONDS, beating)
 
         beating()
