@@ -433,6 +433,8 @@ class FencingLedger:
         self.batches: list[int] = []
         self.lost = lost
         self.reachable = True
+        # No presence: the calls are not cut.
+        self.presence = None
 
     def fence_all(self, holds: list[Hold], *, lease_seconds: float) -> list[Any]:
         time.sleep(0.02)  # a round trip, during which more lanes ask

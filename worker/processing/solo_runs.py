@@ -1,10 +1,17 @@
-"""Which message crashed the worker: runs of a redelivered message alone, counted in Redis.
+"""Which message crashed the worker: the runs of redelivered messages, counted in Redis.
 
 When a worker dies, the broker raises the delivery count of every message it had in hand, the
-poison's and its neighbours' alike, so that count cannot tell them apart. The intake therefore runs
-a redelivered message alone (nothing else in flight) and counts each such run here before it
-starts; a run that reaches an outcome is struck off. A count left standing means the message was
-running alone when the worker died, or was handed back without an outcome: only it is charged.
+poison's and its neighbours' alike, so that count cannot tell them apart. The intake therefore
+counts each run of a redelivered message here before it starts; a run that reaches an outcome is
+struck off. A count left standing means the message was running when a worker died, or was
+handed back without an outcome.
+
+A redelivered message with no count standing (one crash, the common case: a worker killed or
+restarted) runs at once, beside the others. One with a count standing was running when a worker
+died before: a suspect, it runs alone (nothing else in flight), so that if the worker dies again,
+only it is charged. A poison thus reaches the delivery limit alone, and its neighbours, each
+struck off once its run alone ends, never do; a crash serialises only the messages that were in
+flight at two crashes in a row.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ def message_key(body: bytes, headers: Mapping[str, Any]) -> str:
 
 
 class SoloRuns:
-    """Counts, per message, its runs alone that did not reach an outcome.
+    """Counts, per message, its runs that did not reach an outcome.
 
     Used from one thread (the intake's event loop). Every method raises ``LedgerUnavailable``
     when Redis does not answer.
@@ -51,9 +58,15 @@ class SoloRuns:
     def _key(self, message: str) -> str:
         return f"{self._prefix}:solo:{message}"
 
+    def runs(self, message: str) -> int:
+        """How many runs of the message (``message_key``) ended without an outcome."""
+        with unavailable_on_failure():
+            count = self._redis.get(self._key(message))
+        return 0 if count is None else int(count)
+
     def begin(self, message: str) -> int:
-        """Counts the run alone that starts now; returns how many earlier runs alone of the
-        message (``message_key``) ended without an outcome."""
+        """Counts the run that starts now; returns how many earlier runs of the message
+        (``message_key``) ended without an outcome."""
         with unavailable_on_failure():
             pipeline = self._redis.pipeline(transaction=True)
             pipeline.incr(self._key(message))
@@ -63,7 +76,7 @@ class SoloRuns:
 
     def concluded(self, message: str) -> None:
         """The message reached an outcome (applied, skipped, retried or dead-lettered): none of
-        its runs alone is held against it any more."""
+        its runs is held against it any more."""
         with unavailable_on_failure():
             self._redis.delete(self._key(message))
 

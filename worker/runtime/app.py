@@ -159,6 +159,7 @@ class Runtime:
             settings.redis_url,
             lock_ttl_seconds=settings.lock_ttl_seconds,
             wait_replicas=settings.redis_wait_replicas,
+            presence=True,
         )
 
         def on_open() -> None:

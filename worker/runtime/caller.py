@@ -11,6 +11,11 @@ docs/concurrency.md).
 Fences are batched: every lane about to call while a fence round trip is under way waits for the
 next one, which serves all of them in one script call (``Ledger.fence_all``). The round trip runs
 in a thread of its own, so a slow Redis delays the calls it fences, never the calls in flight.
+
+Every call ends by the worker's presence deadline (``Presence.valid_until``, moved on at each
+beat of the loop): once its presence record may have expired, the calls in flight are cut and
+come back a second later, their attempts unspent. Another worker that finds the record gone may
+then take their relationships over without waiting for their leases.
 """
 
 from __future__ import annotations
@@ -87,6 +92,9 @@ class Caller:
         self._fencing = False
         self._fencer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccsync-fence")
         self._lanes = lanes
+        self._presence = applier.ledger.presence
+        # The deadline of each call in flight, moved on as the presence is renewed.
+        self._cuts: set[asyncio.Timeout] = set()
 
     def put(self, call: Call, message: Message) -> None:
         """From any thread: the event's relationship is held; its call is to be made."""
@@ -137,6 +145,11 @@ class Caller:
 
         def beating() -> None:
             beat()
+            if self._presence is not None:
+                for cut in self._cuts:
+                    # One that expired already is on its way out: it cannot be moved.
+                    if not cut.expired():
+                        cut.reschedule(self._presence.valid_until)
             self._loop.call_later(BEAT_SECONDS, beating)
 
         beating()
@@ -155,12 +168,35 @@ class Caller:
                 # worker (``LaneEnded``); it is never the message's fault.
                 connection = self._make_connection()
             try:
-                await self._applier.send_async(call, connection=connection, fence=self._fence)
+                await self._send(call, connection)
             except Exception:
                 log.exception("event %s: no outcome could be recorded", call.attempt.event.event_id)
                 self._on_lost(call, message)
                 continue
             self._on_called(call, message)
+
+    async def _send(self, call: Call, connection: AsyncConnection) -> None:
+        """``Applier.send_async``, cut at the presence deadline: a call cut is concluded as
+        busy (it comes back a second later, its attempt unspent)."""
+        if self._presence is None:
+            await self._applier.send_async(call, connection=connection, fence=self._fence)
+            return
+        cut = asyncio.timeout_at(self._presence.valid_until)
+        try:
+            async with cut:
+                self._cuts.add(cut)
+                try:
+                    await self._applier.send_async(call, connection=connection, fence=self._fence)
+                finally:
+                    self._cuts.discard(cut)
+        except TimeoutError:
+            if not cut.expired():
+                raise
+            # Already left by the applier, as every call that was interrupted.
+            call.failure = RelationshipBusy(
+                f"relationship {call.relationship.name}: the call was cut, this worker's presence "
+                "in Redis may have expired"
+            )
 
     async def _fence(self, hold: Hold, lease_seconds: float) -> None:
         """``Ledger.fence`` for one hold, batched with the lanes about to call at the same time."""

@@ -124,7 +124,8 @@ class Gate:
                         claim.call.attempt.inherited_lock,
                     )
                     for claim in wanting
-                ]
+                ],
+                owned=True,
             )
         except LedgerUnavailable as exc:
             for claim in wanting:

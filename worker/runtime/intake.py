@@ -95,14 +95,13 @@ class IntakeServices(Protocol):
 
 
 @dataclass
-class _AloneRun:
-    """A redelivered message running alone, and how its run is counted."""
+class _Run:
+    """A redelivered message's run, and how it is counted (``SoloRuns``)."""
 
     message: Message
     key: str
     # False when Redis did not answer: nothing was counted, so nothing is struck off.
     counted: bool
-    concluded: bool = False
 
 
 class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
@@ -117,10 +116,14 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
         self._ticking_hub: Any = None
         self._celery_consumer: Any = None
         self._made_pipeline: Pipeline | None = None
-        # Taken from the broker but not started: a redelivered message waits here until nothing
-        # else is in flight, and every message after it waits until its run alone has ended.
-        self._held: deque[Message] = deque()
-        self._alone: _AloneRun | None = None
+        # Taken from the broker but not started: a suspect (``SoloRuns``) waits here until
+        # nothing else is in flight, and every message after it waits until its run alone has
+        # ended. Each redelivered message is paired with its earlier runs without an outcome
+        # (None: Redis did not say).
+        self._held: deque[tuple[Message, int | None]] = deque()
+        self._alone: _Run | None = None
+        # Redelivered messages running beside the others, by id: struck off once acked.
+        self._counted: dict[int, _Run] = {}
         self._solo_runs: SoloRuns | None = None
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
@@ -192,63 +195,80 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def on_message(self, message: Message) -> None:
         if self._held or self._alone is not None or _redelivered(message):
-            self._held.append(message)
+            self._held.append((message, self._earlier_runs(message)))
             self._start_held()
         else:
             self._take_safely(message, deliveries=0)
 
-    def _start_held(self) -> None:
-        """In the event loop: starts held messages in order, a first delivery at once, a
-        redelivered one only once nothing else is in flight; none after a redelivered one until
-        its run alone has ended.
+    def _earlier_runs(self, message: Message) -> int | None:
+        """A redelivered message's runs that ended without an outcome; None if Redis does not
+        say, 0 for a first delivery."""
+        if not _redelivered(message):
+            return 0
+        envelope = self._envelope(message)
+        try:
+            return self._solo_run_counter().runs(message_key(envelope.body, envelope.headers))
+        except LedgerUnavailable:
+            return None
 
-        A worker that dies raises the broker's delivery count of every message in hand. Running a
-        redelivered message alone means that if the worker dies again, that message is the one
-        charged (``SoloRuns``), and the others only have their broker count raised, which ccsync
-        does not hold against them.
+    def _start_held(self) -> None:
+        """In the event loop: starts held messages in order, a first delivery and a redelivered
+        one with no run held against it at once, a suspect (``SoloRuns``) only once nothing else
+        is in flight; none after a suspect until its run alone has ended.
+
+        A worker that dies raises the broker's delivery count of every message in hand. Each run
+        of a redelivered message is counted, and struck off once it has an outcome; running a
+        suspect alone means that if the worker dies again, that message is the one charged, and
+        the others only have their broker count raised, which ccsync does not hold against them.
         """
         while self._alone is None and self._held:
-            message = self._held[0]
-            if _redelivered(message):
-                if not self._pipeline().wait_idle(0):
-                    return  # the settling of the last one in flight calls again
+            message, earlier = self._held[0]
+            if earlier == 0:
                 self._held.popleft()
-                self._run_alone(message)
+                if _redelivered(message):
+                    self._start_counted(message)
+                else:
+                    self._take_safely(message, deliveries=0)
+            elif not self._pipeline().wait_idle(0):
+                return  # the settling of the last one in flight calls again
             else:
                 self._held.popleft()
-                self._take_safely(message, deliveries=0)
+                self._alone = self._start_counted(message)
+                self._end_alone_run()
 
-    def _run_alone(self, message: Message) -> None:
+    def _start_counted(self, message: Message) -> _Run:
+        """Counts the run of a redelivered message and starts it."""
         envelope = self._envelope(message)
-        run = _AloneRun(message, message_key(envelope.body, envelope.headers), counted=True)
+        run = _Run(message, message_key(envelope.body, envelope.headers), counted=True)
         try:
-            # The delivery that made it redelivered, and each run alone since that had no outcome.
+            # The delivery that made it redelivered, and each run since that had no outcome.
             deliveries = 1 + self._solo_run_counter().begin(run.key)
         except LedgerUnavailable as exc:
-            log.warning("runs alone not counted (%s): the broker's delivery count decides", exc)
+            log.warning("a run not counted (%s): the broker's delivery count decides", exc)
             run.counted = False
             deliveries = delivery_count(message)
-        self._alone = run
-        run.concluded = self._take_safely(message, deliveries=deliveries)
-        self._end_alone_run()
+        self._counted[id(message)] = run
+        if self._take_safely(message, deliveries=deliveries):
+            self._strike_off([(message, True)])
+        return run
 
-    def _end_alone_run(self, settled: Sequence[tuple[Message, bool]] = ()) -> None:
-        """Once the message running alone is settled: acked, its runs alone are struck off;
-        requeued, this run stays counted, as a delivery without an outcome."""
-        run = self._alone
-        if run is None:
-            return
+    def _strike_off(self, settled: Sequence[tuple[Message, bool]]) -> None:
+        """Counted runs settled: acked, the message's runs are struck off; requeued, this run
+        stays counted, as a delivery without an outcome."""
         for message, acked in settled:
-            if message is run.message:
-                run.concluded = acked
-        if not self._pipeline().wait_idle(0):
-            return
-        self._alone = None
-        if run.counted and run.concluded:
-            try:
-                self._solo_run_counter().concluded(run.key)
-            except LedgerUnavailable as exc:
-                log.warning("a run alone could not be struck off (%s)", exc)
+            run = self._counted.pop(id(message), None)
+            if run is None:
+                continue
+            if run.counted and acked:
+                try:
+                    self._solo_run_counter().concluded(run.key)
+                except LedgerUnavailable as exc:
+                    log.warning("a run could not be struck off (%s)", exc)
+
+    def _end_alone_run(self) -> None:
+        """Once nothing is in flight, the run alone (struck off as it settled) has ended."""
+        if self._alone is not None and self._pipeline().wait_idle(0):
+            self._alone = None
 
     def _solo_run_counter(self) -> SoloRuns:
         if self._solo_runs is None:
@@ -264,6 +284,8 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
             # Never let an exception out: Celery would stop the whole worker. The message goes
             # back to the queue, which counts its deliveries up to the delivery limit.
             log.exception("intake failed; the message is requeued")
+            # A counted run stays counted: a delivery without an outcome.
+            self._counted.pop(id(message), None)
             self._close_publisher()
             try:
                 message.requeue()
@@ -346,8 +368,10 @@ class EventIntake(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def _settle_in_loop(self) -> None:
         settled = self._pipeline().acknowledge(self._celery_consumer.connection_errors)
+        if self._counted:
+            self._strike_off(settled)
         if self._alone is not None or self._held:
-            self._end_alone_run(settled)
+            self._end_alone_run()
             self._start_held()
 
     def _validate(self, envelope: Envelope) -> IdentifierChanged:

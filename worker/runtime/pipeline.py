@@ -31,6 +31,11 @@ ends (an exception escaped it: a bug) stops the worker at once with exit status
 ``EXIT_STAGE_DIED``: its messages are unacknowledged, so the broker delivers them again, and the
 orchestrator restarts the worker. Limping on would leave them counted in flight for ever, and
 every redelivered message waiting to run alone behind them.
+
+Presence. A fourth stage renews the worker's presence record in Redis
+(``worker.processing.ledger.presence``); the locks the gate takes name it, and the caller cuts
+every call when the record may have expired, so that another worker finding the record gone may
+take those locks over (docs/flow.md, "A worker that dies").
 """
 
 from __future__ import annotations
@@ -128,6 +133,8 @@ class Pipeline:
             "caller": caller.run,
             "settler": settler.run,
         }
+        if applier.ledger.presence is not None:
+            stages["presence"] = applier.ledger.presence.run
         self._heartbeats = {
             name: LoopHeartbeat(stall_seconds, name=f"{name} stage") for name in stages
         }

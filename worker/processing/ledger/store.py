@@ -19,8 +19,14 @@ from redis.commands.core import Script
 
 from worker.exceptions import LedgerUnavailable, RelationshipBusy
 from worker.processing.ledger.busy import BusyBackoff
-from worker.processing.ledger.client import RedisClient, redis_client, unavailable_on_failure
+from worker.processing.ledger.client import (
+    RedisClient,
+    is_cluster_url,
+    redis_client,
+    unavailable_on_failure,
+)
 from worker.processing.ledger.holds import LINGER_PREFIX, Hold, LockState
+from worker.processing.ledger.presence import Presence, owned_token, presence_key_prefix
 from worker.processing.ledger.records import AppliedRecord, parse_record
 from worker.processing.ledger.relationships import Relationship, cluster_tag, relationship_named
 from worker.processing.ledger.scripts import run_per_slot, script_text
@@ -77,12 +83,14 @@ class Ledger:
         lock_ttl_seconds: float | None = None,
         wait_replicas: int = 0,
         connect: Callable[[], RedisClient] | None = None,
+        presence: Presence | None = None,
     ) -> None:
         """``wait_replicas``: replicas each script call must reach (Redis WAIT) before it counts
         as done, else ``LedgerUnavailable``; on a cluster, each primary the call wrote to waits
         for that many of its own. ``connect`` makes each thread's own client (one connection,
         one per node on a cluster); without it, a copy of ``client``'s pool limited to one
-        connection (a cluster's ``client`` is shared as it is).
+        connection (a cluster's ``client`` is shared as it is). ``presence``: this worker's
+        presence record, whose owner id the locks taken ``owned`` carry (``try_acquire_all``).
 
         On a cluster the keys carry a hash tag after the prefix, so ``prefix`` must hold no
         brace (ValueError)."""
@@ -97,9 +105,14 @@ class Ledger:
         # Read at construction, not definition: tests shorten the module's default.
         ttl_ms = LOCK_TTL_MS if lock_ttl_seconds is None else int(lock_ttl_seconds * 1000)
         self._lock_ttl_ms = max(1, ttl_ms)
-        self._acquire = client.register_script(script_text("acquire.lua"))
+        self.presence = presence
+        # A lock whose owner's presence is gone is taken over; not on a cluster, where the
+        # presence records lie in other hash slots than the locks.
+        self._presence_prefix = "" if self._cluster else presence_key_prefix(prefix)
+        presence_lua = script_text("presence.lua")
+        self._acquire = client.register_script(presence_lua + script_text("acquire.lua"))
         self._leave = client.register_script(script_text("leave.lua"))
-        self._fence = client.register_script(script_text("fence.lua"))
+        self._fence = client.register_script(presence_lua + script_text("fence.lua"))
         self._local = threading.local()
         self._unanswered: list[_Unanswered] = []
         self._unanswered_lock = threading.Lock()
@@ -116,21 +129,27 @@ class Ledger:
         prefix: str = KEY_PREFIX,
         lock_ttl_seconds: float | None = None,
         wait_replicas: int = 0,
+        presence: bool = False,
     ) -> Ledger:
         """A ledger on the Redis ``url`` names: one server, or Sentinel's primary
-        (``worker.processing.ledger.client``)."""
+        (``worker.processing.ledger.client``); with ``presence``, a worker's, with its presence
+        record (none on a cluster, where no lock is taken over)."""
         connect = functools.partial(
             redis_client,
             url,
             timeout=REDIS_TIMEOUT_SECONDS,
             health_check_interval=REDIS_HEALTH_CHECK_SECONDS,
         )
+        own = functools.partial(connect, max_connections=1)
         return cls(
             connect(),
             prefix=prefix,
             lock_ttl_seconds=lock_ttl_seconds,
             wait_replicas=wait_replicas,
-            connect=functools.partial(connect, max_connections=1),
+            connect=own,
+            presence=Presence(own(), prefix=prefix)
+            if presence and not is_cluster_url(url)
+            else None,
         )
 
     def _connection(self) -> RedisClient:
@@ -166,24 +185,30 @@ class Ledger:
         return self._vitals.status
 
     def try_acquire_all(
-        self, wanted: Sequence[tuple[Relationship, str, str | None]]
+        self, wanted: Sequence[tuple[Relationship, str, str | None]], *, owned: bool = False
     ) -> list[Hold | None]:
         """Tries to take each relationship for its event (id), all in one round trip: a hold for
         each one taken, None for each one held by another event. The third item of each is the
         token of a lock the event may take over as its own (``Attempt.inherited_lock``).
 
+        ``owned``: the calls of these holds end by ``presence.valid_until`` (the caller's lanes
+        cut them): their locks name this worker's presence, and may be taken over once its
+        record is gone. Other locks expire with their leases.
+
         When the reply does not come (``LedgerUnavailable``), the script may still have run and
         taken locks under tokens nobody holds: a later call releases them by those tokens."""
         self._release_unanswered()
         keys: list[str] = []
-        args: list[str | int] = [self._lock_ttl_ms]
+        args: list[str | int] = [self._lock_ttl_ms, self._presence_prefix]
         for relationship, event_id, inherited in wanted:
             token = secrets.token_hex(16)
+            if owned and self.presence is not None:
+                token = owned_token(self.presence.owner, token)
             # Without an event id no later hold can claim the linger as its own.
             args += [token, f"{LINGER_PREFIX}{event_id or token}", inherited or ""]
             keys += [self.lock_key(relationship), self.applied_key(relationship)]
         try:
-            replies = self._run(self._acquire, keys, args, head=1)
+            replies = self._run(self._acquire, keys, args, head=2)
         except LedgerUnavailable:
             self._unanswered_acquire(keys, args)
             raise
@@ -197,8 +222,8 @@ class Ledger:
             holds.append(
                 Hold(
                     keys[2 * i : 2 * i + 2],
-                    token=str(args[3 * i + 1]),
-                    linger_value=str(args[3 * i + 2]),
+                    token=str(args[3 * i + 2]),
+                    linger_value=str(args[3 * i + 3]),
                     stored=stored,
                     lingering_until=now + max(0, int(lingering_ms)) / 1000,
                 )
@@ -208,7 +233,7 @@ class Ledger:
     def _unanswered_acquire(self, keys: list[str], args: list[str | int]) -> None:
         expires = time.monotonic() + self._lock_ttl_ms / 1000
         lost = [
-            _Unanswered(keys[2 * i : 2 * i + 2], str(args[3 * i + 1]), expires)
+            _Unanswered(keys[2 * i : 2 * i + 2], str(args[3 * i + 2]), expires)
             for i in range(len(keys) // 2)
         ]
         with self._unanswered_lock:
@@ -366,11 +391,11 @@ class Ledger:
         asked = time.monotonic()
         lease_ms = int((lease_seconds + FENCE_MARGIN_SECONDS) * 1000)
         keys: list[str] = []
-        args: list[str | int] = []
+        args: list[str | int] = [self._presence_prefix]
         for hold in holds:
             keys += hold.keys
             args += [hold.token, lease_ms]
-        replies = self._run(self._fence, keys, args, head=0)
+        replies = self._run(self._fence, keys, args, head=1)
         late = time.monotonic() - asked > FENCE_MARGIN_SECONDS
         refusals: list[RelationshipBusy | None] = []
         for hold, reply in zip(holds, replies, strict=True):
