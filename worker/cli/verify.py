@@ -34,6 +34,7 @@ from worker.ops.verify import (
     Tally,
     Verifier,
 )
+from worker.processing.budget import RateBudget
 from worker.processing.ledger import Ledger
 
 #: Widths of the table's status and UUID columns.
@@ -79,6 +80,7 @@ def verify(
             http, base_url=settings.base_url, tokens=make_token_source(settings, http)
         ),
         pace=Pace(rate),
+        budget=RateBudget.from_url(settings.redis_url, per_second=settings.api_rate_limit),
         unanswered_hold_seconds=settings.unanswered_hold_seconds,
         call_lease_seconds=longest_call_seconds(settings.timeouts),
     )
