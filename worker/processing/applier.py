@@ -303,11 +303,13 @@ class Applier:
             return None
         return hold
 
-    @staticmethod
-    def _still_new(call: Call) -> bool:
-        """After the fence: the verdict again, by what the ledger holds now."""
+    def _still_new(self, call: Call) -> bool:
+        """After the fence: the verdict again, by what the ledger holds now; ``RateLimited``
+        if a 429 came for the tenant meanwhile (``RateBudget.check_unpaused``)."""
         assert call.hold is not None
         call.verdict = call.hold.verdict(call.attempt.event)
+        if call.verdict is Verdict.NEW and self.budget is not None:
+            self.budget.check_unpaused(call.attempt.tenant)
         return call.verdict is Verdict.NEW
 
     def _called(self, call: Call, started: float) -> None:

@@ -178,7 +178,11 @@ class Runtime:
             guard=self.guard,
             unsettled_linger_seconds=settings.unanswered_hold_seconds,
             call_lease_seconds=longest_call_seconds(settings.timeouts),
-            budget=RateBudget.from_url(settings.redis_url, per_second=settings.api_rate_limit),
+            budget=RateBudget.from_url(
+                settings.redis_url,
+                per_second=settings.api_rate_limit,
+                deployment=virtual_host(settings.broker_url),
+            ),
         )
 
     def _probe(self) -> bool:

@@ -4,9 +4,11 @@ CloudCockpit limits calls per tenant and answers 429 beyond. With ``CCSYNC_API_R
 a second per tenant) each call reserves its slot before it is made: one script call
 (``reserve.lua``, a GCRA) checks and reserves for every call a worker is about to make, and says
 how long each must wait; the fleet's calls of a tenant are spaced by Redis's clock, with no
-central process. The wait comes before the fence of the call's lock, so waiting spends no
-attempt and no part of the call's lease; a wait longer than ``LONGEST_WAIT_SECONDS`` is not
-reserved: the event is deferred (``RateLimited``, no attempt spent).
+central process, at ``RATE_HEADROOM`` of the rate (calls spaced evenly arrive bunched). The wait
+comes before the fence of the call's lock, so waiting spends no attempt and no part of the call's
+lease; a wait longer than ``LONGEST_WAIT_SECONDS`` is not reserved: the event is deferred
+(``RateLimited``, no attempt spent). A 429 all the same holds the tenant's calls for its
+``Retry-After``, fleet-wide, as below.
 
 Without the setting, calls of a tenant cost no Redis round trip until the API refuses one: a
 429 (``refused.lua``) makes the tenant's next call due no sooner than its ``Retry-After``,
@@ -25,6 +27,7 @@ from worker.processing.budget.store import (
     LEARNED_RATE_SECONDS,
     LONGEST_WAIT_SECONDS,
     POLL_SECONDS,
+    RATE_HEADROOM,
     RateBudget,
     Reservation,
 )
@@ -33,6 +36,7 @@ __all__ = [
     "LEARNED_RATE_SECONDS",
     "LONGEST_WAIT_SECONDS",
     "POLL_SECONDS",
+    "RATE_HEADROOM",
     "RateBudget",
     "Reservation",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -22,6 +21,9 @@ log = logging.getLogger(__name__)
 #: The longest wait for budget a call may reserve: beyond it the event is deferred instead (no
 #: attempt spent), so that no call waits on a lock for long, nor a worker on one tenant.
 LONGEST_WAIT_SECONDS = 10.0
+#: The share of a configured rate the budget spends: calls spaced evenly by Redis's clock arrive
+#: bunched (a busy worker, the network), and the API counts them on arrival.
+RATE_HEADROOM = 0.95
 #: Without a configured rate: how long a learned rate lasts after the tenant's last 429.
 LEARNED_RATE_SECONDS = 60.0
 #: Without a configured rate: seconds between two reads of the tenants the fleet was refused for.
@@ -71,18 +73,22 @@ class RateBudget:
         client: RedisClient,
         *,
         per_second: float | None,
+        deployment: str = "/",
         prefix: str = KEY_PREFIX,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``deployment``: the broker's virtual host, as for ``ccsync pause``: the workers of
+        one deployment share a budget; two deployments on one Redis (and test runs) do not."""
         if per_second is not None and per_second <= 0:
             raise ValueError("a rate must be positive")
         self._redis = client
         self.per_second = per_second
         self._prefix = prefix
+        self._deployment = deployment
         self._clock = clock
         self._reserve = client.register_script(script_text("reserve.lua", package=__package__))
         self._refused = client.register_script(script_text("refused.lua", package=__package__))
-        self._limited_key = f"{prefix}:budget:limited"
+        self._limited_key = self._keys("")[0] + ":limited"
         # Without a configured rate, per tenant (lower case): until when its calls reserve
         # their slots, until when they wait for the 429 this worker got, until when the pause
         # this worker reported lasts, and its calls answered in this second and the previous.
@@ -95,11 +101,9 @@ class RateBudget:
         metrics.API_RATE_LIMIT.set(per_second or 0)
 
     @classmethod
-    def from_url(cls, url: str, *, per_second: float | None) -> RateBudget:
-        connect = functools.partial(
-            redis_client, url, timeout=REDIS_TIMEOUT_SECONDS, max_connections=MAX_CONNECTIONS
-        )
-        return cls(connect(), per_second=per_second)
+    def from_url(cls, url: str, *, per_second: float | None, deployment: str) -> RateBudget:
+        client = redis_client(url, timeout=REDIS_TIMEOUT_SECONDS, max_connections=MAX_CONNECTIONS)
+        return cls(client, per_second=per_second, deployment=deployment)
 
     def applies(self, tenant: str) -> bool:
         """Whether a call of ``tenant`` must reserve its slot first: always with a configured
@@ -114,13 +118,22 @@ class RateBudget:
         until = self._not_before.get(tenant.lower())
         return 0.0 if until is None else max(0.0, until - self._clock())
 
+    def check_unpaused(self, tenant: str) -> None:
+        """Right before a call, after its fence, with no I/O: ``RateLimited`` (the event is
+        deferred, no attempt spent) while a 429 this worker got for the tenant holds it; the
+        calls that were past their wait when it came are not made."""
+        paused = self.paused_for(tenant)
+        if paused > 0:
+            refused = f"the API refused a call of tenant {tenant} (429): deferred"
+            raise RateLimited(refused, None, retry_after=paused)
+
     def reserve_all(self, tenants: Sequence[str]) -> list[Reservation]:
         """One reservation per call, in one round trip: per call, how long to wait first."""
         keys: list[str] = []
         for tenant in tenants:
             keys += self._keys(tenant)
         args: list[str | int] = [
-            f"{self.per_second or 0:.6f}",
+            f"{(self.per_second or 0) * RATE_HEADROOM:.6f}",
             int(LONGEST_WAIT_SECONDS * _MICROSECONDS),
             f"{RATE_INCREASE_PER_SECOND:.6f}",
         ]
@@ -235,7 +248,8 @@ class RateBudget:
             self._limited[member.decode()] = now + (float(expires_ms) - wall_ms) / 1000
 
     def _keys(self, tenant: str) -> list[str]:
-        """The tenant's keys, in one hash slot: when its next call is due, its learned rate."""
-        name = tenant.lower()
+        """The tenant's keys in this deployment, in one hash slot (the tag comes first: a
+        brace in the names cannot move it): when its next call is due, its learned rate."""
+        name = f"{self._deployment}|{tenant.lower()}"
         tagged = f"{{{cluster_tag(name)}}}{name}"
         return [f"{self._prefix}:budget:{tagged}", f"{self._prefix}:budget-rate:{tagged}"]
