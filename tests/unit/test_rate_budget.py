@@ -154,3 +154,16 @@ def test_given_a_429_this_worker_got_then_calls_past_their_wait_are_not_made(
     assert held.value.status is None  # not the API's answer: no attempt is spent
     assert held.value.retry_after == pytest.approx(1.0, abs=0.05)
     budget.check_unpaused("other.example.com")
+
+
+def test_given_calls_whose_slots_were_overslept_then_they_leave_one_interval_apart(
+    make_budget: Callable[[float | None], RateBudget],
+) -> None:
+    budget = make_budget(100)
+
+    late = [budget.spaced(TENANT) for _ in range(4)]
+
+    assert late[0] == 0.0
+    for earlier, later in itertools.pairwise(late):
+        assert later - earlier == pytest.approx(0.010, abs=0.001)
+    assert make_budget(None).spaced(TENANT) == 0.0

@@ -188,6 +188,7 @@ class Caller:
         if not reservation.reserved:
             raise reservation.refusal(tenant)
         await asyncio.sleep(reservation.wait_seconds)
+        await asyncio.sleep(budget.spaced(tenant))
         metrics.API_RATE_WAIT_SECONDS.observe(time.monotonic() - started)
 
     async def _fence(self, hold: Hold, lease_seconds: float) -> None:

@@ -96,6 +96,8 @@ class RateBudget:
         self._not_before: dict[str, float] = {}
         self._reported: dict[str, float] = {}
         self._answered: dict[str, tuple[int, int, int]] = {}
+        # With a configured rate, per tenant: when this worker's next call may leave.
+        self._next_send: dict[str, float] = {}
         self._report_lock = threading.Lock()
         self._next_poll = 0.0
         metrics.API_RATE_LIMIT.set(per_second or 0)
@@ -151,6 +153,19 @@ class RateBudget:
                 reservations.append(Reservation(wait / _MICROSECONDS, reserved=bool(reserved)))
         return reservations
 
+    def spaced(self, tenant: str) -> float:
+        """After a call's reserved wait, with no I/O: seconds more before it leaves, so that this
+        worker's calls of the tenant leave no closer together than the configured rate allows.
+        Calls whose slots a stalled worker overslept would otherwise leave together, and the API
+        counts calls as they arrive."""
+        if self.per_second is None:
+            return 0.0
+        now = self._clock()
+        key = tenant.lower()
+        leaves = max(now, self._next_send.get(key, 0.0))
+        self._next_send[key] = leaves + 1 / self.per_second
+        return leaves - now
+
     def wait(self, tenant: str, *, sleep: Callable[[float], None] = time.sleep) -> None:
         """In this thread, before a call of ``tenant``: waits for its slot. ``RateLimited`` when
         the wait would be longer than ``LONGEST_WAIT_SECONDS`` (nothing reserved)."""
@@ -163,6 +178,7 @@ class RateBudget:
         if not reservation.reserved:
             raise reservation.refusal(tenant)
         sleep(reservation.wait_seconds)
+        sleep(self.spaced(tenant))
         metrics.API_RATE_WAIT_SECONDS.observe(self._clock() - started)
 
     def answered(self, tenant: str) -> None:
