@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 LONGEST_WAIT_SECONDS = 10.0
 #: The share of a configured rate the budget spends: calls spaced evenly by Redis's clock arrive
 #: bunched (a busy worker, the network), and the API counts them on arrival.
-RATE_HEADROOM = 0.95
+RATE_HEADROOM = 0.9
 #: Without a configured rate: how long a learned rate lasts after the tenant's last 429.
 LEARNED_RATE_SECONDS = 60.0
 #: Without a configured rate: seconds between two reads of the tenants the fleet was refused for.
@@ -45,12 +45,11 @@ _MICROSECONDS = 1_000_000
 @dataclass(frozen=True)
 class Reservation:
     """What one call of a tenant got: ``wait_seconds`` before it may go, if ``reserved``; a wait
-    too long to reserve otherwise (the event is to be deferred). ``limited`` False: the tenant
-    has no rate now (none configured, and the one learned expired), the call goes at once."""
+    too long to reserve otherwise (the event is to be deferred). A tenant without a rate now
+    (none configured, and the one learned expired) gets no wait."""
 
     wait_seconds: float
     reserved: bool = True
-    limited: bool = True
 
     def refusal(self, tenant: str) -> RateLimited:
         """What defers an event whose call could not reserve its slot: no attempt is spent."""
@@ -148,7 +147,7 @@ class RateBudget:
         for tenant, (reserved, wait) in zip(tenants, replies, strict=True):
             if wait < 0:
                 self._limited.pop(tenant.lower(), None)
-                reservations.append(Reservation(0.0, limited=False))
+                reservations.append(Reservation(0.0))
             else:
                 reservations.append(Reservation(wait / _MICROSECONDS, reserved=bool(reserved)))
         return reservations
