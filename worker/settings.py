@@ -203,6 +203,11 @@ class Settings(BaseSettings):
     # ``ccsync ingest``: who may post events (a bearer token, a Standard Webhooks secret, or both).
     ingest_token: SecretStr | None = Field(None, validation_alias="CCSYNC_INGEST_TOKEN")
     ingest_secret: SecretStr | None = Field(None, validation_alias="CCSYNC_INGEST_SECRET")
+    # Calls a second per tenant the whole fleet makes to CloudCockpit (through Redis); None: no
+    # limit, and a 429 slows the tenant's calls at a rate learned from it.
+    api_rate_limit: float | None = Field(
+        None, gt=0, allow_inf_nan=False, validation_alias="CCSYNC_API_RATE_LIMIT"
+    )
     # Replicas every ledger write must reach (Redis WAIT) before it counts as done: 0 for none.
     redis_wait_replicas: int = Field(0, ge=0, validation_alias="CCSYNC_REDIS_WAIT_REPLICAS")
 

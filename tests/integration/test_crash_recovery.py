@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from tests.integration.conftest import WorkerEnv, worker_env
@@ -45,9 +46,10 @@ def test_given_a_long_wait_then_a_shorter_one_behind_it_is_not_held_back(
     sandbox: SandboxControl,
     producer: Producer,
 ) -> None:
-    # Given an event told to come back in 20 s, then one that retries after 1 s
+    # Given an event told to come back in 20 s, then one that retries after 1 s (the 429 holds
+    # every call of its tenant: the slow one has a tenant of its own)
     env = own_worker_env(CCSYNC_RETRY_DELAYS="1")
-    slow, quick = native(), native()
+    slow, quick = native(tenant=f"slow-{uuid.uuid4().hex[:8]}.example.com"), native()
     sandbox.add_faults(slow["customerId"], {"status": 429, "retryAfter": 20})
     sandbox.add_faults(quick["customerId"], {"status": 503})
     with LocalWorker(env, concurrency=2):

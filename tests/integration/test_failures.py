@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from itertools import pairwise
 from typing import Any
 
@@ -77,7 +78,8 @@ def test_given_a_rejection_then_dead_lettered_after_one_attempt_with_the_api_err
 def test_given_429_with_retry_after_2_then_the_retry_waits_2_seconds(
     worker: LocalWorker, clean_queues: None, sandbox: SandboxControl, producer: Producer
 ) -> None:
-    event = native()
+    # A tenant of its own: the 429 holds every call of its tenant for 2 s, fleet-wide
+    event = native(tenant=f"limited-{uuid.uuid4().hex[:8]}.example.com")
     sandbox.add_faults(event["customerId"], {"status": 429, "retryAfter": 2})
     _publish(producer, event)
     calls = wait_applied(sandbox, event["customerId"])

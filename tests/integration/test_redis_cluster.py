@@ -25,6 +25,7 @@ from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import final_outcomes
 from worker.events import IdentifierChanged
 from worker.exceptions import LedgerUnavailable
+from worker.processing.budget import RATE_HEADROOM, RateBudget
 from worker.processing.ledger import Hold, Ledger, Relationship, Verdict, order_key
 from worker.processing.ledger.client import redis_client
 from worker.processing.pause import Pause, PauseStore
@@ -275,6 +276,34 @@ def test_given_the_cluster_then_runs_alone_and_the_pause_use_it(cluster: RedisCl
     assert (paused := store.read()) is not None and paused.reason == "cluster test"
     assert store.resume() is not None and store.read() is None
     store.close()
+
+
+def test_given_the_cluster_then_the_rate_budget_reserves_and_holds_tenants_in_many_slots(
+    cluster: RedisCluster,
+) -> None:
+    # Given budgets of two workers of one deployment, 10 calls a second per tenant
+    deployment = f"test-{uuid.uuid4().hex}"
+    first = RateBudget.from_url(cluster.url, per_second=10, deployment=deployment)
+    second = RateBudget.from_url(cluster.url, per_second=10, deployment=deployment)
+    tenants = [f"tenant-{n}.example.com" for n in range(12)]  # in slots all over the cluster
+    # When the first reserves two calls of each tenant in one batch, and the second one more
+    reserved = first.reserve_all([tenant for tenant in tenants for _ in range(2)])
+    after = second.reserve_all(tenants)
+    # Then each tenant's calls are spaced by its own budget, shared by both
+    interval = 1 / (10 * RATE_HEADROOM)
+    assert all(r.reserved for r in reserved + after)
+    for n in range(len(tenants)):
+        assert reserved[2 * n + 1].wait_seconds - reserved[2 * n].wait_seconds == pytest.approx(
+            interval, abs=0.02
+        )
+        assert after[n].wait_seconds == pytest.approx(2 * interval, abs=0.05)
+    # And without a configured rate, a 429 one worker got holds the tenant for the other
+    learning = RateBudget.from_url(cluster.url, per_second=None, deployment=deployment)
+    other = RateBudget.from_url(cluster.url, per_second=None, deployment=deployment)
+    learning.refused(tenants[0], 2.0)
+    other.refresh()
+    [held] = other.reserve_all([tenants[0]])
+    assert other.applies(tenants[0]) and held.wait_seconds == pytest.approx(2.0, abs=0.2)
 
 
 def test_given_a_cluster_gone_then_runs_alone_and_the_pause_say_redis_is_unavailable() -> None:

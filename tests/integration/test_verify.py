@@ -30,6 +30,7 @@ from worker.cli import main
 from worker.cloudcockpit.client import CloudCockpitClient
 from worker.cloudcockpit.tokens import StaticToken
 from worker.ops.verify import Check, Filters, Pace, RepairOutcome, Status, Verifier
+from worker.processing.budget import RateBudget
 from worker.processing.ledger import Ledger, Relationship
 from worker.processing.ledger.records import format_record
 from worker.sandbox import SandboxControl, SandboxServer
@@ -345,6 +346,38 @@ def test_given_a_rate_then_the_reads_are_spread_out(
     received = sorted(e["receivedAt"] for e in sandbox.journal() if e["method"] == "GET")
     assert len(received) == 6
     assert took >= 5 * 0.2 - 0.01
+    assert min(b - a for a, b in itertools.pairwise(received)) >= 0.2 - 0.02
+
+
+def test_given_the_tenants_rate_budget_spent_by_a_worker_then_verify_reads_wait_for_their_slots(
+    ledger: Ledger, api: CloudCockpitClient, sandbox: SandboxControl
+) -> None:
+    # Given a budget of 5 calls a second, of which a worker reserved the next second's
+    tenant = unique_tenant()
+    for _ in range(3):
+        record(ledger, Relationship(tenant, str(uuid.uuid4()), None), None)
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"ccsync-verify-{uuid.uuid4().hex}"
+    worker_budget = RateBudget(client, per_second=5, prefix=prefix)
+    worker_budget.reserve_all([tenant] * 5)
+    sandbox.clear_journal()
+
+    # When verify checks the tenant's three relationships, on the same budget
+    started = time.time()
+    verifier = Verifier(
+        ledger=ledger,
+        api=api,
+        budget=RateBudget(client, per_second=5, prefix=prefix),
+        unanswered_hold_seconds=30,
+        call_lease_seconds=10,
+    )
+    checks = list(verifier.checks(Filters(tenant=tenant)))
+    client.close()
+
+    # Then its reads came after the worker's second, one slot (0.2 s) apart
+    assert [c.status for c in checks] == [Status.IN_SYNC] * 3
+    received = sorted(e["receivedAt"] for e in sandbox.journal() if e["method"] == "GET")
+    assert received[0] - started >= 1.0 - 0.05
     assert min(b - a for a, b in itertools.pairwise(received)) >= 0.2 - 0.02
 
 

@@ -209,15 +209,29 @@ def test_given_no_answer_on_the_last_attempt_then_retries_exhausted_without_stat
     assert "ConnectError" in letter.error
 
 
-def test_given_429_with_retry_after_5_and_a_1_s_policy_then_the_retry_waits_at_least_5_s() -> None:
+def test_given_429_with_retry_after_5_then_deferred_at_least_5_s_without_spending_the_attempt() -> (
+    None
+):
     api = FakeApi(lambda request: httpx.Response(429, headers={"Retry-After": "5"}))
 
     outcome, forwarder = run(api, number=1, delays=(1.0,))
 
-    assert outcome is Outcome.RETRYING
-    ((next_attempt, delay),) = forwarder.retries
-    assert next_attempt.number == 2
+    assert outcome is Outcome.DEFERRED
+    ((again, delay),) = forwarder.retries
+    assert again.number == 1
     assert delay >= 5.0
+
+
+def test_given_429_on_the_last_attempt_then_deferred_never_dead_lettered() -> None:
+    api = FakeApi(lambda request: httpx.Response(429))
+
+    outcome, forwarder = run(api, number=4, delays=(1.0, 2.0, 3.0))
+
+    assert outcome is Outcome.DEFERRED
+    assert forwarder.dead_letters == []
+    ((again, delay),) = forwarder.retries
+    assert again.number == 4
+    assert delay >= 1.0
 
 
 def test_given_401_twice_then_the_event_is_retried_not_dead_lettered() -> None:
@@ -617,11 +631,11 @@ def test_given_429_then_it_does_not_count_toward_the_guard(
 
     outcome = applier.apply(attempt(1))
 
-    assert outcome is Outcome.RETRYING
+    assert outcome is Outcome.DEFERRED
     assert not guard.is_open
     assert calls == []
     ((again, _),) = forwarder.retries
-    assert again.number == 2
+    assert again.number == 1
 
 
 # --- the ledger unreachable ------------------------------------------------------------------

@@ -10,13 +10,15 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from tests.support import REDIS_URL
 from worker.cloudcockpit.client import (
     Change,
     CloudCockpitClient,
@@ -27,6 +29,7 @@ from worker.cloudcockpit.connection import environment_proxy
 from worker.cloudcockpit.tokens import ClientCredentialsToken, StaticToken
 from worker.exceptions import RelationshipBusy, TokenRejected
 from worker.processing.applier import CALL_LEASE_SECONDS
+from worker.processing.budget import RateBudget, Reservation
 from worker.processing.ledger import Hold
 from worker.runtime.caller import Caller
 from worker.settings import Settings
@@ -426,6 +429,9 @@ def test_cached_gives_the_token_only_while_no_fetch_is_due() -> None:
     assert StaticToken("s").cached() == "s"
 
 
+TENANT = "portal.example.com"
+
+
 class FencingLedger:
     """Counts ``fence_all`` round trips; refuses the holds named in ``lost``."""
 
@@ -443,11 +449,16 @@ class FencingLedger:
 
 
 class FencingApplier:
-    def __init__(self, ledger: FencingLedger) -> None:
+    def __init__(self, ledger: FencingLedger, budget: RateBudget | None = None) -> None:
         self.ledger = ledger
+        self.budget = budget
         self.fenced: dict[str, str] = {}
+        self.budget_waited: dict[str, float] = {}
 
-    async def send_async(self, call: Any, *, connection: Any, fence: Any) -> None:
+    async def send_async(self, call: Any, *, connection: Any, fence: Any, budget: Any) -> None:
+        started = time.monotonic()
+        await budget(TENANT)
+        self.budget_waited[call.hold.token] = time.monotonic() - started
         try:
             await fence(call.hold, 10.0)
             self.fenced[call.hold.token] = "fenced"
@@ -493,6 +504,66 @@ def test_the_caller_fences_many_calls_in_few_round_trips_each_with_its_own_verdi
     assert len(ledger.batches) < 10  # 16 lanes at a time: a round trip serves many
 
 
+class CountingBudget(RateBudget):
+    """A real budget that counts its round trips."""
+
+    def __init__(self, client: redis.Redis, *, per_second: float, prefix: str) -> None:
+        super().__init__(client, per_second=per_second, prefix=prefix)
+        self.batches: list[int] = []
+
+    def reserve_all(self, tenants: Sequence[str]) -> list[Reservation]:
+        self.batches.append(len(tenants))
+        return super().reserve_all(tenants)
+
+
+def test_the_caller_waits_for_each_calls_budget_before_its_fence_lanes_asking_together(
+    ledger_prefix: str,
+) -> None:
+    # Given a budget of 100 calls a second and 16 lanes
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+    budget = CountingBudget(client, per_second=100, prefix=ledger_prefix)
+    applier = FencingApplier(FencingLedger(lost=set()), budget)
+    called: list[float] = []
+    done = threading.Event()
+
+    def on_called(call: Any, message: Any) -> None:
+        called.append(time.monotonic())
+        if len(called) == 40:
+            done.set()
+
+    caller = Caller(
+        applier=applier,  # type: ignore[arg-type]
+        lanes=16,
+        make_connection=lambda: None,  # type: ignore[arg-type, return-value]
+        on_called=on_called,
+        on_lost=lambda call, message: None,
+    )
+    threading.Thread(target=caller.run, args=(lambda: None,), daemon=True).start()
+
+    class FakeCall:
+        backfill = False
+
+        def __init__(self, token: str) -> None:
+            self.hold = Hold(
+                ["l", "a"], token=token, linger_value="", stored=None, lingering_until=0
+            )
+
+    # When 40 calls are put at once
+    started = time.monotonic()
+    for number in range(40):
+        caller.put(FakeCall(f"hold-{number}"), object())  # type: ignore[arg-type]
+    assert done.wait(10)
+    client.close()
+
+    # Then they took 0.4 s at least (100 a second); the lanes that asked together were
+    # answered in one round trip; and each call waited for its slot before its fence
+    assert max(called) - started >= 0.38
+    assert sum(budget.batches) == 40
+    assert max(budget.batches) >= 8
+    assert max(applier.budget_waited.values()) >= 0.14  # 16 lanes: 15 slots ahead of the last
+    assert sum(value == "fenced" for value in applier.fenced.values()) == 40
+
+
 def test_under_a_light_load_the_last_lane_to_finish_takes_the_next_call() -> None:
     # Given 16 lanes and one event at a time
     made: list[object] = []
@@ -500,8 +571,9 @@ def test_under_a_light_load_the_last_lane_to_finish_takes_the_next_call() -> Non
 
     class Sending:
         ledger = FencingLedger(lost=set())
+        budget = None
 
-        async def send_async(self, call: Any, *, connection: Any, fence: Any) -> None:
+        async def send_async(self, call: Any, *, connection: Any, fence: Any, budget: Any) -> None:
             pass
 
     def make_connection() -> Any:

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from worker.sandbox.controls import handle_control
-from worker.sandbox.faults import FaultBook, FaultStep, RandomFaults
+from worker.sandbox.faults import FaultBook, FaultStep, RandomFaults, RateLimit, TenantWindows
 from worker.sandbox.protocol import ApiRequest, Reply, canonical_uuid, parse_patch_body
 from worker.sandbox.state import (
     DEFAULT_CLIENT_ID,
@@ -484,6 +484,7 @@ def test_given_runtime_config_when_reset_then_options_return_and_tokens_survive(
     assert view["random"] is not None and view["random"]["rate"] == 0.5
     assert state.configure(ConfigUpdate.model_validate({"random": None}))["random"] is None
     state.add_faults("*", [FaultStep(status=500)])
+    state.configure(ConfigUpdate.model_validate({"rateLimit": {"callsPerSecond": 5}}))
     state.reset()
     assert state.config() == {
         "latencyMs": 0,
@@ -491,6 +492,7 @@ def test_given_runtime_config_when_reset_then_options_return_and_tokens_survive(
         "tokenTtlSeconds": 3599,
         "random": None,
         "outage": None,
+        "rateLimit": None,
     }
     assert state.journal() == [] and state.faults()["scripts"] == {}
     assert patch(state, new_id(), {}, headers={"authorization": f"Bearer {token}"}).status == 204
@@ -542,3 +544,30 @@ def test_given_an_outage_then_patch_and_get_fail_until_it_ends() -> None:
     state.configure(ConfigUpdate.model_validate({"outage": None}))
     assert patch(state, customer, {"internalIdentifier": "A"}).status == 204
     assert get(state, customer).status == 200
+
+
+def test_given_a_rate_limit_of_3_then_each_tenants_fourth_call_of_a_second_is_429() -> None:
+    state = make_state(rate_limit=RateLimit(calls_per_second=3, retry_after=1))
+    body = {"internalIdentifier": "X", "resellerId": None}
+    customer = new_id()
+
+    answers = [patch(state, customer, body).status for _ in range(3)]
+    refused = patch(state, customer, body)
+    other_tenant = get(state, customer, headers={"x-tenant": "other.example.com"})
+
+    assert answers == [204, 204, 204]
+    assert refused.status == 429
+    assert ("Retry-After", "1") in refused.headers
+    assert other_tenant.status == 200
+    assert [entry["fault"] for entry in state.journal()][-2:] == ["rate-limited", None]
+
+
+def test_given_a_rate_limit_then_the_next_second_allows_as_many_again() -> None:
+    windows = TenantWindows()
+    limit = RateLimit(calls_per_second=2)
+
+    first = [windows.refused(limit, "t", 10.2) for _ in range(3)]
+    next_second = [windows.refused(limit, "t", 11.0) for _ in range(2)]
+
+    assert [fault is None for fault in first] == [True, True, False]
+    assert next_second == [None, None]

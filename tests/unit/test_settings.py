@@ -449,3 +449,17 @@ def test_given_a_trusted_proxy_that_is_no_address_then_configuration_error(
     monkeypatch.setenv("CCSYNC_CONSOLE_TRUSTED_PROXIES", value)
     with pytest.raises(ConfigurationError, match="CCSYNC_CONSOLE_TRUSTED_PROXIES"):
         load_settings()
+
+
+def test_given_an_api_rate_limit_then_it_is_read_in_calls_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CCSYNC_API_RATE_LIMIT", "12.5")
+    assert load_settings().api_rate_limit == 12.5
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "inf", "fast"])
+def test_given_an_api_rate_limit_not_a_positive_number_then_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    assert "CCSYNC_API_RATE_LIMIT" in configuration_error(monkeypatch, CCSYNC_API_RATE_LIMIT=text)

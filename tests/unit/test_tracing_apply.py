@@ -205,11 +205,14 @@ def test_given_spans_recorded_when_called_from_the_event_loop_then_the_call_is_a
     async def fence(hold: Hold, lease_seconds: float) -> None:
         applier.ledger.fence(hold, lease_seconds=lease_seconds)
 
+    async def no_budget(tenant: str) -> None:
+        pass
+
     async def first_attempt() -> Outcome:
         call = applier.prepare(_attempt(1))
         call.hold = applier.ledger.acquire(call.relationship, call.attempt.event.event_id)
         async with make_async_connection(settings) as connection:
-            await applier.send_async(call, connection=connection, fence=fence)
+            await applier.send_async(call, connection=connection, fence=fence, budget=no_budget)
         applier.leave_all([call])
         return applier.conclude(call)
 

@@ -34,7 +34,9 @@ from worker.ops.verify import (
     Tally,
     Verifier,
 )
+from worker.processing.budget import RateBudget
 from worker.processing.ledger import Ledger
+from worker.processing.pause import virtual_host
 
 #: Widths of the table's status and UUID columns.
 STATUS_WIDTH = 9
@@ -79,6 +81,11 @@ def verify(
             http, base_url=settings.base_url, tokens=make_token_source(settings, http)
         ),
         pace=Pace(rate),
+        budget=RateBudget.from_url(
+            settings.redis_url,
+            per_second=settings.api_rate_limit,
+            deployment=virtual_host(settings.broker_url),
+        ),
         unanswered_hold_seconds=settings.unanswered_hold_seconds,
         call_lease_seconds=longest_call_seconds(settings.timeouts),
     )

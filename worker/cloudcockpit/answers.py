@@ -4,7 +4,7 @@
 |------------------------------------------|--------------------------------------------------|
 | 2xx                                      | applied                                          |
 | 401                                      | renew the token once and call again              |
-| 429                                      | retry after ``Retry-After`` (or the backoff)     |
+| 429                                      | defer after ``Retry-After``, no attempt spent    |
 | 400, 403, 404, any other 4xx             | ``api-rejected``: dead-letter, keep the error    |
 | 5xx, timeout, refused/dropped connection | retry with backoff, then ``retries-exhausted``   |
 | a body that does not decode (no usable   | as a 5xx                                         |

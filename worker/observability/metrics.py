@@ -36,6 +36,16 @@ API_REQUEST_SECONDS = Histogram(
 )
 #: The ``status`` of a call that got no HTTP answer (timeout, refused, reset).
 NO_ANSWER = "none"
+API_RATE_LIMIT = Gauge(
+    "ccsync_api_rate_limit_calls_per_second",
+    "The API rate budget of each tenant, fleet-wide (CCSYNC_API_RATE_LIMIT); 0: none configured",
+)
+API_RATE_WAIT_SECONDS = Histogram(
+    "ccsync_api_rate_wait_seconds",
+    "Time a call waited for its tenant's API rate budget (or a 429's Retry-After) before it "
+    "was made; calls of a tenant without a limit do not wait and are not counted",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 PUBLISH_TO_APPLY_SECONDS = Histogram(
     "ccsync_publish_to_apply_seconds",
     "From the intake taking an event to CloudCockpit accepting it, retries included",

@@ -17,8 +17,9 @@ held, fenced over the whole call, and only if the ledger still holds the very re
 compared. A newer event applied since then wins (the repair is ``superseded`` and writes
 nothing); one that arrives during the repair waits for the lock and lands after it. A repair
 whose call may still be applied late (a 5xx, no answer) keeps the relationship held for the
-unanswered hold, as an event's call does. The rate (``Pace``) is waited for before the lock is
-taken, never between the fence and the call; a repair whose lease ran out before its call ended
+unanswered hold, as an event's call does. The rate (``Pace``), and the fleet's rate budget of
+the tenant (``RateBudget``, shared with the workers), are waited for before the lock is taken,
+never between the fence and the call; a repair whose lease ran out before its call ended
 is ``failed``, not ``repaired``: another event may have written meanwhile. The ledger is left as
 it was: a repair records no event of its own.
 
@@ -47,6 +48,7 @@ from worker.exceptions import (
     TransientFailure,
 )
 from worker.observability import metrics
+from worker.processing.budget import RateBudget
 from worker.processing.ledger import Hold, Ledger, Relationship
 from worker.processing.ledger.records import AppliedRecord
 
@@ -197,7 +199,8 @@ class Pace:
 
 
 class Verifier:
-    """Reads relationships back and repairs drift; every call to CloudCockpit waits on ``pace``."""
+    """Reads relationships back and repairs drift; every call to CloudCockpit waits on ``pace``,
+    and on ``budget``, the tenant's API rate budget, if given."""
 
     def __init__(
         self,
@@ -205,6 +208,7 @@ class Verifier:
         ledger: Ledger,
         api: CloudCockpitClient,
         pace: Pace | None = None,
+        budget: RateBudget | None = None,
         unanswered_hold_seconds: float,
         call_lease_seconds: float,
         read_retry_pause_seconds: float = READ_RETRY_PAUSE_SECONDS,
@@ -212,6 +216,7 @@ class Verifier:
         self.ledger = ledger
         self.api = api
         self.pace = pace or Pace(None)
+        self.budget = budget
         self.unanswered_hold_seconds = unanswered_hold_seconds
         self.call_lease_seconds = call_lease_seconds
         self.read_retry_pause_seconds = read_retry_pause_seconds
@@ -240,8 +245,8 @@ class Verifier:
         failure: ApiError | None = None
         pause = self.read_retry_pause_seconds
         for attempt in range(1, READ_ATTEMPTS + 1):
-            self.pace.wait()
             try:
+                self._wait_for_rate(relationship.tenant)
                 reading = self.api.read_internal_identifier(
                     tenant=relationship.tenant,
                     customer_id=uuid.UUID(relationship.customer_id),
@@ -252,6 +257,8 @@ class Verifier:
             except TransientFailure as exc:
                 failure = exc
                 wait = exc.retry_after if isinstance(exc, RateLimited) else None
+                if wait is not None and exc.status is not None and self.budget is not None:
+                    self.budget.refused(relationship.tenant, wait)
                 if attempt == READ_ATTEMPTS or (wait or 0) > LONGEST_RETRY_AFTER_SECONDS:
                     break
                 time.sleep(max(pause, wait or 0))
@@ -280,13 +287,14 @@ class Verifier:
     def _repair(self, check: Check) -> tuple[RepairOutcome, str]:
         relationship = check.relationship
         holder = f"{REPAIR_HOLDER_PREFIX}{uuid.uuid4().hex}"
-        # Waited for before the lock is taken: a wait after the fence would eat the call's lease.
-        self.pace.wait()
         try:
+            # Waited for before the lock is taken: a wait after the fence would eat the call's
+            # lease.
+            self._wait_for_rate(relationship.tenant)
             hold = self.ledger.acquire(relationship, holder)
         except RelationshipBusy as exc:
             return RepairOutcome.BUSY, str(exc)
-        except LedgerUnavailable as exc:
+        except (LedgerUnavailable, RateLimited) as exc:
             return RepairOutcome.FAILED, str(exc)
         # Set before the fence is asked for, so no later than the lease it grants runs out.
         lease_ends = time.monotonic() + self.call_lease_seconds
@@ -303,6 +311,13 @@ class Verifier:
                 "ended: another event may have written since; run ccsync verify again",
             )
         return outcome, detail
+
+    def _wait_for_rate(self, tenant: str) -> None:
+        """``pace``, then the tenant's slot in the fleet's rate budget; ``RateLimited`` when the
+        budget is spent for too long, ``LedgerUnavailable`` when Redis does not answer."""
+        self.pace.wait()
+        if self.budget is not None:
+            self.budget.wait(tenant)
 
     def _leave(self, hold: Hold) -> bool | None:
         """Whether the repair's lock was still its own when it left; None if Redis could not

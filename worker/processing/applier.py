@@ -43,6 +43,7 @@ from worker.exceptions import (
 from worker.observability import metrics, tracing
 from worker.processing.attempts import Attempt, Call
 from worker.processing.backoff import RetryPolicy
+from worker.processing.budget import RateBudget
 from worker.processing.dead_letters import DeadLetter, Envelope
 from worker.processing.ledger import Hold, Ledger, Relationship, Verdict
 from worker.processing.outage import Admission, OutageGuard, Trial
@@ -62,6 +63,8 @@ _FAILED_OUTCOMES: frozenset[str] = frozenset({"retrying", "dead-lettered"})
 
 #: Fences one hold right before its call, for that many seconds (``Ledger.fence``'s contract).
 Fence = Callable[[Hold, float], Awaitable[None]]
+#: Waits for a call's slot in its tenant's rate budget (``RateBudget.wait``'s contract).
+BudgetWait = Callable[[str], Awaitable[None]]
 
 
 class Outcome(StrEnum):
@@ -153,8 +156,12 @@ class Applier:
         rng: random.Random | None = None,
         unsettled_linger_seconds: float = UNSETTLED_LINGER_SECONDS,
         call_lease_seconds: float = CALL_LEASE_SECONDS,
+        budget: RateBudget | None = None,
     ) -> None:
+        """``budget``: the API's rate budget each call waits for, before its fence (None: calls
+        never wait, and a 429 holds nothing but its own event)."""
         self.api = api
+        self.budget = budget
         self.ledger = ledger
         self.forwarder = forwarder
         self.policy = policy
@@ -237,6 +244,9 @@ class Applier:
             hold = self._hold_to_call(call)
             if hold is None:
                 return
+            if self.budget is not None:
+                # Before the fence: waiting for the budget eats nothing of the call's lease.
+                self.budget.wait(call.attempt.tenant)
             # The lock was taken ahead, and may have expired while the event waited for this
             # thread: another event could hold it now. Checked and extended in one script, and
             # the verdict judged again by what was applied meanwhile.
@@ -250,14 +260,18 @@ class Applier:
                     )
                 self._called(call, started)
 
-    async def send_async(self, call: Call, *, connection: AsyncConnection, fence: Fence) -> None:
-        """``send`` in an event loop: the call through ``connection``, and ``fence`` (the ledger's
-        ``fence_all`` for every call the loop is about to make, in one round trip) in place of
-        ``Ledger.fence``, right before it. Same verdicts, same failures, same lease."""
+    async def send_async(
+        self, call: Call, *, connection: AsyncConnection, fence: Fence, budget: BudgetWait
+    ) -> None:
+        """``send`` in an event loop: the call through ``connection``, ``budget`` in place of
+        ``RateBudget.wait`` and ``fence`` (the ledger's ``fence_all`` for every call the loop is
+        about to make, in one round trip) in place of ``Ledger.fence``, right before it. Same
+        verdicts, same failures, same lease."""
         with self._settling(call):
             hold = self._hold_to_call(call)
             if hold is None:
                 return
+            await budget(call.attempt.tenant)
             # Taken before the fence: the lease it sets ends no sooner than this plus its length.
             leased_at = time.monotonic()
             await fence(hold, self.call_lease_seconds)
@@ -306,18 +320,21 @@ class Applier:
             return None
         return hold
 
-    @staticmethod
-    def _still_new(call: Call) -> bool:
-        """After the fence: the verdict again, by what the ledger holds now."""
+    def _still_new(self, call: Call) -> bool:
+        """After the fence: the verdict again, by what the ledger holds now; ``RateLimited``
+        if a 429 came for the tenant meanwhile (``RateBudget.check_unpaused``)."""
         assert call.hold is not None
         call.verdict = call.hold.verdict(call.attempt.event)
+        if call.verdict is Verdict.NEW and self.budget is not None:
+            self.budget.check_unpaused(call.attempt.tenant)
         return call.verdict is Verdict.NEW
 
-    @staticmethod
-    def _called(call: Call, started: float) -> None:
+    def _called(self, call: Call, started: float) -> None:
         assert call.hold is not None
         call.duration = time.monotonic() - started
         call.hold.applied(call.attempt.event)
+        if self.budget is not None:
+            self.budget.answered(call.attempt.tenant)
 
     def _call_failed(
         self, call: Call, exc: ApiRejected | TransientFailure | RelationshipBusy
@@ -325,6 +342,10 @@ class Applier:
         if isinstance(exc, ApiUnavailable) and exc.unsettled and call.hold is not None:
             # A late write of this event must not land after a newer one.
             call.hold.linger(self.unsettled_linger_seconds)
+        if isinstance(exc, RateLimited) and exc.status is not None and self.budget is not None:
+            # The tenant's next calls from this worker wait at once; the fleet is told later,
+            # by ``conclude``, off the threads that make calls.
+            self.budget.seen_refusal(call.attempt.tenant, exc.retry_after)
         call.failure = exc
 
     def leave_all(self, calls: Sequence[Call]) -> None:
@@ -390,6 +411,8 @@ class Applier:
         if isinstance(failure, RelationshipBusy | LeaseExpired):
             # Nothing was sent: the event comes back soon, its attempt unspent.
             return self._defer(attempt, BUSY_RETRY_SECONDS, str(failure))
+        if isinstance(failure, RateLimited):
+            return self._rate_limited(attempt, failure)
         if isinstance(failure, ApiRejected):
             self._healthy()
             return self._dead_letter(
@@ -427,6 +450,17 @@ class Applier:
         self.forwarder.retry_later(attempt.next(), delay)
         metrics.EVENTS_RETRIED.labels(retry_reason(failure)).inc()
         return self._report(attempt, Outcome.RETRYING, f"{failure.error}; retry in {delay:.1f}s")
+
+    def _rate_limited(self, attempt: Attempt, failure: RateLimited) -> Outcome:
+        """A 429, or a rate budget spent for longer than a call may wait: the API refused
+        nothing of the event itself, so the attempt is not spent; the event comes back after
+        ``Retry-After`` (at least ``BUSY_RETRY_SECONDS``) and waits for the budget again."""
+        if failure.status is not None and self.budget is not None:
+            self.budget.refused(attempt.tenant, failure.retry_after)
+        delay = max(failure.retry_after or 0.0, BUSY_RETRY_SECONDS)
+        delay += delay * self.policy.jitter * self.rng.random()
+        metrics.EVENTS_RETRIED.labels(retry_reason(failure)).inc()
+        return self._defer(attempt, delay, failure.error)
 
     def _defer(self, attempt: Attempt, delay: float, why: str) -> Outcome:
         self.forwarder.retry_later(attempt, delay)

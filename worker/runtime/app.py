@@ -55,6 +55,7 @@ from worker.observability.tracing import configure_tracing
 from worker.processing.applier import Applier, Outcome
 from worker.processing.attempts import Attempt
 from worker.processing.backoff import RetryPolicy
+from worker.processing.budget import RateBudget
 from worker.processing.dead_letters import DeadLetter, Envelope, publish_dead_letter
 from worker.processing.ledger import Ledger
 from worker.processing.mandatory import refused_if_returned
@@ -186,6 +187,11 @@ class Runtime:
             guard=self.guard,
             unsettled_linger_seconds=settings.unanswered_hold_seconds,
             call_lease_seconds=call_lease,
+            budget=RateBudget.from_url(
+                settings.redis_url,
+                per_second=settings.api_rate_limit,
+                deployment=virtual_host(settings.broker_url),
+            ),
         )
 
     def _probe(self) -> bool:

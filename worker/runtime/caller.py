@@ -8,9 +8,13 @@ calls can wait on CloudCockpit at once for the price of a coroutine each, where 
 costs a thread switch, and a turn of the GIL, at every step of every call (the measurements are in
 docs/concurrency.md).
 
+Before its fence, a lane waits for its call's slot in the tenant's API rate budget
+(``worker.processing.budget``), when one applies: no Redis round trip for a tenant without one.
+
 Fences are batched: every lane about to call while a fence round trip is under way waits for the
-next one, which serves all of them in one script call (``Ledger.fence_all``). The round trip runs
-in a thread of its own, so a slow Redis delays the calls it fences, never the calls in flight.
+next one, which serves all of them in one script call (``Ledger.fence_all``); so are the budget's
+reservations (``RateBudget.reserve_all``). Each kind of round trip runs in a thread of its own
+(``RoundTrips``), so a slow Redis delays the calls it fences, never the calls in flight.
 
 Every call ends by the worker's presence deadline (``Presence.valid_until``, moved on at each
 beat of the loop): once its presence record may have expired, the calls in flight are cut and
@@ -24,17 +28,20 @@ import asyncio
 import importlib.util
 import logging
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from kombu.message import Message
 
 from worker.cloudcockpit.connection import AsyncConnection
 from worker.exceptions import RelationshipBusy
+from worker.observability import metrics
 from worker.processing.applier import Applier
 from worker.processing.attempts import Call
+from worker.processing.budget import Reservation
 from worker.processing.ledger import Hold
+from worker.runtime.batches import RoundTrips
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +94,13 @@ class Caller:
         # Filled by other threads; the loop is woken once per batch of arrivals, not per event.
         self._arrivals: deque[tuple[Call, Message]] = deque()
         self._wake_pending = False
-        # Fences asked for while one round trip is under way, sent together after it.
-        self._fences: list[tuple[Hold, asyncio.Future[RelationshipBusy | None]]] = []
-        self._fencing = False
-        self._fencer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccsync-fence")
+        self._fences = RoundTrips(self._loop, self._fence_all, name="ccsync-fence")
+        self._budget = applier.budget
+        self._reservations = (
+            None
+            if self._budget is None
+            else RoundTrips(self._loop, self._budget.reserve_all, name="ccsync-budget")
+        )
         self._lanes = lanes
         self._presence = applier.ledger.presence
         # The deadline of each call in flight, moved on as the presence is renewed.
@@ -150,6 +160,8 @@ class Caller:
                     # One that expired already is on its way out: it cannot be moved.
                     if not cut.expired():
                         cut.reschedule(self._presence.valid_until)
+            if self._budget is not None and self._reservations is not None:
+                self._reservations.run_soon(self._budget.refresh)
             self._loop.call_later(BEAT_SECONDS, beating)
 
         beating()
@@ -179,14 +191,18 @@ class Caller:
         """``Applier.send_async``, cut at the presence deadline: a call cut is concluded as
         busy (it comes back a second later, its attempt unspent)."""
         if self._presence is None:
-            await self._applier.send_async(call, connection=connection, fence=self._fence)
+            await self._applier.send_async(
+                call, connection=connection, fence=self._fence, budget=self._wait_for_budget
+            )
             return
         cut = asyncio.timeout_at(self._presence.valid_until)
         try:
             async with cut:
                 self._cuts.add(cut)
                 try:
-                    await self._applier.send_async(call, connection=connection, fence=self._fence)
+                    await self._applier.send_async(
+                        call, connection=connection, fence=self._fence, budget=self._wait_for_budget
+                    )
                 finally:
                     self._cuts.discard(cut)
         except TimeoutError:
@@ -198,35 +214,29 @@ class Caller:
                 "in Redis may have expired"
             )
 
+    async def _wait_for_budget(self, tenant: str) -> None:
+        """``RateBudget.wait`` in the loop, its reservation batched with the lanes about to
+        call at the same time."""
+        budget = self._budget
+        if budget is None or self._reservations is None or not budget.applies(tenant):
+            return
+        started = time.monotonic()
+        await asyncio.sleep(budget.paused_for(tenant))
+        reservation: Reservation = await self._reservations.ask(tenant)
+        if not reservation.reserved:
+            raise reservation.refusal(tenant)
+        await asyncio.sleep(reservation.wait_seconds)
+        await asyncio.sleep(budget.spaced(tenant))
+        metrics.API_RATE_WAIT_SECONDS.observe(time.monotonic() - started)
+
     async def _fence(self, hold: Hold, lease_seconds: float) -> None:
         """``Ledger.fence`` for one hold, batched with the lanes about to call at the same time."""
-        refused: asyncio.Future[RelationshipBusy | None] = self._loop.create_future()
-        self._fences.append((hold, refused))
-        if not self._fencing:
-            self._send_fences(lease_seconds)
-        failure = await refused
+        failure = await self._fences.ask((hold, lease_seconds))
         if failure is not None:
             raise failure
 
-    def _send_fences(self, lease_seconds: float) -> None:
-        batch, self._fences = self._fences, []
-        self._fencing = True
-        holds = [hold for hold, _ in batch]
-
-        def fence_all() -> list[RelationshipBusy | None]:
-            return self._applier.ledger.fence_all(holds, lease_seconds=lease_seconds)
-
-        def answered(done: asyncio.Future[list[RelationshipBusy | None]]) -> None:
-            self._fencing = False
-            error = done.exception()
-            for index, (_, refused) in enumerate(batch):
-                if refused.cancelled():
-                    continue
-                if error is not None:
-                    refused.set_exception(error)
-                else:
-                    refused.set_result(done.result()[index])
-            if self._fences:
-                self._send_fences(lease_seconds)
-
-        self._loop.run_in_executor(self._fencer, fence_all).add_done_callback(answered)
+    def _fence_all(self, requests: list[tuple[Hold, float]]) -> list[RelationshipBusy | None]:
+        lease_seconds = max(lease for _, lease in requests)
+        return self._applier.ledger.fence_all(
+            [hold for hold, _ in requests], lease_seconds=lease_seconds
+        )

@@ -19,7 +19,8 @@ over, with everything written before it. Who writes what:
 - the intake (Celery's event loop) makes it: ``attempt``, ``relationship``, ``delivery_count``,
   ``outage``, ``trial`` and ``trace``;
 - the gate: ``hold``, or ``failure`` (ledger down, relationship busy);
-- the caller: ``verdict``, ``duration``, ``outage``, ``failure``, and the hold's record;
+- the caller: ``verdict``, ``duration``, ``outage``, ``failure``, and the hold's record (it
+  waits for the tenant's API rate budget, when one applies, before the fence);
 - the settler: ``hold`` (left), ``attempt`` (a lock to inherit), ``failure``; then it concludes.
 
 Supervision. Each stage runs in a thread of its own and beats a heartbeat every round (at least

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from worker.sandbox.control_client import SandboxControl, SandboxControlError
 from worker.sandbox.controls import CONTROL_PREFIX, handle_control
-from worker.sandbox.faults import FaultStep, RandomFaults
+from worker.sandbox.faults import FaultStep, RandomFaults, RateLimit
 from worker.sandbox.protocol import ApiRequest, Reply, error_reply, status_phrase
 from worker.sandbox.state import CustomerSpec, SandboxOptions, SandboxState
 
@@ -30,6 +30,7 @@ __all__ = [
     "CustomerSpec",
     "FaultStep",
     "RandomFaults",
+    "RateLimit",
     "SandboxControl",
     "SandboxControlError",
     "SandboxOptions",

@@ -7,7 +7,7 @@ from typing import Any, Final, TypedDict
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from worker.sandbox.faults import FaultStep, RandomFaults
+from worker.sandbox.faults import FaultStep, RandomFaults, RateLimit
 
 DEFAULT_CLIENT_ID: Final = "sandbox-client"
 DEFAULT_CLIENT_SECRET: Final = "sandbox-secret"
@@ -31,6 +31,7 @@ class SandboxOptions(BaseModel):
     latency_ms: int = Field(default=0, ge=0, le=600_000)
     journal_limit: int = Field(default=200_000, ge=1)
     random_faults: RandomFaults | None = None
+    rate_limit: RateLimit | None = None
 
 
 class ConfigUpdate(BaseModel):
@@ -44,6 +45,8 @@ class ConfigUpdate(BaseModel):
     random: RandomFaults | None = None
     # While set, every PATCH and GET gets this fault: the whole API is down, probes included.
     outage: FaultStep | None = None
+    # While set, each tenant's calls beyond this many a second are refused (429, Retry-After).
+    rate_limit: RateLimit | None = None
 
 
 class ConfigView(TypedDict):
@@ -52,3 +55,4 @@ class ConfigView(TypedDict):
     tokenTtlSeconds: int
     random: dict[str, Any] | None
     outage: dict[str, Any] | None
+    rateLimit: dict[str, Any] | None

@@ -10,7 +10,7 @@ from typing import Any, Self, cast
 
 import httpx
 
-from worker.sandbox.faults import FaultStep, RandomFaults
+from worker.sandbox.faults import FaultStep, RandomFaults, RateLimit
 from worker.sandbox.journal import JournalEntry
 from worker.sandbox.state import ConfigView
 from worker.sandbox.store import CustomerSpec, CustomerView
@@ -87,6 +87,11 @@ class SandboxControl:
         """Every PATCH and GET answered with ``fault`` (e.g. ``{"status": 503}``) until None."""
         outage = fault.to_json() if isinstance(fault, FaultStep) else fault
         return cast(ConfigView, self._call("PUT", "/config", {"outage": outage}))
+
+    def set_rate_limit(self, rate_limit: RateLimit | None) -> ConfigView:
+        """Each tenant's calls beyond ``rate_limit`` a second answered 429, until None."""
+        payload = {"rateLimit": None if rate_limit is None else rate_limit.to_json()}
+        return cast(ConfigView, self._call("PUT", "/config", payload))
 
     def add_customer(
         self,

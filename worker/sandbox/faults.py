@@ -103,6 +103,42 @@ class Fault:
     undecodable: bool = False
 
 
+class RateLimit(BaseModel):
+    """At most ``callsPerSecond`` PATCH and GET calls per tenant (X-Tenant) in each second of the
+    sandbox's clock (fixed one-second windows); every call beyond is answered 429 with
+    ``Retry-After: retryAfter``, as an API gateway's per-tenant quota would."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+    calls_per_second: int = Field(ge=1, le=1_000_000)
+    retry_after: int = Field(default=DEFAULT_RETRY_AFTER, ge=0)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+class TenantWindows:
+    """The calls each tenant made in the current one-second window of a ``RateLimit``."""
+
+    def __init__(self) -> None:
+        self._window = -1
+        self._calls: dict[str, int] = {}
+
+    def refused(self, limit: RateLimit, tenant: str, now: float) -> Fault | None:
+        """Counts a call of ``tenant`` at ``now`` (seconds); its 429 when over the limit."""
+        window = int(now)
+        if window != self._window:
+            self._window = window
+            self._calls.clear()
+        calls = self._calls.get(tenant, 0) + 1
+        self._calls[tenant] = calls
+        if calls <= limit.calls_per_second:
+            return None
+        return Fault("rate-limited", status=429, retry_after=limit.retry_after)
+
+
 def outage_fault(step: FaultStep) -> Fault:
     """The fault every call gets during a whole-API outage; the journal marks it as such."""
     fault = _from_step(step)

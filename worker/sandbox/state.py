@@ -31,7 +31,14 @@ from worker.sandbox.config import (
     ConfigView,
     SandboxOptions,
 )
-from worker.sandbox.faults import Fault, FaultBook, FaultStep, outage_fault
+from worker.sandbox.faults import (
+    Fault,
+    FaultBook,
+    FaultStep,
+    RateLimit,
+    TenantWindows,
+    outage_fault,
+)
 from worker.sandbox.journal import Journal, JournalEntry, JournalRecord, pack_headers
 from worker.sandbox.protocol import (
     ApiRequest,
@@ -122,6 +129,8 @@ class SandboxState:
         self._token_ttl = self.options.token_ttl_seconds
         self._faults.set_random(self.options.random_faults)
         self._outage: FaultStep | None = None
+        self._rate_limit: RateLimit | None = self.options.rate_limit
+        self._windows = TenantWindows()
 
     # --- CloudCockpit side -------------------------------------------------------------------
 
@@ -132,10 +141,14 @@ class SandboxState:
         )
         with self._lock:
             delay = self._latency_ms / 1000
+            fault: Fault | None = None
             if self._outage is not None and route in ("patch", "get"):
-                fault: Fault | None = outage_fault(self._outage)
-            else:
-                fault = self._faults.next_fault(customer_key) if route == "patch" else None
+                fault = outage_fault(self._outage)
+            elif self._rate_limit is not None and route in ("patch", "get"):
+                tenant = request.headers.get("x-tenant") or ""
+                fault = self._windows.refused(self._rate_limit, tenant, time.monotonic())
+            if fault is None and route == "patch":
+                fault = self._faults.next_fault(customer_key)
         if fault is not None:
             delay += fault.delay_s
         return Plan(route, customer_raw, customer_key, delay, fault, allow)
@@ -285,6 +298,7 @@ class SandboxState:
                 "tokenTtlSeconds": self._token_ttl,
                 "random": None if random_faults is None else random_faults.to_json(),
                 "outage": None if self._outage is None else self._outage.to_json(),
+                "rateLimit": None if self._rate_limit is None else self._rate_limit.to_json(),
             }
 
     def configure(self, update: ConfigUpdate) -> ConfigView:
@@ -299,6 +313,8 @@ class SandboxState:
                 self._faults.set_random(update.random)
             if "outage" in update.model_fields_set:
                 self._outage = update.outage
+            if "rate_limit" in update.model_fields_set:
+                self._rate_limit = update.rate_limit
         return self.config()
 
     def register_customers(self, specs: list[CustomerSpec]) -> int:

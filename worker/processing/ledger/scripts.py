@@ -17,9 +17,10 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 
-def script_text(name: str) -> str:
-    """A Lua script shipped beside this module (acquire.lua, fence.lua, leave.lua)."""
-    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+def script_text(name: str, *, package: str | None = None) -> str:
+    """A Lua script shipped beside this module (acquire.lua, fence.lua, leave.lua), or in
+    ``package``."""
+    return resources.files(package or __package__).joinpath(name).read_text(encoding="utf-8")
 
 
 def run_per_slot(
