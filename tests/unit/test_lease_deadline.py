@@ -136,9 +136,12 @@ def send_first_attempt(applier: Applier) -> Outcome:
     async def fence(hold: Hold, lease_seconds: float) -> None:
         applier.ledger.fence(hold, lease_seconds=lease_seconds)
 
+    async def no_budget(tenant: str) -> None:
+        pass
+
     async def main() -> None:
         async with quick_connection() as connection:
-            await applier.send_async(call, connection=connection, fence=fence)
+            await applier.send_async(call, connection=connection, fence=fence, budget=no_budget)
 
     asyncio.run(main())
     applier.leave_all([call])

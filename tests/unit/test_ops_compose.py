@@ -20,6 +20,8 @@ CONTRACT = REPO / "docs" / "contract.md"
 # worker's environment need not show them.
 LEFT_AT_DEFAULTS = {
     "CCSYNC_RETRY_JITTER",
+    # The sandbox limits no rate; against the real API, its own compose env file sets it.
+    "CCSYNC_API_RATE_LIMIT",
     "CCSYNC_HTTP_TIMEOUT",
     "CCSYNC_LOCK_TTL_SECONDS",
     "CCSYNC_UNANSWERED_HOLD_SECONDS",

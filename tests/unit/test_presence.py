@@ -116,10 +116,12 @@ def test_given_a_lock_lost_to_a_worker_now_gone_then_the_fence_takes_it_back(
 class _HangingApplier:
     """Waits on the API for ever; notes that the call was interrupted."""
 
+    budget = None
+
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
 
-    async def send_async(self, call: Any, *, connection: Any, fence: Any) -> None:
+    async def send_async(self, call: Any, *, connection: Any, fence: Any, budget: Any) -> None:
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
