@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ from worker.constants import (
 from worker.dead_letter_queue.edit import parse_assignments
 from worker.dead_letter_queue.errors import DeadLetterError
 from worker.dead_letter_queue.filters import DeadLetterFilter, select
+from worker.dead_letter_queue.keeper import Keeper
 from worker.dead_letter_queue.purge import PurgeReport
 from worker.dead_letter_queue.purge import purge as purge_dead_letters
 from worker.dead_letter_queue.reading import hold
@@ -46,6 +48,7 @@ from worker.dead_letter_queue.render import (
 from worker.dead_letter_queue.replay import ReplayReport
 from worker.dead_letter_queue.replay import replay as replay_dead_letters
 from worker.dead_letter_queue.stats import dead_letter_stats
+from worker.dead_letter_queue.store import DeadLetterStore, StoreUnavailable
 from worker.dead_letter_queue.transfer import export_dead_letters, import_dead_letters, read_lines
 from worker.observability.redaction import Redaction
 
@@ -115,6 +118,16 @@ def _broker() -> Iterator[Connection]:
             connect_within(connection, settings.broker_connect_timeout)
             yield connection
     except (DeadLetterError, AMQPError, KombuError, OSError) as exc:
+        raise click.ClickException(_one_line(exc)) from None
+
+
+@contextlib.contextmanager
+def _store() -> Iterator[DeadLetterStore]:
+    """The dead-letter store of ``CCSYNC_DLQ_STORE_URL``; unreachable, one line and exit 1."""
+    try:
+        with DeadLetterStore(command_settings().dlq_store_url) as store:
+            yield store
+    except StoreUnavailable as exc:
         raise click.ClickException(_one_line(exc)) from None
 
 
@@ -367,3 +380,15 @@ def import_command(file: str, filters: DeadLetterFilter, limit: int | None, dry_
     click.echo(f"imported {report.written} of {report.matched} dead letter(s)")
     if report.failed:
         raise click.ClickException(f"{report.failed} dead letter(s) were not confirmed")
+
+
+@dlq.command()
+@click.option("--once", is_flag=True, help="Stop once the queue is empty (a migration, a cron).")
+def keep(once: bool) -> None:
+    """Move dead letters from the queue into the store (CCSYNC_DLQ_STORE_URL), and delete those
+    replayed or purged longer than CCSYNC_DLQ_RETENTION_DAYS ago. Runs until Ctrl-C."""
+    settings = command_settings()
+    with stop_requested() as stop, _store() as store, _broker() as connection:
+        keeper = Keeper(connection, store, retention=timedelta(days=settings.dlq_retention_days))
+        report = keeper.run(stop, until_empty=once)
+    click.echo(f"stored {report.stored} new dead letter(s) of {report.received} taken")

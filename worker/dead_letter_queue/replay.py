@@ -86,7 +86,7 @@ class ReplayReport:
         return self.replayed / self.seconds if self.seconds > 0 else 0.0
 
 
-class _Pacer:
+class Pacer:
     """Holds publishes to ``rate`` per second on a fixed schedule, so that sleeps do not drift.
 
     Time lost waiting for confirms is made up, but never more than ``CATCH_UP`` seconds of it:
@@ -141,7 +141,7 @@ def replay(
         # could be dropped as unroutable (mandatory catches that too, but later).
         declare_topology(connection)
     window = max(1, min(WINDOW, int(rate))) if rate else WINDOW
-    pacer = _Pacer(rate)
+    pacer = Pacer(rate)
     confirms: ConfirmWindow[DeadLetterRecord] | None = None
     selection = Selection()
     try:

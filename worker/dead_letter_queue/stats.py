@@ -65,10 +65,14 @@ def group_stats(records: Iterable[DeadLetterRecord]) -> list[StatsGroup]:
                 oldest[key] = moment
             if key not in newest or moment > newest[key]:
                 newest[key] = moment
-    groups = [
+    return sorted_groups(
         StatsGroup(*key, count=count, oldest=oldest.get(key), newest=newest.get(key))
         for key, count in counts.items()
-    ]
+    )
+
+
+def sorted_groups(groups: Iterable[StatsGroup]) -> list[StatsGroup]:
+    """The largest first (ties: the one waiting longest first)."""
     return sorted(
         groups,
         key=lambda group: (
