@@ -72,8 +72,8 @@ def replay_stored(
     started = time.monotonic()
     chosen = _chosen(store, filters, limit)
     if dry_run:
+        report.examined = store.count()  # "N of M": M is every waiting dead letter
         for letter in chosen:
-            report.examined += 1
             report.matched += 1
             report.event_ids.append(letter.record.event_id)
             if edits:
@@ -142,7 +142,8 @@ def purge_stored(
     retention period (``dlq list --state purged``), then deleted by the keeper."""
     report = PurgeReport(dry_run=dry_run)
     chosen = list(_chosen(store, filters, limit))
-    report.examined = report.matched = len(chosen)
+    report.matched = len(chosen)
+    report.examined = store.count()  # every waiting dead letter, as the queue's pass examined
     report.event_ids = [letter.record.event_id for letter in chosen]
     if not dry_run:
         report.purged = store.purge([letter.id for letter in chosen], who=who)
