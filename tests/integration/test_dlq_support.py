@@ -111,9 +111,12 @@ def keep(broker_url: str) -> None:
 
 
 def store_dead_letters(broker_url: str, seeds: Sequence[Seed]) -> None:
-    """The seeds as dead letters in the store, the way they get there: queue, then keeper."""
+    """The seeds as dead letters in the store, the way they get there: queue, then keeper (this
+    one, or a console's that runs meanwhile)."""
+    before = waiting()
     put_dead_letters(broker_url, seeds)
     keep(broker_url)
+    wait_for(lambda: waiting() >= before + len(seeds), what=f"{len(seeds)} dead letters stored")
 
 
 def stored(*, states: Sequence[str] = (WAITING,)) -> list[DeadLetterRecord]:

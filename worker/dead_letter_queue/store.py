@@ -408,15 +408,30 @@ class DeadLetterStore:
             for reason, status, kind, count, oldest, newest in rows
         )
 
-    def chart_points(
-        self, *, since: datetime, states: Sequence[str] = (WAITING,)
-    ) -> list[tuple[str | None, datetime | None]]:
-        """(reason, dead-lettered at) of every dead letter since ``since``, without bodies."""
-        statement = sa.select(letters.c.reason, letters.c.dead_lettered_at).where(
-            letters.c.state.in_(states), letters.c.dead_lettered_at >= _utc(since)
+    def counts_by_minute(
+        self, *, states: Sequence[str] = (WAITING,)
+    ) -> list[tuple[str | None, datetime | None, int]]:
+        """(reason, minute, count): the overview's chart as one aggregate query, a row per
+        reason and minute (a minute of None counts those without a time)."""
+        column = letters.c.dead_lettered_at
+        if self.engine.dialect.name == "postgresql":
+            minute: Any = sa.func.date_trunc("minute", column)
+        else:
+            minute = sa.func.strftime("%Y-%m-%d %H:%M:00", column)
+        statement = (
+            sa.select(letters.c.reason, minute, sa.func.count())
+            .where(letters.c.state.in_(states))
+            .group_by(letters.c.reason, minute)
         )
         rows = self._run(lambda connection: list(connection.execute(statement)))
-        return [(reason, _aware(moment)) for reason, moment in rows]
+        return [
+            (
+                reason,
+                _aware(datetime.fromisoformat(at) if isinstance(at, str) else at),
+                int(count),
+            )
+            for reason, at, count in rows
+        ]
 
     def get(self, letter_id: str) -> StoredLetter | None:
         """The row of ``letter_id`` (its full id, or a prefix of at least 12 hex digits)."""
