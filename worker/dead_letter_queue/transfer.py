@@ -190,7 +190,7 @@ def _output_failures() -> Iterator[None]:
         yield
     except OSError as exc:
         raise DeadLetterError(
-            f"writing the export failed: {exc.strerror or exc}; nothing was removed from the queue"
+            f"writing the export failed: {exc.strerror or exc}; nothing was removed"
         ) from None
 
 
