@@ -6,16 +6,21 @@ The figures print (``-s``) and are quoted in BENCHMARKS.md.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
+from tests.integration.console_support import console_process, log_in
 from tests.integration.store_databases import store_database
 from tests.integration.test_dlq_store import keep_until_empty, put_exactly
 from tests.integration.test_dlq_support import depth, fresh_queues, seed_for_event
+from worker.cli import main
 from worker.constants import DEAD_LETTER_QUEUE
 from worker.dead_letter_queue.filters import DeadLetterFilter
 from worker.dead_letter_queue.reading import DeadLetterRecord
@@ -89,6 +94,16 @@ def test_stats_and_the_first_page_of_100k_dead_letters_are_quick(
     assert group_seconds <= FIRST_PAGE_SECONDS
     groups = full_store.stats(everything)
     assert sum(g.count for g in groups) == SCALE and len(groups) == len(GROUPS)
+    # And so are the commands, as an operator types them
+    env = {"CCSYNC_DLQ_STORE_URL": full_store.engine.url.render_as_string(hide_password=False)}
+    for command, bound in ((["stats"], STATS_SECONDS), (["list"], FIRST_PAGE_SECONDS)):
+        started = time.monotonic()
+        result = CliRunner().invoke(main, ["dlq", *command], env=env)
+        took = time.monotonic() - started
+        print(f"ccsync dlq {command[0]}: {took:.3f}s")
+        assert result.exit_code == 0, result.output
+        assert took <= bound
+    assert "100 of 100000 dead letter(s); --page 2 for more" in result.output
 
 
 @pytest.mark.timeout(900)
@@ -109,3 +124,55 @@ def test_the_keepers_intake_rate(broker_url: str, tmp_path: Path, kind: str) -> 
         assert report.stored == INTAKE == store.count()
     assert depth(broker_url, DEAD_LETTER_QUEUE) == 0
     assert rate >= INTAKE_FLOOR_PER_SECOND
+
+
+#: The console's bounds: a page, and the login page while another operator loads the overview.
+CONSOLE_PAGE_SECONDS = 2.0
+LOGIN_WHILE_BUSY_SECONDS = 1.0
+
+
+@pytest.mark.timeout(900)
+def test_the_consoles_pages_of_100k_dead_letters_are_quick(
+    full_store: DeadLetterStore, broker_url: str, tmp_path: Path
+) -> None:
+    # Given the console (a process of its own) on the store of 100,000 dead letters
+    store_url = full_store.engine.url.render_as_string(hide_password=False)
+    with (
+        console_process(broker_url, tmp_path / "console.log", CCSYNC_DLQ_STORE_URL=store_url) as (
+            url,
+            _,
+        ),
+        httpx.Client(base_url=url, timeout=30) as alice,
+        httpx.Client(base_url=url, timeout=30) as bob,
+    ):
+        assert log_in(alice).status_code == 303
+        # When an operator loads the overview and the list
+        seconds = {}
+        for path in ("/", "/letters", "/letters?reason=api-rejected&status=404"):
+            started = time.monotonic()
+            answer = alice.get(path)
+            seconds[path] = time.monotonic() - started
+            assert answer.status_code == 200, (path, answer.text[:500])
+            print(f"console {path}: {seconds[path]:.3f}s")
+        # Then each page comes within its bound, the overview counting every dead letter
+        assert all(took <= CONSOLE_PAGE_SECONDS for took in seconds.values()), seconds
+        assert f"{SCALE}</span>" in alice.get("/").text
+        # And while the operator loads the overview again and again, another one's login page
+        # is answered at once
+        loading = threading.Event()
+
+        def load_overviews() -> None:
+            for _ in range(3):
+                loading.set()
+                alice.get("/")
+
+        reloads = threading.Thread(target=load_overviews)
+        reloads.start()
+        loading.wait(timeout=10)
+        started = time.monotonic()
+        login_page = bob.get("/login")
+        login_seconds = time.monotonic() - started
+        reloads.join(timeout=60)
+        print(f"login page beside the overview: {login_seconds:.3f}s")
+        assert login_page.status_code == 200
+        assert login_seconds <= LOGIN_WHILE_BUSY_SECONDS
