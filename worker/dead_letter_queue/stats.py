@@ -12,10 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kombu import Connection
-
-from worker.dead_letter_queue.filters import DeadLetterFilter, select
-from worker.dead_letter_queue.reading import DeadLetterRecord, hold
+from worker.dead_letter_queue.reading import DeadLetterRecord
 
 _HTTP_ERROR = re.compile(r"HTTP \d{3}(;|$)")
 
@@ -84,11 +81,3 @@ def sorted_groups(groups: Iterable[StatsGroup]) -> list[StatsGroup]:
             str(group.error_type),
         ),
     )
-
-
-def dead_letter_stats(
-    connection: Connection, filters: DeadLetterFilter, *, limit: int | None = None
-) -> list[StatsGroup]:
-    """Stats over the matching dead letters; every one stays in the queue."""
-    with hold(connection) as held:
-        return group_stats(select(held.records, filters, limit=limit))

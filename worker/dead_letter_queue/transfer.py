@@ -31,7 +31,7 @@ from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
 from worker.dead_letter_queue.confirm_window import ConfirmWindow
 from worker.dead_letter_queue.errors import DeadLetterError
 from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
-from worker.dead_letter_queue.reading import DeadLetterRecord, hold
+from worker.dead_letter_queue.reading import DeadLetterRecord
 from worker.dead_letter_queue.store import WAITING, DeadLetterStore
 from worker.observability.redaction import Redaction
 from worker.processing.dead_letters import (
@@ -102,43 +102,6 @@ class TransferReport:
     written: int = 0  # exported lines, or imported dead letters confirmed by the broker
     removed: int = 0
     failed: int = 0
-
-
-def export_dead_letters(
-    connection: Connection,
-    filters: DeadLetterFilter,
-    out: IO[str],
-    *,
-    redaction: Redaction,
-    limit: int | None = None,
-    remove: bool = False,
-    on_total: Callable[[int], None] | None = None,
-    on_examined: Callable[[int], None] | None = None,
-) -> TransferReport:
-    """Writes the matching dead letters to ``out``, redacted (``to_line``); with ``remove``, takes
-    them out afterwards.
-
-    Removal waits until the file is flushed and synced to disk: a crash before then leaves
-    every dead letter in the queue (and perhaps a partial file). An output that cannot be synced
-    at all (a pipe, a terminal) is removed from once flushed. Any error writing, flushing or
-    syncing raises ``DeadLetterError`` naming it, before anything is removed.
-    """
-    report = TransferReport()
-    selection = Selection()
-    with hold(connection) as held:
-        if on_total is not None:
-            on_total(held.total)
-        chosen = select(
-            held.records, filters, limit=limit, selection=selection, on_examined=on_examined
-        )
-        written = _write(chosen, out, redaction=redaction, sync=remove)
-        report.written = len(written)
-        if remove:
-            for record in written:
-                held.remove(record)
-            report.removed = len(written)
-    report.examined, report.matched = selection.examined, selection.matched
-    return report
 
 
 def _write(
