@@ -157,6 +157,11 @@ def test_the_consoles_pages_of_100k_dead_letters_are_quick(
         # Then each page comes within its bound, the overview counting every dead letter
         assert all(took <= CONSOLE_PAGE_SECONDS for took in seconds.values()), seconds
         assert f"{SCALE}</span>" in alice.get("/").text
+        # And the list goes on page by page
+        second = alice.get("/letters?reason=api-rejected&page=2")
+        assert second.status_code == 200
+        assert "Showing 501–1000 of 50000" in second.text
+        assert "page=3" in second.text and "page=1" in second.text
         # And while the operator loads the overview again and again, another one's login page
         # is answered at once
         loading = threading.Event()

@@ -90,19 +90,30 @@ class LetterRow:
 class LetterList:
     rows: list[LetterRow] = field(default_factory=list)
     matched: int = 0
+    page: int = 1
+    size: int = LIST_LIMIT
+
+    @property
+    def first(self) -> int:
+        return (self.page - 1) * self.size + 1
 
     @property
     def truncated(self) -> bool:
         return self.matched > len(self.rows)
 
+    @property
+    def more(self) -> bool:
+        return self.page * self.size < self.matched
+
 
 def read_list(
-    store: DeadLetterStore, filters: DeadLetterFilter, *, limit: int = LIST_LIMIT
+    store: DeadLetterStore, filters: DeadLetterFilter, *, limit: int = LIST_LIMIT, page: int = 1
 ) -> LetterList:
-    """The first ``limit`` matching waiting dead letters (the oldest first), and how many match
-    in all: a page of the store."""
-    page = store.page(filters, size=limit)
-    return LetterList([LetterRow.of(letter) for letter in page.letters], page.total)
+    """Page ``page`` (``limit`` rows) of the matching waiting dead letters, the oldest first, and
+    how many match in all."""
+    found = store.page(filters, number=page, size=limit)
+    rows = [LetterRow.of(letter) for letter in found.letters]
+    return LetterList(rows, found.total, page, limit)
 
 
 def find(store: DeadLetterStore, key: str) -> StoredLetter | None:

@@ -23,6 +23,9 @@ from worker.dead_letter_queue.edit import EDITABLE_FIELDS
 from worker.dead_letter_queue.filters import DeadLetterFilter
 from worker.dead_letter_queue.render import describe
 
+#: The last page the list serves (500 rows each: 50 million dead letters).
+MAX_PAGE = 100_000
+
 router = APIRouter()
 LoggedIn = Annotated[Session, Depends(current_session)]
 
@@ -53,7 +56,7 @@ def letters(request: Request, session: LoggedIn) -> Response:
     selection = parse_selection(request.query_params.multi_items())
     listing = None
     if selection.problem is None:
-        listing = read_list(state.store, selection.filters)
+        listing = read_list(state.store, selection.filters, page=_page(request))
     return state.render(
         request,
         "letters.html",
@@ -63,6 +66,12 @@ def letters(request: Request, session: LoggedIn) -> Response:
         reasons=REASONS,
         status_code=400 if selection.problem else 200,
     )
+
+
+def _page(request: Request) -> int:
+    """The list's ``page`` parameter: a number from 1, else the first page."""
+    text = request.query_params.get("page", "")
+    return int(text) if text.isdigit() and 0 < int(text) <= MAX_PAGE else 1
 
 
 @router.get("/letters/{key}")
