@@ -27,6 +27,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -58,6 +59,8 @@ WINDOW_SECONDS = 20.0
 CONCURRENCY = 8
 #: Lines of each worker's output a failed run shows.
 DIAGNOSIS_LINES = 40
+#: A page of ``dlq list`` larger than any run's dead letters: the accounting reads them all.
+LIST_EVERY = 1_000_000
 
 
 @dataclass
@@ -174,6 +177,8 @@ def run_cluster(
             CCSYNC_HTTP_TIMEOUT="5",
             CCSYNC_RETRY_DELAYS="0.5,1,2,4,8,16,30,60",
             CCSYNC_UNANSWERED_HOLD_SECONDS="10",
+            # The dead-letter store of the operators' commands: a file of this run's own.
+            CCSYNC_DLQ_STORE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='ccsync-cluster-')}/dlq.db",
         )
 
         def start_worker() -> LocalWorker:
@@ -267,8 +272,14 @@ def _publish_now(urls: str, body: bytes) -> None:
         )
 
 
+def _dead_letters(env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``dlq list --json`` of every dead letter, once the keeper took in what the queue holds."""
+    _ccsync(env, "dlq", "keep", "--once", timeout=timeout)
+    return _ccsync(env, "dlq", "list", "--json", "--limit", str(LIST_EVERY), timeout=timeout)
+
+
 def _listed(env: dict[str, str], event_id: str) -> bool:
-    listing = _ccsync(env, "dlq", "list", "--json")
+    listing = _dead_letters(env)
     return listing.returncode == 0 and any(
         json.loads(line).get("eventId") == event_id for line in listing.stdout.splitlines()
     )
@@ -276,7 +287,7 @@ def _listed(env: dict[str, str], event_id: str) -> bool:
 
 def _diagnosis(env: dict[str, str], workers: list[LocalWorker]) -> str:
     try:
-        listing = _ccsync(env, "dlq", "list", "--json", timeout=60)
+        listing = _dead_letters(env, timeout=60)
         parts = [f"ccsync dlq list: exit {listing.returncode}\n{listing.stderr[-2000:]}"]
     except subprocess.TimeoutExpired:
         parts = ["ccsync dlq list: no answer within 60 s"]
@@ -313,7 +324,7 @@ def _account(
             successes[key] += 1
             first_success.setdefault(key, entry["respondedAt"])
     skipped = skipped_events(workers)
-    listing = _ccsync(env, "dlq", "list", "--json")
+    listing = _dead_letters(env)
     dead = {}
     for line in listing.stdout.splitlines():
         record = json.loads(line)

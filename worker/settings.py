@@ -146,6 +146,13 @@ class Settings(BaseSettings):
         validation_alias="CCSYNC_BROKER_CONNECT_TIMEOUT",
     )
     http_timeout: float = Field(15.0, gt=0, validation_alias="CCSYNC_HTTP_TIMEOUT")
+    # The dead-letter store (docs/dead-letters.md); the URL may carry a password.
+    dlq_store_url: str = Field(
+        "sqlite:///ccsync-dead-letters.db", validation_alias="CCSYNC_DLQ_STORE_URL", repr=False
+    )
+    dlq_retention_days: float = Field(
+        14.0, gt=0, allow_inf_nan=False, validation_alias="CCSYNC_DLQ_RETENTION_DAYS"
+    )
     lock_ttl_seconds: float = Field(
         DEFAULT_LOCK_TTL_SECONDS,
         gt=0,

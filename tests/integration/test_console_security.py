@@ -25,10 +25,10 @@ from tests.integration.console_support import (
 )
 from tests.integration.test_dlq_support import (
     Seed,
-    dead_letters,
     fresh_queues,
-    put_dead_letters,
     seed_for_event,
+    store_dead_letters,
+    stored,
 )
 from worker.cli import main
 from worker.console.audit import AUDIT_LOGGER
@@ -180,7 +180,7 @@ def test_login_attempts_are_rate_limited(client: httpx.Client) -> None:
 
 def test_a_hostile_dead_letter_is_shown_as_text(broker_url: str, logged_in: httpx.Client) -> None:
     # Given a dead letter with markup in its body, its headers and its error
-    put_dead_letters(broker_url, [hostile_seed()])
+    store_dead_letters(broker_url, [hostile_seed()])
     # When the operator opens the overview, the list and its detail
     listing = logged_in.get("/letters")
     key = re.search(r'href="/letters/([0-9a-f]+)"', listing.text)
@@ -200,7 +200,7 @@ def test_no_secret_appears_on_any_page_or_api_answer(
     broker_url: str, logged_in: httpx.Client
 ) -> None:
     # Given a dead letter quoting the settings' secrets, and a job that ran
-    put_dead_letters(broker_url, [hostile_seed()])
+    store_dead_letters(broker_url, [hostile_seed()])
     token = csrf_of(logged_in.get("/letters").text)
     preview = logged_in.post("/actions/preview", data={"action": "export", "csrf_token": token})
     run = logged_in.post(
@@ -239,7 +239,7 @@ def test_each_action_is_one_audit_line(
     broker_url: str, logged_in: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given two dead letters
-    put_dead_letters(broker_url, [seed_for_event("invalid-event") for _ in range(2)])
+    store_dead_letters(broker_url, [seed_for_event("invalid-event") for _ in range(2)])
     token = csrf_of(logged_in.get("/letters").text)
     # When the operator purges them with the typed confirmation
     with caplog.at_level(logging.INFO, logger=AUDIT_LOGGER):
@@ -247,7 +247,7 @@ def test_each_action_is_one_audit_line(
             "/actions/run",
             data={"action": "purge", "limit": "2", "confirm": "yes", "csrf_token": token},
         )
-        assert wrong.status_code == 400 and len(dead_letters(broker_url)) == 2
+        assert wrong.status_code == 400 and len(stored()) == 2
         done = logged_in.post(
             "/actions/run",
             data={"action": "purge", "limit": "2", "confirm": "purge 2", "csrf_token": token},
@@ -256,7 +256,7 @@ def test_each_action_is_one_audit_line(
         job = finished_job(logged_in, done.headers["location"])
     # Then they are gone, and one line says who, from where, what and how many
     assert job["message"] == "purged 2 dead letter(s)"
-    assert dead_letters(broker_url) == []
+    assert stored() == []
     lines = [r.getMessage() for r in caplog.records if r.name == AUDIT_LOGGER]
     assert lines == [
         'audit operator=alice from=127.0.0.1 action=purge selection="no filter: every dead '

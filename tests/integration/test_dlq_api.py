@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from kombu import Connection, Exchange
 
 from tests.integration.test_dlq_support import (
@@ -12,35 +13,39 @@ from tests.integration.test_dlq_support import (
     fresh_queues,
     put_dead_letters,
     seed_for_event,
+    store_dead_letters,
+    stored,
     take_all,
+    this_tests_store,
 )
 from worker.constants import EVENTS_QUEUE
 from worker.dead_letter_queue.confirm_window import ConfirmWindow
 from worker.dead_letter_queue.filters import DeadLetterFilter
 from worker.dead_letter_queue.reading import hold
-from worker.dead_letter_queue.replay import replay
-from worker.dead_letter_queue.stats import dead_letter_stats
+from worker.dead_letter_queue.stats import group_stats
+from worker.dead_letter_queue.stored_replay import replay_stored
 from worker.processing.dead_letters import Envelope
 
 
+@pytest.mark.usefixtures("clean_environment")  # the dead-letter store in the test's directory
 def test_replay_limit_and_rate(broker_url: str) -> None:
-    # Given 30 dead letters, every third one api-rejected
+    # Given 30 dead letters in the store, every third one api-rejected
     fresh_queues(broker_url)
     seeds = [
         seed_for_event("api-rejected" if i % 3 == 0 else "retries-exhausted", status=503)
         for i in range(30)
     ]
-    put_dead_letters(broker_url, seeds)
-    totals: list[int] = []
+    store_dead_letters(broker_url, seeds)
     examined: list[int] = []
     # When 15 retries-exhausted ones are replayed at 50 per second
-    with Connection(broker_url) as connection:
-        report = replay(
+    with Connection(broker_url) as connection, this_tests_store() as store:
+        report = replay_stored(
+            store,
             connection,
             DeadLetterFilter.build(reasons=["retries-exhausted"]),
+            who="tests",
             limit=15,
             rate=50,
-            on_total=totals.append,
             on_examined=examined.append,
         )
     # Then exactly the first 15 of them went, no faster than asked
@@ -49,14 +54,13 @@ def test_replay_limit_and_rate(broker_url: str) -> None:
     assert report.event_ids == chosen
     assert report.seconds >= 14 / 50
     assert report.rate <= 55
-    # And the pass looked at no more dead letters than it needed (the 15th match is the 23rd)
-    assert totals == [30] and sum(examined) == report.examined == 23
+    # And the query looked at no more dead letters than it needed
+    assert sum(examined) == report.examined == 15
     assert [e.event_id for e in take_all(broker_url, EVENTS_QUEUE)] == chosen
-    # And the other 15 are still there (in any order: the quorum queue requeues what a pass
-    # handed back as it sees fit)
-    assert sorted(r.event_id or "" for r in dead_letters(broker_url)) == sorted(
+    # And the other 15 are still waiting, the oldest first
+    assert [r.event_id for r in stored()] == [
         s.event_id for s in seeds if s.event_id not in set(chosen)
-    )
+    ]
 
 
 def test_an_unroutable_publish_counts_as_failed_not_confirmed(broker_url: str) -> None:
@@ -89,7 +93,8 @@ def test_stats_and_browsing_leave_every_dead_letter_in_place(broker_url: str) ->
     fresh_queues(broker_url)
     put_dead_letters(broker_url, [seed_for_event("api-rejected", status=404) for _ in range(5)])
     with Connection(broker_url) as connection:
-        (group,) = dead_letter_stats(connection, DeadLetterFilter())
+        with hold(connection) as held:
+            (group,) = group_stats(held.records)
         with hold(connection) as held:
             first = next(held.records)
             assert held.total == 5 and first.reason == "api-rejected"

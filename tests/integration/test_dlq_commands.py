@@ -15,19 +15,23 @@ from tests.integration.test_dlq_support import (
     TENANT,
     Seed,
     ccsync,
-    dead_letters,
     depth,
     fresh_queues,
     json_lines,
-    put_dead_letters,
+    keep,
     seed_for_event,
+    store_dead_letters,
+    stored,
     take_all,
+    waiting,
 )
 from worker.amqp.event_publishing import Encoding
 from worker.cli import main
-from worker.constants import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, EVENTS_QUEUE
+from worker.constants import BACKFILL_QUEUE, EVENTS_QUEUE
 from worker.dead_letter_queue.replay import REPLAYED_LIVE
 from worker.processing.dead_letters import DeadLetter
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 CONTRACT_KEYS = {
@@ -42,6 +46,8 @@ CONTRACT_KEYS = {
     "correlationId",
     "deadLetteredAt",
 }
+#: What the store adds: the dead letter's id (``dlq show``) and what became of it.
+STORE_KEYS = {"id", "state", "settledAt", "settledBy", "job"}
 CUSTOMER = str(uuid.uuid4())
 
 
@@ -72,7 +78,7 @@ def seeds(broker_url: str) -> list[Seed]:
         at=NOW,
     )
     chosen = [rejected, exhausted, binary, garbage]
-    put_dead_letters(broker_url, chosen)
+    store_dead_letters(broker_url, chosen)
     return chosen
 
 
@@ -81,11 +87,12 @@ def test_list_json_gives_the_contract_keys_and_removes_nothing(
 ) -> None:
     # When listing as JSON
     result = ccsync(broker_url, "dlq", "list", "--json")
-    # Then one object per dead letter, in queue order, with exactly the contract's keys
+    # Then one object per dead letter, the oldest first, with exactly the contract's keys
     assert result.exit_code == 0, result.output
     rows = json_lines(result)
     assert [row["eventId"] for row in rows] == [seed.event_id for seed in seeds[:3]] + [None]
-    assert all(set(row) == CONTRACT_KEYS for row in rows)
+    assert all(set(row) == CONTRACT_KEYS | STORE_KEYS for row in rows)
+    assert {row["state"] for row in rows} == {"waiting"}
     first = rows[0]
     assert first["tenant"] == "other.example"
     assert first["customerId"] == CUSTOMER
@@ -96,8 +103,8 @@ def test_list_json_gives_the_contract_keys_and_removes_nothing(
     assert first["deadLetteredAt"] == (NOW - timedelta(hours=2)).isoformat()
     # And the binary CloudEvent shows its fields too (body = data, id in the headers)
     assert rows[2]["customerId"] is not None and rows[2]["tenant"] == TENANT
-    # And nothing left the queue
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == 4
+    # And nothing left the store
+    assert waiting() == 4
 
 
 def test_list_table_is_readable(broker_url: str, seeds: list[Seed]) -> None:
@@ -105,6 +112,8 @@ def test_list_table_is_readable(broker_url: str, seeds: list[Seed]) -> None:
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
+        "ID",
+        "STATE",
         "DEAD-LETTERED",
         "AT",
         "REASON",
@@ -114,7 +123,7 @@ def test_list_table_is_readable(broker_url: str, seeds: list[Seed]) -> None:
         "ID",
         "ERROR",
     ]
-    assert len(lines) == 6 and lines[-1] == "4 dead letter(s)"
+    assert len(lines) == 6 and lines[-1] == "1-4 of 4 dead letter(s)"
     assert "api-rejected" in lines[1] and "404" in lines[1] and str(seeds[0].event_id) in lines[1]
 
 
@@ -172,7 +181,7 @@ def test_stats_group_by_reason_status_and_error_type(broker_url: str, seeds: lis
     table = ccsync(broker_url, "dlq", "stats", "--reason", "retries-exhausted")
     assert table.exit_code == 0
     assert table.stdout.splitlines()[-1] == "2 dead letter(s) in 1 group(s)"
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == 4
+    assert waiting() == 4
 
 
 def test_purge_asks_first_and_removes_only_what_matches(broker_url: str, seeds: list[Seed]) -> None:
@@ -181,35 +190,37 @@ def test_purge_asks_first_and_removes_only_what_matches(broker_url: str, seeds: 
     # Then nothing is removed and the exit status says so
     assert declined.exit_code != 0
     assert "Delete 2 dead letter(s) (--reason retries-exhausted)?" in declined.output
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == 4
+    assert waiting() == 4
     # When a dry run is asked for
     dry = ccsync(broker_url, "dlq", "purge", "--reason", "retries-exhausted", "--dry-run")
     assert dry.exit_code == 0 and "dry run: 2 of 4" in dry.stdout
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == 4
+    assert waiting() == 4
     # When confirmed with --yes
     done = ccsync(broker_url, "dlq", "purge", "--reason", "retries-exhausted", "--yes")
     # Then exactly those two are gone; the others are untouched, bytes and all
     assert done.exit_code == 0 and "purged 2 dead letter(s)" in done.stdout
-    left = dead_letters(broker_url)
-    # (in either order: each pass over a quorum queue hands its dead letters back, and the
-    # broker may requeue them in another order)
-    assert sorted(record.body for record in left) == sorted([seeds[0].body, seeds[3].body])
+    assert [record.body for record in stored()] == [seeds[0].body, seeds[3].body]
+    # And they are kept as history, purged
+    purged = ccsync(broker_url, "dlq", "list", "--json", "--state", "purged")
+    rows = json_lines(purged)
+    assert [row["eventId"] for row in rows] == [seeds[1].event_id, seeds[2].event_id]
+    assert {row["state"] for row in rows} == {"purged"}
 
 
 def test_export_remove_and_import_round_trip(
     broker_url: str, seeds: list[Seed], tmp_path: Path
 ) -> None:
-    before = dead_letters(broker_url)
+    before = stored()
     archive = tmp_path / "dead-letters.jsonl"
     # When exported with --remove
     exported = ccsync(broker_url, "dlq", "export", str(archive), "--remove")
     # Then the file holds one line each (body in base64) and the queue is empty
     assert exported.exit_code == 0, exported.output
-    assert "exported 4 dead letter(s), removed 4 from the queue" in exported.stdout
+    assert "exported 4 dead letter(s), marked 4 purged" in exported.stdout
     lines = [json.loads(line) for line in archive.read_text(encoding="utf-8").splitlines()]
     assert len(lines) == 4
     assert base64.b64decode(lines[3]["body"]) == b"\xff\xfe not an event \x00"
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == 0
+    assert waiting() == 0
     # And a second export never overwrites the archive
     again = ccsync(broker_url, "dlq", "export", str(archive), "--remove")
     assert again.exit_code == 1
@@ -224,13 +235,14 @@ def test_export_remove_and_import_round_trip(
         "would import (no eventId)",
         "dry run: 1 of 4 dead letter(s) match",
     ]
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == 0
+    assert waiting() == 0
     # When imported again
     imported = ccsync(broker_url, "dlq", "import", str(archive))
     # Then the queue holds the same dead letters: bytes, content types and headers
     assert imported.exit_code == 0, imported.output
     assert "imported 4 of 4" in imported.stdout
-    after = dead_letters(broker_url)
+    keep(broker_url)
+    after = stored()
     assert [(r.body, r.content_type, dict(r.original_headers)) for r in after] == [
         (r.body, r.content_type, dict(r.original_headers)) for r in before
     ]
@@ -238,7 +250,8 @@ def test_export_remove_and_import_round_trip(
     ccsync(broker_url, "dlq", "purge", "--yes")
     partial = ccsync(broker_url, "dlq", "import", str(archive), "--reason", "invalid-event")
     assert "imported 1 of 1" in partial.stdout
-    assert [r.reason for r in dead_letters(broker_url)] == ["invalid-event"]
+    keep(broker_url)
+    assert [r.reason for r in stored()] == ["invalid-event"]
 
 
 def test_replay_publishes_the_original_message_and_keeps_the_rest(
@@ -265,7 +278,7 @@ def test_replay_publishes_the_original_message_and_keeps_the_rest(
     # And the binary CloudEvent kept its cloudEvents:* headers (its id among them)
     assert events[1].headers["cloudEvents:id"] == seeds[2].event_id
     # And what did not match is still dead-lettered
-    assert [record.event_id for record in dead_letters(broker_url)] == [seeds[0].event_id, None]
+    assert [record.event_id for record in stored()] == [seeds[0].event_id, None]
 
 
 def test_replay_and_purge_json_give_the_outcome_as_one_object(
@@ -287,15 +300,15 @@ def test_replay_and_purge_json_give_the_outcome_as_one_object(
         "event_ids": [None],
     }
     assert json.loads(dry.stdout)["matched"] == 2 and json.loads(dry.stdout)["dry_run"] is True
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == 2
+    assert waiting() == 2
 
 
 def test_replay_asks_before_a_bulk_replay(broker_url: str, seeds: list[Seed]) -> None:
     declined = ccsync(broker_url, "dlq", "replay", input="n\n")
     assert declined.exit_code != 0
     assert "Replay 4 dead letter(s) (no filter: every dead letter)?" in declined.output
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == 4
-    assert depth(broker_url, EVENTS_QUEUE) == 0
+    assert waiting() == 4
+    assert take_all(broker_url, EVENTS_QUEUE) == []
 
 
 def test_a_second_replay_counts_on(broker_url: str, seeds: list[Seed]) -> None:
@@ -305,7 +318,7 @@ def test_a_second_replay_counts_on(broker_url: str, seeds: list[Seed]) -> None:
     (event,) = take_all(broker_url, EVENTS_QUEUE)
     again = Seed(event.body, event.content_type, event.headers, seeds[1].letter, NOW)
     ccsync(broker_url, "dlq", "purge", "--yes")
-    put_dead_letters(broker_url, [again])
+    store_dead_letters(broker_url, [again])
     # When replayed again
     result = ccsync(broker_url, "dlq", "replay", "--event-id", event_id)
     # Then the replay count goes on from where it was
@@ -331,7 +344,7 @@ def test_bad_options_fail_with_a_reason_and_change_nothing(
     result = ccsync(broker_url, "dlq", *args)
     assert result.exit_code == 2
     assert message in result.output
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == 4
+    assert waiting() == 4
 
 
 def test_replay_of_an_unknown_event_id_fails(broker_url: str, seeds: list[Seed]) -> None:
@@ -342,11 +355,44 @@ def test_replay_of_an_unknown_event_id_fails(broker_url: str, seeds: list[Seed])
     )
 
 
+def test_show_gives_a_dead_letter_and_its_history(broker_url: str, seeds: list[Seed]) -> None:
+    # Given a dead letter replayed, which failed again
+    event_id = str(seeds[1].event_id)
+    ccsync(broker_url, "dlq", "replay", "--event-id", event_id)
+    (event,) = take_all(broker_url, EVENTS_QUEUE)
+    store_dead_letters(
+        broker_url,
+        [Seed(event.body, event.content_type, event.headers, seeds[1].letter, datetime.now(UTC))],
+    )
+    (row,) = json_lines(ccsync(broker_url, "dlq", "list", "--json", "--event-id", event_id))
+    # When shown by the first characters of its id
+    shown = ccsync(broker_url, "dlq", "show", row["id"][:12])
+    # Then its history holds both dead-letterings and the replay between them
+    assert shown.exit_code == 0, shown.output
+    history = shown.stdout.split("history:\n", 1)[1].splitlines()
+    assert [line.split()[2] for line in history] == ["dead-lettered", "replay", "dead-lettered"]
+    assert "published, confirmed" in history[1]
+    # And an unknown id is one line and a failure
+    unknown = ccsync(broker_url, "dlq", "show", "0" * 12)
+    assert unknown.exit_code == 1 and "no dead letter has the id" in unknown.output
+
+
+def test_an_unreachable_store_is_one_line_and_a_failure() -> None:
+    result = CliRunner().invoke(
+        main,
+        ["dlq", "list"],
+        env={"CCSYNC_DLQ_STORE_URL": "postgresql+psycopg://ccsync:secret@127.0.0.1:9/none"},
+    )
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: the dead-letter store is unreachable")
+
+
 def test_an_unreachable_broker_is_one_line_and_a_failure(tmp_path: Path) -> None:
     # Given a broker URL where nothing listens (port 9 is discard, closed here)
     result = CliRunner().invoke(
         main,
-        ["dlq", "list"],
+        ["dlq", "replay", "--event-id", "x"],
         env={
             "CCSYNC_BROKER_URL": "amqp://guest:secret@127.0.0.1:9//",
             "CCSYNC_BROKER_CONNECT_TIMEOUT": "2",
@@ -363,9 +409,9 @@ def test_an_unreachable_broker_is_one_line_and_a_failure(tmp_path: Path) -> None
 
 
 def test_a_mass_replay_sends_all_but_its_first_ten_to_the_backfill_lane(broker_url: str) -> None:
-    # Given twelve dead letters
+    # Given twelve dead letters in the store
     fresh_queues(broker_url)
-    put_dead_letters(
+    store_dead_letters(
         broker_url,
         [seed_for_event("retries-exhausted", status=503, at=NOW) for _ in range(12)],
     )
@@ -377,4 +423,3 @@ def test_a_mass_replay_sends_all_but_its_first_ten_to_the_backfill_lane(broker_u
     assert result.exit_code == 0, result.output
     assert depth(broker_url, EVENTS_QUEUE) == REPLAYED_LIVE
     assert depth(broker_url, BACKFILL_QUEUE) == 2
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == 0

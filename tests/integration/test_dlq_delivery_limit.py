@@ -4,7 +4,8 @@ and changes nothing about them: not their properties, not their order.
 A quorum queue drops a message handed back more often than its delivery limit allows, and the
 dead-letter queue has nowhere to dead-letter to. RabbitMQ 4 gives every quorum queue a limit of 20
 by default; an operator's policy may set any other, and a policy's lower limit beats the queue's
-own argument. Here a policy sets 2, and the CLI and the console read the queue again and again.
+own argument. Here a policy sets 2 (or 0), the keeper takes the dead letters in, and the CLI and
+the console read them again and again: from the store, never from the queue.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from tests.integration import test_dlq_support as support
 from tests.integration.console_support import console_settings, log_in, serving
 from worker.amqp.topology import declare_topology
 from worker.console.letters import letter_key
-from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, HEADER_DELIVERY_COUNT
+from worker.constants import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    HEADER_DEAD_LETTERED_AT,
+    HEADER_DELIVERY_COUNT,
+)
+from worker.dead_letter_queue.filters import DeadLetterFilter
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 #: Delivery limits of an operator's policy: 2, as measured in the issue (a dead letter handed back
 #: three times is dropped), and 0 (dropped the first time).
@@ -50,11 +59,13 @@ def limited_vhost(request: pytest.FixtureRequest) -> Iterator[str]:
 def test_reading_the_queue_many_times_loses_nothing_under_a_delivery_limit_policy(
     limited_vhost: str,
 ) -> None:
-    # Given five dead letters in a queue whose policy drops what is handed back too often
+    # Given five dead letters in a queue whose policy drops what is handed back too often, taken
+    # into the store by the keeper
     seeds = [support.seed_for_event("retries-exhausted", status=503) for _ in range(5)]
-    support.put_dead_letters(limited_vhost, seeds)
+    support.store_dead_letters(limited_vhost, seeds)
     expected = sorted(str(seed.event_id) for seed in seeds)
-    key = letter_key(support.dead_letters(limited_vhost)[0])
+    with support.this_tests_store() as store:
+        key = letter_key(next(store.matching(DeadLetterFilter())))
     reads = 0
     # When the CLI lists them and counts them, again and again
     for _ in range(4):
@@ -83,14 +94,14 @@ def test_reading_the_queue_many_times_loses_nothing_under_a_delivery_limit_polic
             reads += 4
     assert reads == READS
     # And all five are still there, bytes as they were
-    remaining = support.dead_letters(limited_vhost)
+    remaining = support.stored()
     assert sorted(str(record.event_id) for record in remaining) == expected
     assert sorted(record.body for record in remaining) == sorted(seed.body for seed in seeds)
     # And no read raised their delivery count: none was ever handed back
     assert [record.headers.get(HEADER_DELIVERY_COUNT) or 0 for record in remaining] == [0] * 5
 
 
-def test_a_read_keeps_every_property_and_the_order_and_a_limited_read_sees_the_first_ones(
+def test_the_store_keeps_every_property_and_the_order_and_a_limited_read_sees_the_first_ones(
     broker_url: str,
 ) -> None:
     # Given dead letters carrying basic properties besides their headers
@@ -108,11 +119,15 @@ def test_a_read_keeps_every_property_and_the_order_and_a_limited_read_sees_the_f
                     correlation_id=f"correlation-{i}",
                     app_id="producer",
                     timestamp=1_700_000_000 + i,
-                    application_headers={"n": i},
+                    application_headers={
+                        "n": i,
+                        HEADER_DEAD_LETTERED_AT: f"2026-01-01T00:00:0{i}+00:00",
+                    },
                 ),
                 exchange=DEAD_LETTER_EXCHANGE,
                 routing_key=DEAD_LETTER_QUEUE,
             )
+    support.keep(broker_url)
     # When the CLI lists only the first one, twice, and then all of them
     firsts = [support.ccsync(broker_url, "dlq", "list", "--json", "--limit", "1") for _ in range(2)]
     listed = support.ccsync(broker_url, "dlq", "list", "--json")
@@ -123,13 +138,11 @@ def test_a_read_keeps_every_property_and_the_order_and_a_limited_read_sees_the_f
         "event-1",
         "event-2",
     ]
-    # And the dead letters kept every property
-    with Connection(broker_url) as connection:
-        channel = connection.channel()
-        kept = [channel.basic_get(DEAD_LETTER_QUEUE, no_ack=True) for _ in range(3)]
+    # And the dead letters kept every property in the store
+    kept = [record.properties for record in support.stored()]
     assert [
-        (m.message_id, m.correlation_id, m.app_id, m.properties["timestamp"], m.headers["n"])
-        for m in kept
+        (p["message_id"], p["correlation_id"], p["app_id"], p["timestamp"], record.headers["n"])
+        for p, record in zip(kept, support.stored(), strict=True)
     ] == [
         (
             f"message-{i}",

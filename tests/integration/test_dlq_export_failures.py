@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_dlq_support import (
-    depth,
     fresh_queues,
-    put_dead_letters,
     seed_for_event,
+    store_dead_letters,
+    waiting,
 )
-from worker.constants import DEAD_LETTER_QUEUE
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 #: An fsync that fails with the errno in FAILING_FSYNC_ERRNO, as a full or broken disk answers.
 FAILING_FSYNC_SOURCE = """
@@ -75,7 +76,7 @@ def test_export_remove_removes_nothing_when_the_sync_to_disk_fails(
 ) -> None:
     # Given dead letters
     fresh_queues(broker_url)
-    put_dead_letters(
+    store_dead_letters(
         broker_url, [seed_for_event("retries-exhausted", status=503) for _ in range(DEAD_LETTERS)]
     )
     # When exported with --remove to a disk whose sync fails
@@ -92,14 +93,14 @@ def test_export_remove_removes_nothing_when_the_sync_to_disk_fails(
     assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
     assert os.strerror(failure) in lines[0]
     assert "nothing was removed" in lines[0]
-    # And every dead letter is still in the queue
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == DEAD_LETTERS
+    # And every dead letter is still waiting in the store
+    assert waiting() == DEAD_LETTERS
 
 
 def test_export_remove_to_a_full_standard_output_removes_nothing(broker_url: str) -> None:
     # Given dead letters
     fresh_queues(broker_url)
-    put_dead_letters(
+    store_dead_letters(
         broker_url, [seed_for_event("retries-exhausted", status=503) for _ in range(DEAD_LETTERS)]
     )
     # When exported with --remove to standard output, which is /dev/full
@@ -110,7 +111,7 @@ def test_export_remove_to_a_full_standard_output_removes_nothing(broker_url: str
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
     assert os.strerror(errno.ENOSPC) in lines[0]
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == DEAD_LETTERS
+    assert waiting() == DEAD_LETTERS
 
 
 def test_export_remove_to_a_pipe_which_cannot_be_synced_removes_after_the_flush(
@@ -118,7 +119,7 @@ def test_export_remove_to_a_pipe_which_cannot_be_synced_removes_after_the_flush(
 ) -> None:
     # Given dead letters
     fresh_queues(broker_url)
-    put_dead_letters(
+    store_dead_letters(
         broker_url, [seed_for_event("retries-exhausted", status=503) for _ in range(DEAD_LETTERS)]
     )
     # When exported with --remove to a pipe (fsync answers EINVAL: there is no disk to sync)
@@ -126,4 +127,4 @@ def test_export_remove_to_a_pipe_which_cannot_be_synced_removes_after_the_flush(
     # Then the export succeeds and removes them
     assert done.returncode == 0, done
     assert len(done.stdout.splitlines()) == DEAD_LETTERS
-    assert depth(broker_url, DEAD_LETTER_QUEUE) == 0
+    assert waiting() == 0

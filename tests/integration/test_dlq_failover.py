@@ -1,5 +1,6 @@
 """The operators' tools fail over as the worker does: the first broker of a three-node cluster
-killed, ``ccsync dlq list``, ``ccsync dlq replay`` and the console carry on with the others."""
+killed, ``ccsync dlq keep``, ``ccsync dlq replay`` and the console carry on with the others (and
+``dlq list`` reads the store, which needs no broker)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from tests.integration.test_dlq_support import (
     wait_for,
 )
 from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 #: Seconds the surviving nodes may take to elect new leaders for the queues the first one led.
 LEADER_ELECTION_TIMEOUT = 60.0
@@ -50,9 +53,12 @@ def test_dlq_list_replay_and_the_console_work_with_the_first_broker_killed(
             timeout=LEADER_ELECTION_TIMEOUT,
             what=f"a new leader of {queue}",
         )
-    # When an operator lists the dead letters
+    # When the keeper takes them in, and an operator lists them
+    kept = ccsync(urls, "dlq", "keep", "--once")
+    assert kept.exit_code == 0, kept.output
+    assert "stored 3 new dead letter(s)" in kept.output
     listed = ccsync(urls, "dlq", "list", "--json")
-    # Then they are listed from a surviving broker
+    # Then they were taken from a surviving broker, and are listed
     assert listed.exit_code == 0, listed.output
     assert sorted(line["eventId"] for line in json_lines(listed)) == expected
     # And the console shows them too

@@ -17,9 +17,10 @@ from kombu import Connection
 
 from tests.integration.test_dlq_support import (
     ccsync,
-    dead_letters,
     fresh_queues,
     json_lines,
+    keep,
+    stored,
     wait_for,
 )
 from tests.support import REDIS_URL
@@ -29,6 +30,8 @@ from worker.sandbox import FaultStep, SandboxControl, SandboxServer
 from worker.testing import LocalWorker
 
 TENANT = "tests.example"
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +65,10 @@ def publish(broker_url: str, events: list[dict[str, Any]]) -> None:
 
 
 def dead_letter_count(broker_url: str, expected: int) -> list[dict[str, Any]]:
-    """The dead letters (as ``list --json`` rows) once there are ``expected`` of them."""
+    """The dead letters in the store (as ``list --json`` rows) once there are ``expected``."""
 
     def ready() -> list[dict[str, Any]] | None:
+        keep(broker_url)  # the keeper's work, which moves them from the queue into the store
         rows = json_lines(ccsync(broker_url, "dlq", "list", "--json"))
         return rows if len(rows) >= expected else None
 
@@ -127,11 +131,9 @@ def test_replay_retries_exhausted_applies_them_with_their_correlation_ids(
         expected = str(correlation_id(TENANT, event["eventId"]))
         assert {call["headers"]["x-correlation-id"] for call in calls} == {expected}
         assert recorded[event["eventId"]] == expected
-    # And the invalid event stays in the queue, alone
+    # And the invalid event stays in the store, alone
     time.sleep(0.3)
-    assert [(r.event_id, r.reason) for r in dead_letters(broker_url)] == [
-        (invalid["eventId"], "invalid-event")
-    ]
+    assert [(r.event_id, r.reason) for r in stored()] == [(invalid["eventId"], "invalid-event")]
 
 
 def test_dry_run_changes_nothing_and_set_fixes_one_event_only(
@@ -154,9 +156,7 @@ def test_dry_run_changes_nothing_and_set_fixes_one_event_only(
     assert f"would replay {events[1]['eventId']}" in dry.stdout
     time.sleep(0.5)
     assert len(patches(sandbox, first)) == len(patches(sandbox, second)) == 1
-    assert sorted(str(r.event_id) for r in dead_letters(broker_url)) == sorted(
-        e["eventId"] for e in events
-    )
+    assert sorted(str(r.event_id) for r in stored()) == sorted(e["eventId"] for e in events)
     # When the first event is corrected and replayed
     fixed = ccsync(
         broker_url,
@@ -181,4 +181,4 @@ def test_dry_run_changes_nothing_and_set_fixes_one_event_only(
     time.sleep(0.3)
     assert len(patches(sandbox, second)) == 1
     assert identifier(sandbox, second) is None
-    assert [r.event_id for r in dead_letters(broker_url)] == [events[1]["eventId"]]
+    assert [r.event_id for r in stored()] == [events[1]["eventId"]]

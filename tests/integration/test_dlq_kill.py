@@ -1,9 +1,10 @@
 """An interrupted replay loses nothing: ``ccsync dlq replay`` killed halfway through 2,000.
 
 No worker runs here, so every replayed event waits in ccsync.events where it can be counted:
-each eventId must be in the dead-letter queue, in ccsync.events, or in both (a duplicate is
-acceptable after SIGKILL: publish confirmed, ack not yet sent). None may be in neither. An
-operator's Ctrl-C is not a kill: the replay stops at once, settles what it holds and exits.
+each eventId must be waiting in the store, in ccsync.events, or in both (a duplicate is
+acceptable after SIGKILL: publish confirmed, not yet marked replayed; its claim goes back to
+waiting after ``CLAIM_TIMEOUT_SECONDS``). None may be in neither. An operator's Ctrl-C is not a
+kill: the replay stops at once, settles what it holds and exits.
 """
 
 from __future__ import annotations
@@ -14,19 +15,26 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.integration.test_dlq_support import (
-    dead_letters,
     depth,
     fresh_queues,
-    put_dead_letters,
     seed_for_event,
+    store_dead_letters,
+    stored,
     take_all,
+    this_tests_store,
     wait_for,
 )
-from worker.constants import DEAD_LETTER_QUEUE, EVENTS_QUEUE
+from worker.constants import EVENTS_QUEUE
+from worker.dead_letter_queue.filters import DeadLetterFilter
+from worker.dead_letter_queue.store import CLAIM_TIMEOUT_SECONDS, REPLAYED
+from worker.dead_letter_queue.stored_replay import purge_stored
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @pytest.mark.parametrize(
@@ -40,7 +48,7 @@ def test_an_interrupted_replay_loses_nothing(
     # Given dead letters, none of them in ccsync.events
     fresh_queues(broker_url)
     seeds = [seed_for_event("retries-exhausted", status=503) for _ in range(total)]
-    put_dead_letters(broker_url, seeds)
+    store_dead_letters(broker_url, seeds)
     expected = {str(seed.event_id) for seed in seeds}
     # When a replay of all of them runs in its own process
     replay = subprocess.Popen(
@@ -64,21 +72,26 @@ def test_an_interrupted_replay_loses_nothing(
             replay.kill()
             replay.wait()
     assert replay.returncode != 0
-    # Then, once the broker has taken back what the replay held, every event is somewhere
-    wait_for(
-        lambda: depth(broker_url, DEAD_LETTER_QUEUE) + depth(broker_url, EVENTS_QUEUE) >= total,
-        timeout=30,
-        what="the held dead letters to return",
-    )
+    # Then, once the claims of the killed replay have timed out (the keeper's round, a claim
+    # timeout later), every event is somewhere
     time.sleep(0.2)  # a confirmed publish may still be on its way into the queue count
-    dead = [record.event_id for record in dead_letters(broker_url)]
+    with this_tests_store() as store:
+        later = datetime.now(UTC) + timedelta(seconds=CLAIM_TIMEOUT_SECONDS + 1)
+        store.expire(retention=timedelta(days=14), now=later)
+        marked = [
+            letter.record.event_id
+            for letter in store.matching(DeadLetterFilter(), states=(REPLAYED,))
+        ]
+    dead = [record.event_id for record in stored()]
     replayed = [event.event_id for event in take_all(broker_url, EVENTS_QUEUE)]
     assert len(dead) + len(replayed) >= total
     assert set(dead) | set(replayed) == expected
-    # And the interruption did come halfway: both queues hold part of the events
+    # And only what was published is marked replayed
+    assert set(marked) <= set(replayed)
+    # And the interruption did come halfway: part replayed, part still waiting
     assert kill_after <= len(replayed) < total
-    assert 0 < len(dead) <= total - kill_after
-    # And no event is in either queue twice; the only duplicates are across the two
+    assert 0 < len(dead) < total
+    # And no event is in either place twice; the only duplicates are across the two
     assert max(Counter(dead).values()) == 1 and max(Counter(replayed).values()) == 1
     duplicates = len(dead) + len(replayed) - total
     assert duplicates <= 256  # at most the replay's window of unacknowledged confirms
@@ -97,10 +110,12 @@ def test_ctrl_c_stops_a_replay_at_once_and_settles_what_it_holds(
 ) -> None:
     total, interrupt_after = 1500, 200
     for _ in range(CTRL_C_ROUNDS):
-        # Given dead letters, none of them in ccsync.events
+        # Given dead letters, none of them in ccsync.events (the last round's purged)
         fresh_queues(broker_url)
+        with this_tests_store() as store:
+            purge_stored(store, DeadLetterFilter(), who="tests")
         seeds = [seed_for_event("retries-exhausted", status=503) for _ in range(total)]
-        put_dead_letters(broker_url, seeds)
+        store_dead_letters(broker_url, seeds)
         # When a replay of all of them runs in its own process
         # And the operator presses Ctrl-C once a good part of them was published
         returncode, said, took = _interrupted_replay(broker_url, rate, after=interrupt_after)
@@ -109,8 +124,8 @@ def test_ctrl_c_stops_a_replay_at_once_and_settles_what_it_holds(
         # And says so, exiting as an interrupted command does
         assert returncode == 128 + signal.SIGINT, (returncode, said)
         assert "interrupted: replayed" in said
-        # And every event is in exactly one place: what was confirmed left the dead-letter queue
-        dead = [record.event_id for record in dead_letters(broker_url)]
+        # And every event is in exactly one place: what was confirmed is marked replayed
+        dead = [record.event_id for record in stored()]
         replayed = [event.event_id for event in take_all(broker_url, EVENTS_QUEUE)]
         assert sorted(dead + replayed) == sorted(str(seed.event_id) for seed in seeds)
         assert interrupt_after <= len(replayed) < total

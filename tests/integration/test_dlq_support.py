@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from click.testing import CliRunner, Result
@@ -23,10 +23,13 @@ from worker.amqp.topology import declare_topology
 from worker.cli import main
 from worker.constants import BACKFILL_QUEUE, DEAD_LETTER_QUEUE, EVENTS_QUEUE, TASKS_QUEUE
 from worker.dead_letter_queue.filters import DeadLetterFilter
+from worker.dead_letter_queue.keeper import Keeper
 from worker.dead_letter_queue.reading import DeadLetterRecord, hold
+from worker.dead_letter_queue.store import WAITING, DeadLetterStore
 from worker.dead_letter_queue.transfer import import_dead_letters
 from worker.events import correlation_id
 from worker.processing.dead_letters import DeadLetter, json_safe_headers
+from worker.settings import Settings
 
 TENANT = "tests.example"
 
@@ -93,6 +96,38 @@ def put_dead_letters(broker_url: str, seeds: Sequence[Seed]) -> None:
             connection, [seed.record() for seed in seeds], DeadLetterFilter()
         )
     assert report.written == len(seeds)
+
+
+def this_tests_store() -> DeadLetterStore:
+    """The store the commands of this test use: ``CCSYNC_DLQ_STORE_URL``'s default, a file in
+    the test's own directory (the module uses ``clean_environment``)."""
+    return DeadLetterStore(Settings().dlq_store_url)
+
+
+def keep(broker_url: str) -> None:
+    """The keeper's work: every dead letter of the queue moved into this test's store."""
+    with Connection(broker_url) as connection, this_tests_store() as store:
+        Keeper(connection, store, retention=timedelta(days=14)).run(lambda: False, until_empty=True)
+
+
+def store_dead_letters(broker_url: str, seeds: Sequence[Seed]) -> None:
+    """The seeds as dead letters in the store, the way they get there: queue, then keeper (this
+    one, or a console's that runs meanwhile)."""
+    before = waiting()
+    put_dead_letters(broker_url, seeds)
+    keep(broker_url)
+    wait_for(lambda: waiting() >= before + len(seeds), what=f"{len(seeds)} dead letters stored")
+
+
+def stored(*, states: Sequence[str] = (WAITING,)) -> list[DeadLetterRecord]:
+    """The dead letters of this test's store in those states, the oldest first."""
+    with this_tests_store() as store:
+        return [letter.record for letter in store.matching(DeadLetterFilter(), states=states)]
+
+
+def waiting() -> int:
+    with this_tests_store() as store:
+        return store.count()
 
 
 def dead_letters(broker_url: str) -> list[DeadLetterRecord]:

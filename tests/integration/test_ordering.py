@@ -8,16 +8,18 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from kombu import Connection
 
 from tests.integration.conftest import WorkerEnv
 from tests.integration.events import native
 from tests.integration.producer import Producer, queue_depth
+from tests.integration.test_dlq_support import keep, this_tests_store
 from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import final_outcomes, outcome_counts
 from worker.constants import DEAD_LETTER_QUEUE
 from worker.dead_letter_queue.filters import DeadLetterFilter
-from worker.dead_letter_queue.replay import replay
+from worker.dead_letter_queue.stored_replay import replay_stored
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
 
@@ -77,6 +79,7 @@ def test_given_shuffled_duplicated_events_and_two_workers_then_the_newest_wins_o
     assert counts["is a duplicate"] + counts["is stale"] >= len(messages) // 2
 
 
+@pytest.mark.usefixtures("clean_environment")  # the dead-letter store in the test's directory
 def test_given_a_stale_dead_letter_when_replayed_then_it_is_skipped(
     own_worker_env: WorkerEnv,
     broker_url: str,
@@ -98,9 +101,11 @@ def test_given_a_stale_dead_letter_when_replayed_then_it_is_skipped(
         producer.publish(json.dumps(newer).encode(), "application/json")
         wait_until(lambda: _identifiers(sandbox).get(older["customerId"]) == "NEW", 30, "NEW")
 
-        # When an operator replays it
-        with Connection(broker_url) as connection:
-            report = replay(connection, DeadLetterFilter.build(event_ids=[older["eventId"]]))
+        # When the keeper takes it in and an operator replays it
+        keep(broker_url)
+        with Connection(broker_url) as connection, this_tests_store() as store:
+            chosen = DeadLetterFilter.build(event_ids=[older["eventId"]])
+            report = replay_stored(store, connection, chosen, who="tests")
         assert report.replayed == 1
 
         # Then it is skipped as stale: no second call, the newer value stays

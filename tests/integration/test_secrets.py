@@ -41,7 +41,12 @@ from tests.integration.events import native
 from tests.integration.hostile_messages import purge_all
 from tests.integration.producer import Producer, connect
 from tests.integration.sentry_sink import SentrySink
-from tests.integration.test_dlq_support import Seed, fresh_queues, put_dead_letters, seed_for_event
+from tests.integration.test_dlq_support import (
+    Seed,
+    fresh_queues,
+    seed_for_event,
+    store_dead_letters,
+)
 from tests.integration.waiting import wait_until
 from tests.support import free_port
 from worker.cloudcockpit.client import Change, CloudCockpitClient, make_http_client
@@ -378,7 +383,7 @@ def test_given_every_secret_quoted_by_a_dead_letter_then_no_console_answer_or_ex
     )
     # And a dead letter quoting them all, as they are, percent-encoded and JSON-escaped
     fresh_queues(broker_url)
-    put_dead_letters(broker_url, [_quoting_seed()])
+    store_dead_letters(broker_url, [_quoting_seed()])
 
     with serving(console_config(settings)) as url, httpx.Client(base_url=url) as client:
         assert log_in(client).status_code == 303

@@ -14,7 +14,7 @@ import pytest
 from tests.integration.events import binary, native
 from tests.integration.journal import wait_applied
 from tests.integration.producer import Producer
-from tests.integration.test_dlq_support import ccsync
+from tests.integration.test_dlq_support import ccsync, keep
 from tests.integration.waiting import wait_until
 from worker.sandbox import SandboxControl
 from worker.testing import LocalWorker
@@ -64,6 +64,7 @@ def test_given_500_then_204_then_the_retry_carries_the_same_trace(
     assert [call["headers"]["traceparent"] for call in calls] == [PARENT, PARENT]
 
 
+@pytest.mark.usefixtures("clean_environment")  # the dead-letter store in the test's directory
 def test_given_a_dead_letter_replayed_then_the_patch_carries_the_producers_trace(
     worker: LocalWorker, sandbox: SandboxControl, producer: Producer, broker_url: str
 ) -> None:
@@ -73,10 +74,11 @@ def test_given_a_dead_letter_replayed_then_the_patch_carries_the_producers_trace
         json.dumps(event).encode(), "application/json", headers={"traceparent": PARENT}
     )
 
-    # Replayed once it is dead-lettered (after its 4 attempts), as an operator would.
+    # Replayed once it is dead-lettered (after its 4 attempts) and kept, as an operator would.
     result = wait_until(
         lambda: (
-            (done := ccsync(broker_url, "dlq", "replay", "--event-id", event["eventId"]))
+            keep(broker_url) is None
+            and (done := ccsync(broker_url, "dlq", "replay", "--event-id", event["eventId"]))
             and "replayed 1 of 1" in done.stdout
             and done
         ),

@@ -32,6 +32,9 @@ LEFT_AT_DEFAULTS = {
     "CCSYNC_INGEST_TOKEN",
     "CCSYNC_INGEST_SECRET",
     "CCSYNC_MAX_BATCH_EVENTS",
+    # The dead-letter store's: the keeper and the operator tools, not the worker.
+    "CCSYNC_DLQ_STORE_URL",
+    "CCSYNC_DLQ_RETENTION_DAYS",
     # The console's, not the worker's.
     "CCSYNC_CONSOLE_TOKEN",
     "CCSYNC_CONSOLE_TRUSTED_PROXIES",

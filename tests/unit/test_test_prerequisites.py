@@ -11,8 +11,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "test-prerequisites"
 #: Programs the tests run (promtool, the browser tests' Chromium, the ops/ checkers' Node.js,
-#: the export test's C compiler) and the Debian package of each.
-PROGRAMS = {"promtool": "prometheus", "chromium": "chromium", "node": "nodejs", "npm": "npm"}
+#: the export test's C compiler, the dead-letter store's createdb) and the Debian package of each.
+PROGRAMS = {
+    "promtool": "prometheus",
+    "chromium": "chromium",
+    "node": "nodejs",
+    "npm": "npm",
+    "createdb": "postgresql",
+}
 
 
 def run_with_path(directory: Path) -> subprocess.CompletedProcess[str]:
@@ -59,7 +65,7 @@ def test_given_the_script_then_it_names_every_program_the_tests_run() -> None:
 def test_given_programs_missing_and_no_apt_then_it_prints_the_one_command_and_fails(
     tmp_path: Path,
 ) -> None:
-    result = run_with_path(bin_with(tmp_path, "node", "npm", "cc"))
+    result = run_with_path(bin_with(tmp_path, "node", "npm", "cc", "createdb"))
 
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (
@@ -68,6 +74,8 @@ def test_given_programs_missing_and_no_apt_then_it_prints_the_one_command_and_fa
 
 
 def test_given_every_program_then_it_does_nothing(tmp_path: Path) -> None:
-    result = run_with_path(bin_with(tmp_path, "promtool", "chromium", "node", "npm", "cc"))
+    result = run_with_path(
+        bin_with(tmp_path, "promtool", "chromium", "node", "npm", "cc", "createdb")
+    )
 
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")

@@ -106,7 +106,10 @@ def migrate_dead_letter_queue(
     report.moved_back = _move(channel, MIGRATION_QUEUE, DEAD_LETTER_QUEUE)
     # Unbound and drained, nothing can arrive any more (quorum queues refuse ``if-empty``).
     channel.queue_delete(MIGRATION_QUEUE)
-    on_progress(f"moved {report.moved_back} dead letters into the quorum {DEAD_LETTER_QUEUE}")
+    on_progress(
+        f"moved {report.moved_back} dead letters into the quorum {DEAD_LETTER_QUEUE}; "
+        "the keeper (ccsync dlq keep, or ccsync console) moves them into the dead-letter store"
+    )
     return report
 
 

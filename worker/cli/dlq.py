@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import getpass
+import itertools
 import json
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,21 +35,22 @@ from worker.constants import (
 from worker.dead_letter_queue.edit import parse_assignments
 from worker.dead_letter_queue.errors import DeadLetterError
 from worker.dead_letter_queue.filters import DeadLetterFilter, select
+from worker.dead_letter_queue.keeper import Keeper
 from worker.dead_letter_queue.purge import PurgeReport
-from worker.dead_letter_queue.purge import purge as purge_dead_letters
-from worker.dead_letter_queue.reading import hold
 from worker.dead_letter_queue.render import (
-    DEAD_LETTER_COLUMNS,
     STATS_COLUMNS,
+    STORED_COLUMNS,
     Progress,
-    dead_letter_row,
+    describe,
     stats_row,
+    stored_row,
     table,
 )
 from worker.dead_letter_queue.replay import ReplayReport
-from worker.dead_letter_queue.replay import replay as replay_dead_letters
-from worker.dead_letter_queue.stats import dead_letter_stats
-from worker.dead_letter_queue.transfer import export_dead_letters, import_dead_letters, read_lines
+from worker.dead_letter_queue.stats import group_stats
+from worker.dead_letter_queue.store import STATES, WAITING, DeadLetterStore, StoreUnavailable
+from worker.dead_letter_queue.stored_replay import purge_stored, replay_stored
+from worker.dead_letter_queue.transfer import export_stored, import_dead_letters, read_lines
 from worker.observability.redaction import Redaction
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -118,13 +122,32 @@ def _broker() -> Iterator[Connection]:
         raise click.ClickException(_one_line(exc)) from None
 
 
+@contextlib.contextmanager
+def _store() -> Iterator[DeadLetterStore]:
+    """The dead-letter store of ``CCSYNC_DLQ_STORE_URL``; unreachable, one line and exit 1."""
+    try:
+        with DeadLetterStore(command_settings().dlq_store_url) as store:
+            yield store
+    except StoreUnavailable as exc:
+        raise click.ClickException(_one_line(exc)) from None
+
+
+def _operator() -> str:
+    """Who runs the command, as the history records it."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _count_matching(filters: DeadLetterFilter, limit: int | None) -> int:
-    with _broker() as connection, hold(connection) as held:
-        return sum(1 for _ in select(held.records, filters, limit=limit))
+    with _store() as store:
+        total = store.page(filters, size=0).total
+    return total if limit is None else min(total, limit)
 
 
 def _confirm(action: str, filters: DeadLetterFilter, limit: int | None) -> bool:
@@ -142,30 +165,88 @@ def dlq() -> None:
     """Inspect, replay and move dead letters (queue ccsync.dead-letter)."""
 
 
+#: Dead letters a page of ``dlq list`` shows unless ``--limit`` says otherwise.
+PAGE_SIZE = 100
+
+STATE_CHOICES = (*STATES, "all")
+
+
+def state_option(command: F) -> F:
+    return click.option(
+        "--state",
+        type=click.Choice(STATE_CHOICES),
+        default=WAITING,
+        show_default=True,
+        help="Waiting ones, or those replayed or purged (kept for CCSYNC_DLQ_RETENTION_DAYS).",
+    )(command)
+
+
+def _states(state: str) -> tuple[str, ...]:
+    return STATES if state == "all" else (state,)
+
+
 @dlq.command("list")
 @filter_options
+@state_option
+@click.option("--page", type=click.IntRange(min=1), default=1, help="Which page (from 1).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def list_command(filters: DeadLetterFilter, limit: int | None, as_json: bool) -> None:
-    """List dead letters (nothing is removed)."""
-    with _broker() as connection, hold(connection) as held:
-        records = list(select(held.records, filters, limit=limit))
+def list_command(
+    filters: DeadLetterFilter, limit: int | None, state: str, page: int, as_json: bool
+) -> None:
+    """List dead letters from the store, the oldest first, a page at a time (--limit a page)."""
+    size = PAGE_SIZE if limit is None else limit
+    with _store() as store:
+        found = store.page(filters, number=page, size=size, states=_states(state))
+    first = (page - 1) * size + 1
+    footer = f"{first}-{first + len(found.letters) - 1} of {found.total} dead letter(s)"
+    if found.more:
+        footer += f"; --page {page + 1} for more"
     _echo_listing(
-        records,
+        found.letters,
         as_json=as_json,
-        to_json=lambda record: record.summary(),
-        columns=DEAD_LETTER_COLUMNS,
-        row=dead_letter_row,
-        footer=f"{len(records)} dead letter(s)",
+        to_json=lambda letter: letter.summary(),
+        columns=STORED_COLUMNS,
+        row=stored_row,
+        footer=footer,
     )
 
 
 @dlq.command()
+@click.argument("letter_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="The dead letter and its history as JSON.")
+def show(letter_id: str, as_json: bool) -> None:
+    """One dead letter (ID from dlq list, or its first 12 characters) and its history: each
+    dead-lettering of its event, each replay and purge."""
+    with _store() as store:
+        letter = store.get(letter_id)
+        if letter is None:
+            raise click.ClickException(f"no dead letter has the id {letter_id}")
+        lettered, entries = store.history(letter)
+    shown = describe(letter, lettered, entries)
+    if as_json:
+        click.echo(json.dumps(shown, ensure_ascii=False, default=str))
+        return
+    for key, value in shown.items():
+        if key not in ("history", "body"):
+            click.echo(f"{key}: {value}")
+    click.echo(f"body: {shown['body']}")
+    click.echo("history:")
+    for line in shown["history"]:
+        click.echo(f"  {line}")
+
+
+@dlq.command()
 @filter_options
+@state_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per group and line.")
-def stats(filters: DeadLetterFilter, limit: int | None, as_json: bool) -> None:
+def stats(filters: DeadLetterFilter, limit: int | None, state: str, as_json: bool) -> None:
     """Count dead letters by reason, HTTP status and API error type, oldest and newest."""
-    with _broker() as connection:
-        groups = dead_letter_stats(connection, filters, limit=limit)
+    with _store() as store:
+        if limit is None:
+            groups = store.stats(filters, states=_states(state))
+        else:
+            chosen = itertools.islice(store.matching(filters, states=_states(state)), limit)
+            groups = group_stats(letter.record for letter in chosen)
     _echo_listing(
         groups,
         as_json=as_json,
@@ -219,7 +300,8 @@ def replay(
     yes: bool,
     as_json: bool,
 ) -> None:
-    """Publish dead letters to customer-events again; each leaves the queue once confirmed."""
+    """Publish dead letters to customer-events again; each is marked replayed once confirmed
+    (kept as history for CCSYNC_DLQ_RETENTION_DAYS)."""
     try:
         edits = parse_assignments(assignments)
     except DeadLetterError as exc:
@@ -230,21 +312,29 @@ def replay(
     if bulk and not (yes or dry_run) and not _confirm("Replay", filters, limit):
         return
     # Installed after the prompt above, which Ctrl-C must still abort at once.
-    with stop_requested() as stop, _broker() as connection, Progress("replaying") as progress:
-        report = replay_dead_letters(
+    with (
+        stop_requested() as stop,
+        _store() as store,
+        _broker() as connection,
+        Progress("replaying") as progress,
+    ):
+        if not dry_run:
+            progress.total(_count_matching(filters, limit))
+        report = replay_stored(
+            store,
             connection,
             filters,
+            who=_operator(),
             limit=limit,
             rate=rate,
             dry_run=dry_run,
             edits=edits,
-            on_total=progress.total,
             on_examined=progress.step,
             stop=stop,
         )
     if report.interrupted:
         click.echo(
-            f"interrupted: replayed {report.replayed} dead letter(s); the rest stay in the queue",
+            f"interrupted: replayed {report.replayed} dead letter(s); the rest wait in the store",
             err=True,
         )
         raise click.exceptions.Exit(EXIT_INTERRUPTED)
@@ -265,7 +355,7 @@ def replay(
         )
     if report.failed:
         raise click.ClickException(
-            f"{report.failed} publish(es) were not confirmed; those dead letters stay in the queue"
+            f"{report.failed} publish(es) were not confirmed; those dead letters wait in the store"
         )
 
 
@@ -277,18 +367,12 @@ def replay(
 def purge(
     filters: DeadLetterFilter, limit: int | None, dry_run: bool, yes: bool, as_json: bool
 ) -> None:
-    """Delete the matching dead letters for good."""
+    """Mark the matching dead letters purged: out of the lists, kept as history for
+    CCSYNC_DLQ_RETENTION_DAYS (``list --state purged``), then deleted by the keeper."""
     if not (yes or dry_run) and not _confirm("Delete", filters, limit):
         return
-    with _broker() as connection, Progress("purging") as progress:
-        report = purge_dead_letters(
-            connection,
-            filters,
-            limit=limit,
-            dry_run=dry_run,
-            on_total=progress.total,
-            on_examined=progress.step,
-        )
+    with _store() as store:
+        report = purge_stored(store, filters, who=_operator(), limit=limit, dry_run=dry_run)
     if as_json:
         _echo_report(report)
     elif dry_run:
@@ -311,30 +395,35 @@ def _echo_report(report: ReplayReport | PurgeReport, **extra: float) -> None:
 @dlq.command()
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @filter_options
-@click.option("--remove", is_flag=True, help="Take them out of the queue once written.")
-def export(file: str, filters: DeadLetterFilter, limit: int | None, remove: bool) -> None:
+@state_option
+@click.option("--remove", is_flag=True, help="Mark them purged once written and synced.")
+def export(
+    file: str, filters: DeadLetterFilter, limit: int | None, state: str, remove: bool
+) -> None:
     """Write dead letters to FILE as JSON lines ('-' for stdout); FILE must not exist yet."""
     if file != "-" and Path(file).exists():
         # Never overwrite: an earlier export --remove may be all that is left of those letters.
         raise click.ClickException(f"{file} exists; export writes only new files")
     with (
-        _broker() as connection,
-        Progress("exporting") as progress,
+        _store() as store,
         click.open_file(file, "x" if file != "-" else "w", encoding="utf-8") as out,
     ):
-        report = export_dead_letters(
-            connection,
-            filters,
-            out,
-            redaction=Redaction.from_settings(command_settings()),
-            limit=limit,
-            remove=remove,
-            on_total=progress.total,
-            on_examined=progress.step,
-        )
+        try:
+            report = export_stored(
+                store,
+                filters,
+                out,
+                redaction=Redaction.from_settings(command_settings()),
+                who=_operator(),
+                limit=limit,
+                remove=remove,
+                states=_states(state),
+            )
+        except DeadLetterError as exc:
+            raise click.ClickException(_one_line(exc)) from None
     done = f"exported {report.written} dead letter(s)"
     if remove:
-        done += f", removed {report.removed} from the queue"
+        done += f", marked {report.removed} purged"
     click.echo(done, err=file == "-")
 
 
@@ -345,7 +434,8 @@ def export(file: str, filters: DeadLetterFilter, limit: int | None, remove: bool
     "--dry-run", is_flag=True, help="Read FILE and show what would be imported; publish nothing."
 )
 def import_command(file: str, filters: DeadLetterFilter, limit: int | None, dry_run: bool) -> None:
-    """Publish the dead letters of FILE (as written by export) into ccsync.dead-letter."""
+    """Publish the dead letters of FILE (as written by export) into ccsync.dead-letter, from
+    where the keeper moves them into the store."""
     try:
         with click.open_file(file, "r", encoding="utf-8") as lines:
             records = read_lines(lines)
@@ -367,3 +457,15 @@ def import_command(file: str, filters: DeadLetterFilter, limit: int | None, dry_
     click.echo(f"imported {report.written} of {report.matched} dead letter(s)")
     if report.failed:
         raise click.ClickException(f"{report.failed} dead letter(s) were not confirmed")
+
+
+@dlq.command()
+@click.option("--once", is_flag=True, help="Stop once the queue is empty (a migration, a cron).")
+def keep(once: bool) -> None:
+    """Move dead letters from the queue into the store (CCSYNC_DLQ_STORE_URL), and delete those
+    replayed or purged longer than CCSYNC_DLQ_RETENTION_DAYS ago. Runs until Ctrl-C."""
+    settings = command_settings()
+    with stop_requested() as stop, _store() as store, _broker() as connection:
+        keeper = Keeper(connection, store, retention=timedelta(days=settings.dlq_retention_days))
+        report = keeper.run(stop, until_empty=once)
+    click.echo(f"stored {report.stored} new dead letter(s) of {report.received} taken")

@@ -1,6 +1,7 @@
 """The console's FastAPI application: routes, static files, and the answers every request shares
 (security headers; 400 for a Host it does not answer to; the login page or 401 without a session;
-403 without a CSRF token; one line of 503 when the broker cannot be reached). Forwarded headers
+403 without a CSRF token; one line of 503 when the broker or the dead-letter store cannot be
+reached). The keeper runs beside it (``worker.console.keeping``). Forwarded headers
 count from the trusted proxies of the settings only."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from worker.console import routes_actions, routes_api, routes_auth, routes_pages
 from worker.console.config import ConsoleConfig
 from worker.console.state import ConsoleState, CsrfRefused, NotLoggedIn, console_state
+from worker.dead_letter_queue.store import StoreUnavailable
 from worker.exceptions import CcsyncError
 
 #: Sent with every answer: no script or style from anywhere but the console's own files (and no
@@ -37,7 +39,13 @@ SECURITY_HEADERS: Final = {
 }
 
 #: Failures of the world outside the console a page may meet: shown as one line, status 503.
-OUTSIDE_FAILURES: Final[tuple[type[Exception], ...]] = (CcsyncError, OSError, KombuError, AMQPError)
+OUTSIDE_FAILURES: Final[tuple[type[Exception], ...]] = (
+    CcsyncError,
+    OSError,
+    KombuError,
+    AMQPError,
+    StoreUnavailable,
+)
 
 
 def _wants_json(request: Request) -> bool:
@@ -50,6 +58,7 @@ def create_app(config: ConsoleConfig, *, jobs_dir: Path | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.keeper.start()
         yield
         state.close()
 

@@ -86,26 +86,31 @@ def _label(moment: datetime, step: timedelta) -> str:
 
 def build_chart(points: Iterable[tuple[str | None, datetime | None]]) -> Chart:
     """A chart of (reason, dead-lettered at) pairs; those without a time are only counted."""
-    dated: list[tuple[str, datetime]] = []
+    return build_counted_chart((reason, moment, 1) for reason, moment in points)
+
+
+def build_counted_chart(rows: Iterable[tuple[str | None, datetime | None, int]]) -> Chart:
+    """A chart of (reason, dead-lettered at, how many) rows, as the store aggregates them."""
+    dated: list[tuple[str, datetime, int]] = []
     undated = 0
-    for reason, moment in points:
+    for reason, moment, count in rows:
         if moment is None:
-            undated += 1
+            undated += count
         else:
-            dated.append((reason if reason in REASONS else OTHER, moment.astimezone(UTC)))
+            dated.append((reason if reason in REASONS else OTHER, moment.astimezone(UTC), count))
     if not dated:
         return Chart(undated=undated)
-    oldest = min(moment for _, moment in dated)
-    newest = max(moment for _, moment in dated)
+    oldest = min(moment for _, moment, _ in dated)
+    newest = max(moment for _, moment, _ in dated)
     step = next(
         (s for s in STEPS if (_floor(newest, s) - _floor(oldest, s)) // s < MAX_BUCKETS), STEPS[-1]
     )
     start = _floor(oldest, step)
     buckets = (_floor(newest, step) - start) // step + 1
     counts: dict[tuple[int, str], int] = {}
-    for reason, moment in dated:
+    for reason, moment, count in dated:
         key = ((_floor(moment, step) - start) // step, reason)
-        counts[key] = counts.get(key, 0) + 1
+        counts[key] = counts.get(key, 0) + count
     totals = [sum(c for (b, _), c in counts.items() if b == bucket) for bucket in range(buckets)]
     peak = max(totals)
     plot_width, plot_height = WIDTH - LEFT, HEIGHT - BOTTOM

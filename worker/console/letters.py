@@ -1,14 +1,14 @@
 """Dead letters as the console shows them: rows of a list, and one in every detail.
 
-Everything is read with ``worker.dead_letter_queue.reading.hold``: nothing is taken out, and a
-dead letter is only ever removed by the actions (replay, purge), which use the CLI's functions.
-A dead letter is named in URLs by its key, a digest of its body and headers: stable while it
-sits in the queue, and free of anything the producer chose (an eventId may be missing or hostile).
+Everything is read from the dead-letter store (``worker.dead_letter_queue.store``), never from
+the queue; a dead letter changes state only by the actions (replay, purge), which use the CLI's
+functions. A dead letter is named in URLs by its key, the first characters of its id in the store
+(a digest of its body, properties and headers): free of anything the producer chose (an eventId
+may be missing or hostile).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -16,17 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from kombu import Connection
-
 from worker.constants import (
-    HEADER_DELIVERY_COUNT,
     HEADER_FIRST_ATTEMPT_AT,
     HEADER_PREFIX,
     HEADER_REPLAYED_AT,
 )
-from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
-from worker.dead_letter_queue.reading import DeadLetterRecord, hold
+from worker.dead_letter_queue.filters import DeadLetterFilter
 from worker.dead_letter_queue.stats import error_type
+from worker.dead_letter_queue.store import DeadLetterStore, StoredLetter
 
 #: Hex digits of a dead letter's key: enough to tell apart any queue's worth of dead letters.
 KEY_CHARS: Final = 20
@@ -36,12 +33,8 @@ LIST_LIMIT: Final = 500
 _HTTP_STATUS: Final = re.compile(r"HTTP \d{3}(;|$)")
 
 
-def letter_key(record: DeadLetterRecord) -> str:
-    digest = hashlib.sha256(record.body)
-    # Without the delivery count: the queue's, not the dead letter's (a killed reader raises it).
-    headers = {k: v for k, v in record.headers.items() if k != HEADER_DELIVERY_COUNT}
-    digest.update(json.dumps(headers, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:KEY_CHARS]
+def letter_key(letter: StoredLetter) -> str:
+    return letter.id[:KEY_CHARS]
 
 
 @dataclass(frozen=True)
@@ -83,9 +76,10 @@ class LetterRow:
     error_type: str | None
 
     @classmethod
-    def of(cls, record: DeadLetterRecord) -> LetterRow:
+    def of(cls, letter: StoredLetter) -> LetterRow:
+        record = letter.record
         return cls(
-            key=letter_key(record),
+            key=letter_key(letter),
             summary=record.summary(),
             dead_lettered_at=record.dead_lettered_at,
             error_type=error_type(record.error),
@@ -95,38 +89,36 @@ class LetterRow:
 @dataclass
 class LetterList:
     rows: list[LetterRow] = field(default_factory=list)
-    examined: int = 0
     matched: int = 0
+    page: int = 1
+    size: int = LIST_LIMIT
+
+    @property
+    def first(self) -> int:
+        return (self.page - 1) * self.size + 1
 
     @property
     def truncated(self) -> bool:
         return self.matched > len(self.rows)
 
+    @property
+    def more(self) -> bool:
+        return self.page * self.size < self.matched
+
 
 def read_list(
-    connection: Connection, filters: DeadLetterFilter, *, limit: int = LIST_LIMIT
+    store: DeadLetterStore, filters: DeadLetterFilter, *, limit: int = LIST_LIMIT, page: int = 1
 ) -> LetterList:
-    """The first ``limit`` matching dead letters, and how many match in all; all stay queued."""
-    selection = Selection()
-    listing = LetterList()
-    with hold(connection) as held:
-        for record in select(held.records, filters, selection=selection):
-            if len(listing.rows) < limit:
-                listing.rows.append(LetterRow.of(record))
-    listing.examined, listing.matched = selection.examined, selection.matched
-    return listing
+    """Page ``page`` (``limit`` rows) of the matching waiting dead letters, the oldest first, and
+    how many match in all."""
+    found = store.page(filters, number=page, size=limit)
+    rows = [LetterRow.of(letter) for letter in found.letters]
+    return LetterList(rows, found.total, page, limit)
 
 
-def read_records(connection: Connection, filters: DeadLetterFilter) -> list[DeadLetterRecord]:
-    """Every matching dead letter (the overview's chart and groups); all stay queued."""
-    with hold(connection) as held:
-        return list(select(held.records, filters))
-
-
-def find(connection: Connection, key: str) -> DeadLetterRecord | None:
-    """The dead letter of ``key``, or None when it is no longer in the queue."""
-    with hold(connection) as held:
-        return next((record for record in held.records if letter_key(record) == key), None)
+def find(store: DeadLetterStore, key: str) -> StoredLetter | None:
+    """The dead letter of ``key``, or None when the store has no such one."""
+    return store.get(key) if len(key) == KEY_CHARS else None
 
 
 @dataclass(frozen=True)
@@ -156,7 +148,8 @@ def _headers(headers: Mapping[str, Any], keys: Iterable[str]) -> list[tuple[str,
     return [(key, _header_text(headers[key])) for key in sorted(keys)]
 
 
-def detail(record: DeadLetterRecord) -> LetterDetail:
+def detail(letter: StoredLetter) -> LetterDetail:
+    record = letter.record
     try:
         body_text = record.body.decode("utf-8")
         is_utf8 = True
@@ -172,7 +165,7 @@ def detail(record: DeadLetterRecord) -> LetterDetail:
     first = headers.get(HEADER_FIRST_ATTEMPT_AT)
     replayed = headers.get(HEADER_REPLAYED_AT)
     return LetterDetail(
-        key=letter_key(record),
+        key=letter_key(letter),
         summary=record.summary(),
         content_type=record.content_type,
         content_encoding=record.content_encoding,

@@ -13,9 +13,9 @@ from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from worker.console.actions import edit_replay_work, export_work, purge_work, replay_work
-from worker.console.broker import connected
 from worker.console.editing import EditPreview, changed_fields, preview_edit
 from worker.console.jobs import Work
 from worker.console.letters import find, read_list
@@ -25,6 +25,7 @@ from worker.console.state import checked_session, client_address, console_state
 from worker.dead_letter_queue.edit import EDITABLE_FIELDS
 from worker.dead_letter_queue.filters import DeadLetterFilter
 from worker.dead_letter_queue.reading import DeadLetterRecord
+from worker.dead_letter_queue.store import WAITING
 
 #: The bulk actions and the verb each preview shows.
 ACTIONS: Final = {"replay": "Replay", "purge": "Purge", "export": "Export"}
@@ -39,10 +40,11 @@ async def _form(request: Request) -> list[tuple[str, str]]:
 
 
 async def _edit_form(request: Request, key: str) -> tuple[dict[str, str], DeadLetterRecord | None]:
-    """The edit form posted for dead letter ``key``, and the letter (None: no longer queued)."""
+    """The edit form posted for dead letter ``key``, and the letter (None: not in the store, or
+    no longer waiting). The store is read on a worker thread, off the event loop."""
     form = dict(await _form(request))
-    with connected(console_state(request).config) as connection:
-        return form, find(connection, key)
+    found = await run_in_threadpool(find, console_state(request).store, key)
+    return form, None if found is None or found.state != WAITING else found.record
 
 
 def _chosen(items: list[tuple[str, str]]) -> SelectionQuery:
@@ -68,8 +70,7 @@ async def preview(request: Request, session: Checked) -> Response:
         return state.render(
             request, "problem.html", session=session, status_code=400, problem=problem
         )
-    with connected(state.config) as connection:
-        listing = read_list(connection, selection.filters)
+    listing = await run_in_threadpool(read_list, state.store, selection.filters)
     return state.render(
         request,
         "preview.html",
@@ -103,12 +104,12 @@ async def run(request: Request, session: Checked) -> Response:
     assert action is not None
     work: Work
     if action == "replay":
-        work = replay_work(state.config, selection.filters, limit)
+        work = replay_work(state.config, state.store, selection.filters, limit)
     elif action == "purge":
-        work = purge_work(state.config, selection.filters, limit)
+        work = purge_work(state.store, selection.filters, limit)
     else:
         path = state.jobs_dir / f"export-{secrets.token_hex(8)}.jsonl"
-        work = export_work(state.config, selection.filters, limit, path)
+        work = export_work(state.config, state.store, selection.filters, limit, path)
     job = state.jobs.submit(
         kind=action,
         selection=f"{selection.describe()} (at most {limit})",
@@ -165,6 +166,6 @@ async def edit_and_replay(request: Request, key: str, session: Checked) -> Respo
         + " ".join(f"--set {name}" for name in sorted(result.edits)),
         operator=session.operator,
         address=client_address(request),
-        work=edit_replay_work(state.config, record.event_id, result.edits),
+        work=edit_replay_work(state.config, state.store, record.event_id, result.edits),
     )
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)

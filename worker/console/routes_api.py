@@ -15,7 +15,6 @@ from worker.console.broker import connected
 from worker.console.sessions import Session
 from worker.console.state import console_state, current_session
 from worker.dead_letter_queue.filters import DeadLetterFilter
-from worker.dead_letter_queue.stats import dead_letter_stats
 
 router = APIRouter(prefix="/api")
 LoggedIn = Annotated[Session, Depends(current_session)]
@@ -32,8 +31,7 @@ def depths(request: Request, session: LoggedIn) -> Response:
 @router.get("/stats")
 def stats(request: Request, session: LoggedIn) -> Response:
     state = console_state(request)
-    with connected(state.config) as connection:
-        groups = dead_letter_stats(connection, DeadLetterFilter())
+    groups = state.store.stats(DeadLetterFilter())
     return state.json({"groups": [group.to_json() for group in groups]})
 
 

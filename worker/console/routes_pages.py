@@ -1,6 +1,7 @@
 """The pages: overview (groups, chart, queue depths), the filtered list, one dead letter, jobs.
 
-Reading pages take nothing out of the queue (``worker.dead_letter_queue.reading.hold``).
+Reading pages read the dead-letter store, never the queue; handlers that wait on the store or the
+broker are plain ``def``, so they run on worker threads and the event loop stays free.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from fastapi.responses import FileResponse, Response
 
 from worker.amqp.queue_depths import read_queue_depths
 from worker.console.broker import connected
-from worker.console.chart import REASONS, build_chart
+from worker.console.chart import REASONS, build_counted_chart
 from worker.console.editing import current_values
-from worker.console.letters import detail, find, read_list, read_records
+from worker.console.letters import detail, find, read_list
 from worker.console.selection import parse_selection
 from worker.console.sessions import Session
 from worker.console.state import console_state, current_session
 from worker.dead_letter_queue.edit import EDITABLE_FIELDS
 from worker.dead_letter_queue.filters import DeadLetterFilter
-from worker.dead_letter_queue.stats import group_stats
+from worker.dead_letter_queue.render import describe
+
+#: The last page the list serves (500 rows each: 50 million dead letters).
+MAX_PAGE = 100_000
 
 router = APIRouter()
 LoggedIn = Annotated[Session, Depends(current_session)]
@@ -28,12 +32,13 @@ LoggedIn = Annotated[Session, Depends(current_session)]
 
 @router.get("/")
 def overview(request: Request, session: LoggedIn) -> Response:
+    """Groups and chart from aggregate queries of the store; queue depths from the broker.
+    A plain ``def``: it runs on a worker thread, never on the event loop."""
     state = console_state(request)
+    groups = state.store.stats(DeadLetterFilter())
+    chart = build_counted_chart(state.store.counts_by_minute())
     with connected(state.config) as connection:
-        records = read_records(connection, DeadLetterFilter())
         depths = read_queue_depths(connection)
-    groups = group_stats(records)
-    chart = build_chart((record.reason, record.dead_lettered_at) for record in records)
     return state.render(
         request,
         "overview.html",
@@ -41,7 +46,7 @@ def overview(request: Request, session: LoggedIn) -> Response:
         groups=groups,
         chart=chart,
         depths=depths,
-        total=len(records),
+        total=sum(group.count for group in groups),
     )
 
 
@@ -51,8 +56,7 @@ def letters(request: Request, session: LoggedIn) -> Response:
     selection = parse_selection(request.query_params.multi_items())
     listing = None
     if selection.problem is None:
-        with connected(state.config) as connection:
-            listing = read_list(connection, selection.filters)
+        listing = read_list(state.store, selection.filters, page=_page(request))
     return state.render(
         request,
         "letters.html",
@@ -64,21 +68,29 @@ def letters(request: Request, session: LoggedIn) -> Response:
     )
 
 
+def _page(request: Request) -> int:
+    """The list's ``page`` parameter: a number from 1, else the first page."""
+    text = request.query_params.get("page", "")
+    return int(text) if text.isdigit() and 0 < int(text) <= MAX_PAGE else 1
+
+
 @router.get("/letters/{key}")
 def letter(request: Request, key: str, session: LoggedIn) -> Response:
     state = console_state(request)
-    with connected(state.config) as connection:
-        record = find(connection, key)
-    if record is None:
+    found = find(state.store, key)
+    if found is None:
         return state.render(request, "gone.html", session=session, status_code=404, key=key)
+    lettered, entries = state.store.history(found)
     return state.render(
         request,
         "letter.html",
         session=session,
-        letter=detail(record),
-        event_id=record.event_id,
+        letter=detail(found),
+        state=found.state,
+        history=describe(found, lettered, entries)["history"],
+        event_id=found.record.event_id,
         fields=EDITABLE_FIELDS,
-        values=current_values(record),
+        values=current_values(found.record),
     )
 
 

@@ -16,8 +16,10 @@ from markupsafe import Markup
 
 from worker.console.config import ConsoleConfig
 from worker.console.jobs import JobRunner
+from worker.console.keeping import ConsoleKeeper
 from worker.console.login_limit import LoginLimiter
 from worker.console.sessions import SESSION_COOKIE, Session, Sessions, cookie_name
+from worker.dead_letter_queue.store import DeadLetterStore
 from worker.observability.redaction import Redaction
 
 #: The header JavaScript sends the CSRF token in; forms send the field ``csrf_token``.
@@ -84,6 +86,9 @@ class ConsoleState:
     redaction: Redaction
     templates: Environment
     jobs_dir: Path
+    #: Where every page reads dead letters (shared by the request threads: an engine's pool).
+    store: DeadLetterStore
+    keeper: ConsoleKeeper
     _tmp: Any = field(default=None, repr=False)
 
     @classmethod
@@ -102,11 +107,15 @@ class ConsoleState:
             redaction=redaction,
             templates=_templates(redaction),
             jobs_dir=jobs_dir,
+            store=(store := DeadLetterStore(config.settings.dlq_store_url)),
+            keeper=ConsoleKeeper(config, store),
             _tmp=tmp,
         )
 
     def close(self) -> None:
+        self.keeper.stop()
         self.jobs.shutdown()
+        self.store.close()
         if self._tmp is not None:
             self._tmp.cleanup()
 

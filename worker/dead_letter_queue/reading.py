@@ -202,7 +202,7 @@ def reader_channel(connection: Connection) -> Any:
     return channel
 
 
-def _record(message: Any) -> DeadLetterRecord:
+def as_record(message: Any) -> DeadLetterRecord:
     properties = dict(message.properties)
     body = message.body
     encoding = properties.pop("content_encoding", None)
@@ -265,7 +265,7 @@ class HeldDeadLetters:
                 message = self.channel.basic_get(queue=DEAD_LETTER_QUEUE, no_ack=False)
             if message is None:
                 return
-            record = _record(message)
+            record = as_record(message)
             key = identity(record)
             if key in self._seen:
                 # Its twin is held by this pass, and stays in the queue whatever happens to it.

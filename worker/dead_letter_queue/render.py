@@ -10,6 +10,7 @@ import click
 
 from worker.dead_letter_queue.reading import DeadLetterRecord
 from worker.dead_letter_queue.stats import StatsGroup
+from worker.dead_letter_queue.store import HistoryEntry, StoredLetter
 
 #: Below this many dead letters a pass takes well under a second: no progress bar.
 PROGRESS_THRESHOLD = 500
@@ -44,6 +45,46 @@ def dead_letter_row(record: DeadLetterRecord) -> list[str]:
         str(summary["eventId"] or "-"),
         error if len(error) <= ERROR_COLUMN else error[: ERROR_COLUMN - 3] + "...",
     ]
+
+
+#: Characters of a stored dead letter's id a table shows (``dlq show`` takes them).
+ID_COLUMN = 12
+
+STORED_COLUMNS = ["ID", "STATE", *DEAD_LETTER_COLUMNS]
+
+
+def stored_row(letter: StoredLetter) -> list[str]:
+    return [letter.id[:ID_COLUMN], letter.state, *dead_letter_row(letter.record)]
+
+
+def describe(
+    letter: StoredLetter, lettered: list[StoredLetter], entries: list[HistoryEntry]
+) -> dict[str, Any]:
+    """``dlq show``: the dead letter's summary, headers and body, and its history in time
+    order: each dead-lettering of its event (reason, last answer), each replay and purge."""
+    events = [
+        (
+            row.record.dead_lettered_at or row.stored_at,
+            f"dead-lettered ({row.id[:ID_COLUMN]}): {row.record.reason}, {row.record.error or '-'}",
+        )
+        for row in lettered
+    ] + [
+        (
+            entry.at,
+            f"{entry.action} ({entry.letter_id[:ID_COLUMN]}) by {entry.who or '-'}"
+            f" in job {entry.job or '-'}: {entry.outcome}",
+        )
+        for entry in entries
+    ]
+    return {
+        **letter.summary(),
+        "contentType": letter.record.content_type,
+        "headers": dict(letter.record.headers),
+        "body": letter.record.body.decode("utf-8", "backslashreplace"),
+        "history": [
+            f"{_moment(moment)}  {text}" for moment, text in sorted(events, key=lambda e: e[0])
+        ],
+    }
 
 
 STATS_COLUMNS = ["COUNT", "REASON", "STATUS", "ERROR TYPE", "OLDEST", "NEWEST"]

@@ -2,40 +2,34 @@
 
 Each chosen dead letter is published to ``customer-events`` with its original body, content type
 and application headers, so the intake validates it afresh and makes attempt 1; the eventId is
-unchanged, hence so is the X-Correlation-Id. It leaves the dead-letter queue only after the
-broker confirmed its copy, so an interrupted replay (Ctrl-C, SIGKILL, a lost connection) can at
-worst leave an event in both places, and the API call is idempotent.
+unchanged, hence so is the X-Correlation-Id. What a replay publishes, its report and its pace are
+here; the replay itself runs from the store (``stored_replay``), and marks a dead letter replayed
+only after the broker confirmed its copy, so an interrupted replay (Ctrl-C, SIGKILL, a lost
+connection) can at worst publish an event twice, and the API call is idempotent.
 
 A replay's first ``REPLAYED_LIVE`` dead letters go to the live lane, the rest to the backfill
-lane: an operator's replay of a few events is applied at once, and a mass replay after an outage
-waits behind live updates instead of delaying them.
+lane (``lane_of``): an operator's replay of a few events is applied at once, and a mass replay
+after an outage waits behind live updates instead of delaying them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kombu import Connection
-
-from worker.amqp.topology import declare_topology
 from worker.constants import (
     BACKFILL_ROUTING_KEY,
     BROKER_HEADERS,
     EVENT_ROUTING_KEY,
-    EVENTS_EXCHANGE,
     HEADER_PREFIX,
     HEADER_REPLAY_COUNT,
     HEADER_REPLAYED_AT,
 )
-from worker.dead_letter_queue.confirm_window import ConfirmWindow
 from worker.dead_letter_queue.edit import edit_body
-from worker.dead_letter_queue.errors import DeadLetterError
-from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
-from worker.dead_letter_queue.reading import DeadLetterRecord, hold
+from worker.dead_letter_queue.reading import DeadLetterRecord
 from worker.processing.dead_letters import Envelope
 
 #: Publishes awaiting their confirms at most: broker speed, and an interruption duplicates little.
@@ -45,6 +39,12 @@ WINDOW = 256
 STOP_SETTLE_TIMEOUT = 2.0
 #: Dead letters of one replay published to the live lane; those after them go to the backfill.
 REPLAYED_LIVE = 10
+
+
+def lane_of(replayed_so_far: int) -> str:
+    """The routing key of a replay's next dead letter, after ``replayed_so_far`` of them: the
+    live lane's for the first ``REPLAYED_LIVE``, the backfill lane's after them."""
+    return EVENT_ROUTING_KEY if replayed_so_far < REPLAYED_LIVE else BACKFILL_ROUTING_KEY
 
 
 def replay_headers(
@@ -93,7 +93,7 @@ class ReplayReport:
         return self.replayed / self.seconds if self.seconds > 0 else 0.0
 
 
-class _Pacer:
+class Pacer:
     """Holds publishes to ``rate`` per second on a fixed schedule, so that sleeps do not drift.
 
     Time lost waiting for confirms is made up, but never more than ``CATCH_UP`` seconds of it:
@@ -113,101 +113,3 @@ class _Pacer:
         if self._next > now:
             time.sleep(self._next - now)
         self._next = max(self._next, now - self.CATCH_UP) + self._interval
-
-
-def replay(
-    connection: Connection,
-    filters: DeadLetterFilter,
-    *,
-    limit: int | None = None,
-    rate: float | None = None,
-    dry_run: bool = False,
-    edits: Mapping[str, str | None] | None = None,
-    on_total: Callable[[int], None] | None = None,
-    on_examined: Callable[[int], None] | None = None,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
-    stop: Callable[[], bool] = lambda: False,
-) -> ReplayReport:
-    """Replays the matching dead letters; those not confirmed stay in the queue.
-
-    ``edits`` (field to value) are applied to the body first; they are refused unless exactly
-    one eventId is selected, so a correction can never spread to other events.
-
-    ``stop`` is asked before each publish: once it answers True nothing more is published, the
-    confirms of what was are awaited for at most ``STOP_SETTLE_TIMEOUT`` seconds, the confirmed
-    dead letters are removed and the report says ``interrupted``; the rest stay in the queue.
-    """
-    if edits and len(filters.event_ids) != 1:
-        raise DeadLetterError("--set edits one event: select it with exactly one --event-id")
-    if rate is not None and rate <= 0:
-        raise DeadLetterError("--rate must be more than 0 per second")
-    report = ReplayReport(dry_run=dry_run)
-    started = time.monotonic()
-    if not dry_run:
-        # The binding customer-events -> ccsync.events must exist, or a confirmed publish
-        # could be dropped as unroutable (mandatory catches that too, but later).
-        declare_topology(connection)
-    window = max(1, min(WINDOW, int(rate))) if rate else WINDOW
-    pacer = _Pacer(rate)
-    confirms: ConfirmWindow[DeadLetterRecord] | None = None
-    selection = Selection()
-    try:
-        with hold(connection) as held:
-            if on_total is not None:
-                on_total(held.total)
-            if not dry_run:
-                confirms = ConfirmWindow(connection)
-
-            def remove(settled: tuple[list[DeadLetterRecord], list[DeadLetterRecord]]) -> None:
-                confirmed, failed = settled
-                for record in confirmed:
-                    held.remove(record)
-                report.replayed += len(confirmed)
-                report.failed += len(failed)
-
-            for record in select(
-                held.records, filters, limit=limit, selection=selection, on_examined=on_examined
-            ):
-                if stop():
-                    report.interrupted = True
-                    break
-                report.event_ids.append(record.event_id)
-                envelope = replay_envelope(record, now=now(), edits=edits)
-                if edits:
-                    report.edited_bodies.append(envelope.body)
-                if confirms is None:
-                    continue
-                pacer.wait()
-                if stop():
-                    report.interrupted = True
-                    break
-                confirms.publish(
-                    record,
-                    envelope,
-                    exchange=EVENTS_EXCHANGE,
-                    routing_key=(
-                        EVENT_ROUTING_KEY
-                        if len(report.event_ids) <= REPLAYED_LIVE
-                        else BACKFILL_ROUTING_KEY
-                    ),
-                )
-                # Acking as soon as confirms arrive keeps the duplicates of an interruption few.
-                remove(confirms.collect())
-                if confirms.pending >= window:
-                    remove(confirms.settle())
-            if report.interrupted:
-                held.stop()
-            if confirms is not None and report.interrupted:
-                # The operator is waiting: what is not confirmed by then stays a dead letter.
-                try:
-                    remove(confirms.settle(timeout=STOP_SETTLE_TIMEOUT))
-                except DeadLetterError:
-                    remove(confirms.collect())
-            elif confirms is not None:
-                remove(confirms.settle())
-    finally:
-        if confirms is not None:
-            confirms.close()
-        report.examined, report.matched = selection.examined, selection.matched
-        report.seconds = time.monotonic() - started
-    return report

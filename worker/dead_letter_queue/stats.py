@@ -12,10 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kombu import Connection
-
-from worker.dead_letter_queue.filters import DeadLetterFilter, select
-from worker.dead_letter_queue.reading import DeadLetterRecord, hold
+from worker.dead_letter_queue.reading import DeadLetterRecord
 
 _HTTP_ERROR = re.compile(r"HTTP \d{3}(;|$)")
 
@@ -65,10 +62,14 @@ def group_stats(records: Iterable[DeadLetterRecord]) -> list[StatsGroup]:
                 oldest[key] = moment
             if key not in newest or moment > newest[key]:
                 newest[key] = moment
-    groups = [
+    return sorted_groups(
         StatsGroup(*key, count=count, oldest=oldest.get(key), newest=newest.get(key))
         for key, count in counts.items()
-    ]
+    )
+
+
+def sorted_groups(groups: Iterable[StatsGroup]) -> list[StatsGroup]:
+    """The largest first (ties: the one waiting longest first)."""
     return sorted(
         groups,
         key=lambda group: (
@@ -80,11 +81,3 @@ def group_stats(records: Iterable[DeadLetterRecord]) -> list[StatsGroup]:
             str(group.error_type),
         ),
     )
-
-
-def dead_letter_stats(
-    connection: Connection, filters: DeadLetterFilter, *, limit: int | None = None
-) -> list[StatsGroup]:
-    """Stats over the matching dead letters; every one stays in the queue."""
-    with hold(connection) as held:
-        return group_stats(select(held.records, filters, limit=limit))

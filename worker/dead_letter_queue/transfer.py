@@ -17,9 +17,10 @@ import binascii
 import contextlib
 import errno
 import io
+import itertools
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Final
 
@@ -30,7 +31,8 @@ from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
 from worker.dead_letter_queue.confirm_window import ConfirmWindow
 from worker.dead_letter_queue.errors import DeadLetterError
 from worker.dead_letter_queue.filters import DeadLetterFilter, Selection, select
-from worker.dead_letter_queue.reading import DeadLetterRecord, hold
+from worker.dead_letter_queue.reading import DeadLetterRecord
+from worker.dead_letter_queue.store import WAITING, DeadLetterStore
 from worker.observability.redaction import Redaction
 from worker.processing.dead_letters import (
     decode_header_value,
@@ -102,47 +104,41 @@ class TransferReport:
     failed: int = 0
 
 
-def export_dead_letters(
-    connection: Connection,
+def _write(
+    records: Iterable[DeadLetterRecord], out: IO[str], *, redaction: Redaction, sync: bool
+) -> list[DeadLetterRecord]:
+    """Writes ``records`` as lines, flushed (and, ``sync``, synced); returns those written."""
+    written: list[DeadLetterRecord] = []
+    for record in records:
+        with _output_failures():
+            out.write(to_line(record, redaction=redaction) + "\n")
+        written.append(record)
+    with _output_failures():
+        out.flush()
+        if sync:
+            _sync(out)
+    return written
+
+
+def export_stored(
+    store: DeadLetterStore,
     filters: DeadLetterFilter,
     out: IO[str],
     *,
     redaction: Redaction,
+    who: str,
     limit: int | None = None,
     remove: bool = False,
-    on_total: Callable[[int], None] | None = None,
-    on_examined: Callable[[int], None] | None = None,
+    states: Sequence[str] = (WAITING,),
 ) -> TransferReport:
-    """Writes the matching dead letters to ``out``, redacted (``to_line``); with ``remove``, takes
-    them out afterwards.
-
-    Removal waits until the file is flushed and synced to disk: a crash before then leaves
-    every dead letter in the queue (and perhaps a partial file). An output that cannot be synced
-    at all (a pipe, a terminal) is removed from once flushed. Any error writing, flushing or
-    syncing raises ``DeadLetterError`` naming it, before anything is removed.
-    """
-    report = TransferReport()
-    selection = Selection()
-    with hold(connection) as held:
-        if on_total is not None:
-            on_total(held.total)
-        written: list[DeadLetterRecord] = []
-        for record in select(
-            held.records, filters, limit=limit, selection=selection, on_examined=on_examined
-        ):
-            with _output_failures():
-                out.write(to_line(record, redaction=redaction) + "\n")
-            written.append(record)
-        with _output_failures():
-            out.flush()
-            if remove:
-                _sync(out)
-        report.written = len(written)
-        if remove:
-            for record in written:
-                held.remove(record)
-            report.removed = len(written)
-    report.examined, report.matched = selection.examined, selection.matched
+    """Writes the matching dead letters of the store to ``out`` (``to_line``); with ``remove``,
+    marks them purged once the file is synced (an error writing raises before any is)."""
+    chosen = list(itertools.islice(store.matching(filters, states=states), limit))
+    by_record = {id(letter.record): letter.id for letter in chosen}
+    written = _write((letter.record for letter in chosen), out, redaction=redaction, sync=remove)
+    report = TransferReport(examined=len(chosen), matched=len(chosen), written=len(written))
+    if remove:
+        report.removed = store.purge([by_record[id(record)] for record in written], who=who)
     return report
 
 
@@ -157,7 +153,7 @@ def _output_failures() -> Iterator[None]:
         yield
     except OSError as exc:
         raise DeadLetterError(
-            f"writing the export failed: {exc.strerror or exc}; nothing was removed from the queue"
+            f"writing the export failed: {exc.strerror or exc}; nothing was removed"
         ) from None
 
 
