@@ -9,13 +9,13 @@ from kombu import Connection, Exchange
 
 from tests.integration.test_dlq_support import (
     dead_letters,
-    depth,
     fresh_queues,
     put_dead_letters,
+    replayed_depth,
     seed_for_event,
     store_dead_letters,
     stored,
-    take_all,
+    take_replayed,
     this_tests_store,
 )
 from worker.constants import EVENTS_QUEUE
@@ -56,7 +56,7 @@ def test_replay_limit_and_rate(broker_url: str) -> None:
     assert report.rate <= 55
     # And the query looked at no more dead letters than it needed
     assert sum(examined) == report.examined == 15
-    assert [e.event_id for e in take_all(broker_url, EVENTS_QUEUE)] == chosen
+    assert [e.event_id for e in take_replayed(broker_url)] == chosen
     # And the other 15 are still waiting, the oldest first
     assert [r.event_id for r in stored()] == [
         s.event_id for s in seeds if s.event_id not in set(chosen)
@@ -86,7 +86,7 @@ def test_an_unroutable_publish_counts_as_failed_not_confirmed(broker_url: str) -
     # Then only the routed one is reported as safe
     assert unroutable == ([], ["nowhere"])
     assert routed == (["queued"], [])
-    assert depth(broker_url, EVENTS_QUEUE) == 1
+    assert replayed_depth(broker_url) == 1
 
 
 def test_stats_and_browsing_leave_every_dead_letter_in_place(broker_url: str) -> None:

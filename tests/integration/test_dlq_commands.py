@@ -22,7 +22,7 @@ from tests.integration.test_dlq_support import (
     seed_for_event,
     store_dead_letters,
     stored,
-    take_all,
+    take_replayed,
     waiting,
 )
 from worker.amqp.event_publishing import Encoding
@@ -262,7 +262,7 @@ def test_replay_publishes_the_original_message_and_keeps_the_rest(
     assert result.exit_code == 0, result.output
     assert "replayed 2 of 2" in result.stdout
     # Then each went to customer-events as the producer sent it, stamped as a replay
-    events = take_all(broker_url, EVENTS_QUEUE)
+    events = take_replayed(broker_url)
     assert [event.event_id for event in events] == [seeds[1].event_id, seeds[2].event_id]
     for event, seed in zip(events, seeds[1:3], strict=True):
         assert event.body == seed.body
@@ -308,14 +308,14 @@ def test_replay_asks_before_a_bulk_replay(broker_url: str, seeds: list[Seed]) ->
     assert declined.exit_code != 0
     assert "Replay 4 dead letter(s) (no filter: every dead letter)?" in declined.output
     assert waiting() == 4
-    assert take_all(broker_url, EVENTS_QUEUE) == []
+    assert take_replayed(broker_url) == []
 
 
 def test_a_second_replay_counts_on(broker_url: str, seeds: list[Seed]) -> None:
     # Given an event replayed once that failed again (dead-lettered keeping the replay headers)
     event_id = str(seeds[1].event_id)
     ccsync(broker_url, "dlq", "replay", "--event-id", event_id)
-    (event,) = take_all(broker_url, EVENTS_QUEUE)
+    (event,) = take_replayed(broker_url)
     again = Seed(event.body, event.content_type, event.headers, seeds[1].letter, NOW)
     ccsync(broker_url, "dlq", "purge", "--yes")
     store_dead_letters(broker_url, [again])
@@ -323,7 +323,7 @@ def test_a_second_replay_counts_on(broker_url: str, seeds: list[Seed]) -> None:
     result = ccsync(broker_url, "dlq", "replay", "--event-id", event_id)
     # Then the replay count goes on from where it was
     assert result.exit_code == 0, result.output
-    (second,) = take_all(broker_url, EVENTS_QUEUE)
+    (second,) = take_replayed(broker_url)
     assert second.headers["x-ccsync-replay-count"] == 2
 
 
@@ -359,7 +359,7 @@ def test_show_gives_a_dead_letter_and_its_history(broker_url: str, seeds: list[S
     # Given a dead letter replayed, which failed again
     event_id = str(seeds[1].event_id)
     ccsync(broker_url, "dlq", "replay", "--event-id", event_id)
-    (event,) = take_all(broker_url, EVENTS_QUEUE)
+    (event,) = take_replayed(broker_url)
     store_dead_letters(
         broker_url,
         [Seed(event.body, event.content_type, event.headers, seeds[1].letter, datetime.now(UTC))],

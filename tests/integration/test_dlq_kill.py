@@ -20,16 +20,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.integration.test_dlq_support import (
-    depth,
     fresh_queues,
+    replayed_depth,
     seed_for_event,
     store_dead_letters,
     stored,
-    take_all,
+    take_replayed,
     this_tests_store,
     wait_for,
 )
-from worker.constants import EVENTS_QUEUE
 from worker.dead_letter_queue.filters import DeadLetterFilter
 from worker.dead_letter_queue.store import CLAIM_TIMEOUT_SECONDS, REPLAYED
 from worker.dead_letter_queue.stored_replay import purge_stored
@@ -60,7 +59,7 @@ def test_an_interrupted_replay_loses_nothing(
     try:
         # And is interrupted once a good part of them was published
         wait_for(
-            lambda: replay.poll() is not None or depth(broker_url, EVENTS_QUEUE) >= kill_after,
+            lambda: replay.poll() is not None or replayed_depth(broker_url) >= kill_after,
             timeout=30,
             what=f"{kill_after} replayed events",
         )
@@ -83,7 +82,7 @@ def test_an_interrupted_replay_loses_nothing(
             for letter in store.matching(DeadLetterFilter(), states=(REPLAYED,))
         ]
     dead = [record.event_id for record in stored()]
-    replayed = [event.event_id for event in take_all(broker_url, EVENTS_QUEUE)]
+    replayed = [event.event_id for event in take_replayed(broker_url)]
     assert len(dead) + len(replayed) >= total
     assert set(dead) | set(replayed) == expected
     # And only what was published is marked replayed
@@ -126,7 +125,7 @@ def test_ctrl_c_stops_a_replay_at_once_and_settles_what_it_holds(
         assert "interrupted: replayed" in said
         # And every event is in exactly one place: what was confirmed is marked replayed
         dead = [record.event_id for record in stored()]
-        replayed = [event.event_id for event in take_all(broker_url, EVENTS_QUEUE)]
+        replayed = [event.event_id for event in take_replayed(broker_url)]
         assert sorted(dead + replayed) == sorted(str(seed.event_id) for seed in seeds)
         assert interrupt_after <= len(replayed) < total
 
@@ -146,7 +145,7 @@ def _interrupted_replay(broker_url: str, rate: int | None, *, after: int) -> tup
     )
     try:
         wait_for(
-            lambda: replay.poll() is not None or depth(broker_url, EVENTS_QUEUE) >= after,
+            lambda: replay.poll() is not None or replayed_depth(broker_url) >= after,
             timeout=30,
             what=f"{after} replayed events",
         )

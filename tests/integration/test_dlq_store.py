@@ -25,11 +25,11 @@ from tests.integration.test_dlq_support import (
     depth,
     fresh_queues,
     seed_for_event,
-    take_all,
+    take_replayed,
     wait_for,
 )
 from worker.amqp.topology import declare_topology
-from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EVENTS_QUEUE
+from worker.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
 from worker.dead_letter_queue.confirm_window import ConfirmWindow
 from worker.dead_letter_queue.filters import DeadLetterFilter
 from worker.dead_letter_queue.keeper import Keeper, KeeperReport
@@ -219,7 +219,7 @@ def test_two_concurrent_replays_of_one_group_replay_each_dead_letter_once(
         thread.join(timeout=90)
     # Then each dead letter was published once, and is marked replayed
     assert sum(report.replayed for report in reports) == 300
-    published = [taken.event_id for taken in take_all(broker_url, EVENTS_QUEUE)]
+    published = [taken.event_id for taken in take_replayed(broker_url)]
     assert sorted(published) == sorted(str(record.event_id) for record in seeded)
     assert store.count(states=(REPLAYED,)) == 300
     assert store.count() == 0
@@ -244,7 +244,7 @@ def test_a_dry_run_then_at_once_an_edit_and_replay_finds_the_dead_letter(
     # Then the dry run saw all 31 and the replay found the one it named
     assert dry.matched == 31
     assert edited.replayed == 1
-    (published,) = take_all(broker_url, EVENTS_QUEUE)
+    (published,) = take_replayed(broker_url)
     assert published.event_id == seeded[7].event_id
     assert b'"ID-FIXED"' in published.body
     # And its history says who replayed it, in which job

@@ -141,6 +141,11 @@ def depth(broker_url: str, queue: str) -> int:
     return queue_depth(broker_url, queue)
 
 
+def replayed_depth(broker_url: str) -> int:
+    """Messages waiting in the two lanes a replay publishes to (``replay.lane_of``)."""
+    return depth(broker_url, EVENTS_QUEUE) + depth(broker_url, BACKFILL_QUEUE)
+
+
 @dataclass(frozen=True)
 class Taken:
     body: bytes
@@ -209,3 +214,9 @@ def test_seeded_dead_letters_are_in_the_queue_as_seeded(broker_url: str) -> None
     assert found[0].headers["x-ccsync-dead-lettered-at"] == seeds[0].at.isoformat()
     # And reading them took none out
     assert depth(broker_url, DEAD_LETTER_QUEUE) == 3
+
+
+def take_replayed(broker_url: str) -> list[Taken]:
+    """Everything a replay published, in its order: the live lane's first ten, then the rest
+    from the backfill lane (``replay.lane_of``)."""
+    return take_all(broker_url, EVENTS_QUEUE) + take_all(broker_url, BACKFILL_QUEUE)
