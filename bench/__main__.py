@@ -67,8 +67,9 @@ PUBLISHING = (
 BASELINE_CONCURRENCY = 32
 #: Systems too slow to repeat: they run in the first round only.
 ONCE = ("naive",)
-#: Headings of BENCHMARKS.md sections other runs write (the cluster run): kept, at the end.
-KEPT_SECTIONS = ("## Scale-out (issue 18)",)
+#: Headings of BENCHMARKS.md sections other runs write (the cluster run, the dead-letter store
+#: tests): kept, at the end.
+KEPT_SECTIONS = ("## Scale-out (issue 18)", "## Dead-letter store (issue 28)")
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
