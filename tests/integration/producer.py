@@ -5,8 +5,9 @@ Also the tests' window on the queues: reading dead letters and purging between t
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -33,6 +34,26 @@ def connect(broker_url: str) -> amqp.Connection:
     )
     connection.connect()
     return connection
+
+
+def publish_burst(
+    broker_url: str, events: Iterable[Mapping[str, Any]], routing_key: str = ROUTING_KEY
+) -> None:
+    """Native events all at once, as a bulk sync or a burst of producers would: persistent,
+    unconfirmed, on one channel (the broker has them once the connection closed cleanly)."""
+    connection = connect(broker_url)
+    try:
+        channel = connection.channel()
+        for event in events:
+            channel.basic_publish(
+                amqp.Message(
+                    json.dumps(event).encode(), content_type="application/json", delivery_mode=2
+                ),
+                exchange=EXCHANGE,
+                routing_key=routing_key,
+            )
+    finally:
+        connection.close()
 
 
 class Producer:

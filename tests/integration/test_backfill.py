@@ -9,12 +9,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import amqp
 import pytest
 
 from tests.integration.conftest import WorkerEnv
 from tests.integration.events import native
-from tests.integration.producer import EXCHANGE, Producer, connect, queue_depth
+from tests.integration.producer import Producer, publish_burst, queue_depth
 from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import outcome_counts
 from worker.constants import BACKFILL_QUEUE, BACKFILL_ROUTING_KEY, DEAD_LETTER_QUEUE
@@ -31,23 +30,6 @@ API_LATENCY_MS = 100
 WORKER_CONCURRENCY = 64
 
 
-def publish_backfill(broker_url: str, events: list[dict[str, Any]]) -> None:
-    """Bulk publishing as a CRM's sync would: unconfirmed, one channel, then one confirm round."""
-    connection = connect(broker_url)
-    try:
-        channel = connection.channel()
-        for event in events:
-            channel.basic_publish(
-                amqp.Message(
-                    json.dumps(event).encode(), content_type="application/json", delivery_mode=2
-                ),
-                exchange=EXCHANGE,
-                routing_key=BACKFILL_ROUTING_KEY,
-            )
-    finally:
-        connection.close()
-
-
 def identifiers(sandbox: SandboxControl) -> dict[str, Any]:
     return {c["id"]: c["relationships"].get("self") for c in sandbox.state()}
 
@@ -59,7 +41,7 @@ def test_given_a_15000_event_backfill_when_live_events_arrive_then_each_is_calle
     sandbox.configure(latency_ms=API_LATENCY_MS)
     backfill = [native(identifier=f"BULK-{n}") for n in range(BACKFILL_EVENTS)]
     with LocalWorker(own_worker_env(), concurrency=WORKER_CONCURRENCY) as worker:
-        publish_backfill(broker_url, backfill)
+        publish_burst(broker_url, backfill, BACKFILL_ROUTING_KEY)
 
         # When 20 live events are published, one every 250 ms, while the backfill drains
         published: dict[str, float] = {}
@@ -106,9 +88,10 @@ def test_given_one_customer_on_both_lanes_then_the_newest_value_wins_whichever_l
     newer_on_backfill, newer_live = native()["customerId"], native()["customerId"]
     with LocalWorker(own_worker_env()) as worker:
         # When the newer event of each is applied first, and the older arrives after it
-        publish_backfill(
+        publish_burst(
             broker_url,
             [native(newer_on_backfill, "BULK-NEW", occurred_at=newer)],
+            BACKFILL_ROUTING_KEY,
         )
         producer.publish(json.dumps(native(newer_live, "LIVE-NEW", occurred_at=newer)).encode())
         wait_until(
@@ -122,7 +105,9 @@ def test_given_one_customer_on_both_lanes_then_the_newest_value_wins_whichever_l
         producer.publish(
             json.dumps(native(newer_on_backfill, "LIVE-OLD", occurred_at=base)).encode()
         )
-        publish_backfill(broker_url, [native(newer_live, "BULK-OLD", occurred_at=base)])
+        publish_burst(
+            broker_url, [native(newer_live, "BULK-OLD", occurred_at=base)], BACKFILL_ROUTING_KEY
+        )
         wait_until(
             lambda: "is stale" in worker.log and worker.log.count("is stale") >= 2,
             timeout=30,

@@ -8,17 +8,14 @@ attempt, so nothing is dead-lettered however often the API refuses.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from typing import Any
 
-import amqp
 import pytest
 
 from tests.integration.conftest import WorkerEnv
 from tests.integration.events import native
-from tests.integration.producer import EXCHANGE, ROUTING_KEY, connect, queue_depth
+from tests.integration.producer import publish_burst, queue_depth
 from tests.integration.waiting import wait_until
 from tests.integration.worker_logs import outcome_counts
 from worker.constants import DEAD_LETTER_QUEUE
@@ -35,23 +32,6 @@ API_LATENCY_MS = 20
 DRAIN_SECONDS = 39.0
 
 
-def publish_all(broker_url: str, events: list[dict[str, Any]]) -> None:
-    """All at once, as a burst of producers would: unconfirmed, on one channel."""
-    connection = connect(broker_url)
-    try:
-        channel = connection.channel()
-        for event in events:
-            channel.basic_publish(
-                amqp.Message(
-                    json.dumps(event).encode(), content_type="application/json", delivery_mode=2
-                ),
-                exchange=EXCHANGE,
-                routing_key=ROUTING_KEY,
-            )
-    finally:
-        connection.close()
-
-
 def drain(
     env: dict[str, str], broker_url: str, sandbox: SandboxControl, *, timeout: float
 ) -> tuple[float, int, int]:
@@ -64,7 +44,7 @@ def drain(
     sandbox.set_rate_limit(RateLimit(calls_per_second=API_CALLS_PER_SECOND, retry_after=1))
     with LocalWorker(env, concurrency=DEFAULT_CONCURRENCY) as worker:
         published = time.time()
-        publish_all(broker_url, events)
+        publish_burst(broker_url, events)
         wait_until(
             lambda: sum(outcome_counts(worker).values()) >= EVENTS,
             timeout=timeout,
