@@ -466,6 +466,28 @@ class FencingApplier:
             self.fenced[call.hold.token] = "refused"
 
 
+class FakeCall:
+    """A call as the caller sees it: a hold to fence, on the live lane."""
+
+    backfill = False
+
+    def __init__(self, token: str) -> None:
+        self.hold = Hold(["l", "a"], token=token, linger_value="", stored=None, lingering_until=0)
+
+
+def fencing_caller(applier: FencingApplier, *, on_called: Callable[[Any, Any], None]) -> Caller:
+    """A caller of 16 lanes over ``applier``, its loop running in a thread of its own."""
+    caller = Caller(
+        applier=applier,  # type: ignore[arg-type]
+        lanes=16,
+        make_connection=lambda: None,  # type: ignore[arg-type, return-value]
+        on_called=on_called,
+        on_lost=lambda call, message: None,
+    )
+    threading.Thread(target=caller.run, args=(lambda: None,), daemon=True).start()
+    return caller
+
+
 def test_the_caller_fences_many_calls_in_few_round_trips_each_with_its_own_verdict() -> None:
     ledger = FencingLedger(lost={"hold-3"})
     applier = FencingApplier(ledger)
@@ -477,22 +499,7 @@ def test_the_caller_fences_many_calls_in_few_round_trips_each_with_its_own_verdi
         if len(called) == 40:
             done.set()
 
-    caller = Caller(
-        applier=applier,  # type: ignore[arg-type]
-        lanes=16,
-        make_connection=lambda: None,  # type: ignore[arg-type, return-value]
-        on_called=on_called,
-        on_lost=lambda call, message: None,
-    )
-    threading.Thread(target=caller.run, args=(lambda: None,), daemon=True).start()
-
-    class FakeCall:
-        backfill = False
-
-        def __init__(self, token: str) -> None:
-            self.hold = Hold(
-                ["l", "a"], token=token, linger_value="", stored=None, lingering_until=0
-            )
+    caller = fencing_caller(applier, on_called=on_called)
 
     for number in range(40):
         caller.put(FakeCall(f"hold-{number}"), object())  # type: ignore[arg-type]
@@ -531,22 +538,7 @@ def test_the_caller_waits_for_each_calls_budget_before_its_fence_lanes_asking_to
         if len(called) == 40:
             done.set()
 
-    caller = Caller(
-        applier=applier,  # type: ignore[arg-type]
-        lanes=16,
-        make_connection=lambda: None,  # type: ignore[arg-type, return-value]
-        on_called=on_called,
-        on_lost=lambda call, message: None,
-    )
-    threading.Thread(target=caller.run, args=(lambda: None,), daemon=True).start()
-
-    class FakeCall:
-        backfill = False
-
-        def __init__(self, token: str) -> None:
-            self.hold = Hold(
-                ["l", "a"], token=token, linger_value="", stored=None, lingering_until=0
-            )
+    caller = fencing_caller(applier, on_called=on_called)
 
     # When 40 calls are put at once
     started = time.monotonic()

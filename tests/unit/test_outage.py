@@ -572,40 +572,23 @@ def pipeline_losing(
     return pipeline, settled
 
 
-def test_given_a_lane_that_fails_on_the_trial_then_the_pipeline_abandons_it(
-    make_guard: Callable[..., tuple[OutageGuard, Recorder]],
-    make_ledger: Callable[..., Ledger],
-) -> None:
-    # Given a pipeline whose lane meets a bug while sending
-    guard = half_open(make_guard)
-    applier, _ = applier_over(make_ledger(), guard, lambda request: httpx.Response(204))
-    pipeline, settled = pipeline_losing(applier, BrokenConnection)  # type: ignore[arg-type]
-    call = applier.prepare(attempt(1))
-    assert call.trial is not None
-
-    # When the trial's call is lost there
-    pipeline.put(call, "the trial's message")  # type: ignore[arg-type]
-    assert settled.wait(10)
-
-    # Then its message goes back, and the next call is the trial
-    assert pipeline.wait_idle(0)
-    assert isinstance(guard.admit(), Trial)
-
-
 def a_bug(*args: object, **kwargs: object) -> NoReturn:
     raise RuntimeError("a bug in the ledger's code")
 
 
-def test_given_the_gate_failing_on_the_trial_then_the_pipeline_abandons_it(
+@pytest.mark.parametrize("stage", ["gate", "caller"])
+def test_given_a_stage_failing_on_the_trial_then_the_pipeline_abandons_it(
+    stage: str,
     make_guard: Callable[..., tuple[OutageGuard, Recorder]],
     make_ledger: Callable[..., Ledger],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given a gate that fails (a bug) on the batch holding the trial's call
+    # Given a pipeline whose gate (taking the relationship) or lane (sending) meets a bug
     guard = half_open(make_guard)
     ledger = make_ledger()
     applier, _ = applier_over(ledger, guard, lambda request: httpx.Response(204))
-    monkeypatch.setattr(ledger, "try_acquire_all", a_bug)
+    if stage == "gate":
+        monkeypatch.setattr(ledger, "try_acquire_all", a_bug)
     pipeline, settled = pipeline_losing(applier, BrokenConnection)  # type: ignore[arg-type]
     call = applier.prepare(attempt(1))
     assert call.trial is not None
