@@ -121,6 +121,8 @@ def test_given_one_customer_on_both_lanes_then_the_newest_value_wins_whichever_l
 
 STEADY_EVENTS_PER_SECOND = 150
 STEADY_SECONDS = 10
+#: Seconds at the start not measured: the lanes open their connections and the token is fetched.
+WARM_UP_SECONDS = 1
 
 
 def test_given_a_steady_150_events_a_second_then_each_is_called_within_50_ms_p99(
@@ -144,13 +146,14 @@ def test_given_a_steady_150_events_a_second_then_each_is_called_within_50_ms_p99
             what="every steady event applied",
         )
 
-    # Then each was called within 50 ms of its publishing, at the 99th percentile
+    # Then, once warm, each was called within 50 ms of its publishing, at the 99th percentile
+    measured = list(published)[STEADY_EVENTS_PER_SECOND * WARM_UP_SECONDS :]
     called = {}
     for entry in sandbox.journal():
         customer = entry["customerId"]
         if entry["method"] == "PATCH" and customer in published and customer not in called:
             called[customer] = entry["receivedAt"]
-    delays = [called[customer] - at for customer, at in published.items()]
+    delays = [called[customer] - published[customer] for customer in measured]
     p99 = statistics.quantiles(delays, n=100)[98]
     p50 = statistics.median(delays)
     print(f"steady publish-to-call: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
